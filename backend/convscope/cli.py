@@ -1,0 +1,206 @@
+"""The `convscope` command line (DESIGN §5).
+
+Problems that are the user's (unknown model or layer, channel out of range,
+unreadable image, missing weights) exit with status 2 and one line naming the
+problem, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from convscope.errors import ConvscopeError
+
+EXIT_USAGE = 2
+
+
+class CliError(ConvscopeError):
+    """A bad command-line value found after parsing."""
+
+
+def _load_engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from convscope.engine import Engine
+    from convscope.models import load_model
+
+    size = getattr(args, "size", 224)
+    model = load_model(args.model, weights=args.weights, input_size=size)
+    return Engine(model, device_name=getattr(args, "device", "auto"))
+
+
+def _load_image(args: argparse.Namespace, engine):  # type: ignore[no-untyped-def]
+    from convscope.images import load_image_file
+
+    return engine.prepare(load_image_file(args.image))
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    engine = _load_engine(args)
+    predictions = engine.predict(_load_image(args, engine), top=args.top)
+    rows = [{"index": p.index, "label": p.label, "probability": p.probability} for p in predictions]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            print(f"{row['probability']:7.2%}  {row['index']:4d}  {row['label']}")
+    return 0
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    engine = _load_engine(args)
+    rows = [layer_row(info) for info in engine.layers()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            field = row["receptive_field"]
+            print(
+                f"{row['name']:40s} {row['kind']:22s} {row['channels']:5d}×{row['height']}×{row['width']}"
+                f"  rf {field['size']}/{field['stride']}"
+            )
+    return 0
+
+
+def layer_row(info) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """The JSON shape of one layer (DESIGN §6 `GET .../layers`)."""
+    field = info.receptive_field
+    return {
+        "name": info.name,
+        "kind": info.kind,
+        "channels": info.channels,
+        "height": info.height,
+        "width": info.width,
+        "receptive_field": {"size": round(field.size, 2), "stride": round(field.stride, 2)},
+    }
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from convscope.engine.render import projection_image
+
+    engine = _load_engine(args)
+    image = _load_image(args, engine)
+    result = engine.project(image, args.layer, args.channel, mode=args.mode, select=args.select)
+    out = Path(args.out)
+    try:
+        projection_image(result.projection).save(out)
+        if args.raw:
+            with open(args.raw, "wb") as raw:
+                np.savez(
+                    raw,
+                    input=image.tensor.numpy().astype(np.float32),
+                    projection=result.projection.numpy().astype(np.float32),
+                    seed_value=np.float32(result.seed_value),
+                    seed_position=np.array(result.seed_position, dtype=np.int64),
+                )
+    except (OSError, ValueError) as exc:
+        raise CliError(f"cannot write output: {exc}") from None
+    y, x = result.seed_position
+    where = "whole map" if y < 0 else f"(y={y}, x={x})"
+    print(f"{args.layer} channel {args.channel} {args.mode}/{args.select}: seed {result.seed_value:.4g} at {where} -> {out}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from convscope.api.server import run_server
+
+    return run_server(host=args.host, port=args.port, models=args.model, device=args.device)
+
+
+def cmd_occlude(args: argparse.Namespace) -> int:
+    from convscope.engine.occlusion import occlude_command
+
+    return occlude_command(args)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _add_model(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    from convscope.models import DEFAULT_MODEL
+
+    parser.add_argument(
+        "--model",
+        default=None if required else DEFAULT_MODEL,
+        required=required,
+        help="registry name (efficientnet_lite0, alexnet, vgg16, resnet50, googlenet, zfnet) or package.module:callable",
+    )
+    parser.add_argument("--weights", default=None, help="state-dict file (torch.load weights_only=True)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="convscope", description="A microscope for convolutional networks.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="start the REST API and dashboard")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--model", action="append", default=None, help="a model to load (repeatable)")
+    serve.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
+    serve.set_defaults(func=cmd_serve)
+
+    predict = sub.add_parser("predict", help="top classes for an image")
+    _add_model(predict)
+    predict.add_argument("--image", required=True)
+    predict.add_argument("--top", type=_positive_int, default=5)
+    predict.add_argument("--json", action="store_true", help="print JSON")
+    predict.set_defaults(func=cmd_predict)
+
+    project = sub.add_parser("project", help="deconvnet projection of one feature map to pixel space")
+    _add_model(project)
+    project.add_argument("--image", required=True)
+    project.add_argument("--layer", required=True)
+    project.add_argument("--channel", type=int, required=True)
+    project.add_argument("--mode", default="deconvnet", choices=["deconvnet", "guided", "gradient"])
+    project.add_argument("--select", default="max", choices=["max", "map"])
+    project.add_argument("--size", type=_positive_int, default=224)
+    project.add_argument("--out", required=True, help="PNG to write")
+    project.add_argument("--raw", default=None, help="NPZ with input, projection, seed_value, seed_position")
+    project.set_defaults(func=cmd_project)
+
+    occlude = sub.add_parser("occlude", help="occlusion sensitivity maps (paper Fig. 7)")
+    _add_model(occlude)
+    occlude.add_argument("--image", required=True)
+    occlude.add_argument("--size", type=int, default=32, help="occluder side in pixels")
+    occlude.add_argument("--stride", type=int, default=16)
+    occlude.add_argument("--target", type=int, default=None, help="class index (default: unoccluded top-1)")
+    occlude.add_argument("--layer", default=None, help="feature-map layer (default: last conv layer)")
+    occlude.add_argument("--batch-size", type=_positive_int, default=32)
+    occlude.add_argument("--json", required=True, dest="json_out", help="file to write the JSON result to")
+    occlude.set_defaults(func=cmd_occlude)
+
+    layers = sub.add_parser("layers", help="every layer with a 4-D output, with shape and receptive field")
+    _add_model(layers)
+    layers.add_argument("--json", action="store_true", help="print JSON")
+    layers.set_defaults(func=cmd_layers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return handler(args)
+    except ConvscopeError as exc:
+        print(f"convscope {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

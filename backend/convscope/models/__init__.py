@@ -1,0 +1,6 @@
+"""Model registry: names -> (nn.Module, preprocessing, class labels)."""
+
+from convscope.models.registry import BUILTIN_MODELS, DEFAULT_MODEL, load_model
+from convscope.models.spec import LoadedModel
+
+__all__ = ["BUILTIN_MODELS", "DEFAULT_MODEL", "LoadedModel", "load_model"]

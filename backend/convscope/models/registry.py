@@ -1,0 +1,138 @@
+"""The model registry: a name (or `package.module:callable`) -> a `LoadedModel`.
+
+Built-ins are listed in `BUILTIN_MODELS`; any importable callable returning an
+`nn.Module` works too, with `weights` a state-dict file loaded with
+`torch.load(..., weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from convscope.errors import InvalidRequestError, NotFoundError
+from convscope.models.labels import labels_for
+from convscope.models.spec import LoadedModel
+
+DEFAULT_MODEL = "efficientnet_lite0"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    description: str
+    build: Callable[[str | None, bool], nn.Module]
+    has_pretrained: bool
+
+
+def _efficientnet(weights: str | None, pretrained: bool) -> nn.Module:
+    from convscope.models.efficientnet_lite import build_efficientnet_lite0
+
+    if not pretrained and weights is None:
+        import timm
+
+        return timm.create_model("efficientnet_lite0", pretrained=False)
+    return build_efficientnet_lite0(weights)
+
+
+def _zfnet(weights: str | None, pretrained: bool) -> nn.Module:
+    from convscope.models.weights import load_weights
+    from convscope.models.zfnet import zfnet
+
+    model = zfnet()
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+def _torchvision(name: str) -> Callable[[str | None, bool], nn.Module]:
+    def build(weights: str | None, pretrained: bool) -> nn.Module:
+        from convscope.models.torchvision_zoo import build_torchvision
+
+        return build_torchvision(name, weights=weights, pretrained=pretrained)
+
+    return build
+
+
+BUILTIN_MODELS: dict[str, ModelEntry] = {
+    "efficientnet_lite0": ModelEntry(
+        "efficientnet_lite0", "EfficientNet-Lite0, ImageNet weights bundled (default)", _efficientnet, True
+    ),
+    "alexnet": ModelEntry("alexnet", "torchvision AlexNet, ImageNet", _torchvision("alexnet"), True),
+    "vgg16": ModelEntry("vgg16", "torchvision VGG16, ImageNet", _torchvision("vgg16"), True),
+    "resnet50": ModelEntry("resnet50", "torchvision ResNet-50, ImageNet", _torchvision("resnet50"), True),
+    "googlenet": ModelEntry("googlenet", "torchvision GoogLeNet, ImageNet", _torchvision("googlenet"), True),
+    "zfnet": ModelEntry("zfnet", "Zeiler & Fergus 2014 architecture (random init unless --weights)", _zfnet, False),
+}
+
+_CALLABLE_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def _import_callable(reference: str) -> Callable[[], nn.Module]:
+    module_name, attr = reference.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise NotFoundError(f"cannot import module {module_name!r} for model {reference!r}: {exc}") from None
+    target = getattr(module, attr, None)
+    if target is None or not callable(target):
+        raise NotFoundError(f"{module_name!r} has no callable {attr!r}")
+    return target  # type: ignore[no-any-return]
+
+
+def _output_classes(module: nn.Module, size: int) -> int:
+    with torch.no_grad():
+        out = module(torch.zeros(1, 3, size, size))
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise InvalidRequestError("the model must return a 2-D tensor of class scores (batch × classes)")
+    return int(out.shape[1])
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    weights: str | None = None,
+    *,
+    pretrained: bool = True,
+    input_size: int = 224,
+) -> LoadedModel:
+    """Build a model by registry name or `package.module:callable`, in eval mode, frozen.
+
+    `pretrained=False` gives the architecture with random weights (for tests and
+    studies); `weights` loads a state-dict file instead of the default weights.
+    """
+    if name in BUILTIN_MODELS:
+        entry = BUILTIN_MODELS[name]
+        module = entry.build(weights, pretrained)
+        is_pretrained = weights is not None or (pretrained and entry.has_pretrained)
+        description = entry.description
+    elif _CALLABLE_REF.match(name):
+        factory = _import_callable(name)
+        module = factory()
+        if not isinstance(module, nn.Module):
+            raise InvalidRequestError(f"{name} returned {type(module).__name__}, not a torch.nn.Module")
+        if weights is not None:
+            from convscope.models.weights import load_weights
+
+            load_weights(module, weights)
+        is_pretrained = weights is not None
+        description = f"custom model {name}"
+    else:
+        known = ", ".join(BUILTIN_MODELS)
+        raise NotFoundError(f"unknown model {name!r}; use one of {known} or package.module:callable")
+    module.eval()
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    labels = labels_for(_output_classes(module, input_size))
+    return LoadedModel(
+        name=name,
+        module=module,
+        labels=labels,
+        input_size=input_size,
+        pretrained=is_pretrained,
+        description=description,
+    )
