@@ -51,7 +51,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_layers(args: argparse.Namespace) -> int:
     engine = _load_engine(args)
-    rows = [layer_row(info) for info in engine.layers()]
+    rows = [info.to_dict() for info in engine.layers()]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -62,19 +62,6 @@ def cmd_layers(args: argparse.Namespace) -> int:
                 f"  rf {field['size']}/{field['stride']}"
             )
     return 0
-
-
-def layer_row(info) -> dict[str, object]:  # type: ignore[no-untyped-def]
-    """The JSON shape of one layer (DESIGN §6 `GET .../layers`)."""
-    field = info.receptive_field
-    return {
-        "name": info.name,
-        "kind": info.kind,
-        "channels": info.channels,
-        "height": info.height,
-        "width": info.width,
-        "receptive_field": {"size": round(field.size, 2), "stride": round(field.stride, 2)},
-    }
 
 
 def cmd_project(args: argparse.Namespace) -> int:

@@ -37,6 +37,22 @@ class LayerInfo:
     width: int
     receptive_field: ReceptiveField
 
+    def to_dict(self) -> dict[str, object]:
+        """The JSON shape of DESIGN §6 `GET .../layers` (plus the field's centre offset)."""
+        field_ = self.receptive_field
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "channels": self.channels,
+            "height": self.height,
+            "width": self.width,
+            "receptive_field": {
+                "size": round(field_.size, 3),
+                "stride": round(field_.stride, 3),
+                "offset": round(field_.offset, 3),
+            },
+        }
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -180,6 +196,19 @@ class Engine:
     def clear_cache(self) -> None:
         with self._lock:
             self._cache.clear()
+
+    @property
+    def lock(self) -> threading.RLock:
+        """Held during every model computation; hold it to run your own passes safely."""
+        return self._lock
+
+    def forward_batch(self, batch: torch.Tensor, layers: Sequence[str] = ()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Plain inference (no graph) on an N×3×S×S batch: logits and the named layers' outputs."""
+        for name in layers:
+            self.layer(name)
+        with self._lock, torch.no_grad(), LayerCapture(self.model.module, layers) as capture:
+            logits = self.model.module(batch.to(self.device))
+        return logits, {name: capture.outputs[name] for name in layers}
 
     # ---- predictions and activations ----------------------------------------------
     def probabilities(self, image: PreparedImage) -> torch.Tensor:
