@@ -35,9 +35,16 @@ class ReceptiveField:
         return top, left, top + side, left + side
 
 
-_GLOBAL_NODES = ("AdaptiveAvgPool2DBackward", "AdaptiveMaxPool2DBackward", "MeanBackward", "SumBackward",
-                 "AddmmBackward", "MmBackward", "ViewBackward", "ReshapeAliasBackward", "UpsampleBilinear2DBackward",
-                 "UpsampleNearest2DBackward")
+_GLOBAL_NODES = (
+    "AdaptiveAvgPool2DBackward",
+    "AdaptiveMaxPool2DBackward",
+    "MeanBackward",
+    "SumBackward",
+    "AddmmBackward",
+    "MmBackward",
+    "UpsampleBilinear2DBackward",
+    "UpsampleNearest2DBackward",
+)
 
 
 def _pair(value: Any) -> int:
