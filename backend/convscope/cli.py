@@ -88,7 +88,9 @@ def cmd_project(args: argparse.Namespace) -> int:
         raise CliError(f"cannot write output: {exc}") from None
     y, x = result.seed_position
     where = "whole map" if y < 0 else f"(y={y}, x={x})"
-    print(f"{args.layer} channel {args.channel} {args.mode}/{args.select}: seed {result.seed_value:.4g} at {where} -> {out}")
+    print(
+        f"{args.layer} channel {args.channel} {args.mode}/{args.select}: seed {result.seed_value:.4g} at {where} -> {out}"
+    )
     return 0
 
 
@@ -99,9 +101,48 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_occlude(args: argparse.Namespace) -> int:
-    from convscope.engine.occlusion import occlude_command
+    from tqdm import tqdm
 
-    return occlude_command(args)
+    from convscope.engine.occlusion import occlude, occlusion_grid, occlusion_response
+
+    engine = _load_engine(args)
+    image = _load_image(args, engine)
+    rows, cols, _ = occlusion_grid(engine.input_size, args.occluder_size, args.stride)  # bad sizes fail fast
+    with tqdm(total=rows * cols, unit="pos", desc="occlude", file=sys.stderr, delay=1.0, disable=None) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.update(done - bar.n)
+
+        result = occlude(
+            engine,
+            image,
+            size=args.occluder_size,
+            stride=args.stride,
+            target=args.target,
+            layer=args.layer,
+            batch_size=args.batch_size,
+            progress=progress,
+        )
+    text = json.dumps(occlusion_response(result))
+    if args.json_out == "-":
+        print(text)
+        summary = sys.stderr
+    else:
+        try:
+            Path(args.json_out).write_text(text + "\n")
+        except OSError as exc:
+            raise CliError(f"cannot write {args.json_out}: {exc.strerror or exc}") from None
+        summary = sys.stdout
+    flat = int(result.probability.argmin())
+    y, x = result.positions[flat]
+    print(
+        f"{result.rows}×{result.cols} positions ({result.size}px/{result.stride}px) in {result.seconds:.1f}s; "
+        f"target {result.target} {result.target_label!r}: p={result.unoccluded_probability:.4f} unoccluded, "
+        f"lowest {result.probability.flat[flat]:.4f} with the square at (y={y}, x={x}); "
+        f"feature {result.layer} channel {result.channel}" + ("" if args.json_out == "-" else f" -> {args.json_out}"),
+        file=summary,
+    )
+    return 0
 
 
 def _positive_int(text: str) -> int:
@@ -160,12 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
     occlude = sub.add_parser("occlude", help="occlusion sensitivity maps (paper Fig. 7)")
     _add_model(occlude)
     occlude.add_argument("--image", required=True)
-    occlude.add_argument("--size", type=int, default=32, help="occluder side in pixels")
-    occlude.add_argument("--stride", type=int, default=16)
+    # dest occluder_size: `--size` here is the occluder, the model input stays at its default S.
+    occlude.add_argument(
+        "--size", type=int, default=32, dest="occluder_size", help="occluder side in pixels of the S×S input"
+    )
+    occlude.add_argument("--stride", type=int, default=16, help="occluder step in pixels")
     occlude.add_argument("--target", type=int, default=None, help="class index (default: unoccluded top-1)")
     occlude.add_argument("--layer", default=None, help="feature-map layer (default: last conv layer)")
-    occlude.add_argument("--batch-size", type=_positive_int, default=32)
-    occlude.add_argument("--json", required=True, dest="json_out", help="file to write the JSON result to")
+    occlude.add_argument("--batch-size", type=_positive_int, default=32, help="occluded copies per forward pass")
+    occlude.add_argument(
+        "--json", required=True, dest="json_out", help="file to write the JSON result to ('-' for stdout)"
+    )
     occlude.set_defaults(func=cmd_occlude)
 
     layers = sub.add_parser("layers", help="every layer with a 4-D output, with shape and receptive field")

@@ -49,8 +49,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
             width, height = image.size
             if width * height > max_pixels:
                 raise TooLargeError(
-                    f"image is {width}×{height} = {width * height:,} pixels; "
-                    f"the limit is {max_pixels:,} pixels"
+                    f"image is {width}×{height} = {width * height:,} pixels; the limit is {max_pixels:,} pixels"
                 )
             image.seek(0)
             image.load()
@@ -99,9 +98,7 @@ def normalise(display: Image.Image, mean: tuple[float, ...], std: tuple[float, .
     return ((tensor - mean_t) / std_t).unsqueeze(0)
 
 
-def prepare_image(
-    image: Image.Image, size: int, mean: tuple[float, ...], std: tuple[float, ...]
-) -> PreparedImage:
+def prepare_image(image: Image.Image, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> PreparedImage:
     """Apply the preprocessing contract and key the result by its pixels and settings."""
     display = resize_and_crop(image.convert("RGB"), size)
     tensor = normalise(display, mean, std)

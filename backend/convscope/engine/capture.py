@@ -24,9 +24,7 @@ class LayerCapture:
         self.model = model
         wanted = None if names is None else set(names)
         self._modules = [
-            (name, module)
-            for name, module in model.named_modules()
-            if name and (wanted is None or name in wanted)
+            (name, module) for name, module in model.named_modules() if name and (wanted is None or name in wanted)
         ]
         self.outputs: dict[str, torch.Tensor] = {}
         self.kinds: dict[str, str] = {}

@@ -121,6 +121,8 @@ class Engine:
     def __post_init__(self) -> None:
         self.device = resolve_device(self.device_name)
         self.model.module.to(self.device).eval()
+        for parameter in self.model.module.parameters():
+            parameter.requires_grad_(False)
         self._lock = threading.RLock()
         self._cache: OrderedDict[str, _Record] = OrderedDict()
         self._layers = self._inspect_layers()
@@ -202,7 +204,9 @@ class Engine:
         """Held during every model computation; hold it to run your own passes safely."""
         return self._lock
 
-    def forward_batch(self, batch: torch.Tensor, layers: Sequence[str] = ()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward_batch(
+        self, batch: torch.Tensor, layers: Sequence[str] = ()
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Plain inference (no graph) on an N×3×S×S batch: logits and the named layers' outputs."""
         for name in layers:
             self.layer(name)

@@ -109,7 +109,9 @@ class RuleMode(TorchFunctionMode):
         super().__init__()
         self.box = box
 
-    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
         kwargs = kwargs or {}
         if func in _RELU_OUT_OF_PLACE:
             inplace = bool(_arg(args, kwargs, 1, "inplace", False)) if func is F.relu else False
