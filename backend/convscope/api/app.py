@@ -1,0 +1,71 @@
+"""`create_app(settings)`: the FastAPI app, its lifespan and the dashboard mount."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from convscope import __version__
+from convscope.api import errors
+from convscope.api.limits import BodyLimitMiddleware
+from convscope.api.pool import ModelLoader, ModelPool, default_loader
+from convscope.api.routes import api_router
+from convscope.api.settings import Settings
+from convscope.api.state import AppState
+
+log = logging.getLogger("convscope.api")
+
+DESCRIPTION = """\
+Zeiler & Fergus, *Visualizing and Understanding Convolutional Networks*, over HTTP:
+predictions, feature maps, deconvnet projections and occlusion maps of real photos
+or uploads. Errors are JSON `{"detail": "..."}` with a 4xx status.
+"""
+
+
+def _load_models(state: AppState) -> None:
+    state.pool.load()
+    if state.pool.state == "failed":
+        for callback in state.on_load_failed:
+            callback()
+
+
+def create_app(settings: Settings | None = None, *, loader: ModelLoader = default_loader) -> FastAPI:
+    """The app. Models load in a background thread when it starts; `/api/health` says when they are ready."""
+    settings = settings or Settings()
+    state = AppState.build(settings, ModelPool(settings, loader))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Cap the threads that run sync endpoints (model work, decoding); the engine
+        # serialises model work per model anyway, more threads would only queue.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
+        loading = threading.Thread(target=_load_models, args=(state,), name="convscope-load", daemon=True)
+        loading.start()
+        try:
+            yield
+        finally:
+            state.jobs.shutdown()
+
+    app = FastAPI(
+        title="convscope",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.convscope = state
+    errors.install(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.include_router(api_router)
+
+    frontend = settings.frontend_dir
+    if frontend is not None and frontend.is_dir():
+        app.mount("/", StaticFiles(directory=frontend, html=True), name="frontend")
+    else:
+        log.warning("no dashboard directory at %s; serving the API only", frontend)
+    return app

@@ -1,0 +1,89 @@
+"""Typed dependencies: the app state, an engine by model name, an image by id."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Path, Request
+from PIL import Image
+
+from convscope.api.caching import PRIVATE, PUBLIC
+from convscope.api.pool import ModelPool
+from convscope.api.state import AppState
+from convscope.engine import Engine
+from convscope.images import PreparedImage
+from convscope.models import DEFAULT_MODEL
+from convscope.samples import get_sample, load_sample
+
+
+async def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.convscope
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+async def get_pool(state: StateDep) -> ModelPool:
+    return state.pool
+
+
+PoolDep = Annotated[ModelPool, Depends(get_pool)]
+
+ModelName = Annotated[
+    str,
+    Path(description="a model this server loaded (see GET /api/models)", examples=[DEFAULT_MODEL], max_length=200),
+]
+ImageId = Annotated[
+    str,
+    Path(description="a sample id (see GET /api/samples) or an upload id", examples=["chelsea"], max_length=200),
+]
+
+
+async def get_engine(model: ModelName, pool: PoolDep) -> Engine:
+    """The engine of a loaded model; 404 for any other name (never imports anything)."""
+    return pool.get(model)
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """An image as it arrived: a bundled sample or an upload."""
+
+    id: str
+    image: Image.Image
+    is_upload: bool
+
+    @property
+    def cache_control(self) -> str:
+        """Sample results are the same for everyone; uploads are one client's."""
+        return PRIVATE if self.is_upload else PUBLIC
+
+
+def resolve_image(state: AppState, image_id: str) -> SourceImage:
+    if image_id in state.store:
+        return SourceImage(image_id, state.store.get(image_id).image, True)
+    sample = get_sample(image_id)  # 404 when unknown
+    return SourceImage(sample.id, load_sample(sample.id), False)
+
+
+def get_image(image_id: ImageId, state: StateDep) -> SourceImage:
+    return resolve_image(state, image_id)
+
+
+ImageDep = Annotated[SourceImage, Depends(get_image)]
+
+
+def prepare(state: AppState, engine: Engine, image: SourceImage) -> PreparedImage:
+    """The S×S model input of an image for a model (cached)."""
+    return state.prepared.get_or_make((engine.name, image.id), lambda: engine.prepare(image.image))
+
+
+def get_prepared(engine: EngineDep, image: ImageDep, state: StateDep) -> PreparedImage:
+    return prepare(state, engine, image)
+
+
+PreparedDep = Annotated[PreparedImage, Depends(get_prepared)]

@@ -1,0 +1,11 @@
+"""The API routers, one module per resource; `api_router` mounts them all under /api."""
+
+from fastapi import APIRouter
+
+from convscope.api.routes import activations, health, images, jobs, models, occlusion, projections, samples
+
+api_router = APIRouter(prefix="/api")
+for module in (health, models, samples, images, activations, projections, occlusion, jobs):
+    api_router.include_router(module.router)
+
+__all__ = ["api_router"]

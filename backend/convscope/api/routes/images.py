@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Query, Request, Response, UploadFile
+
+from convscope.api.caching import cache_key, png_response
+from convscope.api.deps import ImageDep, StateDep, prepare
+from convscope.api.routes.common import errors, png
+from convscope.api.schemas import UploadResponse
+from convscope.engine.render import png_bytes
+from convscope.errors import TooLargeError
+from convscope.images import decode_image
+
+router = APIRouter(tags=["images"])
+
+
+@router.post(
+    "/images",
+    response_model=UploadResponse,
+    status_code=201,
+    summary="upload an image (multipart field `file`); it is kept in a bounded store under a random id",
+    responses=errors(413, 415, 422),
+)
+def upload_image(
+    state: StateDep,
+    response: Response,
+    file: Annotated[UploadFile, File(description="PNG, JPEG, GIF (first frame), WebP, BMP, TIFF...")],
+) -> UploadResponse:
+    limit = state.settings.max_upload_bytes
+    data = file.file.read(limit + 1)  # the body limit already holds; this is belt and braces
+    if len(data) > limit:
+        raise TooLargeError(f"the file is larger than the limit of {limit:,} bytes")
+    image = decode_image(data, max_pixels=state.settings.max_pixels)
+    item = state.store.add(image)
+    response.headers["Location"] = f"/api/images/{item.id}"
+    width, height = image.size
+    return UploadResponse(id=item.id, width=width, height=height)
+
+
+@router.get(
+    "/images/{image_id}",
+    response_class=Response,
+    summary="the S×S model input of an image (shorter side resized to S, centre crop)",
+    responses={**png("the S×S RGB image the model sees"), **errors(404, 422, 503)},
+)
+def get_image(
+    request: Request,
+    state: StateDep,
+    image: ImageDep,
+    model: Annotated[
+        str | None, Query(description="model whose input size to use (default: the default model)")
+    ] = None,
+) -> Response:
+    engine = state.pool.get(model or state.pool.default)
+    prepared = prepare(state, engine, image)
+    item = state.responses.render(cache_key("input", prepared.key), lambda: (png_bytes(prepared.display), {}))
+    return png_response(request, item, image.cache_control)

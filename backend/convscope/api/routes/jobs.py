@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+
+from convscope.api.deps import StateDep
+from convscope.api.jobs import Job
+from convscope.api.routes.common import errors
+from convscope.api.schemas import JobError, JobResponse
+
+router = APIRouter(tags=["jobs"])
+
+JobId = Annotated[str, Path(description="id from the 202 answer that started the job", max_length=200)]
+
+
+def job_url(job: Job) -> str:
+    return f"/api/jobs/{job.id}"
+
+
+def job_response(job: Job) -> JobResponse:
+    error = None
+    if job.error is not None:
+        error = JobError(status=job.error_status or 500, detail=job.error)
+    return JobResponse(
+        id=job.id,
+        kind=job.kind,
+        state=job.state,
+        progress=job.progress,
+        done=job.done,
+        total=job.total,
+        cancel_requested=job.cancel_requested,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        url=job_url(job),
+        result=job.result if job.state == "succeeded" else None,
+        error=error,
+    )
+
+
+@router.get("/jobs", response_model=list[JobResponse], summary="jobs kept by the server, oldest first")
+async def list_jobs(state: StateDep) -> list[JobResponse]:
+    return [job_response(job) for job in state.jobs.list()]
+
+
+@router.get(
+    "/jobs/{job_id}",
+    response_model=JobResponse,
+    summary="state, progress and (once succeeded) result of a job",
+    responses=errors(404),
+)
+async def get_job(state: StateDep, job_id: JobId) -> JobResponse:
+    return job_response(state.jobs.get(job_id))
+
+
+@router.delete(
+    "/jobs/{job_id}",
+    response_model=JobResponse,
+    summary="cancel a job: a queued one at once, a running one at its next progress step",
+    responses=errors(404),
+)
+async def cancel_job(state: StateDep, job_id: JobId) -> JobResponse:
+    return job_response(state.jobs.cancel(job_id))

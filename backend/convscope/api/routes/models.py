@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from convscope.api.deps import EngineDep, PoolDep, PreparedDep
+from convscope.api.routes.common import MODEL_ERRORS, errors
+from convscope.api.schemas import LayerResponse, ModelInfo, PredictionResponse
+
+router = APIRouter(tags=["models"])
+
+
+@router.get("/models", response_model=list[ModelInfo], summary="the loaded models", responses=errors(503))
+async def list_models(pool: PoolDep) -> list[ModelInfo]:
+    return [
+        ModelInfo(
+            name=engine.name,
+            default=engine.name == pool.default,
+            num_classes=engine.model.num_classes,
+            pretrained=engine.model.pretrained,
+            input_size=engine.input_size,
+            description=engine.model.description,
+        )
+        for engine in pool.engines()
+    ]
+
+
+@router.get(
+    "/models/{model}/layers",
+    response_model=list[LayerResponse],
+    summary="every layer with a 4-D output, in forward order, with shape and receptive field",
+    responses=errors(404, 503),
+)
+async def list_layers(engine: EngineDep) -> list[dict[str, object]]:
+    return [info.to_dict() for info in engine.layers()]
+
+
+@router.get(
+    "/models/{model}/images/{image_id}/predictions",
+    response_model=list[PredictionResponse],
+    summary="the most probable classes",
+    responses=MODEL_ERRORS,
+)
+def predictions(
+    engine: EngineDep,
+    prepared: PreparedDep,
+    top: Annotated[int, Query(ge=1, le=1000, description="how many classes")] = 5,
+) -> list[PredictionResponse]:
+    return [
+        PredictionResponse(index=p.index, label=p.label, probability=p.probability)
+        for p in engine.predict(prepared, top)
+    ]

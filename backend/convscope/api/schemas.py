@@ -1,0 +1,135 @@
+"""Response and request bodies; they make `/openapi.json` and `/docs` describe every endpoint."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="what was wrong, in words")
+    errors: list[dict[str, Any]] | None = Field(
+        default=None, description="per-field validation errors, when there are any"
+    )
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "loading", "failed"]
+    detail: str | None = Field(default=None, description="why the server is not ready, when it is not")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    default: bool = Field(description="the model used when a request names none")
+    num_classes: int
+    pretrained: bool
+    input_size: int = Field(description="side S of the S×S model input")
+    description: str = ""
+
+
+class ReceptiveFieldInfo(BaseModel):
+    size: float = Field(description="side of the receptive field in input pixels")
+    stride: float = Field(description="input pixels between neighbouring units")
+    offset: float = Field(description="centre of unit (0, 0) in input pixels")
+
+
+class LayerResponse(BaseModel):
+    name: str = Field(description="module name, as in model.named_modules()")
+    kind: str = Field(description="module class name")
+    channels: int
+    height: int
+    width: int
+    receptive_field: ReceptiveFieldInfo
+
+
+class SampleInfo(BaseModel):
+    id: str
+    name: str
+    width: int = Field(description="original width in pixels")
+    height: int = Field(description="original height in pixels")
+    thumbnail_url: str
+
+
+class UploadResponse(BaseModel):
+    id: str = Field(description="random id to use as {image_id}")
+    width: int = Field(description="original width in pixels")
+    height: int = Field(description="original height in pixels")
+
+
+class PredictionResponse(BaseModel):
+    index: int
+    label: str
+    probability: float
+
+
+class SpriteInfo(BaseModel):
+    url: str = Field(description="grayscale PNG holding every channel's map")
+    columns: int
+    rows: int
+    tile: int = Field(description="side of one tile in pixels; channel c is at row c // columns, column c % columns")
+
+
+class ActivationsResponse(BaseModel):
+    layer: str
+    channels: int
+    height: int
+    width: int
+    max: list[float] = Field(description="per channel: largest activation")
+    sum: list[float] = Field(description="per channel: total activation")
+    argmax: list[list[int]] = Field(description="per channel: [y, x] of the largest activation")
+    sprite: SpriteInfo
+
+
+class OcclusionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    size: int = Field(default=32, ge=1, description="occluder side in pixels")
+    stride: int = Field(default=16, ge=1, description="pixels between occluder positions")
+    target: int | None = Field(default=None, ge=0, description="class index (default: the unoccluded top-1)")
+    layer: str | None = Field(default=None, description="feature-map layer (default: the last convolutional layer)")
+
+
+class OcclusionFeature(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    layer: str
+    channel: int
+    activity: list[list[float]]
+
+
+class OcclusionResponse(BaseModel):
+    """DESIGN §4/§6: one value per occluder position, rows × cols."""
+
+    model_config = ConfigDict(extra="allow")
+
+    target: int
+    target_label: str
+    size: int
+    stride: int
+    rows: int
+    cols: int
+    probability: list[list[float]]
+    top_label: list[list[int]]
+    feature: OcclusionFeature
+
+
+class JobError(BaseModel):
+    status: int
+    detail: str
+
+
+class JobResponse(BaseModel):
+    id: str
+    kind: str
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    progress: float = Field(description="0..1")
+    done: int
+    total: int
+    cancel_requested: bool
+    created_at: float = Field(description="seconds since the epoch")
+    started_at: float | None
+    finished_at: float | None
+    url: str
+    result: dict[str, Any] | None = Field(description="the result once succeeded (for occlusion: its 200 body)")
+    error: JobError | None

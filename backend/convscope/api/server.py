@@ -1,0 +1,73 @@
+"""`convscope serve`: uvicorn over the app, settings from the environment with CLI flags on top."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import uvicorn
+
+from convscope.api.app import create_app
+from convscope.api.settings import Settings
+
+log = logging.getLogger("convscope.api")
+
+
+def build_settings(
+    host: str | None = None,
+    port: int | None = None,
+    models: Sequence[str] | None = None,
+    device: str | None = None,
+) -> Settings:
+    overrides: dict[str, Any] = {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    if models:
+        overrides["models"] = list(models)
+    if device is not None:
+        overrides["device"] = device
+    base = Settings()
+    return Settings.model_validate({**base.model_dump(), **overrides})
+
+
+def run_server(
+    host: str | None = None,
+    port: int | None = None,
+    models: Sequence[str] | None = None,
+    device: str | None = None,
+) -> int:
+    """Serve until interrupted. Exit status 0, or 1 when the models cannot be loaded."""
+    settings = build_settings(host, port, models, device)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        limit_concurrency=settings.max_connections,
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    state = app.state.convscope
+
+    def stop() -> None:
+        server.should_exit = True
+
+    state.on_load_failed.append(stop)
+    print(
+        f"convscope: serving http://{settings.host}:{settings.port} "
+        f"(models: {', '.join(settings.models)}; loading in the background, see /api/health)",
+        file=sys.stderr,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if state.pool.state == "failed":
+        print(f"convscope serve: error: {state.pool.error}", file=sys.stderr)
+        return 1
+    return 0 if server.started else 1

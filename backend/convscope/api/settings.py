@@ -1,0 +1,94 @@
+"""Server settings: environment variables with the prefix `CONVSCOPE_`, CLI flags on top.
+
+Examples: `CONVSCOPE_MODELS=efficientnet_lite0,zfnet`, `CONVSCOPE_DEVICE=cpu`,
+`CONVSCOPE_MAX_UPLOAD_BYTES=5000000`, `CONVSCOPE_FRONTEND_DIR=/srv/dashboard`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from convscope.models import DEFAULT_MODEL
+
+MiB = 1024 * 1024
+
+
+def _default_frontend_dir() -> Path:
+    """`frontend/` at the repository root (backend/convscope/api/settings.py -> ../../../frontend)."""
+    return Path(__file__).resolve().parents[3] / "frontend"
+
+
+class Settings(BaseSettings):
+    """Everything the server can be told; every field is also `CONVSCOPE_<FIELD>`."""
+
+    model_config = SettingsConfigDict(env_prefix="CONVSCOPE_", extra="ignore")
+
+    # models
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [DEFAULT_MODEL],
+        description="models to load, registry names or package.module:callable (comma-separated in the environment)",
+    )
+    pretrained: bool = Field(default=True, description="load pretrained weights (False: random weights, for tests)")
+    input_size: int = Field(default=224, ge=16, le=1024, description="model input side S")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    engine_cache_size: int = Field(default=8, ge=1, description="recorded forward passes kept per model")
+
+    # server
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    worker_threads: int = Field(default=8, ge=1, description="threads running model work and image decoding")
+    max_connections: int = Field(default=64, ge=1, description="concurrent connections before uvicorn answers 503")
+    log_level: str = "info"
+    frontend_dir: Path | None = Field(default_factory=_default_frontend_dir)
+
+    # input limits
+    max_upload_bytes: int = Field(default=10 * MiB, ge=1, description="largest request body, in bytes")
+    max_pixels: int = Field(default=40_000_000, ge=1, description="largest image, in pixels, checked before decoding")
+
+    # upload store
+    store_max_images: int = Field(default=64, ge=1)
+    store_max_bytes: int = Field(default=512 * MiB, ge=1, description="decoded RGB bytes of all stored uploads")
+
+    # caches
+    response_cache_entries: int = Field(default=256, ge=0, description="rendered PNGs kept in memory (0: none)")
+    prepared_cache_entries: int = Field(default=64, ge=1, description="preprocessed images kept per server")
+
+    # occlusion and jobs
+    occlusion_job_threshold: int = Field(
+        default=256, ge=0, description="occluder positions above which occlusion runs as a job (202)"
+    )
+    occlusion_max_positions: int = Field(
+        default=16_384, ge=1, description="most occluder positions one request may ask for"
+    )
+    occlusion_batch_size: int = Field(default=32, ge=1)
+    job_workers: int = Field(default=1, ge=1, description="jobs running at once")
+    max_active_jobs: int = Field(default=8, ge=1, description="queued and running jobs before new ones get 429")
+    max_finished_jobs: int = Field(default=64, ge=1, description="finished jobs kept for polling")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _dedupe_models(cls, value: list[str]) -> list[str]:
+        unique = list(dict.fromkeys(value))
+        if not unique:
+            raise ValueError("at least one model is needed")
+        return unique
+
+    @property
+    def default_model(self) -> str:
+        return self.models[0]

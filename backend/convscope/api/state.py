@@ -1,0 +1,62 @@
+"""What the app holds while it runs: settings, models, uploads, jobs and caches."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from convscope.api.caching import ResponseCache
+from convscope.api.jobs import JobManager
+from convscope.api.pool import ModelPool
+from convscope.api.settings import Settings
+from convscope.api.store import ImageStore
+from convscope.images import PreparedImage
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class LRU(Generic[K, V]):
+    """A small thread-safe least-recently-used map."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._items: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_or_make(self, key: K, make: Callable[[], V]) -> V:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = make()
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.max_entries:
+                self._items.popitem(last=False)
+        return value
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    pool: ModelPool
+    store: ImageStore
+    jobs: JobManager
+    responses: ResponseCache
+    prepared: LRU[tuple[str, str], PreparedImage]
+    on_load_failed: list[Callable[[], None]] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, settings: Settings, pool: ModelPool) -> AppState:
+        return cls(
+            settings=settings,
+            pool=pool,
+            store=ImageStore(settings.store_max_images, settings.store_max_bytes),
+            jobs=JobManager(settings.job_workers, settings.max_active_jobs, settings.max_finished_jobs),
+            responses=ResponseCache(settings.response_cache_entries),
+            prepared=LRU(settings.prepared_cache_entries),
+        )

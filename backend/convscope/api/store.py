@@ -1,0 +1,77 @@
+"""A bounded in-memory store of uploaded images.
+
+Ids are random and unguessable (`secrets`); the store holds at most
+`max_images` images and `max_bytes` decoded RGB bytes, evicting the least
+recently used. Nothing touches the file system.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from PIL import Image
+
+from convscope.errors import NotFoundError, TooLargeError
+
+ID_BYTES = 16  # 128 random bits -> 22 URL-safe characters
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    id: str
+    image: Image.Image  # decoded RGB, treat as read-only
+
+    @property
+    def nbytes(self) -> int:
+        width, height = self.image.size
+        return width * height * 3
+
+
+class ImageStore:
+    def __init__(self, max_images: int, max_bytes: int) -> None:
+        if max_images < 1 or max_bytes < 1:
+            raise ValueError("the store needs room for at least one image")
+        self.max_images = max_images
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, StoredImage] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def add(self, image: Image.Image) -> StoredImage:
+        """Keep an image; evict the least recently used ones to stay within the limits."""
+        item = StoredImage(secrets.token_urlsafe(ID_BYTES), image.convert("RGB"))
+        if item.nbytes > self.max_bytes:
+            raise TooLargeError(
+                f"the decoded image needs {item.nbytes:,} bytes; the upload store holds {self.max_bytes:,}"
+            )
+        with self._lock:
+            while self._items and (len(self._items) >= self.max_images or self._bytes + item.nbytes > self.max_bytes):
+                _, evicted = self._items.popitem(last=False)
+                self._bytes -= evicted.nbytes
+            self._items[item.id] = item
+            self._bytes += item.nbytes
+        return item
+
+    def get(self, image_id: str) -> StoredImage:
+        with self._lock:
+            item = self._items.get(image_id)
+            if item is None:
+                raise NotFoundError(f"unknown image {image_id!r} (not a sample, and no such upload is kept)")
+            self._items.move_to_end(image_id)
+            return item
+
+    def __contains__(self, image_id: object) -> bool:
+        with self._lock:
+            return image_id in self._items
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return self._bytes
