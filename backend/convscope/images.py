@@ -61,8 +61,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         raise ImageDecodeError("the file is not an image in a format convscope can read") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageDecodeError(f"the image could not be decoded (truncated or corrupt?): {exc}") from None
-    image = ImageOps.exif_transpose(image) or image
-    return image.convert("RGB")
+    oriented: Image.Image = ImageOps.exif_transpose(image) or image
+    return oriented.convert("RGB")
 
 
 def load_image_file(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:

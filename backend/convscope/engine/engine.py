@@ -305,7 +305,7 @@ class Engine:
         output: torch.Tensor, seeds: Sequence[Seed]
     ) -> tuple[torch.Tensor, list[float], list[tuple[int, int]]]:
         activations = output.detach()[0]
-        _, height, width = activations.shape
+        width = activations.shape[-1]
         grads = torch.zeros((len(seeds), *output.shape), dtype=output.dtype, device=output.device)
         values: list[float] = []
         positions: list[tuple[int, int]] = []

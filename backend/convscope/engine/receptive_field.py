@@ -30,8 +30,8 @@ class ReceptiveField:
             return 0, 0, image_size, image_size
         half = self.size / 2.0
         cy, cx = self.offset + y * self.stride, self.offset + x * self.stride
-        top, left = int(round(cy - half + 0.5)), int(round(cx - half + 0.5))
-        side = int(round(self.size))
+        top, left = round(cy - half + 0.5), round(cx - half + 0.5)
+        side = round(self.size)
         return top, left, top + side, left + side
 
 
