@@ -55,8 +55,10 @@ def tiny_vgg(inplace_last: bool = False, seed: int = 0) -> nn.Module:
             ]
         )
     )
-    with torch.no_grad():  # spread the logits so the top label changes across positions
-        model.fc.weight.mul_(8.0)
+    fc = model.get_submodule("fc")
+    assert isinstance(fc, nn.Linear)
+    with torch.no_grad():  # spread the logits: a random net is otherwise near uniform
+        fc.weight.mul_(8.0)
     return model.eval()
 
 
@@ -221,6 +223,7 @@ def test_real_architecture_random_weights() -> None:
 def test_activity_is_the_layer_output_even_before_an_inplace_relu() -> None:
     engine = tiny_engine(inplace_last=True)
     conv3 = engine.model.module.get_submodule("features.conv3")
+    assert isinstance(conv3, nn.Conv2d) and conv3.bias is not None
     with torch.no_grad():  # channel 0 has mixed signs and the largest sum, before and after the ReLU
         conv3.bias.fill_(-100.0)
         conv3.bias[0] = 0.0
