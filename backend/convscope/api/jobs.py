@@ -114,18 +114,16 @@ class JobManager:
         job.started_at = time.time()
         try:
             result = job.fn(job)
-        except JobCancelled:
-            self._finish(job, "cancelled")
-        except ConvscopeError as exc:
-            if job.should_stop():
-                self._finish(job, "cancelled")
-            else:
+        except Exception as exc:
+            if job.should_stop() or isinstance(exc, JobCancelled):
+                self._finish(job, "cancelled")  # whatever the function raised on its way out
+            elif isinstance(exc, ConvscopeError):
                 job.error, job.error_status = str(exc), exc.status_code
                 self._finish(job, "failed")
-        except Exception as exc:
-            log.exception("job %s (%s) failed", job.id, job.kind)
-            job.error, job.error_status = f"internal error: {type(exc).__name__}", 500
-            self._finish(job, "failed")
+            else:
+                log.exception("job %s (%s) failed", job.id, job.kind)
+                job.error, job.error_status = f"internal error: {type(exc).__name__}", 500
+                self._finish(job, "failed")
         else:
             if job.should_stop():
                 self._finish(job, "cancelled")
@@ -133,12 +131,14 @@ class JobManager:
                 job.result = result
                 self._finish(job, "succeeded")
 
-    @staticmethod
-    def _finish(job: Job, state: JobState) -> None:
-        job.finished_at = time.time()
-        job.state = state
+    def _finish(self, job: Job, state: JobState) -> None:
+        with self._lock:
+            job.finished_at = time.time()
+            job.state = state
+            self._forget_old()
 
     def _forget_old(self) -> None:
+        """Keep the newest `max_finished` finished jobs (call with the lock held)."""
         finished = [job_id for job_id, job in self._jobs.items() if job.finished]
         for job_id in finished[: max(0, len(finished) - self.max_finished)]:
             del self._jobs[job_id]

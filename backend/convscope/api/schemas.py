@@ -95,7 +95,13 @@ class OcclusionFeature(BaseModel):
 
     layer: str
     channel: int
-    activity: list[list[float]]
+    activity: list[list[float | None]] = Field(description="total activation of the channel; null if not finite")
+
+
+class OcclusionReference(BaseModel):
+    probability: float | None
+    top_label: int
+    activity: float | None
 
 
 class OcclusionResponse(BaseModel):
@@ -109,9 +115,13 @@ class OcclusionResponse(BaseModel):
     stride: int
     rows: int
     cols: int
-    probability: list[list[float]]
-    top_label: list[list[int]]
+    probability: list[list[float | None]] = Field(description="target-class probability; null if not finite")
+    top_label: list[list[int]] = Field(description="most probable class index")
     feature: OcclusionFeature
+    top_label_names: dict[str, str] | None = Field(
+        default=None, description="class index -> label for every class in top_label, the target and the top-1"
+    )
+    unoccluded: OcclusionReference | None = Field(default=None, description="the values without an occluder")
 
 
 class JobError(BaseModel):

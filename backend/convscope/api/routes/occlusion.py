@@ -11,25 +11,21 @@ from convscope.api.routes.common import errors
 from convscope.api.routes.jobs import job_response, job_url
 from convscope.api.schemas import JobResponse, OcclusionRequest, OcclusionResponse
 from convscope.engine import Engine
-from convscope.errors import ConvscopeError, InvalidRequestError
+from convscope.errors import InvalidRequestError
 
 router = APIRouter(tags=["occlusion"])
 
 
-class OcclusionUnavailableError(ConvscopeError):
-    status_code = 501
-
-
 def _positions(engine: Engine, request: OcclusionRequest) -> int:
-    side = engine.input_size
-    if request.size > side:
-        raise InvalidRequestError(f"occluder size {request.size} is larger than the {side}×{side} image")
+    """Check the request before any work (422 / 404) and count the occluder positions."""
+    from convscope.engine.occlusion import occlusion_positions_total
+
+    positions = occlusion_positions_total(engine.input_size, request.size, request.stride)
     if request.target is not None and request.target >= engine.model.num_classes:
         raise InvalidRequestError(f"target class {request.target} is out of range (0..{engine.model.num_classes - 1})")
     if request.layer is not None:
         engine.layer(request.layer)  # 404 for an unknown layer
-    per_side = (side - request.size) // request.stride + 1
-    return per_side * per_side
+    return positions
 
 
 @router.post(
@@ -47,18 +43,16 @@ def occlusion(
     prepared: PreparedDep,
     body: Annotated[OcclusionRequest | None, Body()] = None,
 ) -> Any:
+    from convscope.engine.occlusion import occlude, occlusion_response
+
     request = body or OcclusionRequest()
     positions = _positions(engine, request)
     settings = state.settings
     if positions > settings.occlusion_max_positions:
         raise InvalidRequestError(
             f"{positions:,} occluder positions are more than the limit of {settings.occlusion_max_positions:,}; "
-            "use a larger stride"
+            "use a larger stride or occluder"
         )
-    try:
-        from convscope.engine.occlusion import occlude, occlusion_response
-    except ImportError:
-        raise OcclusionUnavailableError("occlusion is not available in this build") from None
 
     def run(progress: Any = None, should_stop: Any = None) -> dict[str, Any]:
         result = occlude(
@@ -78,9 +72,7 @@ def occlusion(
         return run()
 
     def work(job: Job) -> dict[str, Any]:
-        result = run(progress=job.report, should_stop=job.should_stop)
-        job.check_cancelled()
-        return result
+        return run(progress=job.report, should_stop=job.should_stop)
 
     job = state.jobs.submit("occlusion", work, total=positions)
     return JSONResponse(job_response(job).model_dump(mode="json"), status_code=202, headers={"Location": job_url(job)})

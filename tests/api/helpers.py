@@ -1,0 +1,93 @@
+"""Shared helpers for the API tests: images made in memory, a tiny model, readiness waits."""
+
+from __future__ import annotations
+
+import io
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+from torch import nn
+
+from convscope.api.settings import Settings
+from convscope.models import LoadedModel
+from convscope.models.labels import numbered_labels
+
+MODEL = "efficientnet_lite0"
+
+
+def png(image: Image.Image, **params: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", **params)
+    return buffer.getvalue()
+
+
+def jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=92)
+    return buffer.getvalue()
+
+
+def decode(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def wait_ready(client: TestClient, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = client.get("/api/health")
+        if response.status_code == 200:
+            return
+        assert response.status_code == 503, response.text
+        assert response.json()["status"] == "loading", response.text
+        time.sleep(0.1)
+    raise AssertionError("the models did not load in time")
+
+
+def tiny_model(name: str = "tiny") -> LoadedModel:
+    """A small conv net (random weights, fixed seed) on 32×32 inputs, for tests of the plumbing."""
+    torch.manual_seed(0)
+    module = nn.Sequential(
+        OrderedDict(
+            [
+                ("conv1", nn.Conv2d(3, 4, 3, stride=2, padding=1)),
+                ("relu1", nn.ReLU()),
+                ("pool1", nn.MaxPool2d(2)),
+                ("conv2", nn.Conv2d(4, 6, 3, padding=1)),
+                ("relu2", nn.ReLU()),
+                ("gap", nn.AdaptiveAvgPool2d(1)),
+                ("flat", nn.Flatten()),
+                ("fc", nn.Linear(6, 10)),
+            ]
+        )
+    ).eval()
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    return LoadedModel(name=name, module=module, labels=numbered_labels(10), input_size=32)
+
+
+def tiny_loader(gate: Callable[[], None] | None = None) -> Callable[[str, Settings], LoadedModel]:
+    def load(name: str, settings: Settings) -> LoadedModel:
+        if gate is not None:
+            gate()
+        return tiny_model(name)
+
+    return load
+
+
+def tiny_settings(**overrides: object) -> Settings:
+    values: dict[str, object] = {"models": ["tiny"], "device": "cpu", "input_size": 32, "frontend_dir": None}
+    values.update(overrides)
+    return Settings.model_validate(values)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -1,0 +1,97 @@
+"""Health, start-up states, models and layers."""
+
+from __future__ import annotations
+
+import threading
+
+from fastapi.testclient import TestClient
+
+from api.helpers import MODEL, tiny_loader, tiny_settings, wait_ready
+from convscope.api import create_app
+from convscope.engine import Engine
+from convscope.errors import WeightsUnavailableError
+
+
+def test_health_is_ok_once_loaded(client: TestClient) -> None:
+    response = client.get("/api/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_health_is_503_while_loading_then_200() -> None:
+    release = threading.Event()
+    app = create_app(tiny_settings(), loader=tiny_loader(gate=lambda: release.wait(30)))
+    with TestClient(app) as client:
+        loading = client.get("/api/health")
+        assert loading.status_code == 503
+        assert loading.json()["status"] == "loading"
+        assert loading.headers["retry-after"]
+        # Model endpoints say 503 too, with a JSON detail; model-free ones work already.
+        models = client.get("/api/models")
+        assert models.status_code == 503
+        assert "loading" in models.json()["detail"]
+        assert client.get("/api/samples").status_code == 200
+        release.set()
+        wait_ready(client)
+        assert client.get("/api/health").json() == {"status": "ok"}
+        assert [m["name"] for m in client.get("/api/models").json()] == ["tiny"]
+
+
+def test_health_reports_a_failed_load() -> None:
+    def failing(name: str, settings: object) -> object:
+        raise WeightsUnavailableError("no weights for tiny here")
+
+    app = create_app(tiny_settings(), loader=failing)  # type: ignore[arg-type]
+    state = app.state.convscope
+    with TestClient(app) as client:
+        assert state.pool.wait(30)
+        response = client.get("/api/health")
+        assert response.status_code == 503
+        body = response.json()
+        assert body["status"] == "failed"
+        assert "no weights for tiny here" in body["detail"]
+        layers = client.get("/api/models/tiny/layers")
+        assert layers.status_code == 503
+        assert "no weights for tiny here" in layers.json()["detail"]
+
+
+def test_models_lists_the_loaded_model(client: TestClient) -> None:
+    response = client.get("/api/models")
+    assert response.status_code == 200
+    (model,) = response.json()
+    assert model["name"] == MODEL
+    assert model["default"] is True
+    assert model["num_classes"] == 1000
+    assert model["pretrained"] is True
+    assert model["input_size"] == 224
+
+
+def test_layers_are_the_engine_layers_in_module_order(client: TestClient, engine: Engine) -> None:
+    response = client.get(f"/api/models/{MODEL}/layers")
+    assert response.status_code == 200
+    rows = response.json()
+    assert rows == [info.to_dict() for info in engine.layers()]
+    # EfficientNet-Lite0's stem: 32 channels, stride 2, 3×3 field; the head: 1280 channels at 7×7.
+    first = rows[0]
+    assert (first["name"], first["channels"], first["height"], first["width"]) == ("conv_stem", 32, 112, 112)
+    assert first["receptive_field"] == {"size": 3.0, "stride": 2.0, "offset": 0.0}
+    head = next(row for row in rows if row["name"] == "conv_head")
+    assert (head["channels"], head["height"], head["width"]) == (1280, 7, 7)
+    assert head["receptive_field"]["stride"] == 32.0
+    order = [name for name, _ in engine.model.module.named_modules()]
+    positions = [order.index(row["name"]) for row in rows]
+    assert positions == sorted(positions), "layers come in module order"
+    assert all(set(row["receptive_field"]) == {"size", "stride", "offset"} for row in rows)
+
+
+def test_unknown_model_is_404(client: TestClient) -> None:
+    response = client.get("/api/models/alexnet/layers")
+    assert response.status_code == 404
+    assert "alexnet" in response.json()["detail"]
+
+
+def test_a_model_name_never_imports_code(client: TestClient) -> None:
+    for name in ("os:getcwd", "convscope.api.server:run_server", "subprocess:run"):
+        response = client.get(f"/api/models/{name}/layers")
+        assert response.status_code == 404, name
+        assert "unknown model" in response.json()["detail"]
