@@ -56,7 +56,9 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     except (TooLargeError, ImageDecodeError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise TooLargeError(f"image is too large to decode safely: {exc}") from None
+        raise TooLargeError(
+            f"image is too large to decode safely (the limit is {max_pixels:,} pixels): {exc}"
+        ) from None
     except UnidentifiedImageError:
         raise ImageDecodeError("the file is not an image in a format convscope can read") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:

@@ -1,0 +1,159 @@
+"""The `convscope` command line (DESIGN §5): real subprocesses, real model, real photos."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from convscope.samples import get_sample
+
+CLI = [sys.executable, "-m", "convscope"]
+
+
+def run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_predict_json_on_a_real_photo() -> None:
+    result = run(
+        "predict", "--model", "efficientnet_lite0", "--image", str(get_sample("coffee").path), "--top", "3", "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [set(row) for row in rows] == [{"index", "label", "probability"}] * 3
+    assert rows[0]["label"] == "espresso"
+    assert rows[0]["probability"] >= rows[1]["probability"] >= rows[2]["probability"]
+
+
+def test_project_writes_png_and_raw(tmp_path: Path) -> None:
+    out, raw = tmp_path / "p.png", tmp_path / "p.npz"
+    result = run(
+        "project", "--model", "efficientnet_lite0", "--image", str(get_sample("chelsea").path),
+        "--layer", "blocks.2", "--channel", "7", "--mode", "guided", "--out", str(out), "--raw", str(raw),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    image = Image.open(out)
+    assert image.size == (224, 224) and image.mode == "RGB"
+    data = np.load(raw)
+    assert data["input"].shape == (1, 3, 224, 224) and data["input"].dtype == np.float32
+    assert data["projection"].shape == (3, 224, 224) and data["projection"].dtype == np.float32
+    y, x = (int(v) for v in data["seed_position"])
+    assert 0 <= y < 28 and 0 <= x < 28
+    # the raw input is exactly what the engine feeds the model, and re-projecting it agrees
+    from convscope.engine import Engine
+    from convscope.images import PreparedImage
+    from convscope.models import load_model
+
+    engine = Engine(load_model(), device_name="cpu")
+    tensor = torch.from_numpy(data["input"])
+    prepared = PreparedImage("raw", Image.new("RGB", (224, 224)), tensor)
+    again = engine.project(prepared, "blocks.2", 7, mode="guided")
+    assert again.seed_position == (y, x)
+    assert float(data["seed_value"]) == pytest.approx(again.seed_value, rel=1e-5)
+    assert np.allclose(again.projection.numpy(), data["projection"], rtol=1e-4, atol=1e-6)
+    # and the PNG is the paper's per-image contrast normalisation of that projection
+    pixels = np.asarray(image)
+    assert pixels.min() == 0 and pixels.max() == 255
+
+
+def test_project_whole_map_seed(tmp_path: Path) -> None:
+    raw = tmp_path / "m.npz"
+    result = run(
+        "project", "--model", "efficientnet_lite0", "--image", str(get_sample("rocket").path), "--layer", "conv_stem",
+        "--channel", "3", "--select", "map", "--out", str(tmp_path / "m.png"), "--raw", str(raw),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert list(np.load(raw)["seed_position"]) == [-1, -1]
+
+
+def test_layers_json() -> None:
+    result = run("layers", "--model", "zfnet", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["features.conv1"]["channels"] == 96 and rows["features.conv1"]["height"] == 110
+    assert rows["features.pool2"]["receptive_field"]["size"] == 43
+    assert rows["features.pool5"]["receptive_field"]["stride"] == 32
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("predict", "--model", "nope", "--image", "{photo}"), "unknown model 'nope'"),
+        (("predict", "--model", "zfnet", "--image", "{missing}"), "image file not found"),
+        (("predict", "--model", "zfnet", "--image", "{text}"), "not an image"),
+        (("predict", "--model", "zfnet", "--weights", "{missing}", "--image", "{photo}"), "weights file not found"),
+        (
+            (
+                "project",
+                "--model",
+                "zfnet",
+                "--image",
+                "{photo}",
+                "--layer",
+                "nope",
+                "--channel",
+                "0",
+                "--out",
+                "{png}",
+            ),
+            "no layer 'nope'",
+        ),
+        (
+            (
+                "project",
+                "--model",
+                "zfnet",
+                "--image",
+                "{photo}",
+                "--layer",
+                "features.conv1",
+                "--channel",
+                "96",
+                "--out",
+                "{png}",
+            ),
+            "channel 96 is out of range",
+        ),
+        (("layers", "--model", "no_such_pkg_zz:f"), "cannot import module"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("hello, not a picture")
+    values = {
+        "photo": str(get_sample("coffee").path),
+        "missing": str(tmp_path / "missing.jpg"),
+        "text": str(text),
+        "png": str(tmp_path / "o.png"),
+    }
+    result = run(*(arg.format(**values) for arg in args))
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_argument_errors_exit_2() -> None:
+    result = run(
+        "project",
+        "--model",
+        "zfnet",
+        "--image",
+        "x.png",
+        "--layer",
+        "a",
+        "--channel",
+        "0",
+        "--out",
+        "o.png",
+        "--mode",
+        "magic",
+    )
+    assert result.returncode == 2 and "invalid choice" in result.stderr
