@@ -1,0 +1,158 @@
+// Talking to the convscope REST API (DESIGN §6).
+//
+// Every request goes through `request()`. Requests made in a named *slot*
+// cancel the slot's previous request (AbortController), so a newer click always
+// wins and a stale response can never overwrite a newer one. Errors come back
+// as ApiError with a message meant for a person.
+
+export class ApiError extends Error {
+  constructor(message, { status = 0, aborted = false } = {}) {
+    super(message);
+    this.name = "ApiError";
+    this.status = status;
+    this.aborted = aborted;
+  }
+}
+
+const slots = new Map(); // slot name -> AbortController of its in-flight request
+
+/** Abort the in-flight request of a slot, if any. */
+export function cancel(slot) {
+  const controller = slots.get(slot);
+  if (controller) {
+    controller.abort();
+    slots.delete(slot);
+  }
+}
+
+/** True for the rejection of a request that was cancelled on purpose. */
+export function isAbort(error) {
+  return Boolean(error && (error.aborted || error.name === "AbortError"));
+}
+
+/** Turn FastAPI's `detail` (a string, or a list of validation errors) into plain words. */
+export function describeDetail(detail, status) {
+  if (typeof detail === "string" && detail) return detail;
+  if (Array.isArray(detail) && detail.length) {
+    return detail
+      .map((item) => {
+        const where = Array.isArray(item.loc) ? item.loc.filter((p) => p !== "query" && p !== "body").join(".") : "";
+        return where ? `${where}: ${item.msg}` : String(item.msg ?? item);
+      })
+      .join("; ");
+  }
+  if (detail && typeof detail === "object") return JSON.stringify(detail);
+  return fallbackMessage(status);
+}
+
+function fallbackMessage(status) {
+  if (status === 404) return "Not found on the server.";
+  if (status === 413) return "That file is too large for the server.";
+  if (status === 415) return "That file is not an image the server can read.";
+  if (status === 503) return "The server is still loading its models; try again in a moment.";
+  if (status >= 500) return `The server failed on this request (HTTP ${status}); see its log for details.`;
+  return `The request failed (HTTP ${status}).`;
+}
+
+async function errorFrom(response) {
+  let detail = null;
+  try {
+    const type = response.headers.get("content-type") || "";
+    if (type.includes("json")) detail = (await response.json()).detail;
+    else detail = (await response.text()).slice(0, 300) || null;
+  } catch {
+    detail = null;
+  }
+  return new ApiError(describeDetail(detail, response.status), { status: response.status });
+}
+
+/**
+ * fetch() with slot cancellation and readable errors.
+ * @param {string} url
+ * @param {{slot?: string, signal?: AbortSignal, as?: "json"|"blob"|"response", init?: RequestInit}} options
+ */
+export async function request(url, { slot = null, signal = null, as = "json", init = {} } = {}) {
+  const controller = new AbortController();
+  if (slot) {
+    cancel(slot);
+    slots.set(slot, controller);
+  }
+  if (signal) {
+    if (signal.aborted) controller.abort();
+    else signal.addEventListener("abort", () => controller.abort(), { once: true });
+  }
+  let response;
+  try {
+    response = await fetch(url, { ...init, signal: controller.signal });
+    if (!response.ok) throw await errorFrom(response);
+    if (as === "json") return await response.json();
+    if (as === "blob") return { blob: await response.blob(), headers: response.headers };
+    return response;
+  } catch (error) {
+    if (error instanceof ApiError) throw error;
+    if (controller.signal.aborted || error.name === "AbortError") {
+      throw new ApiError("cancelled", { aborted: true });
+    }
+    throw new ApiError("Cannot reach the convscope server. Is it still running?", { status: 0 });
+  } finally {
+    if (slot && slots.get(slot) === controller) slots.delete(slot);
+  }
+}
+
+const enc = encodeURIComponent;
+
+function query(params) {
+  const search = new URLSearchParams();
+  for (const [key, value] of Object.entries(params)) {
+    if (value !== undefined && value !== null) search.set(key, String(value));
+  }
+  return search.toString();
+}
+
+export const urls = {
+  health: () => "/api/health",
+  models: () => "/api/models",
+  layers: (model) => `/api/models/${enc(model)}/layers`,
+  samples: () => "/api/samples",
+  thumbnail: (id) => `/api/samples/${enc(id)}/thumbnail.png`,
+  images: () => "/api/images",
+  image: (id, model) => `/api/images/${enc(id)}?${query({ model })}`,
+  predictions: (model, id, top = 5) => `/api/models/${enc(model)}/images/${enc(id)}/predictions?${query({ top })}`,
+  activations: (model, id, layer) => `/api/models/${enc(model)}/images/${enc(id)}/activations?${query({ layer })}`,
+  projection: (model, id, { layer, channel, mode, select }) =>
+    `/api/models/${enc(model)}/images/${enc(id)}/projection?${query({ layer, channel, mode, select })}`,
+  occlusion: (model, id) => `/api/models/${enc(model)}/images/${enc(id)}/occlusion`,
+};
+
+export const api = {
+  health: (opts) => request(urls.health(), opts),
+  models: (opts) => request(urls.models(), opts),
+  layers: (model, opts) => request(urls.layers(model), opts),
+  samples: (opts) => request(urls.samples(), opts),
+  predictions: (model, id, opts) => request(urls.predictions(model, id), opts),
+  activations: (model, id, layer, opts) => request(urls.activations(model, id, layer), opts),
+  /** The S×S model input as a Blob. */
+  image: (id, model, opts) => request(urls.image(id, model), { ...opts, as: "blob" }),
+  /** → {blob, seedValue, seedY, seedX} */
+  async projection(model, id, params, opts) {
+    const { blob, headers } = await request(urls.projection(model, id, params), { ...opts, as: "blob" });
+    const num = (name, fallback) => {
+      const value = Number.parseFloat(headers.get(name));
+      return Number.isFinite(value) ? value : fallback;
+    };
+    return { blob, seedValue: num("X-Seed-Value", null), seedY: num("X-Seed-Y", -1), seedX: num("X-Seed-X", -1) };
+  },
+  /** Upload a File/Blob; → {id, width, height} */
+  upload(file, filename = "image.png", opts = {}) {
+    const form = new FormData();
+    form.append("file", file, file.name || filename);
+    return request(urls.images(), { ...opts, init: { method: "POST", body: form } });
+  },
+  /** For later panels (occlusion): POST JSON. */
+  postJson(url, body, opts = {}) {
+    return request(url, {
+      ...opts,
+      init: { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) },
+    });
+  },
+};

@@ -1,0 +1,227 @@
+// convscope dashboard: wiring. Each panel is its own module; this file loads the
+// server's models and samples, restores the state from the URL hash, and routes
+// state changes to the panels that need to fetch something.
+
+import { api, request, urls } from "./api.js";
+import { installKeyboard } from "./keyboard.js";
+import { createInputPanel } from "./panels/input.js";
+import { createLayersPanel, defaultLayer } from "./panels/layers.js";
+import { createMapsPanel } from "./panels/featuremaps.js";
+import { createPredictionsPanel } from "./panels/predictions.js";
+import { createReconPanel } from "./panels/reconstruction.js";
+import { HASH_KEYS, parseHash, startHashSync, store } from "./state.js";
+import { createTabs } from "./tabs.js";
+import { $, busy, h, showError } from "./util.js";
+
+// ---- request tracking: the global activity line, and "settled" for live webcam ----
+const inflight = new Set();
+let activityTimer = null;
+function track(promise) {
+  if (!promise || typeof promise.then !== "function") return promise;
+  inflight.add(promise);
+  if (!activityTimer) activityTimer = setTimeout(() => document.body.classList.toggle("is-busy", inflight.size > 0), 150);
+  const done = () => {
+    inflight.delete(promise);
+    if (!inflight.size) {
+      clearTimeout(activityTimer);
+      activityTimer = null;
+      document.body.classList.remove("is-busy");
+    }
+  };
+  promise.then(done, done);
+  return promise;
+}
+/** Resolves once nothing is in flight (waits for requests started meanwhile too). */
+async function settled() {
+  while (inflight.size) await Promise.allSettled([...inflight]);
+}
+
+// ---- panels -------------------------------------------------------------------------
+const tooltip = $('[data-role="tooltip"]');
+const help = $('[data-role="help"]');
+let models = [];
+let layersModel = null; // the model whose layer list is rendered
+let navDirection = 0; // the last keyboard step (-1, +1), for prefetching
+let navAt = 0;
+
+const input = createInputPanel({ root: $('[data-panel="input"]'), store, settled });
+const predictions = createPredictionsPanel({ root: $('[data-panel="predictions"]') });
+const layers = createLayersPanel({ root: $('[data-panel="layers"]'), store });
+const maps = createMapsPanel({ root: $('[data-panel="maps"]'), store, tooltip });
+const recon = createReconPanel({
+  root: $('[data-panel="reconstruction"]'),
+  store,
+  maps,
+  layerInfo: (name) => (layersModel === store.get().model ? layers.layer(name) : null),
+  describeImage: (id) => input.describeImage(id),
+});
+const tabs = createTabs({
+  nav: $('[data-role="tabs"]'),
+  main: $("main"),
+  store,
+  ctx: { store, api, urls, request, busy, showError, h, layers: () => layers.layers, models: () => models },
+});
+maps.onData(() => recon.refreshGeometry());
+
+installKeyboard({
+  store,
+  maps,
+  layers,
+  recon,
+  input,
+  help,
+  onNavigate: (delta) => {
+    navDirection = delta;
+    navAt = performance.now();
+  },
+});
+$('[data-role="help-open"]').addEventListener("click", () => help.showModal());
+
+// ---- state routing --------------------------------------------------------------------
+const currentModel = () => models.find((m) => m.name === store.get().model) || null;
+
+async function loadLayers(model) {
+  layersModel = null;
+  layers.showError("");
+  try {
+    const rows = await busy($('[data-panel="layers"]'), api.layers(model, { slot: "layers" }));
+    if (store.get().model !== model) return;
+    layers.render(rows);
+    layersModel = model;
+    proceed(store.get(), new Set(HASH_KEYS));
+  } catch (error) {
+    if (error.aborted) return;
+    layers.showError(`The layers of ${model} could not be listed: ${error.message}`);
+  }
+}
+
+async function loadMaps(state) {
+  const info = layers.layer(state.layer);
+  const data = await maps.load(state, info);
+  if (!data) return;
+  const now = store.get();
+  if (now.model !== state.model || now.image !== state.image || now.layer !== state.layer) return;
+  if (now.channel === null || now.channel >= data.channels) {
+    // no channel chosen yet: start with the strongest feature map of the layer
+    let best = 0;
+    for (let c = 1; c < data.channels; c++) if (data.max[c] > data.max[best]) best = c;
+    store.set({ channel: best });
+  }
+}
+
+/** Everything that needs the model's layer list. */
+function proceed(state, changed) {
+  if (layersModel !== state.model) return;
+  const all = layers.layers;
+  const info = state.layer ? layers.layer(state.layer) : null;
+  if (!info) {
+    const fallback = defaultLayer(all, currentModel()?.input_size ?? 224);
+    if (state.layer) layers.showError(`${state.model} has no layer “${state.layer}”; showing ${fallback} instead.`);
+    if (fallback) store.set({ layer: fallback, channel: null });
+    return;
+  }
+  if (state.channel !== null && state.channel >= info.channels) {
+    store.set({ channel: null });
+    return;
+  }
+  layers.sync(state);
+  if (changed.has("model") || changed.has("image") || changed.has("layer")) track(loadMaps(state));
+  maps.sync(state, { scroll: true });
+  const projectionKeys = ["model", "image", "layer", "channel", "mode", "select"];
+  if (projectionKeys.some((k) => changed.has(k))) {
+    const keyboard = performance.now() - navAt < 80 && changed.has("channel") ? navDirection : 0;
+    if (state.channel === null) recon.reset();
+    else track(recon.loadProjection(state, { prefetch: keyboard }));
+  }
+  recon.refreshGeometry();
+}
+
+function onChange(state, changed) {
+  tabs.sync(state, changed);
+  input.sync(state);
+  recon.syncControls(state);
+  if (changed.has("model")) {
+    renderModelInfo();
+    track(loadLayers(state.model));
+  }
+  if (changed.has("model") || changed.has("image")) {
+    track(predictions.load(state));
+    track(recon.loadInput(state, currentModel()?.input_size));
+  }
+  if (!changed.has("model")) proceed(state, changed);
+}
+
+// ---- models -----------------------------------------------------------------------------------
+function renderModelInfo() {
+  const model = currentModel();
+  const badge = $('[data-role="model-badge"]');
+  predictions.setModelInfo(model);
+  if (!model) return badge.replaceChildren();
+  badge.replaceChildren(
+    ...(models.length > 1 ? [] : [h("b", {}, model.name), " · "]),
+    `${model.num_classes} classes · ${model.input_size}px`,
+    model.pretrained ? "" : h("span", { class: "warn" }, " · random weights"),
+  );
+  const select = $('[data-role="model-select"]');
+  if (select.value !== model.name) select.value = model.name;
+}
+
+function setupModelPicker() {
+  const picker = $('[data-role="model-picker"]');
+  const select = $('[data-role="model-select"]');
+  select.replaceChildren(...models.map((m) => h("option", { value: m.name }, m.name + (m.pretrained ? "" : " (random weights)"))));
+  picker.hidden = models.length < 2;
+  select.addEventListener("change", () => store.set({ model: select.value }));
+}
+
+// ---- boot ----------------------------------------------------------------------------------------
+const bootBox = $('[data-role="boot"]');
+const bootMessage = $('[data-role="boot-message"]');
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function waitForHealth() {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const response = await fetch(urls.health(), { cache: "no-store" });
+      if (response.ok) return;
+      bootMessage.textContent = response.status === 503 ? "The server is loading its models…" : `The server answered HTTP ${response.status}; retrying…`;
+    } catch {
+      bootMessage.textContent = "Cannot reach the convscope server; retrying…";
+    }
+    await sleep(Math.min(2000, 400 + attempt * 200));
+  }
+}
+
+async function boot() {
+  await waitForHealth();
+  bootMessage.textContent = "Loading models and samples…";
+  let samples;
+  try {
+    [models, samples] = await Promise.all([api.models(), api.samples()]);
+  } catch (error) {
+    bootBox.classList.add("is-error");
+    bootMessage.textContent = `The dashboard could not start: ${error.message}`;
+    return;
+  }
+  if (!models.length) {
+    bootBox.classList.add("is-error");
+    bootMessage.textContent = "The server has no model loaded.";
+    return;
+  }
+  setupModelPicker();
+  input.renderSamples(samples);
+
+  const wanted = parseHash(location.hash);
+  const fallbackModel = (models.find((m) => m.default) || models[0]).name;
+  const model = models.some((m) => m.name === wanted.model) ? wanted.model : fallbackModel;
+  if (wanted.model && wanted.model !== model) input.showError(`The server has no model “${wanted.model}”; showing ${model}.`);
+  const image = wanted.image || (samples.find((s) => s.id === "chelsea") || samples[0])?.id || null;
+
+  store.subscribe(onChange);
+  store.set({ ...wanted, model, image });
+  startHashSync();
+  bootBox.hidden = true;
+  document.documentElement.dataset.ready = "true";
+}
+
+boot();

@@ -1,0 +1,380 @@
+// Feature-map grid: every channel of the chosen layer, drawn from the one
+// activations sprite (grayscale, row-major by channel, scaled by the layer max),
+// recoloured on a canvas with a perceptual colour map and sliced with CSS
+// background-position. Sort by strongest activation, total, or index.
+
+import { api, isAbort, request } from "../api.js";
+import { COLORMAPS, applyColormap, gradientCss } from "../colormap.js";
+import { $, busy, fmt, h, showError } from "../util.js";
+
+const PREFS_KEY = "convscope.maps";
+const CACHE_SIZE = 10;
+const GAP = 3;
+
+function loadPrefs() {
+  try {
+    return { sort: "max", cmap: COLORMAPS[0], zoom: 0, ...JSON.parse(localStorage.getItem(PREFS_KEY) || "{}") };
+  } catch {
+    return { sort: "max", cmap: COLORMAPS[0], zoom: 0 };
+  }
+}
+
+export function createMapsPanel({ root, store, tooltip }) {
+  const grid = $('[data-role="tile-grid"]', root);
+  const scroller = $(".tile-scroll", root);
+  const errorBox = $('[data-role="maps-error"]', root);
+  const hoverLine = $('[data-role="maps-hover"]', root);
+  const summary = $('[data-role="layer-summary"]', root);
+  const sortSelect = $('[data-role="maps-sort"]', root);
+  const cmapSelect = $('[data-role="maps-cmap"]', root);
+  const legendBar = $('[data-role="maps-legend-bar"]', root);
+  const legendMax = $('[data-role="maps-legend-max"]', root);
+
+  const prefs = loadPrefs();
+  const savePrefs = () => {
+    try {
+      localStorage.setItem(PREFS_KEY, JSON.stringify(prefs));
+    } catch {
+      /* private mode: preferences just don't persist */
+    }
+  };
+  if (!COLORMAPS.includes(prefs.cmap)) prefs.cmap = COLORMAPS[0];
+  cmapSelect.replaceChildren(...COLORMAPS.map((name) => h("option", { value: name }, name)));
+  cmapSelect.value = prefs.cmap;
+  sortSelect.value = prefs.sort;
+
+  const cache = new Map(); // key -> entry {key, data, gray: canvas, colored: {cmap, url}}
+  let current = null; // the entry on screen
+  let order = []; // channel indices in display order
+  let tiles = []; // tile element per channel
+  let generation = 0;
+  const listeners = new Set();
+
+  const keyOf = (state) => `${state.model}|${state.image}|${state.layer}`;
+
+  // ---- loading -------------------------------------------------------------------
+  async function fetchEntry(state) {
+    const data = await api.activations(state.model, state.image, state.layer, { slot: "activations" });
+    const { blob } = await request(data.sprite.url, { slot: "sprite", as: "blob" });
+    const bitmap = await createImageBitmap(blob);
+    const gray = document.createElement("canvas");
+    gray.width = bitmap.width;
+    gray.height = bitmap.height;
+    gray.getContext("2d", { willReadFrequently: true }).drawImage(bitmap, 0, 0);
+    bitmap.close?.();
+    return { key: keyOf(state), data, gray, colored: null };
+  }
+
+  async function colorise(entry) {
+    if (entry.colored && entry.colored.cmap === prefs.cmap) return entry.colored.url;
+    const ctx = entry.gray.getContext("2d", { willReadFrequently: true });
+    const pixels = ctx.getImageData(0, 0, entry.gray.width, entry.gray.height);
+    applyColormap(pixels, prefs.cmap);
+    const out = document.createElement("canvas");
+    out.width = entry.gray.width;
+    out.height = entry.gray.height;
+    out.getContext("2d").putImageData(pixels, 0, 0);
+    const blob = await new Promise((resolve) => out.toBlob(resolve, "image/png"));
+    if (entry.colored) URL.revokeObjectURL(entry.colored.url);
+    entry.colored = { cmap: prefs.cmap, url: URL.createObjectURL(blob), canvas: out };
+    return entry.colored.url;
+  }
+
+  function remember(entry) {
+    cache.delete(entry.key);
+    cache.set(entry.key, entry);
+    while (cache.size > CACHE_SIZE) {
+      const [oldKey, old] = cache.entries().next().value;
+      if (old === current) {
+        cache.delete(oldKey);
+        cache.set(oldKey, old);
+        continue;
+      }
+      if (old.colored) URL.revokeObjectURL(old.colored.url);
+      cache.delete(oldKey);
+    }
+  }
+
+  /** Load (or reuse) the activations of state's layer; resolves with the data, or null when superseded. */
+  async function load(state, layerInfo) {
+    const mine = ++generation;
+    showError(errorBox, "");
+    summary.replaceChildren(...summaryNodes(state.layer, layerInfo));
+    const key = keyOf(state);
+    grid.classList.add("is-stale");
+    try {
+      let entry = cache.get(key);
+      if (!entry) {
+        entry = await busy(root, fetchEntry(state));
+        if (mine !== generation) return null;
+        remember(entry);
+      }
+      const url = await colorise(entry);
+      if (mine !== generation) return null;
+      current = entry;
+      draw(url);
+      grid.classList.remove("is-stale");
+      for (const listener of listeners) listener(entry.data);
+      return entry.data;
+    } catch (error) {
+      if (isAbort(error) || mine !== generation) return null;
+      current = null;
+      grid.replaceChildren();
+      tiles = [];
+      order = [];
+      grid.classList.remove("is-stale");
+      showError(errorBox, `Feature maps unavailable: ${error.message}`);
+      return null;
+    }
+  }
+
+  function summaryNodes(name, info) {
+    if (!info) return [h("b", {}, name || "")];
+    const field = info.receptive_field || {};
+    return [
+      h("b", {}, name),
+      ` · ${info.kind} · ${info.channels}×${info.height}×${info.width} · rf ${Math.round(field.size)}px/${Math.round(field.stride)}`,
+    ];
+  }
+
+  // ---- drawing ---------------------------------------------------------------------
+  function tileSize(channels, tile) {
+    const width = Math.max(120, scroller.clientWidth - 8);
+    const height = Math.max(160, scroller.clientHeight - 8);
+    let side = Math.floor(Math.sqrt((width * height) / Math.max(1, channels))) - GAP;
+    side = Math.max(18, Math.min(side, 132));
+    // whole multiples of the sprite tile keep nearest-neighbour pixels even
+    if (side > tile) {
+      const snapped = Math.floor(side / tile) * tile;
+      if (snapped >= side * 0.75) side = snapped;
+    }
+    side = Math.round(side * 1.25 ** prefs.zoom);
+    return Math.max(10, Math.min(side, 320));
+  }
+
+  function draw(url) {
+    const data = current.data;
+    const { columns, rows, tile } = data.sprite;
+    const side = tileSize(data.channels, tile);
+    grid.style.setProperty("--tile", `${side}px`);
+    grid.classList.toggle("smooth", side < tile);
+    grid.classList.toggle("labels", side >= 44 && data.channels <= 64);
+    const peak = Math.max(0, ...data.max);
+    tiles = new Array(data.channels);
+    for (let c = 0; c < data.channels; c++) {
+      const row = Math.floor(c / columns);
+      const col = c % columns;
+      const dead = !(data.max[c] > 0);
+      const tileEl = h(
+        "button",
+        {
+          type: "button",
+          class: dead ? "tile is-dead" : "tile",
+          role: "option",
+          tabindex: "-1",
+          "aria-selected": "false",
+          dataset: { channel: String(c) },
+          "aria-label": `Channel ${c}: max ${fmt(data.max[c])}, sum ${fmt(data.sum[c])}`,
+          style: {
+            backgroundImage: `url("${url}")`,
+            backgroundSize: `${columns * side}px ${rows * side}px`,
+            backgroundPosition: `${-col * side}px ${-row * side}px`,
+          },
+        },
+        h("span", { class: "tnum", "aria-hidden": "true" }, String(c)),
+      );
+      tiles[c] = tileEl;
+    }
+    sortTiles();
+    legendBar.style.background = gradientCss(prefs.cmap);
+    legendMax.textContent = fmt(peak);
+    sync(store.get(), { scroll: true });
+  }
+
+  function sortTiles() {
+    if (!current) return;
+    const { max, sum, channels } = current.data;
+    order = Array.from({ length: channels }, (_, i) => i);
+    if (prefs.sort === "max") order.sort((a, b) => max[b] - max[a] || a - b);
+    else if (prefs.sort === "sum") order.sort((a, b) => sum[b] - sum[a] || a - b);
+    grid.replaceChildren(...order.map((c) => tiles[c]));
+  }
+
+  function sync(state, { scroll = true } = {}) {
+    if (!current || current.key !== keyOf(state)) return;
+    for (const el of grid.querySelectorAll('.tile[aria-selected="true"]')) {
+      el.setAttribute("aria-selected", "false");
+      el.tabIndex = -1;
+    }
+    const el = state.channel !== null ? tiles[state.channel] : null;
+    if (el) {
+      el.setAttribute("aria-selected", "true");
+      el.tabIndex = 0;
+      if (scroll) el.scrollIntoView({ block: "nearest", inline: "nearest" });
+    } else if (tiles[order[0]]) {
+      tiles[order[0]].tabIndex = 0;
+    }
+  }
+
+  // ---- hover -----------------------------------------------------------------------------
+  function describe(c) {
+    const d = current.data;
+    const rank = order.indexOf(c) + 1;
+    const [y, x] = d.argmax?.[c] ?? [null, null];
+    return { c, max: d.max[c], sum: d.sum[c], rank, y, x, channels: d.channels };
+  }
+
+  function showHover(el) {
+    if (!current) return;
+    const info = describe(Number(el.dataset.channel));
+    const where = info.y !== null ? ` at (y ${info.y}, x ${info.x})` : "";
+    hoverLine.innerHTML = "";
+    hoverLine.append(
+      h("b", {}, `channel ${info.c}`),
+      ` · max ${fmt(info.max)}${where} · sum ${fmt(info.sum)} · #${info.rank} of ${info.channels} by ${prefs.sort === "index" ? "index" : prefs.sort}`,
+    );
+    tooltip.replaceChildren(
+      h("b", {}, `ch ${info.c}`),
+      h("span", { class: "t-muted" }, "  max "),
+      fmt(info.max),
+      h("span", { class: "t-muted" }, "  sum "),
+      fmt(info.sum),
+    );
+    tooltip.hidden = false;
+    const box = el.getBoundingClientRect();
+    const tw = tooltip.offsetWidth;
+    let left = box.left + box.width / 2 - tw / 2;
+    left = Math.max(6, Math.min(left, window.innerWidth - tw - 6));
+    let top = box.top - tooltip.offsetHeight - 6;
+    if (top < 50) top = box.bottom + 6;
+    tooltip.style.left = `${left}px`;
+    tooltip.style.top = `${top}px`;
+  }
+
+  function hideHover() {
+    tooltip.hidden = true;
+    hoverLine.textContent = current ? "Hover a map for its numbers; click it (or use the arrow keys) to project it." : "";
+  }
+
+  grid.addEventListener("mouseover", (event) => {
+    const el = event.target.closest(".tile");
+    if (el) showHover(el);
+  });
+  grid.addEventListener("mouseleave", hideHover);
+  grid.addEventListener("focusin", (event) => {
+    const el = event.target.closest(".tile");
+    if (el && el.matches(":focus-visible")) showHover(el);
+  });
+  grid.addEventListener("focusout", () => (tooltip.hidden = true));
+  scroller.addEventListener("scroll", () => (tooltip.hidden = true), { passive: true });
+  grid.addEventListener("click", (event) => {
+    const el = event.target.closest(".tile");
+    if (!el) return;
+    store.set({ channel: Number(el.dataset.channel) });
+    el.focus({ preventScroll: true });
+  });
+
+  // ---- navigation ---------------------------------------------------------------------------
+  function columnsNow() {
+    const first = grid.firstElementChild;
+    if (!first) return 1;
+    const side = first.getBoundingClientRect().width + GAP;
+    return Math.max(1, Math.floor((grid.clientWidth + GAP) / side));
+  }
+
+  /** The channel `delta` places away in display order (rows: delta × columns). */
+  function neighbour(channel, delta, { rows = false } = {}) {
+    if (!order.length) return null;
+    const at = order.indexOf(channel);
+    if (at < 0) return order[0];
+    const step = rows ? delta * columnsNow() : delta;
+    const to = at + step;
+    if (to < 0 || to >= order.length) return rows ? channel : order[Math.max(0, Math.min(order.length - 1, to))];
+    return order[to];
+  }
+
+  function move(delta, opts = {}) {
+    const state = store.get();
+    const next = state.channel === null ? order[0] : neighbour(state.channel, delta, opts);
+    if (next === null || next === undefined) return;
+    const hadFocus = document.activeElement?.classList?.contains("tile");
+    store.set({ channel: next });
+    if (hadFocus) tiles[next]?.focus({ preventScroll: true });
+  }
+
+  function jump(where) {
+    if (!order.length) return;
+    store.set({ channel: where === "first" ? order[0] : order[order.length - 1] });
+  }
+
+  // ---- preferences --------------------------------------------------------------------------------
+  function setSort(sort) {
+    prefs.sort = sort;
+    sortSelect.value = sort;
+    savePrefs();
+    sortTiles();
+    sync(store.get());
+  }
+
+  async function setCmap(name) {
+    prefs.cmap = name;
+    cmapSelect.value = name;
+    savePrefs();
+    if (current) draw(await colorise(current));
+    for (const listener of listeners) listener(current?.data ?? null);
+  }
+
+  function zoom(step) {
+    prefs.zoom = Math.max(-4, Math.min(5, prefs.zoom + step));
+    savePrefs();
+    if (current?.colored) draw(current.colored.url);
+  }
+
+  sortSelect.addEventListener("change", () => setSort(sortSelect.value));
+  cmapSelect.addEventListener("change", () => setCmap(cmapSelect.value));
+  $('[data-role="maps-zoom-in"]', root).addEventListener("click", () => zoom(1));
+  $('[data-role="maps-zoom-out"]', root).addEventListener("click", () => zoom(-1));
+  let resizeTimer = null;
+  new ResizeObserver(() => {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(() => current?.colored && draw(current.colored.url), 120);
+  }).observe(scroller);
+
+  /** A canvas of one channel's map in the current colour map, alpha from the value (for overlays). */
+  function channelCanvas(channel, { alpha = true } = {}) {
+    if (!current || channel === null || channel >= current.data.channels) return null;
+    const { columns, tile } = current.data.sprite;
+    const canvas = document.createElement("canvas");
+    canvas.width = canvas.height = tile;
+    const ctx = canvas.getContext("2d", { willReadFrequently: true });
+    ctx.drawImage(current.gray, (channel % columns) * tile, Math.floor(channel / columns) * tile, tile, tile, 0, 0, tile, tile);
+    const pixels = ctx.getImageData(0, 0, tile, tile);
+    applyColormap(pixels, prefs.cmap, { alphaFromValue: alpha });
+    ctx.putImageData(pixels, 0, 0);
+    return canvas;
+  }
+
+  return {
+    load,
+    sync,
+    move,
+    jump,
+    setSort,
+    cycleSort: () => setSort({ max: "sum", sum: "index", index: "max" }[prefs.sort] || "max"),
+    cycleCmap: () => setCmap(COLORMAPS[(COLORMAPS.indexOf(prefs.cmap) + 1) % COLORMAPS.length]),
+    zoom,
+    channelCanvas,
+    neighbour,
+    onData: (fn) => listeners.add(fn),
+    /** The activations on screen when they belong to `state`, else null. */
+    dataFor: (state) => (current && current.key === keyOf(state) ? current.data : null),
+    clear() {
+      generation++;
+      current = null;
+      grid.replaceChildren();
+      tiles = [];
+      order = [];
+    },
+    showError: (message) => showError(errorBox, message),
+  };
+}

@@ -1,0 +1,406 @@
+// Reconstruction: the model input (with the receptive field of the strongest
+// activation marked), the deconvnet projection beside it, and both patches under
+// that receptive field (as in the paper's Fig. 2). Mode and select switches.
+//
+// Projections are fetched with fetch() + AbortController and shown through
+// object URLs; a small cache makes flipping back and forth instant, and while
+// the user walks channels with the keyboard the next one is fetched ahead.
+
+import { api, isAbort } from "../api.js";
+import { autoContrast } from "../imageops.js";
+import { $, $$, busy, fmt, h, showError } from "../util.js";
+
+const CACHE_SIZE = 48;
+const PREFS_KEY = "convscope.recon";
+const CROP = 112;
+const EMPTY_TEXT = "Click a feature map to project it into pixel space";
+
+export function createReconPanel({ root, store, maps, layerInfo, describeImage }) {
+  const inputImg = $('[data-role="input-image"]', root);
+  const projImg = $('[data-role="projection"]', root);
+  const projEmpty = $('[data-role="projection-empty"]', root);
+  const projStage = $('[data-role="projection-stage"]', root);
+  const marker = $('[data-role="marker"]', root);
+  const overlay = $('[data-role="map-overlay"]', root);
+  const inputCaption = $('[data-role="input-caption"]', root);
+  const projCaption = $('[data-role="projection-caption"]', root);
+  const heading = $('[data-role="recon-heading"]', root);
+  const facts = $('[data-role="recon-facts"]', root);
+  const cropInput = $('[data-role="crop-input"]', root);
+  const cropProj = $('[data-role="crop-projection"]', root);
+  const cropMap = $('[data-role="crop-map"]', root);
+  const overlayToggle = $('[data-role="overlay-toggle"]', root);
+  const errorBox = $('[data-role="recon-error"]', root);
+
+  let prefs = { overlay: false, contrast: "auto" };
+  try {
+    prefs = { ...prefs, ...JSON.parse(localStorage.getItem(PREFS_KEY) || "{}") };
+  } catch {
+    /* defaults */
+  }
+  overlayToggle.checked = Boolean(prefs.overlay);
+  if (!["auto", "paper"].includes(prefs.contrast)) prefs.contrast = "auto";
+  const savePrefs = () => {
+    try {
+      localStorage.setItem(PREFS_KEY, JSON.stringify(prefs));
+    } catch {
+      /* not persisted */
+    }
+  };
+
+  let inputSize = 224;
+  let inputKey = null; // model|image shown in inputImg
+  let inputUrl = null;
+  let inputGeneration = 0;
+  let shown = null; // {key, result} of the projection on screen
+  let wanted = null; // key the user asked for last
+  const cache = new Map(); // key -> {promise, controller, result?}
+
+  const projKey = (s) => `${s.model}|${s.image}|${s.layer}|${s.channel}|${s.mode}|${s.select}`;
+
+  // ---- the input image -------------------------------------------------------------
+  async function loadInput(state, size) {
+    inputSize = size || inputSize;
+    marker.setAttribute("viewBox", `0 0 ${inputSize} ${inputSize}`);
+    const key = `${state.model}|${state.image}`;
+    if (key === inputKey) return;
+    const mine = ++inputGeneration;
+    try {
+      const { blob } = await busy(root, api.image(state.image, state.model, { slot: "input-image" }));
+      if (mine !== inputGeneration) return;
+      const url = URL.createObjectURL(blob);
+      await decode(inputImg, url);
+      if (mine !== inputGeneration) return URL.revokeObjectURL(url);
+      if (inputUrl) URL.revokeObjectURL(inputUrl);
+      inputUrl = url;
+      inputKey = key;
+      inputCaption.replaceChildren(h("b", {}, "input"), ` ${inputSize}×${inputSize} · ${describeImage(state.image)}`);
+      refreshGeometry();
+    } catch (error) {
+      if (isAbort(error) || mine !== inputGeneration) return;
+      showError(errorBox, `The input image could not be loaded: ${error.message}`);
+    }
+  }
+
+  function decode(img, url) {
+    return new Promise((resolve, reject) => {
+      img.onload = () => resolve();
+      img.onerror = () => reject(new Error("the browser could not decode the image"));
+      img.src = url;
+    });
+  }
+
+  // ---- projections ---------------------------------------------------------------------
+  function start(state) {
+    const key = projKey(state);
+    const controller = new AbortController();
+    const t0 = performance.now();
+    const entry = { key, controller, result: null, promise: null };
+    entry.promise = api
+      .projection(
+        state.model,
+        state.image,
+        { layer: state.layer, channel: state.channel, mode: state.mode, select: state.select },
+        { signal: controller.signal },
+      )
+      .then((result) => {
+        entry.result = { ...result, rawUrl: URL.createObjectURL(result.blob), autoUrl: null, ms: performance.now() - t0 };
+        remember(entry);
+        return entry.result;
+      })
+      .catch((error) => {
+        cache.delete(key);
+        throw error;
+      });
+    cache.set(key, entry);
+    return entry;
+  }
+
+  function remember(entry) {
+    cache.delete(entry.key);
+    cache.set(entry.key, entry);
+    for (const [key, old] of cache) {
+      if (cache.size <= CACHE_SIZE) break;
+      if (!old.result || key === shown?.key) continue;
+      URL.revokeObjectURL(old.result.rawUrl);
+      if (old.result.autoUrl) URL.revokeObjectURL(old.result.autoUrl);
+      cache.delete(key);
+    }
+  }
+
+  /** Cancel every in-flight projection except `keep` (a newer click wins). */
+  function cancelOthers(keep) {
+    for (const [key, entry] of cache) {
+      if (!entry.result && !keep.includes(key)) {
+        entry.controller.abort();
+        cache.delete(key);
+      }
+    }
+  }
+
+  async function loadProjection(state, { prefetch = 0 } = {}) {
+    showError(errorBox, "");
+    if (state.channel === null || !state.layer) {
+      wanted = null;
+      return;
+    }
+    const key = projKey(state);
+    wanted = key;
+    cancelOthers([key]);
+    projStage.classList.add("is-stale");
+    const entry = cache.get(key) || start(state);
+    try {
+      const result = entry.result || (await busy(root, entry.promise));
+      if (wanted !== key) return;
+      const url = await displayUrl(result);
+      if (wanted !== key) return;
+      await decode(projImg, url);
+      if (wanted !== key) return;
+      shown = { key, state, result };
+      // what the image shows, for people and tests (data-proj-*; data-channel is the tiles' hook)
+      Object.assign(projImg.dataset, {
+        projLayer: state.layer,
+        projChannel: String(state.channel),
+        projMode: state.mode,
+        projSelect: state.select,
+        projSeed: String(result.seedValue),
+        projContrast: prefs.contrast,
+      });
+      projImg.hidden = false;
+      projEmpty.hidden = true;
+      projEmpty.textContent = EMPTY_TEXT;
+      projStage.classList.remove("is-stale");
+      projImg.alt = `${state.mode} projection of ${state.layer} channel ${state.channel} (${state.select === "max" ? "strongest activation" : "whole map"})`;
+      projCaption.replaceChildren(
+        h("b", {}, state.mode),
+        ` · ${state.select === "max" ? "strongest unit" : "whole map"} · ${prefs.contrast === "auto" ? "auto contrast" : "min–max"} · ${Math.round(result.ms)} ms`,
+      );
+      refreshGeometry();
+      if (prefetch) prefetchNeighbour(state, prefetch);
+    } catch (error) {
+      if (isAbort(error) || wanted !== key) return;
+      projStage.classList.remove("is-stale");
+      shown = null;
+      projImg.hidden = true;
+      projEmpty.hidden = false;
+      projEmpty.textContent = "No projection: see the message below";
+      refreshGeometry();
+      showError(errorBox, `No projection for ${state.layer} channel ${state.channel}: ${error.message}`);
+    }
+  }
+
+  /** The URL to show for a result under the current contrast setting (auto contrast is computed once). */
+  async function displayUrl(result) {
+    if (prefs.contrast === "paper") return result.rawUrl;
+    if (!result.autoUrl) {
+      try {
+        result.autoUrl = URL.createObjectURL(await autoContrast(result.blob));
+      } catch {
+        return result.rawUrl;
+      }
+    }
+    return result.autoUrl;
+  }
+
+  // While walking channels with the keyboard, fetch the next one ahead of time.
+  function prefetchNeighbour(state, direction) {
+    const next = maps.neighbour(state.channel, direction);
+    if (next === null || next === state.channel) return;
+    const nextState = { ...state, channel: next };
+    if (!cache.has(projKey(nextState))) start(nextState).promise.catch(() => {});
+  }
+
+  // ---- geometry: marker, overlay, crops, facts ---------------------------------------------
+  /** The receptive-field box of unit (y, x) in input pixels: {x0, y0, side, cx, cy}. */
+  function fieldBox(info, y, x) {
+    const field = info.receptive_field || { size: inputSize, stride: 1, offset: 0 };
+    const cx = field.offset + x * field.stride;
+    const cy = field.offset + y * field.stride;
+    let side = field.size;
+    if (side >= inputSize) return { x0: 0, y0: 0, side: inputSize, cx, cy, whole: true };
+    side = Math.max(1, side);
+    return { x0: cx - side / 2, y0: cy - side / 2, side, cx, cy, whole: false };
+  }
+
+  function currentPeak(state, data) {
+    const seedFromHeaders = shown && shown.key === projKey(state) && state.select === "max" && shown.result.seedY >= 0;
+    if (seedFromHeaders) return [shown.result.seedY, shown.result.seedX];
+    if (data && data.argmax && state.channel !== null && data.argmax[state.channel]) return data.argmax[state.channel];
+    return null;
+  }
+
+  function refreshGeometry() {
+    const state = store.get();
+    const info = layerInfo(state.layer);
+    const data = maps.dataFor(state);
+    const peak = info ? currentPeak(state, data) : null;
+    const box = peak ? fieldBox(info, peak[0], peak[1]) : null;
+    drawMarker(box, state);
+    drawOverlay(state, data);
+    drawCrops(box);
+    drawMapCrop(state, data, peak);
+    drawFacts(state, info, data, peak, box);
+    const ch = state.channel === null ? "–" : state.channel;
+    heading.replaceChildren(h("b", {}, state.layer || ""), state.layer ? ` · channel ${ch}` : "");
+  }
+
+  function drawMarker(box, state) {
+    const S = inputSize;
+    const ns = "http://www.w3.org/2000/svg";
+    const el = (tag, attrs) => {
+      const node = document.createElementNS(ns, tag);
+      for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+      return node;
+    };
+    marker.replaceChildren();
+    if (!box) return;
+    const x0 = Math.max(0, box.x0);
+    const y0 = Math.max(0, box.y0);
+    const x1 = Math.min(S, box.x0 + box.side);
+    const y1 = Math.min(S, box.y0 + box.side);
+    if (!box.whole) {
+      marker.append(el("path", { class: "dim", d: `M0 0H${S}V${S}H0Z M${x0} ${y0}V${y1}H${x1}V${y0}Z` }));
+      marker.append(el("rect", { class: "rf-shadow", x: x0, y: y0, width: x1 - x0, height: y1 - y0 }));
+      marker.append(el("rect", { class: "rf", x: x0, y: y0, width: x1 - x0, height: y1 - y0, "stroke-dasharray": state.select === "map" ? "4 3" : "none" }));
+    }
+    marker.append(el("circle", { class: "dot", cx: Math.min(S, Math.max(0, box.cx)), cy: Math.min(S, Math.max(0, box.cy)), r: S / 70 }));
+  }
+
+  function drawOverlay(state, data) {
+    const ctx = overlay.getContext("2d");
+    overlay.hidden = !overlayToggle.checked;
+    if (!overlayToggle.checked || !data || state.channel === null) {
+      ctx.clearRect(0, 0, overlay.width, overlay.height);
+      return;
+    }
+    const tileCanvas = maps.channelCanvas(state.channel);
+    overlay.width = overlay.height = inputSize;
+    ctx.clearRect(0, 0, inputSize, inputSize);
+    if (!tileCanvas) return;
+    ctx.imageSmoothingEnabled = true;
+    ctx.imageSmoothingQuality = "high";
+    ctx.drawImage(tileCanvas, 0, 0, inputSize, inputSize);
+  }
+
+  function drawCrop(canvas, img, box, ready) {
+    const ctx = canvas.getContext("2d");
+    canvas.width = canvas.height = CROP;
+    ctx.fillStyle = "#000";
+    ctx.fillRect(0, 0, CROP, CROP);
+    if (!box || !ready) return;
+    const scale = CROP / box.side;
+    const sx = Math.max(0, box.x0);
+    const sy = Math.max(0, box.y0);
+    const sw = Math.min(inputSize, box.x0 + box.side) - sx;
+    const sh = Math.min(inputSize, box.y0 + box.side) - sy;
+    if (sw <= 0 || sh <= 0) return;
+    ctx.imageSmoothingEnabled = scale < 1;
+    const k = img.naturalWidth / inputSize; // the images are S×S; stay robust if not
+    ctx.drawImage(img, sx * k, sy * k, sw * k, sh * k, (sx - box.x0) * scale, (sy - box.y0) * scale, sw * scale, sh * scale);
+  }
+
+  function drawCrops(box) {
+    const state = store.get();
+    const inputReady = inputKey === `${state.model}|${state.image}` && inputImg.complete && inputImg.naturalWidth > 0;
+    const projReady = shown && shown.key === projKey(state) && projImg.complete && projImg.naturalWidth > 0;
+    drawCrop(cropInput, inputImg, box, inputReady);
+    drawCrop(cropProj, projImg, box, projReady);
+  }
+
+  function drawMapCrop(state, data, peak) {
+    const ctx = cropMap.getContext("2d");
+    cropMap.width = cropMap.height = CROP;
+    ctx.fillStyle = "#000";
+    ctx.fillRect(0, 0, CROP, CROP);
+    const tile = data && state.channel !== null ? maps.channelCanvas(state.channel, { alpha: false }) : null;
+    if (!tile) return;
+    ctx.imageSmoothingEnabled = false;
+    ctx.drawImage(tile, 0, 0, CROP, CROP);
+    if (peak && data.height && data.width) {
+      const cw = CROP / data.width;
+      const chh = CROP / data.height;
+      ctx.lineWidth = 1.5;
+      ctx.strokeStyle = "#000";
+      ctx.strokeRect(peak[1] * cw - 1, peak[0] * chh - 1, cw + 2, chh + 2);
+      ctx.strokeStyle = getComputedStyle(root).getPropertyValue("--marker").trim() || "#3ee0ff";
+      ctx.strokeRect(peak[1] * cw, peak[0] * chh, cw, chh);
+    }
+  }
+
+  function drawFacts(state, info, data, peak, box) {
+    const rows = [];
+    const add = (term, ...value) => rows.push(h("dt", {}, term), h("dd", {}, ...value));
+    if (data && state.channel !== null && state.channel < data.channels) {
+      add("channel", `${state.channel} of ${data.channels}`);
+      add("max", fmt(data.max[state.channel]), peak ? ` at (y ${peak[0]}, x ${peak[1]})` : "");
+      add("sum", fmt(data.sum[state.channel]));
+    }
+    if (shown && shown.key === projKey(state)) {
+      const seed = shown.result.seedValue;
+      add("seed", state.select === "max" ? `${fmt(seed)} (one unit)` : `${fmt(seed)} (whole map)`);
+    }
+    if (info) {
+      const field = info.receptive_field || {};
+      add("field", `${Math.round(field.size)} px, stride ${Math.round(field.stride)}`);
+      if (box && box.whole) add("patch", "whole input");
+      else if (box) add("patch", `centre (${Math.round(box.cy)}, ${Math.round(box.cx)}) px`);
+    }
+    facts.replaceChildren(...rows);
+  }
+
+  // ---- controls ----------------------------------------------------------------------------
+  for (const radio of $$('input[name="mode"]', root)) {
+    radio.addEventListener("change", () => radio.checked && store.set({ mode: radio.value }));
+  }
+  for (const radio of $$('input[name="select"]', root)) {
+    radio.addEventListener("change", () => radio.checked && store.set({ select: radio.value }));
+  }
+  for (const radio of $$('input[name="contrast"]', root)) {
+    radio.checked = radio.value === prefs.contrast;
+    radio.addEventListener("change", () => radio.checked && setContrast(radio.value));
+  }
+
+  function setContrast(value) {
+    prefs.contrast = value;
+    for (const radio of $$('input[name="contrast"]', root)) radio.checked = radio.value === value;
+    savePrefs();
+    const state = store.get();
+    if (state.channel !== null && state.layer) loadProjection(state);
+  }
+  overlayToggle.addEventListener("change", () => setOverlay(overlayToggle.checked));
+
+  function setOverlay(on) {
+    prefs.overlay = on;
+    overlayToggle.checked = on;
+    savePrefs();
+    refreshGeometry();
+  }
+
+  function syncControls(state) {
+    for (const radio of $$('input[name="mode"]', root)) radio.checked = radio.value === state.mode;
+    for (const radio of $$('input[name="select"]', root)) radio.checked = radio.value === state.select;
+    if (state.channel === null) {
+      projEmpty.textContent = EMPTY_TEXT;
+      projEmpty.hidden = false;
+      projImg.hidden = true;
+    }
+  }
+
+  return {
+    loadInput,
+    loadProjection,
+    refreshGeometry,
+    syncControls,
+    toggleOverlay: () => setOverlay(!overlayToggle.checked),
+    toggleContrast: () => setContrast(prefs.contrast === "auto" ? "paper" : "auto"),
+    reset() {
+      shown = null;
+      wanted = null;
+      cancelOthers([]);
+      projImg.hidden = true;
+      projEmpty.hidden = false;
+      refreshGeometry();
+    },
+    showError: (message) => showError(errorBox, message),
+  };
+}

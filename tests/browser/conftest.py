@@ -1,0 +1,146 @@
+"""The real server in a subprocess and Debian's Chromium, for the dashboard tests.
+
+The server is `python -m convscope serve` on a free loopback port with the default
+model (EfficientNet-Lite0, ImageNet weights); Chromium is /usr/bin/chromium driven
+by Playwright's sync API (Playwright's own browser download is not used).
+Screenshots go to test-artifacts/screenshots/ (ignored by git).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHROMIUM = Path(os.environ.get("CONVSCOPE_CHROMIUM", "/usr/bin/chromium"))
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+SCREENSHOTS = ARTIFACTS / "screenshots"
+STARTUP_TIMEOUT_S = 180.0
+VIEWPORT = {"width": 1280, "height": 800}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if CHROMIUM.exists():
+        return
+    skip = pytest.mark.skip(reason=f"Chromium not found at {CHROMIUM} (install Debian's chromium: `make chromium`)")
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(skip)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _log_tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no server log)"
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    """Base URL of a real `convscope serve` subprocess (killed at the end of the session)."""
+    port = _free_port()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    log_path = ARTIFACTS / "browser-server.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CONVSCOPE_DEVICE": os.environ.get("CONVSCOPE_DEVICE", "cpu")}
+    command = [sys.executable, "-m", "convscope", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"the server exited with status {process.returncode}:\n{_log_tail(log_path)}")
+            try:
+                with urllib.request.urlopen(f"{base}/api/health", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the server was not healthy after {STARTUP_TIMEOUT_S:.0f} s:\n{_log_tail(log_path)}")
+            time.sleep(0.25)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Any]:
+    """Debian's Chromium through Playwright's sync API (one browser per session)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def tab(chromium: Any, server_url: str) -> Iterator[Any]:
+    """A fresh 1280×800 page (own context: no shared storage); fails the test on uncaught page errors."""
+    context = chromium.new_context(viewport=VIEWPORT, device_scale_factor=1)
+    context.set_default_timeout(60_000)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        yield page
+    finally:
+        context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
+
+
+@pytest.fixture(scope="session")
+def screenshots() -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    return SCREENSHOTS
+
+
+@pytest.fixture
+def shoot(tab: Any, screenshots: Path) -> Any:
+    """shoot("name") saves a screenshot of the page under test-artifacts/screenshots/name.png."""
+
+    def take(name: str, *, full_page: bool = False, keep_mouse: bool = False) -> Path:
+        path = screenshots / f"{name}.png"
+        if not keep_mouse:
+            with contextlib.suppress(Exception):
+                tab.mouse.move(0, 0)  # no hover tooltip in the picture unless asked for
+        tab.screenshot(path=str(path), full_page=full_page)
+        return path
+
+    return take

@@ -1,0 +1,270 @@
+"""The dashboard in a real browser against the real server (issue 4).
+
+Expected values come from the server's own API (predictions, layers, activations),
+never from hard-coded outputs.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+import pytest
+from playwright.sync_api import expect
+
+from browser.conftest import get_json
+
+pytestmark = pytest.mark.browser
+
+S = 224
+PROJECTION = 'img[data-role="projection"]'
+TILES = '[data-role="tile-grid"] [data-channel]'
+PREDICTIONS = '[data-role="predictions"] li'
+
+
+# ---- helpers ---------------------------------------------------------------------------
+def hash_state(tab: Any) -> dict[str, str]:
+    return dict(parse_qsl(tab.evaluate("location.hash").lstrip("#")))
+
+
+def wait_projection(tab: Any, **want: Any) -> None:
+    """Wait until the projection <img> shows the wanted layer/channel/mode/select at its natural size."""
+    checks = " && ".join(f"img.dataset.proj{key.title()} === {str(value)!r}" for key, value in want.items()) or "true"
+    tab.wait_for_function(
+        f"""() => {{
+            const img = document.querySelector('{PROJECTION}');
+            return img && !img.hidden && img.complete && img.naturalWidth === {S} && img.naturalHeight === {S}
+                && ({checks});
+        }}"""
+    )
+
+
+def projection_digest(tab: Any) -> str:
+    """A digest of the projection's pixels as the browser decoded them."""
+    return tab.evaluate(
+        """() => {
+            const img = document.querySelector('img[data-role="projection"]');
+            const canvas = document.createElement('canvas');
+            canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+            const ctx = canvas.getContext('2d');
+            ctx.drawImage(img, 0, 0);
+            const px = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+            let a = 1, b = 0;
+            for (let i = 0; i < px.length; i++) { a = (a + px[i]) % 65521; b = (b + a) % 65521; }
+            return `${b}:${a}`;
+        }"""
+    )
+
+
+def tile_order(tab: Any) -> list[int]:
+    return [int(c) for c in tab.eval_on_selector_all(TILES, "els => els.map(e => e.dataset.channel)")]
+
+
+def pick_layer(layers: list[dict[str, Any]], max_channels: int = 200) -> dict[str, Any]:
+    """A mid-network layer with a real spatial map and a modest channel count."""
+    usable = [
+        layer
+        for layer in layers
+        if layer["kind"] not in ("Identity",) and 8 <= layer["channels"] <= max_channels and layer["height"] >= 7
+    ]
+    return usable[len(usable) // 2]
+
+
+@pytest.fixture(scope="module")
+def model(server_url: str) -> dict[str, Any]:
+    models = get_json(f"{server_url}/api/models")
+    return next(m for m in models if m["default"])
+
+
+@pytest.fixture(scope="module")
+def layers(server_url: str, model: dict[str, Any]) -> list[dict[str, Any]]:
+    return get_json(f"{server_url}/api/models/{model['name']}/layers")
+
+
+def expected_labels(server_url: str, model: str, image: str) -> list[str]:
+    rows = get_json(f"{server_url}/api/models/{model}/images/{image}/predictions?top=5")
+    return [row["label"] for row in rows]
+
+
+# ---- tests -------------------------------------------------------------------------------
+def test_explore_click_a_feature_map_and_walk_with_arrows(
+    tab: Any, server_url: str, model: dict[str, Any], layers: list[dict[str, Any]], shoot: Any
+) -> None:
+    tab.goto(f"{server_url}/")
+    samples = get_json(f"{server_url}/api/samples")
+    sample = next((s for s in samples if s["id"] == "coffee"), samples[-1])["id"]
+
+    # pick a sample: its five predictions, as the API gives them
+    tab.locator(f'[data-sample="{sample}"]').click()
+    expect(tab.locator(f'[data-sample="{sample}"]')).to_have_attribute("aria-pressed", "true")
+    labels = expected_labels(server_url, model["name"], sample)
+    expect(tab.locator(PREDICTIONS)).to_have_count(5)
+    expect(tab.locator(f"{PREDICTIONS} .label")).to_have_text(labels)
+
+    # choose a layer: one tile per channel
+    layer = pick_layer(layers)
+    tab.locator(f'[data-layer="{layer["name"]}"]').click()
+    expect(tab.locator(f'[data-layer="{layer["name"]}"]')).to_have_attribute("aria-selected", "true")
+    expect(tab.locator(TILES)).to_have_count(layer["channels"])
+    assert hash_state(tab)["layer"] == layer["name"]
+
+    # click a tile: its projection at the model's input size
+    tab.locator('[data-role="tile-grid"] [data-channel="3"]').click()
+    wait_projection(tab, layer=layer["name"], channel=3)
+    expect(tab.locator('[data-role="tile-grid"] [data-channel="3"]')).to_have_attribute("aria-selected", "true")
+    first_src = tab.get_attribute(PROJECTION, "src")
+    first_pixels = projection_digest(tab)
+    assert hash_state(tab)["channel"] == "3"
+
+    # the marker sits on the receptive field of the unit the projection was seeded from
+    query = f"layer={layer['name']}&channel=3&mode=deconvnet&select=max"
+    with urllib.request.urlopen(f"{server_url}/api/models/{model['name']}/images/{sample}/projection?{query}") as reply:
+        y, x = int(reply.headers["X-Seed-Y"]), int(reply.headers["X-Seed-X"])
+    field = layer["receptive_field"]
+    cx = float(tab.get_attribute('[data-role="marker"] circle', "cx"))
+    cy = float(tab.get_attribute('[data-role="marker"] circle', "cy"))
+    assert cx == pytest.approx(min(S, max(0, field["offset"] + x * field["stride"])), abs=0.01)
+    assert cy == pytest.approx(min(S, max(0, field["offset"] + y * field["stride"])), abs=0.01)
+    shoot("01-explore-projection")
+
+    # right arrow: the next tile in the grid's order, a different projection, no reload
+    tab.evaluate("window.__sameDocument = true")
+    order = tile_order(tab)
+    expected = order[order.index(3) + 1]
+    tab.keyboard.press("ArrowRight")
+    wait_projection(tab, layer=layer["name"], channel=expected)
+    assert hash_state(tab)["channel"] == str(expected)
+    assert tab.get_attribute(PROJECTION, "src") != first_src
+    assert projection_digest(tab) != first_pixels
+    assert tab.evaluate("window.__sameDocument") is True
+    expect(tab.locator(f'[data-role="tile-grid"] [data-channel="{expected}"]')).to_have_attribute("aria-selected", "true")
+
+    # sort by index: the grid's order becomes 0..C-1 and the arrow follows it
+    tab.select_option('[data-role="maps-sort"]', "index")
+    assert tile_order(tab) == list(range(layer["channels"]))
+    tab.keyboard.press("ArrowRight")
+    wait_projection(tab, channel=expected + 1)
+
+    # mode and select switches re-project the same channel
+    tab.locator('[data-role="mode-group"] label', has_text="guided").click()
+    wait_projection(tab, channel=expected + 1, mode="guided", select="max")
+    tab.keyboard.press("s")
+    wait_projection(tab, channel=expected + 1, mode="guided", select="map")
+    assert hash_state(tab)["mode"] == "guided"
+    assert hash_state(tab)["select"] == "map"
+
+    # hover: channel, max and sum
+    tile = tab.locator(f'[data-role="tile-grid"] [data-channel="{expected + 1}"]')
+    tile.hover()
+    expect(tab.locator('[data-role="maps-hover"]')).to_contain_text(f"channel {expected + 1}")
+    expect(tab.locator('[data-role="tooltip"]')).to_be_visible()
+    shoot("02-explore-hover-guided-map", keep_mouse=True)
+
+    # layers by keyboard: ↓ in the focused list selects the next visible layer
+    names = tab.eval_on_selector_all(
+        '[data-role="layer-list"] [data-layer]:not([hidden])', "els => els.map(e => e.dataset.layer)"
+    )
+    tab.locator('[data-role="layer-list"]').focus()
+    tab.keyboard.press("ArrowDown")
+    following = names[names.index(layer["name"]) + 1]
+    expect(tab.locator(f'[data-layer="{following}"]')).to_have_attribute("aria-selected", "true")
+    assert hash_state(tab)["layer"] == following
+    channels = next(entry["channels"] for entry in layers if entry["name"] == following)
+    expect(tab.locator(TILES)).to_have_count(channels)
+    wait_projection(tab, layer=following)
+
+
+def test_a_newer_click_wins_over_stale_requests(tab: Any, server_url: str, layers: list[dict[str, Any]]) -> None:
+    layer = pick_layer(layers)
+    tab.goto(f"{server_url}/#image=chelsea&layer={layer['name']}&channel=0&mode=gradient")
+    wait_projection(tab, layer=layer["name"], channel=0, mode="gradient")
+    for channel in (1, 2, 3, 4, 5):
+        tab.locator(f'[data-role="tile-grid"] [data-channel="{channel}"]').click()
+    wait_projection(tab, layer=layer["name"], channel=5)
+    tab.wait_for_timeout(1500)  # any stale answer would land by now
+    wait_projection(tab, layer=layer["name"], channel=5)
+    assert hash_state(tab)["channel"] == "5"
+
+
+def test_upload_a_photo_and_a_non_image(tab: Any, server_url: str, model: dict[str, Any], tmp_path: Path, shoot: Any) -> None:
+    import skimage.data
+    from PIL import Image
+
+    photo = tmp_path / "my coffee.png"
+    Image.fromarray(skimage.data.coffee()).save(photo)
+    tab.goto(f"{server_url}/")
+    expect(tab.locator(PREDICTIONS)).to_have_count(5)
+    samples = {s["id"] for s in get_json(f"{server_url}/api/samples")}
+
+    tab.set_input_files('[data-role="upload-input"]', str(photo))
+    tab.wait_for_function(
+        "ids => { const m = location.hash.match(/image=([^&]+)/); return m && !ids.includes(m[1]); }",
+        arg=sorted(samples),
+    )
+    upload_id = hash_state(tab)["image"]
+    expect(tab.locator(f"{PREDICTIONS} .label")).to_have_text(expected_labels(server_url, model["name"], upload_id))
+    expect(tab.locator('[data-role="current-image"]')).to_have_text("my coffee.png")
+    wait_projection(tab)
+    tab.wait_for_function(
+        "() => { const i = document.querySelector('[data-role=\"input-image\"]'); return i.complete && i.naturalWidth === 224; }"
+    )
+    shoot("03-uploaded-photo")
+
+    junk = tmp_path / "notes.txt"
+    junk.write_text("this is not an image\n")
+    tab.set_input_files('[data-role="upload-input"]', str(junk))
+    error = tab.locator('[data-role="input-error"]')
+    expect(error).to_be_visible()
+    expect(error).to_contain_text("notes.txt")
+    expect(error).to_have_text(re.compile(r"image", re.IGNORECASE))
+    assert hash_state(tab)["image"] == upload_id  # the view stays on the last good image
+    shoot("04-upload-error")
+
+
+def test_state_in_the_hash_is_restored(tab: Any, server_url: str, layers: list[dict[str, Any]], shoot: Any) -> None:
+    layer = pick_layer(layers, max_channels=120)
+    channel = min(7, layer["channels"] - 1)
+    tab.goto(f"{server_url}/#image=astronaut&layer={layer['name']}&channel={channel}&mode=guided&select=map")
+    wait_projection(tab, layer=layer["name"], channel=channel, mode="guided", select="map")
+    expect(tab.locator(f'[data-layer="{layer["name"]}"]')).to_have_attribute("aria-selected", "true")
+    expect(tab.locator(f'[data-role="tile-grid"] [data-channel="{channel}"]')).to_have_attribute("aria-selected", "true")
+    expect(tab.locator('[data-sample="astronaut"]')).to_have_attribute("aria-pressed", "true")
+    expect(tab.locator('input[name="mode"][value="guided"]')).to_be_checked()
+    expect(tab.locator('input[name="select"][value="map"]')).to_be_checked()
+    state = hash_state(tab)
+    assert (state["image"], state["layer"], state["channel"], state["mode"], state["select"]) == (
+        "astronaut",
+        layer["name"],
+        str(channel),
+        "guided",
+        "map",
+    )
+    shoot("05-restored-from-hash")
+
+    # a layer the model does not have: a plain-words note and a usable view
+    tab.goto("about:blank")
+    tab.goto(f"{server_url}/#image=astronaut&layer=no.such.layer")
+    expect(tab.locator('[data-role="layers-error"]')).to_contain_text("no.such.layer")
+    wait_projection(tab)
+
+
+def test_narrow_window_is_one_column(chromium: Any, server_url: str, screenshots: Path) -> None:
+    context = chromium.new_context(viewport={"width": 420, "height": 860}, device_scale_factor=1)
+    try:
+        page = context.new_page()
+        page.goto(f"{server_url}/#image=chelsea")
+        wait_projection(page)
+        boxes = {
+            name: page.locator(f'[data-panel="{name}"]').bounding_box()
+            for name in ("input", "predictions", "layers", "maps", "reconstruction")
+        }
+        lefts = {round(box["x"]) for box in boxes.values()}
+        assert len(lefts) == 1, boxes
+        assert all(box["width"] <= 420 for box in boxes.values())
+        assert page.evaluate("document.documentElement.scrollWidth") <= 420
+        page.screenshot(path=str(screenshots / "06-narrow.png"), full_page=True)
+    finally:
+        context.close()
