@@ -38,11 +38,16 @@ export function installKeyboard({ store, maps, layers, recon, input, help, onNav
       const mode = store.get().mode;
       store.set({ mode: MODES[(MODES.indexOf(mode) + 1) % MODES.length] });
     } else if (key === "s") {
-      store.set({ select: store.get().select === "max" ? "map" : "max" });
+      const { select, unit } = store.get();
+      store.set(unit ? { unit: null } : { select: select === "max" ? "map" : "max" });
+    } else if (key === "x" || (key === "Escape" && store.get().unit)) {
+      store.set({ unit: null });
     } else if (key === "o") {
       maps.cycleSort();
     } else if (key === "c") {
       maps.cycleCmap();
+    } else if (key === "g") {
+      maps.toggleScale();
     } else if (key === "n") {
       recon.toggleContrast();
     } else if (key === "v") {

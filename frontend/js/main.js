@@ -117,17 +117,24 @@ function proceed(state, changed) {
   if (!info) {
     const fallback = defaultLayer(all, currentModel()?.input_size ?? 224);
     if (state.layer) layers.showError(`${state.model} has no layer “${state.layer}”; showing ${fallback} instead.`);
-    if (fallback) store.set({ layer: fallback, channel: null });
+    if (fallback) store.set({ layer: fallback, channel: null, unit: null });
     return;
   }
   if (state.channel !== null && state.channel >= info.channels) {
     store.set({ channel: null });
     return;
   }
+  if (state.unit) {
+    const [y, x] = state.unit.split(",").map(Number);
+    if (!(y < info.height && x < info.width)) {
+      store.set({ unit: null });
+      return;
+    }
+  }
   layers.sync(state);
   if (changed.has("model") || changed.has("image") || changed.has("layer")) track(loadMaps(state));
   maps.sync(state, { scroll: true });
-  const projectionKeys = ["model", "image", "layer", "channel", "mode", "select"];
+  const projectionKeys = ["model", "image", "layer", "channel", "mode", "select", "unit"];
   if (projectionKeys.some((k) => changed.has(k))) {
     const keyboard = performance.now() - navAt < 80 && changed.has("channel") ? navDirection : 0;
     if (state.channel === null) recon.reset();

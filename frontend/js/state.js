@@ -2,12 +2,15 @@
 //
 //   #model=efficientnet_lite0&image=chelsea&layer=blocks.3.1&channel=17&mode=deconvnet&select=max&tab=explore
 //
+// `unit=y,x` (optional) seeds the projection with that one unit of the channel's
+// map instead of its strongest activation or the whole map.
+//
 // Panels read `store.get()` and call `store.set({...})`; subscribers get the new
 // state and the set of keys that changed.
 
 export const MODES = ["deconvnet", "guided", "gradient"];
 export const SELECTS = ["max", "map"];
-export const HASH_KEYS = ["model", "image", "layer", "channel", "mode", "select", "tab"];
+export const HASH_KEYS = ["model", "image", "layer", "channel", "mode", "select", "unit", "tab"];
 
 const DEFAULTS = {
   model: null,
@@ -16,6 +19,7 @@ const DEFAULTS = {
   channel: null,
   mode: "deconvnet",
   select: "max",
+  unit: null,
   tab: "explore",
 };
 
@@ -33,6 +37,9 @@ export function parseHash(hash) {
       if (MODES.includes(raw)) out.mode = raw;
     } else if (key === "select") {
       if (SELECTS.includes(raw)) out.select = raw;
+    } else if (key === "unit") {
+      const match = /^(\d+),(\d+)$/.exec(raw.trim());
+      if (match) out.unit = `${Number(match[1])},${Number(match[2])}`;
     } else if (raw) {
       out[key] = raw;
     }
@@ -99,7 +106,7 @@ export function startHashSync() {
     const current = store.get();
     const patch = {};
     for (const key of HASH_KEYS) {
-      const value = key in wanted ? wanted[key] : key === "channel" ? null : current[key];
+      const value = key in wanted ? wanted[key] : key === "channel" || key === "unit" ? null : current[key];
       if (value !== current[key]) patch[key] = value;
     }
     store.set(patch);

@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 import pytest
 from playwright.sync_api import expect
 
-from browser.conftest import get_json
+from browser.conftest import chromium_path, get_json
 
 pytestmark = pytest.mark.browser
 
@@ -268,3 +268,73 @@ def test_narrow_window_is_one_column(chromium: Any, server_url: str, screenshots
         page.screenshot(path=str(screenshots / "06-narrow.png"), full_page=True)
     finally:
         context.close()
+
+
+def test_click_the_input_to_project_one_unit(tab: Any, server_url: str, layers: list[dict[str, Any]]) -> None:
+    layer = next(entry for entry in layers if entry["height"] >= 14 and entry["kind"] != "Identity" and entry["height"] <= 28)
+    tab.goto(f"{server_url}/#image=chelsea&layer={layer['name']}&channel=2")
+    wait_projection(tab, layer=layer["name"], channel=2, unit="")
+    stage = tab.locator('[data-role="input-stage"]')
+    box = stage.bounding_box()
+    field = layer["receptive_field"]
+    want_y, want_x = layer["height"] // 3, layer["width"] // 2
+    # the centre of unit (y, x)'s field, in page pixels
+    px = box["x"] + (field["offset"] + want_x * field["stride"]) / S * box["width"]
+    py = box["y"] + (field["offset"] + want_y * field["stride"]) / S * box["height"]
+    tab.mouse.click(px, py)
+    wait_projection(tab, layer=layer["name"], channel=2, unit=f"{want_y},{want_x}")
+    assert hash_state(tab)["unit"] == f"{want_y},{want_x}"
+    expect(tab.locator('[data-role="unit-chip"]')).to_be_visible()
+    cx = float(tab.get_attribute('[data-role="marker"] circle', "cx"))
+    assert cx == pytest.approx(min(S, field["offset"] + want_x * field["stride"]), abs=0.01)
+    # the arrow keeps the unit and moves the channel; x goes back to the strongest activation
+    tab.keyboard.press("ArrowRight")
+    tab.wait_for_function("() => !location.hash.includes('channel=2&')")
+    assert hash_state(tab)["unit"] == f"{want_y},{want_x}"
+    tab.keyboard.press("x")
+    wait_projection(tab, unit="")
+    assert "unit" not in hash_state(tab)
+    expect(tab.locator('[data-role="unit-chip"]')).to_be_hidden()
+
+
+def test_webcam_capture_and_live(chromium: Any, server_url: str, model: dict[str, Any], screenshots: Path) -> None:
+    """Chromium's fake camera stands in for a webcam: capture one frame, then run live for a few frames."""
+    browser = chromium.browser_type.launch(
+        executable_path=chromium_path(),
+        args=[
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--use-fake-device-for-media-stream",
+            "--use-fake-ui-for-media-stream",
+        ],
+    )
+    try:
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        context.grant_permissions(["camera"], origin=server_url)
+        page = context.new_page()
+        page.goto(f"{server_url}/#image=chelsea")
+        expect(page.locator(PREDICTIONS)).to_have_count(5)
+        page.locator('[data-role="camera-open"]').click()
+        expect(page.locator('[data-role="camera"]')).to_be_visible()
+        page.wait_for_function("() => document.querySelector('[data-role=\"camera-video\"]').videoWidth > 0")
+
+        page.locator('[data-role="camera-capture"]').click()
+        page.wait_for_function("() => !location.hash.includes('image=chelsea')")
+        first = hash_state(page)["image"]
+        expect(page.locator(f"{PREDICTIONS} .label")).to_have_text(expected_labels(server_url, model["name"], first))
+        expect(page.locator('[data-role="current-image"]')).to_have_text("webcam frame 1")
+
+        page.select_option('[data-role="camera-rate"]', "500")
+        page.locator('[data-role="camera-live"]').click()
+        page.wait_for_function(
+            "() => /frame ([4-9]|\\d\\d)/.test(document.querySelector('[data-role=\"camera-stat\"]').textContent)",
+            timeout=60_000,
+        )
+        page.locator('[data-role="camera-live"]').click()
+        assert hash_state(page)["image"] != first
+        expect(page.locator('[data-role="camera-live"]')).to_have_attribute("aria-pressed", "false")
+        wait_projection(page)
+        page.screenshot(path=str(screenshots / "07-webcam.png"))
+    finally:
+        browser.close()

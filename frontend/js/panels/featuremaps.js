@@ -13,9 +13,9 @@ const GAP = 3;
 
 function loadPrefs() {
   try {
-    return { sort: "max", cmap: COLORMAPS[0], zoom: 0, ...JSON.parse(localStorage.getItem(PREFS_KEY) || "{}") };
+    return { sort: "max", cmap: COLORMAPS[0], zoom: 0, scale: "layer", ...JSON.parse(localStorage.getItem(PREFS_KEY) || "{}") };
   } catch {
-    return { sort: "max", cmap: COLORMAPS[0], zoom: 0 };
+    return { sort: "max", cmap: COLORMAPS[0], zoom: 0, scale: "layer" };
   }
 }
 
@@ -27,6 +27,7 @@ export function createMapsPanel({ root, store, tooltip }) {
   const summary = $('[data-role="layer-summary"]', root);
   const sortSelect = $('[data-role="maps-sort"]', root);
   const cmapSelect = $('[data-role="maps-cmap"]', root);
+  const scaleSelect = $('[data-role="maps-scale"]', root);
   const legendBar = $('[data-role="maps-legend-bar"]', root);
   const legendMax = $('[data-role="maps-legend-max"]', root);
 
@@ -42,6 +43,8 @@ export function createMapsPanel({ root, store, tooltip }) {
   cmapSelect.replaceChildren(...COLORMAPS.map((name) => h("option", { value: name }, name)));
   cmapSelect.value = prefs.cmap;
   sortSelect.value = prefs.sort;
+  if (!["layer", "map"].includes(prefs.scale)) prefs.scale = "layer";
+  scaleSelect.value = prefs.scale;
 
   const cache = new Map(); // key -> entry {key, data, gray: canvas, colored: {cmap, url}}
   let current = null; // the entry on screen
@@ -66,9 +69,11 @@ export function createMapsPanel({ root, store, tooltip }) {
   }
 
   async function colorise(entry) {
-    if (entry.colored && entry.colored.cmap === prefs.cmap) return entry.colored.url;
+    const look = `${prefs.cmap}/${prefs.scale}`;
+    if (entry.colored && entry.colored.look === look) return entry.colored.url;
     const ctx = entry.gray.getContext("2d", { willReadFrequently: true });
     const pixels = ctx.getImageData(0, 0, entry.gray.width, entry.gray.height);
+    if (prefs.scale === "map") normalisePerMap(pixels, entry.data);
     applyColormap(pixels, prefs.cmap);
     const out = document.createElement("canvas");
     out.width = entry.gray.width;
@@ -76,8 +81,26 @@ export function createMapsPanel({ root, store, tooltip }) {
     out.getContext("2d").putImageData(pixels, 0, 0);
     const blob = await new Promise((resolve) => out.toBlob(resolve, "image/png"));
     if (entry.colored) URL.revokeObjectURL(entry.colored.url);
-    entry.colored = { cmap: prefs.cmap, url: URL.createObjectURL(blob), canvas: out };
+    entry.colored = { look, url: URL.createObjectURL(blob) };
     return entry.colored.url;
+  }
+
+  /** The sprite is scaled by the layer max; give every tile its own 0..max range instead. */
+  function normalisePerMap(pixels, data) {
+    const { columns, tile } = data.sprite;
+    const peak = Math.max(0, ...data.max);
+    const gains = data.max.map((m) => (m > 0 && peak > 0 ? peak / m : 1));
+    const px = pixels.data;
+    const width = pixels.width;
+    for (let y = 0; y < pixels.height; y++) {
+      const rowBase = Math.floor(y / tile) * columns;
+      for (let x = 0; x < width; x++) {
+        const gain = gains[rowBase + Math.floor(x / tile)] ?? 1;
+        const i = (y * width + x) * 4;
+        const v = Math.min(255, Math.round(px[i] * gain));
+        px[i] = px[i + 1] = px[i + 2] = v;
+      }
+    }
   }
 
   function remember(entry) {
@@ -187,7 +210,7 @@ export function createMapsPanel({ root, store, tooltip }) {
     }
     sortTiles();
     legendBar.style.background = gradientCss(prefs.cmap);
-    legendMax.textContent = fmt(peak);
+    legendMax.textContent = prefs.scale === "map" ? "each max" : fmt(peak);
     sync(store.get(), { scroll: true });
   }
 
@@ -324,6 +347,13 @@ export function createMapsPanel({ root, store, tooltip }) {
     for (const listener of listeners) listener(current?.data ?? null);
   }
 
+  async function setScale(scale) {
+    prefs.scale = scale;
+    scaleSelect.value = scale;
+    savePrefs();
+    if (current) draw(await colorise(current));
+  }
+
   function zoom(step) {
     prefs.zoom = Math.max(-4, Math.min(5, prefs.zoom + step));
     savePrefs();
@@ -331,6 +361,7 @@ export function createMapsPanel({ root, store, tooltip }) {
   }
 
   sortSelect.addEventListener("change", () => setSort(sortSelect.value));
+  scaleSelect.addEventListener("change", () => setScale(scaleSelect.value));
   cmapSelect.addEventListener("change", () => setCmap(cmapSelect.value));
   $('[data-role="maps-zoom-in"]', root).addEventListener("click", () => zoom(1));
   $('[data-role="maps-zoom-out"]', root).addEventListener("click", () => zoom(-1));
@@ -341,7 +372,7 @@ export function createMapsPanel({ root, store, tooltip }) {
   }).observe(scroller);
 
   /** A canvas of one channel's map in the current colour map, alpha from the value (for overlays). */
-  function channelCanvas(channel, { alpha = true } = {}) {
+  function channelCanvas(channel, { alpha = true, ownScale = true } = {}) {
     if (!current || channel === null || channel >= current.data.channels) return null;
     const { columns, tile } = current.data.sprite;
     const canvas = document.createElement("canvas");
@@ -349,6 +380,12 @@ export function createMapsPanel({ root, store, tooltip }) {
     const ctx = canvas.getContext("2d", { willReadFrequently: true });
     ctx.drawImage(current.gray, (channel % columns) * tile, Math.floor(channel / columns) * tile, tile, tile, 0, 0, tile, tile);
     const pixels = ctx.getImageData(0, 0, tile, tile);
+    const peak = Math.max(0, ...current.data.max);
+    const own = current.data.max[channel];
+    if (ownScale && own > 0 && peak > 0) {
+      const gain = peak / own;
+      for (let i = 0; i < pixels.data.length; i += 4) pixels.data[i] = Math.min(255, Math.round(pixels.data[i] * gain));
+    }
     applyColormap(pixels, prefs.cmap, { alphaFromValue: alpha });
     ctx.putImageData(pixels, 0, 0);
     return canvas;
@@ -361,6 +398,7 @@ export function createMapsPanel({ root, store, tooltip }) {
     jump,
     setSort,
     cycleSort: () => setSort({ max: "sum", sum: "index", index: "max" }[prefs.sort] || "max"),
+    toggleScale: () => setScale(prefs.scale === "layer" ? "map" : "layer"),
     cycleCmap: () => setCmap(COLORMAPS[(COLORMAPS.indexOf(prefs.cmap) + 1) % COLORMAPS.length]),
     zoom,
     channelCanvas,

@@ -145,6 +145,7 @@ export function createInputPanel({ root, store, settled }) {
     video.srcObject = stream;
     await video.play().catch(() => {});
     cameraBox.hidden = false;
+    samplesBox.hidden = true; // the camera is the source now; closing it brings the samples back
     cameraButton.setAttribute("aria-pressed", "true");
   }
 
@@ -154,6 +155,7 @@ export function createInputPanel({ root, store, settled }) {
     stream = null;
     video.srcObject = null;
     cameraBox.hidden = true;
+    samplesBox.hidden = false;
     cameraButton.setAttribute("aria-pressed", "false");
   }
 

@@ -138,7 +138,7 @@ export function createLayersPanel({ root, store }) {
   function choose(name) {
     if (!name) return;
     setActive(name);
-    if (name !== store.get().layer) store.set({ layer: name, channel: null });
+    if (name !== store.get().layer) store.set({ layer: name, channel: null, unit: null });
   }
 
   function sync(state) {

@@ -12,7 +12,7 @@ import { $, $$, busy, fmt, h, showError } from "../util.js";
 
 const CACHE_SIZE = 48;
 const PREFS_KEY = "convscope.recon";
-const CROP = 112;
+const CROP = 144; // canvas pixels of the patches (CSS scales them to the column)
 const EMPTY_TEXT = "Click a feature map to project it into pixel space";
 
 export function createReconPanel({ root, store, maps, layerInfo, describeImage }) {
@@ -29,8 +29,11 @@ export function createReconPanel({ root, store, maps, layerInfo, describeImage }
   const cropInput = $('[data-role="crop-input"]', root);
   const cropProj = $('[data-role="crop-projection"]', root);
   const cropMap = $('[data-role="crop-map"]', root);
+  const detail = $(".recon-detail", root);
   const overlayToggle = $('[data-role="overlay-toggle"]', root);
   const errorBox = $('[data-role="recon-error"]', root);
+  const inputStage = $('[data-role="input-stage"]', root);
+  const unitChip = $('[data-role="unit-chip"]', root);
 
   let prefs = { overlay: false, contrast: "auto" };
   try {
@@ -56,7 +59,8 @@ export function createReconPanel({ root, store, maps, layerInfo, describeImage }
   let wanted = null; // key the user asked for last
   const cache = new Map(); // key -> {promise, controller, result?}
 
-  const projKey = (s) => `${s.model}|${s.image}|${s.layer}|${s.channel}|${s.mode}|${s.select}`;
+  const projKey = (s) => `${s.model}|${s.image}|${s.layer}|${s.channel}|${s.mode}|${s.unit ? `@${s.unit}` : s.select}`;
+  const parseUnit = (unit) => (unit ? unit.split(",").map(Number) : null);
 
   // ---- the input image -------------------------------------------------------------
   async function loadInput(state, size) {
@@ -100,7 +104,14 @@ export function createReconPanel({ root, store, maps, layerInfo, describeImage }
       .projection(
         state.model,
         state.image,
-        { layer: state.layer, channel: state.channel, mode: state.mode, select: state.select },
+        {
+          layer: state.layer,
+          channel: state.channel,
+          mode: state.mode,
+          select: state.select,
+          y: state.unit ? parseUnit(state.unit)[0] : null,
+          x: state.unit ? parseUnit(state.unit)[1] : null,
+        },
         { signal: controller.signal },
       )
       .then((result) => {
@@ -163,6 +174,7 @@ export function createReconPanel({ root, store, maps, layerInfo, describeImage }
         projChannel: String(state.channel),
         projMode: state.mode,
         projSelect: state.select,
+        projUnit: state.unit || "",
         projSeed: String(result.seedValue),
         projContrast: prefs.contrast,
       });
@@ -170,10 +182,10 @@ export function createReconPanel({ root, store, maps, layerInfo, describeImage }
       projEmpty.hidden = true;
       projEmpty.textContent = EMPTY_TEXT;
       projStage.classList.remove("is-stale");
-      projImg.alt = `${state.mode} projection of ${state.layer} channel ${state.channel} (${state.select === "max" ? "strongest activation" : "whole map"})`;
+      projImg.alt = `${state.mode} projection of ${state.layer} channel ${state.channel} (${seedWords(state)})`;
       projCaption.replaceChildren(
         h("b", {}, state.mode),
-        ` · ${state.select === "max" ? "strongest unit" : "whole map"} · ${prefs.contrast === "auto" ? "auto contrast" : "min–max"} · ${Math.round(result.ms)} ms`,
+        ` · ${seedWords(state)} · ${prefs.contrast === "auto" ? "auto contrast" : "min–max"} · ${Math.round(result.ms)} ms`,
       );
       refreshGeometry();
       if (prefetch) prefetchNeighbour(state, prefetch);
@@ -187,6 +199,14 @@ export function createReconPanel({ root, store, maps, layerInfo, describeImage }
       refreshGeometry();
       showError(errorBox, `No projection for ${state.layer} channel ${state.channel}: ${error.message}`);
     }
+  }
+
+  function seedWords(state) {
+    if (state.unit) {
+      const [y, x] = parseUnit(state.unit);
+      return `unit (y ${y}, x ${x})`;
+    }
+    return state.select === "max" ? "strongest unit" : "whole map";
   }
 
   /** The URL to show for a result under the current contrast setting (auto contrast is computed once). */
@@ -223,23 +243,37 @@ export function createReconPanel({ root, store, maps, layerInfo, describeImage }
   }
 
   function currentPeak(state, data) {
+    if (state.unit) return parseUnit(state.unit);
     const seedFromHeaders = shown && shown.key === projKey(state) && state.select === "max" && shown.result.seedY >= 0;
     if (seedFromHeaders) return [shown.result.seedY, shown.result.seedX];
     if (data && data.argmax && state.channel !== null && data.argmax[state.channel]) return data.argmax[state.channel];
     return null;
   }
 
+  // Parts whose inputs are not in yet keep their last picture, dimmed, so that
+  // live webcam frames and channel walks do not flicker through black.
   function refreshGeometry() {
     const state = store.get();
     const info = layerInfo(state.layer);
     const data = maps.dataFor(state);
     const peak = info ? currentPeak(state, data) : null;
     const box = peak ? fieldBox(info, peak[0], peak[1]) : null;
-    drawMarker(box, state);
+    const inputReady = inputKey === `${state.model}|${state.image}` && inputImg.complete && inputImg.naturalWidth > 0;
+    const projReady = Boolean(shown && shown.key === projKey(state) && projImg.complete && projImg.naturalWidth > 0);
+    const waiting = state.channel !== null && (!data || !projReady || !inputReady || !box);
+    if (box || state.channel === null) drawMarker(box, state);
     drawOverlay(state, data);
-    drawCrops(box);
-    drawMapCrop(state, data, peak);
-    drawFacts(state, info, data, peak, box);
+    if (!waiting) {
+      drawCrop(cropInput, inputImg, box, inputReady);
+      drawCrop(cropProj, projImg, box, projReady);
+      drawMapCrop(state, data, peak);
+      drawFacts(state, info, data, peak, box);
+    } else if (state.channel === null) {
+      drawFacts(state, info, data, peak, box);
+    }
+    detail.classList.toggle("is-stale", waiting || state.channel === null);
+    facts.classList.toggle("is-stale", waiting);
+    marker.classList.toggle("is-stale", !box && state.channel !== null);
     const ch = state.channel === null ? "–" : state.channel;
     heading.replaceChildren(h("b", {}, state.layer || ""), state.layer ? ` · channel ${ch}` : "");
   }
@@ -261,7 +295,7 @@ export function createReconPanel({ root, store, maps, layerInfo, describeImage }
     if (!box.whole) {
       marker.append(el("path", { class: "dim", d: `M0 0H${S}V${S}H0Z M${x0} ${y0}V${y1}H${x1}V${y0}Z` }));
       marker.append(el("rect", { class: "rf-shadow", x: x0, y: y0, width: x1 - x0, height: y1 - y0 }));
-      marker.append(el("rect", { class: "rf", x: x0, y: y0, width: x1 - x0, height: y1 - y0, "stroke-dasharray": state.select === "map" ? "4 3" : "none" }));
+      marker.append(el("rect", { class: "rf", x: x0, y: y0, width: x1 - x0, height: y1 - y0, "stroke-dasharray": state.select === "map" && !state.unit ? "4 3" : "none" }));
     }
     marker.append(el("circle", { class: "dot", cx: Math.min(S, Math.max(0, box.cx)), cy: Math.min(S, Math.max(0, box.cy)), r: S / 70 }));
   }
@@ -299,14 +333,6 @@ export function createReconPanel({ root, store, maps, layerInfo, describeImage }
     ctx.drawImage(img, sx * k, sy * k, sw * k, sh * k, (sx - box.x0) * scale, (sy - box.y0) * scale, sw * scale, sh * scale);
   }
 
-  function drawCrops(box) {
-    const state = store.get();
-    const inputReady = inputKey === `${state.model}|${state.image}` && inputImg.complete && inputImg.naturalWidth > 0;
-    const projReady = shown && shown.key === projKey(state) && projImg.complete && projImg.naturalWidth > 0;
-    drawCrop(cropInput, inputImg, box, inputReady);
-    drawCrop(cropProj, projImg, box, projReady);
-  }
-
   function drawMapCrop(state, data, peak) {
     const ctx = cropMap.getContext("2d");
     cropMap.width = cropMap.height = CROP;
@@ -332,12 +358,13 @@ export function createReconPanel({ root, store, maps, layerInfo, describeImage }
     const add = (term, ...value) => rows.push(h("dt", {}, term), h("dd", {}, ...value));
     if (data && state.channel !== null && state.channel < data.channels) {
       add("channel", `${state.channel} of ${data.channels}`);
-      add("max", fmt(data.max[state.channel]), peak ? ` at (y ${peak[0]}, x ${peak[1]})` : "");
+      const [my, mx] = data.argmax?.[state.channel] ?? [null, null];
+      add("max", fmt(data.max[state.channel]), my !== null ? ` at (y ${my}, x ${mx})` : "");
       add("sum", fmt(data.sum[state.channel]));
     }
     if (shown && shown.key === projKey(state)) {
       const seed = shown.result.seedValue;
-      add("seed", state.select === "max" ? `${fmt(seed)} (one unit)` : `${fmt(seed)} (whole map)`);
+      add("seed", state.unit || state.select === "max" ? `${fmt(seed)} (one unit)` : `${fmt(seed)} (whole map)`);
     }
     if (info) {
       const field = info.receptive_field || {};
@@ -353,8 +380,57 @@ export function createReconPanel({ root, store, maps, layerInfo, describeImage }
     radio.addEventListener("change", () => radio.checked && store.set({ mode: radio.value }));
   }
   for (const radio of $$('input[name="select"]', root)) {
-    radio.addEventListener("change", () => radio.checked && store.set({ select: radio.value }));
+    // click, not change: choosing "strongest" again must also drop a chosen unit
+    radio.addEventListener("click", () => store.set({ select: radio.value, unit: null }));
   }
+  unitChip.addEventListener("click", () => store.set({ unit: null }));
+
+  // ---- probing one unit: click the input (or the map) -----------------------------------------
+  function unitAt(event, element, fromMap) {
+    const state = store.get();
+    const info = layerInfo(state.layer);
+    if (!info || state.channel === null) return null;
+    const rect = element.getBoundingClientRect();
+    const fx = (event.clientX - rect.left) / rect.width;
+    const fy = (event.clientY - rect.top) / rect.height;
+    let y;
+    let x;
+    if (fromMap) {
+      y = Math.floor(fy * info.height);
+      x = Math.floor(fx * info.width);
+    } else {
+      const field = info.receptive_field || { stride: 1, offset: 0 };
+      const stride = field.stride || 1;
+      y = Math.round((fy * inputSize - field.offset) / stride);
+      x = Math.round((fx * inputSize - field.offset) / stride);
+    }
+    y = Math.min(info.height - 1, Math.max(0, y));
+    x = Math.min(info.width - 1, Math.max(0, x));
+    return [y, x];
+  }
+
+  inputStage.addEventListener("click", (event) => {
+    const unit = unitAt(event, inputStage, false);
+    if (unit) store.set({ unit: unit.join(",") });
+  });
+  cropMap.addEventListener("click", (event) => {
+    const unit = unitAt(event, cropMap, true);
+    if (unit) store.set({ unit: unit.join(",") });
+  });
+  inputStage.addEventListener("mousemove", (event) => {
+    const state = store.get();
+    const info = layerInfo(state.layer);
+    const unit = unitAt(event, inputStage, false);
+    marker.querySelector(".ghost")?.remove();
+    if (!unit || !info) return;
+    const box = fieldBox(info, unit[0], unit[1]);
+    if (box.whole) return;
+    const ghost = document.createElementNS("http://www.w3.org/2000/svg", "rect");
+    ghost.setAttribute("class", "ghost");
+    for (const [k, v] of Object.entries({ x: box.x0, y: box.y0, width: box.side, height: box.side })) ghost.setAttribute(k, String(v));
+    marker.append(ghost);
+  });
+  inputStage.addEventListener("mouseleave", () => marker.querySelector(".ghost")?.remove());
   for (const radio of $$('input[name="contrast"]', root)) {
     radio.checked = radio.value === prefs.contrast;
     radio.addEventListener("change", () => radio.checked && setContrast(radio.value));
@@ -378,7 +454,13 @@ export function createReconPanel({ root, store, maps, layerInfo, describeImage }
 
   function syncControls(state) {
     for (const radio of $$('input[name="mode"]', root)) radio.checked = radio.value === state.mode;
-    for (const radio of $$('input[name="select"]', root)) radio.checked = radio.value === state.select;
+    for (const radio of $$('input[name="select"]', root)) radio.checked = !state.unit && radio.value === state.select;
+    unitChip.hidden = !state.unit;
+    if (state.unit) {
+      const [y, x] = parseUnit(state.unit);
+      unitChip.textContent = `unit y ${y} · x ${x}  ✕`;
+      unitChip.setAttribute("aria-label", `Projecting unit y ${y}, x ${x}; click to go back to the strongest activation`);
+    }
     if (state.channel === null) {
       projEmpty.textContent = EMPTY_TEXT;
       projEmpty.hidden = false;
