@@ -1,0 +1,34 @@
+"""The engine on CUDA gives the CPU's projections (skipped, with the reason, without CUDA)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from convscope.engine import Engine, Seed
+from convscope.models import load_model
+from convscope.samples import load_sample
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available on this machine"),
+]
+
+
+@pytest.mark.parametrize("mode", ["deconvnet", "guided", "gradient"])
+def test_cuda_matches_cpu(mode: str) -> None:
+    cpu = Engine(load_model(), device_name="cpu")
+    gpu = Engine(load_model(), device_name="cuda")
+    image = cpu.prepare(load_sample("chelsea"))
+    seeds = [Seed(c) for c in range(0, 40, 5)]
+    expected = cpu.project_many(image, "blocks.3", seeds, mode=mode)
+    actual = gpu.project_many(image, "blocks.3", seeds, mode=mode)  # one vmapped backward on CUDA
+    for a, b in zip(actual, expected, strict=True):
+        assert a.seed_position == b.seed_position
+        scale = float(b.projection.abs().max())
+        assert float((a.projection - b.projection).abs().max()) <= 1e-3 * scale
+    assert [p.index for p in gpu.predict(image)] == [p.index for p in cpu.predict(image)]
+
+
+def test_auto_picks_cuda() -> None:
+    assert Engine(load_model("zfnet"), device_name="auto").device.type == "cuda"
