@@ -43,6 +43,8 @@ let models = [];
 let layersModel = null; // the model whose layer list is rendered
 let navDirection = 0; // the last keyboard step (-1, +1), for prefetching
 let navAt = 0;
+let quietFallback = false; // a model switch drops a layer the new model lacks without complaint
+let fallbackNote = null; // the layer a "no such layer" note is about; the note goes when the layer changes
 
 const input = createInputPanel({ root: $('[data-panel="input"]'), store, settled });
 const predictions = createPredictionsPanel({ root: $('[data-panel="predictions"]') });
@@ -116,9 +118,18 @@ function proceed(state, changed) {
   const info = state.layer ? layers.layer(state.layer) : null;
   if (!info) {
     const fallback = defaultLayer(all, currentModel()?.input_size ?? 224);
-    if (state.layer) layers.showError(`${state.model} has no layer “${state.layer}”; showing ${fallback} instead.`);
+    if (state.layer && !quietFallback) {
+      layers.showError(`${state.model} has no layer “${state.layer}”; showing ${fallback} instead.`);
+      fallbackNote = fallback;
+    }
+    quietFallback = false;
     if (fallback) store.set({ layer: fallback, channel: null, unit: null });
     return;
+  }
+  quietFallback = false;
+  if (fallbackNote && state.layer !== fallbackNote) {
+    layers.showError("");
+    fallbackNote = null;
   }
   if (state.channel !== null && state.channel >= info.channels) {
     store.set({ channel: null });
@@ -167,8 +178,9 @@ function renderModelInfo() {
   badge.replaceChildren(
     ...(models.length > 1 ? [] : [h("b", {}, model.name), " · "]),
     `${model.num_classes} classes · ${model.input_size}px`,
-    model.pretrained ? "" : h("span", { class: "warn" }, " · random weights"),
+    model.pretrained || models.length > 1 ? "" : h("span", { class: "warn" }, " · random weights"),
   );
+  badge.title = model.description || "The model the server has loaded";
   const select = $('[data-role="model-select"]');
   if (select.value !== model.name) select.value = model.name;
 }
@@ -178,7 +190,10 @@ function setupModelPicker() {
   const select = $('[data-role="model-select"]');
   select.replaceChildren(...models.map((m) => h("option", { value: m.name }, m.name + (m.pretrained ? "" : " (random weights)"))));
   picker.hidden = models.length < 2;
-  select.addEventListener("change", () => store.set({ model: select.value }));
+  select.addEventListener("change", () => {
+    quietFallback = true;
+    store.set({ model: select.value });
+  });
 }
 
 // ---- boot ----------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The real server in a subprocess and Debian's Chromium, for the dashboard tests.
 
 The server is `python -m convscope serve` on a free loopback port with the default
-model (EfficientNet-Lite0, ImageNet weights); Chromium is /usr/bin/chromium driven
+model (EfficientNet-Lite0, ImageNet weights) and ZFNet (random weights, for the
+model picker); Chromium is /usr/bin/chromium driven
 by Playwright's sync API (Playwright's own browser download is not used).
 Screenshots go to test-artifacts/screenshots/ (ignored by git).
 """
@@ -69,7 +70,13 @@ def server_url() -> Iterator[str]:
     port = _free_port()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     log_path = ARTIFACTS / "browser-server.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CONVSCOPE_DEVICE": os.environ.get("CONVSCOPE_DEVICE", "cpu")}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "CONVSCOPE_DEVICE": os.environ.get("CONVSCOPE_DEVICE", "cpu"),
+        # a second model (the paper's architecture, random weights: loads in a second) for the model picker
+        "CONVSCOPE_MODELS": "efficientnet_lite0,zfnet",
+    }
     command = [sys.executable, "-m", "convscope", "serve", "--host", "127.0.0.1", "--port", str(port)]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)

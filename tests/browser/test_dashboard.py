@@ -140,7 +140,9 @@ def test_explore_click_a_feature_map_and_walk_with_arrows(
     assert tab.get_attribute(PROJECTION, "src") != first_src
     assert projection_digest(tab) != first_pixels
     assert tab.evaluate("window.__sameDocument") is True
-    expect(tab.locator(f'[data-role="tile-grid"] [data-channel="{expected}"]')).to_have_attribute("aria-selected", "true")
+    expect(tab.locator(f'[data-role="tile-grid"] [data-channel="{expected}"]')).to_have_attribute(
+        "aria-selected", "true"
+    )
 
     # sort by index: the grid's order becomes 0..C-1 and the arrow follows it
     tab.select_option('[data-role="maps-sort"]', "index")
@@ -189,7 +191,9 @@ def test_a_newer_click_wins_over_stale_requests(tab: Any, server_url: str, layer
     assert hash_state(tab)["channel"] == "5"
 
 
-def test_upload_a_photo_and_a_non_image(tab: Any, server_url: str, model: dict[str, Any], tmp_path: Path, shoot: Any) -> None:
+def test_upload_a_photo_and_a_non_image(
+    tab: Any, server_url: str, model: dict[str, Any], tmp_path: Path, shoot: Any
+) -> None:
     import skimage.data
     from PIL import Image
 
@@ -223,6 +227,24 @@ def test_upload_a_photo_and_a_non_image(tab: Any, server_url: str, model: dict[s
     assert hash_state(tab)["image"] == upload_id  # the view stays on the last good image
     shoot("04-upload-error")
 
+    # drag-and-drop: a real File in a DataTransfer, dropped on the page
+    tab.evaluate(
+        """async (url) => {
+            const blob = await (await fetch(url)).blob();
+            const data = new DataTransfer();
+            data.items.add(new File([blob], "dropped.png", { type: "image/png" }));
+            for (const type of ["dragenter", "dragover", "drop"]) {
+                document.body.dispatchEvent(new DragEvent(type, { dataTransfer: data, bubbles: true, cancelable: true }));
+            }
+        }""",
+        f"{server_url}/api/samples/rocket/thumbnail.png",
+    )
+    tab.wait_for_function("id => !location.hash.includes('image=' + id + '&')", arg=upload_id)
+    expect(tab.locator('[data-role="current-image"]')).to_have_text("dropped.png")
+    expect(error).to_be_hidden()
+    dropped = hash_state(tab)["image"]
+    expect(tab.locator(f"{PREDICTIONS} .label")).to_have_text(expected_labels(server_url, model["name"], dropped))
+
 
 def test_state_in_the_hash_is_restored(tab: Any, server_url: str, layers: list[dict[str, Any]], shoot: Any) -> None:
     layer = pick_layer(layers, max_channels=120)
@@ -230,7 +252,9 @@ def test_state_in_the_hash_is_restored(tab: Any, server_url: str, layers: list[d
     tab.goto(f"{server_url}/#image=astronaut&layer={layer['name']}&channel={channel}&mode=guided&select=map")
     wait_projection(tab, layer=layer["name"], channel=channel, mode="guided", select="map")
     expect(tab.locator(f'[data-layer="{layer["name"]}"]')).to_have_attribute("aria-selected", "true")
-    expect(tab.locator(f'[data-role="tile-grid"] [data-channel="{channel}"]')).to_have_attribute("aria-selected", "true")
+    expect(tab.locator(f'[data-role="tile-grid"] [data-channel="{channel}"]')).to_have_attribute(
+        "aria-selected", "true"
+    )
     expect(tab.locator('[data-sample="astronaut"]')).to_have_attribute("aria-pressed", "true")
     expect(tab.locator('input[name="mode"][value="guided"]')).to_be_checked()
     expect(tab.locator('input[name="select"][value="map"]')).to_be_checked()
@@ -271,7 +295,9 @@ def test_narrow_window_is_one_column(chromium: Any, server_url: str, screenshots
 
 
 def test_click_the_input_to_project_one_unit(tab: Any, server_url: str, layers: list[dict[str, Any]]) -> None:
-    layer = next(entry for entry in layers if entry["height"] >= 14 and entry["kind"] != "Identity" and entry["height"] <= 28)
+    layer = next(
+        entry for entry in layers if entry["height"] >= 14 and entry["kind"] != "Identity" and entry["height"] <= 28
+    )
     tab.goto(f"{server_url}/#image=chelsea&layer={layer['name']}&channel=2")
     wait_projection(tab, layer=layer["name"], channel=2, unit="")
     stage = tab.locator('[data-role="input-stage"]')
@@ -338,3 +364,57 @@ def test_webcam_capture_and_live(chromium: Any, server_url: str, model: dict[str
         page.screenshot(path=str(screenshots / "07-webcam.png"))
     finally:
         browser.close()
+
+
+def test_model_picker_switches_model(tab: Any, server_url: str) -> None:
+    models = get_json(f"{server_url}/api/models")
+    other = next(m for m in models if not m["default"])
+    tab.goto(f"{server_url}/#image=chelsea")
+    wait_projection(tab)
+    expect(tab.locator('[data-role="model-picker"]')).to_be_visible()
+    tab.select_option('[data-role="model-select"]', other["name"])
+    other_layers = get_json(f"{server_url}/api/models/{other['name']}/layers")
+    expect(tab.locator('[data-role="layer-list"] [data-layer]')).to_have_count(len(other_layers))
+    tab.wait_for_function("name => location.hash.includes('model=' + name + '&')", arg=other["name"])
+    chosen = hash_state(tab)["layer"]
+    assert chosen in {layer["name"] for layer in other_layers}
+    wait_projection(tab, layer=chosen)
+    channels = next(layer["channels"] for layer in other_layers if layer["name"] == chosen)
+    expect(tab.locator(TILES)).to_have_count(channels)
+    expect(tab.locator('[data-role="layers-error"]')).to_be_hidden()  # dropping the old layer is not an error
+    if not other["pretrained"]:
+        expect(tab.locator('[data-role="preds-note"]')).to_have_text("random weights")
+
+
+def test_every_control_has_an_accessible_name(tab: Any, server_url: str) -> None:
+    tab.goto(f"{server_url}/#image=chelsea")
+    wait_projection(tab)
+    unnamed = tab.evaluate(
+        """() => {
+            const name = (el) => {
+                if (el.getAttribute('aria-label')) return el.getAttribute('aria-label');
+                const by = el.getAttribute('aria-labelledby');
+                if (by) return by.split(' ').map(id => document.getElementById(id)?.textContent || '').join(' ');
+                if (el.labels && el.labels.length) return Array.from(el.labels).map(l => l.textContent).join(' ');
+                return el.textContent || el.getAttribute('title') || el.getAttribute('alt') || '';
+            };
+            const controls = document.querySelectorAll(
+                'button, input, select, textarea, [role=option], [role=tab], [role=listbox], [role=radiogroup], img');
+            return Array.from(controls)
+                .filter(el => el.getClientRects().length)
+                // an <img> needs alt (alt="" marks a decorative one, e.g. inside a named button)
+                .filter(el => (el.tagName === 'IMG' ? !el.hasAttribute('alt') : !name(el).trim()))
+                .map(el => el.outerHTML.slice(0, 120));
+        }"""
+    )
+    assert unnamed == []
+
+    # the reserved Occlusion view opens as a tab (its panel is a later module) and comes back from the hash
+    tab.get_by_role("tab", name="Occlusion").click()
+    expect(tab.locator('[data-tab-panel="occlusion"]')).to_be_visible()
+    expect(tab.locator('[data-tab-panel="explore"]')).to_be_hidden()
+    assert hash_state(tab)["tab"] == "occlusion"
+    tab.reload()
+    expect(tab.locator('[data-tab-panel="occlusion"]')).to_be_visible()
+    tab.get_by_role("tab", name="Explore").click()
+    expect(tab.locator('[data-tab-panel="explore"]')).to_be_visible()

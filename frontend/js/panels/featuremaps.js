@@ -164,12 +164,17 @@ export function createMapsPanel({ root, store, tooltip }) {
   function tileSize(channels, tile) {
     const width = Math.max(120, scroller.clientWidth - 8);
     const height = Math.max(160, scroller.clientHeight - 8);
-    let side = Math.floor(Math.sqrt((width * height) / Math.max(1, channels))) - GAP;
-    side = Math.max(18, Math.min(side, 132));
+    // the largest tile with which every map fits the visible area (at least 18 px: then scroll)
+    const fits = (s) => {
+      const columns = Math.max(1, Math.floor((width + GAP) / (s + GAP)));
+      return Math.ceil(channels / columns) * (s + GAP) <= height;
+    };
+    let side = 132;
+    while (side > 18 && !fits(side)) side -= 1;
     // whole multiples of the sprite tile keep nearest-neighbour pixels even
     if (side > tile) {
       const snapped = Math.floor(side / tile) * tile;
-      if (snapped >= side * 0.75) side = snapped;
+      if (snapped >= side * 0.85) side = snapped;
     }
     side = Math.round(side * 1.25 ** prefs.zoom);
     return Math.max(10, Math.min(side, 320));

@@ -316,11 +316,19 @@ export function createReconPanel({ root, store, maps, layerInfo, describeImage }
     ctx.drawImage(tileCanvas, 0, 0, inputSize, inputSize);
   }
 
-  function drawCrop(canvas, img, box, ready) {
+  /** The patch shown: the receptive field, widened to some context when the field is tiny. */
+  function patchBox(box) {
+    const least = Math.min(inputSize, Math.max(24, Math.round(inputSize / 8)));
+    if (!box || box.whole || box.side >= least) return box;
+    return { ...box, x0: box.cx - least / 2, y0: box.cy - least / 2, side: least, context: true };
+  }
+
+  function drawCrop(canvas, img, field, ready) {
     const ctx = canvas.getContext("2d");
     canvas.width = canvas.height = CROP;
     ctx.fillStyle = "#000";
     ctx.fillRect(0, 0, CROP, CROP);
+    const box = patchBox(field);
     if (!box || !ready) return;
     const scale = CROP / box.side;
     const sx = Math.max(0, box.x0);
@@ -331,6 +339,18 @@ export function createReconPanel({ root, store, maps, layerInfo, describeImage }
     ctx.imageSmoothingEnabled = scale < 1;
     const k = img.naturalWidth / inputSize; // the images are S×S; stay robust if not
     ctx.drawImage(img, sx * k, sy * k, sw * k, sh * k, (sx - box.x0) * scale, (sy - box.y0) * scale, sw * scale, sh * scale);
+    if (box.context) {
+      // the field itself, inside its context
+      const x = (field.x0 - box.x0) * scale;
+      const y = (field.y0 - box.y0) * scale;
+      const side = field.side * scale;
+      ctx.lineWidth = 3;
+      ctx.strokeStyle = "rgba(0, 0, 0, 0.7)";
+      ctx.strokeRect(x, y, side, side);
+      ctx.lineWidth = 1.5;
+      ctx.strokeStyle = getComputedStyle(root).getPropertyValue("--marker").trim() || "#3ee0ff";
+      ctx.strokeRect(x, y, side, side);
+    }
   }
 
   function drawMapCrop(state, data, peak) {
@@ -370,7 +390,7 @@ export function createReconPanel({ root, store, maps, layerInfo, describeImage }
       const field = info.receptive_field || {};
       add("field", `${Math.round(field.size)} px, stride ${Math.round(field.stride)}`);
       if (box && box.whole) add("patch", "whole input");
-      else if (box) add("patch", `centre (${Math.round(box.cy)}, ${Math.round(box.cx)}) px`);
+      else if (box) add("patch", `centre (y ${Math.round(box.cy)}, x ${Math.round(box.cx)}) px${patchBox(box).context ? ", with context" : ""}`);
     }
     facts.replaceChildren(...rows);
   }
