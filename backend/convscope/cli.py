@@ -145,6 +145,18 @@ def cmd_occlude(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scan(args: argparse.Namespace) -> int:
+    from convscope.scan.commands import scan_main
+
+    return scan_main(args)
+
+
+def cmd_montage(args: argparse.Namespace) -> int:
+    from convscope.scan.commands import montage_main
+
+    return montage_main(args)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -218,6 +230,39 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(layers)
     layers.add_argument("--json", action="store_true", help="print JSON")
     layers.set_defaults(func=cmd_layers)
+
+    scan = sub.add_parser(
+        "scan",
+        help="top-k images per feature map across an image folder (paper Fig. 2); torchrun-ready",
+        description="For every channel of the chosen layers, keep the k strongest activations across the images "
+        "(one per image, at its strongest position). Resumable; under `torchrun --nproc-per-node N -m convscope "
+        "scan ...` the processes share the work and rank 0 writes the store.",
+    )
+    _add_model(scan)
+    scan.add_argument("--images", required=True, help="folder of images (recursive; jpg, jpeg, png, webp, bmp)")
+    scan.add_argument("--out", required=True, help="store directory (manifest.json, scan.sqlite, cache/)")
+    scan.add_argument(
+        "--layers", default=None, help="all, or comma-separated layer names (default: one layer per resolution)"
+    )
+    scan.add_argument("--top", type=_positive_int, default=9, help="entries kept per channel")
+    scan.add_argument("--batch-size", type=_positive_int, default=32)
+    scan.add_argument("--workers", type=int, default=0, help="image-reading worker processes (per process)")
+    scan.add_argument("--size", type=_positive_int, default=224, help="model input side S")
+    scan.add_argument("--resume", action="store_true", help="continue an interrupted scan in --out")
+    scan.add_argument(
+        "--checkpoint-every", type=_positive_int, default=1024, help="images between checkpoints (resume points)"
+    )
+    scan.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is no terminal")
+    scan.set_defaults(func=cmd_scan)
+
+    montage = sub.add_parser("montage", help="Fig. 2-style montage of a scan: top-k projections beside their patches")
+    montage.add_argument("--scan", required=True, help="a store directory written by `convscope scan`")
+    montage.add_argument("--layer", required=True)
+    montage.add_argument("--channels", default=None, help="e.g. 0,1,5-8 (default: the first 16)")
+    montage.add_argument("--tile", type=_positive_int, default=64, help="side of each tile in pixels")
+    montage.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    montage.add_argument("--out", required=True, help="PNG to write")
+    montage.set_defaults(func=cmd_montage)
     return parser
 
 

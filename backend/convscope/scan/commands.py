@@ -1,0 +1,92 @@
+"""The `convscope scan` and `convscope montage` commands (the argparse glue is in `convscope.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from convscope.errors import ConvscopeError
+
+
+def scan_main(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from convscope.engine import Engine
+    from convscope.models import load_model
+    from convscope.scan.distributed import make_context
+    from convscope.scan.scanner import folder_source, run_scan
+
+    context = make_context(args.device)
+    bar: Any = None
+    try:
+        model = load_model(args.model, weights=args.weights, input_size=args.size)
+        engine = Engine(model, device_name=context.device_name)
+        source = folder_source(args.images)
+
+        def progress(done: int, total: int) -> None:
+            nonlocal bar
+            if not context.is_main:
+                return
+            if bar is None:
+                bar = tqdm(
+                    total=total,
+                    initial=done,
+                    unit="img",
+                    desc="scan",
+                    file=sys.stderr,
+                    dynamic_ncols=True,
+                    disable=None if not args.progress else False,
+                )
+            bar.update(done - bar.n)
+
+        result = run_scan(
+            engine,
+            source,
+            args.out,
+            layers=args.layers,
+            top=args.top,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            resume=args.resume,
+            weights=args.weights,
+            context=context,
+            progress=progress,
+            checkpoint_images=args.checkpoint_every,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+        context.close()
+    if context.is_main:
+        where = Path(args.out)
+        if result.status == "unchanged":
+            print(f"{where}: the scan is already complete ({result.images} images); nothing to do")
+        else:
+            world = f" on {context.world} processes" if context.world > 1 else ""
+            print(
+                f"scanned {result.scanned} images{world} in {result.seconds:.1f}s "
+                f"({result.images_per_second:.1f} img/s); {result.skipped} unreadable skipped; "
+                f"top-{args.top} of {len(result.layers)} layers ({', '.join(result.layers)}) -> {where}"
+            )
+    return 0
+
+
+def montage_main(args: argparse.Namespace) -> int:
+    from convscope.scan.montage import montage, parse_channels
+    from convscope.scan.render import ScanRenderer, engine_for_scan
+    from convscope.scan.store import ScanStore
+
+    store = ScanStore(args.scan)
+    manifest = store.manifest()
+    spec = manifest.layer(args.layer)
+    channels = parse_channels(args.channels, spec.channels)
+    renderer = ScanRenderer(store, engine_factory=lambda: engine_for_scan(manifest, args.device))
+    image = montage(renderer, args.layer, channels, tile=args.tile)
+    try:
+        image.save(args.out)
+    except (OSError, ValueError) as exc:
+        raise ConvscopeError(f"cannot write {args.out}: {exc}") from None
+    print(f"{args.layer}: {len(channels)} channels, top-{manifest.config.top} each -> {args.out}")
+    return 0

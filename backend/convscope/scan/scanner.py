@@ -1,0 +1,481 @@
+"""The scan itself: read the images in batches, run the model, keep each channel's top-k.
+
+`run_scan` is the one entry point for the CLI (single process or under torchrun),
+the server's jobs and Python users. Work is cut into batches of the global image
+list; a process scans batch `next + round·world + rank` in each round, and every
+`checkpoint_images` images (and at the end) the processes merge their top-k and
+rank 0 commits a checkpoint to the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from convscope.engine import Engine, LayerInfo
+from convscope.errors import ConvscopeError, InvalidRequestError
+from convscope.images import DEFAULT_MAX_PIXELS, decode_image, normalise, resize_and_crop
+from convscope.scan.distributed import LocalContext
+from convscope.scan.store import (
+    ImageRecord,
+    ImageSource,
+    LayerSpec,
+    Manifest,
+    Progress,
+    ScanConfig,
+    ScanStore,
+    ScanStoreError,
+)
+from convscope.scan.topk import TopK
+from convscope.scan.walk import IMAGE_EXTENSIONS, list_images, sha256_bytes, sha256_file
+
+log = logging.getLogger("convscope.scan")
+
+ProgressFn = Callable[[int, int], None]
+_PASS_THROUGH = ("Identity", "Dropout", "Dropout2d", "AlphaDropout", "DropPath", "Flatten")
+DEFAULT_MAX_LAYERS = 8
+
+
+# ---- what to scan ------------------------------------------------------------------------------
+def folder_source(folder: str | Path, *, confine: bool = False) -> ImageSource:
+    root = Path(folder).resolve()
+    paths = tuple(list_images(folder, confine=confine))
+    return ImageSource("folder", str(root), paths, paths)
+
+
+def samples_source() -> ImageSource:
+    """The bundled sample photos (ids are the sample ids)."""
+    from convscope.samples import list_samples
+
+    samples = list_samples()
+    return ImageSource("samples", None, tuple(str(s.path) for s in samples), tuple(s.id for s in samples))
+
+
+def default_layers(layers: Sequence[LayerInfo], limit: int = DEFAULT_MAX_LAYERS) -> list[str]:
+    """A handful of representative layers: one per spatial resolution (roughly one per stage).
+
+    For each resolution (1×1 and global layers left out) the layer that sees the most
+    of the input (largest receptive field), preferring stage-level modules (fewest
+    dots in the name) and then the later one; at most `limit`, spread evenly.
+    """
+    groups: dict[tuple[int, int], list[tuple[int, LayerInfo]]] = {}
+    for order, info in enumerate(layers):
+        if info.kind in _PASS_THROUGH or info.receptive_field.global_ or info.height * info.width <= 1:
+            continue
+        groups.setdefault((info.height, info.width), []).append((order, info))
+    picked = []
+    for members in groups.values():
+        _, best = max(members, key=lambda m: (m[1].receptive_field.size, -m[1].name.count("."), m[0]))
+        picked.append(best)
+    picked.sort(key=lambda info: (-info.height * info.width, info.receptive_field.size))
+    if len(picked) > limit:
+        step = (len(picked) - 1) / (limit - 1)
+        picked = [picked[round(i * step)] for i in range(limit)]
+    return [info.name for info in picked]
+
+
+def resolve_layers(engine: Engine, layers: str | Sequence[str] | None) -> list[LayerInfo]:
+    """`None`/"" -> the default handful, "all" -> every layer, else a list or comma-separated names."""
+    if layers is None or layers == "" or layers == "default":
+        names = default_layers(engine.layers())
+    elif layers == "all":
+        names = [info.name for info in engine.layers()]
+    else:
+        raw = layers.split(",") if isinstance(layers, str) else list(layers)
+        names = list(dict.fromkeys(name.strip() for name in raw if name.strip()))
+    if not names:
+        raise InvalidRequestError("no layers to scan")
+    return [engine.layer(name) for name in names]  # 404 for an unknown layer
+
+
+def layer_spec(info: LayerInfo) -> LayerSpec:
+    field_ = info.receptive_field
+    return LayerSpec(
+        info.name,
+        info.kind,
+        info.channels,
+        info.height,
+        info.width,
+        float(field_.size),
+        float(field_.stride),
+        float(field_.offset),
+        bool(field_.global_),
+    )
+
+
+def model_fingerprint(module: torch.nn.Module) -> str:
+    """A hash of every parameter and buffer (names, shapes, dtypes, bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        data = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(data.shape)}:{data.dtype}\n".encode())
+        if data.dtype == torch.bfloat16:
+            data = data.view(torch.int16)
+        digest.update(data.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def scan_config(
+    engine: Engine, source: ImageSource, layers: Sequence[LayerInfo], top: int, weights: str | None = None
+) -> ScanConfig:
+    if top < 1:
+        raise InvalidRequestError("--top must be at least 1")
+    weights_path = str(Path(weights).resolve()) if weights else None
+    return ScanConfig(
+        model=engine.name,
+        weights=weights_path,
+        weights_sha256=sha256_file(weights_path) if weights_path else None,
+        fingerprint=model_fingerprint(engine.model.module),
+        input_size=engine.input_size,
+        mean=tuple(float(v) for v in engine.model.mean),
+        std=tuple(float(v) for v in engine.model.std),
+        layers=tuple(layer_spec(info) for info in layers),
+        top=top,
+        source_kind=source.kind,
+        source_root=source.root,
+        image_count=len(source.paths),
+        image_list_sha256=source.digest(),
+    )
+
+
+# ---- reading images ------------------------------------------------------------------------------
+@dataclass
+class _Item:
+    index: int
+    tensor: torch.Tensor | None
+    sha256: str | None
+    error: str | None
+
+
+class _Images(Dataset[_Item]):
+    """Reads, hashes, decodes and preprocesses one image (DESIGN §2); never raises for a bad file."""
+
+    def __init__(self, source: ImageSource, size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.source, self.size, self.mean, self.std = source, size, tuple(mean), tuple(std)
+
+    def __len__(self) -> int:
+        return len(self.source.paths)
+
+    def __getitem__(self, index: int) -> _Item:
+        try:
+            data = self.source.file(index).read_bytes()
+        except OSError as exc:
+            return _Item(index, None, None, f"cannot read: {exc.strerror or exc}")
+        digest = sha256_bytes(data)
+        try:
+            image = decode_image(data, max_pixels=DEFAULT_MAX_PIXELS)
+            tensor = normalise(resize_and_crop(image, self.size), self.mean, self.std)[0]
+        except ConvscopeError as exc:
+            return _Item(index, None, digest, str(exc))
+        except Exception as exc:  # a decoder bug must not end a long scan
+            return _Item(index, None, digest, f"{type(exc).__name__}: {exc}")
+        return _Item(index, tensor, digest, None)
+
+
+@dataclass
+class _Batch:
+    indices: list[int]
+    tensor: torch.Tensor | None
+    records: list[ImageRecord]
+
+
+def _collate(items: list[_Item]) -> _Batch:
+    good = [item for item in items if item.tensor is not None]
+    tensor = torch.stack([item.tensor for item in good]) if good else None  # type: ignore[misc]
+    records = [ImageRecord(item.index, item.sha256, item.error) for item in items]
+    return _Batch([item.index for item in good], tensor, records)
+
+
+# ---- the scan ------------------------------------------------------------------------------------
+@dataclass
+class ScanResult:
+    directory: Path
+    status: str  # "complete", "unchanged" (was already complete) or "cancelled"
+    images: int
+    scanned: int  # images read by this run (all processes)
+    skipped: int  # unreadable images in the whole scan
+    seconds: float
+    layers: list[str]
+
+    @property
+    def images_per_second(self) -> float:
+        return self.scanned / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "directory": str(self.directory),
+            "status": self.status,
+            "images": self.images,
+            "scanned": self.scanned,
+            "skipped": self.skipped,
+            "seconds": round(self.seconds, 3),
+            "images_per_second": round(self.images_per_second, 2),
+            "layers": self.layers,
+        }
+
+
+@dataclass
+class _Plan:
+    action: str  # "scan", "done" or "error"
+    next_batch: int = 0
+    batch_size: int = 0
+    images_done: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    digest: str = ""
+    message: str = ""
+
+
+def _open_store(
+    store: ScanStore,
+    config: ScanConfig,
+    source: ImageSource,
+    batch_size: int,
+    resume: bool,
+    replace: bool,
+    extra: dict[str, Any] | None,
+) -> tuple[Manifest, _Plan]:
+    """Create, resume or recognise the scan at `store` (rank 0, lock held)."""
+    if store.exists():
+        manifest = store.manifest()
+        different = manifest.config.differences(config)
+        if different and replace:
+            log.info("replacing the scan at %s (different %s)", store.directory, ", ".join(different))
+            shutil.rmtree(store.directory / "cache", ignore_errors=True)
+            store.manifest_path.unlink()
+        elif different:
+            raise ScanStoreError(
+                f"{store.directory} holds a scan with different settings ({', '.join(different)}); "
+                "use another --out directory (or delete this one)"
+            )
+        elif manifest.complete:
+            done = Progress(**vars(manifest.progress))
+            return manifest, _Plan("done", done.next_batch, manifest.batch_size, done.images_done, done.skipped)
+        elif not resume:
+            raise ScanStoreError(f"{store.directory} holds an unfinished scan; pass --resume to continue it")
+        else:
+            if manifest.batch_size != batch_size:
+                log.warning("resuming with the scan's batch size %d (not %d)", manifest.batch_size, batch_size)
+            progress = store.progress()
+            return manifest, _Plan(
+                "scan",
+                progress.next_batch,
+                manifest.batch_size,
+                progress.images_done,
+                progress.skipped,
+                progress.seconds,
+            )
+    manifest = store.create(config, source, batch_size, extra)
+    return manifest, _Plan("scan", 0, batch_size)
+
+
+def run_scan(
+    engine: Engine,
+    source: ImageSource,
+    out: str | Path,
+    *,
+    layers: str | Sequence[str] | None = None,
+    top: int = 9,
+    batch_size: int = 32,
+    workers: int = 0,
+    resume: bool = False,
+    weights: str | None = None,
+    context: LocalContext | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    checkpoint_images: int = 1024,
+    replace: bool = False,
+    wait_lock: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> ScanResult:
+    """Scan `source` into the store at `out` (see the module docstring); rank 0 reports progress.
+
+    `replace=True` replaces a store made with other settings instead of refusing it
+    (the server does this for its own sample scans). `should_stop` lets a caller
+    cancel: the work done so far is checkpointed and can be resumed.
+    """
+    if batch_size < 1:
+        raise InvalidRequestError("--batch-size must be at least 1")
+    context = context or LocalContext(engine.device_name)
+    started = time.perf_counter()
+    store = ScanStore(out)
+    infos = resolve_layers(engine, layers)
+    names = [info.name for info in infos]
+    if not source.paths:
+        where = source.root or "the image list"
+        raise InvalidRequestError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {where}")
+    digest = source.digest()
+
+    lock = store.lock(wait=wait_lock) if context.is_main else None
+    plan: _Plan
+    manifest: Manifest | None = None
+    try:
+        if lock is not None:
+            try:
+                lock.__enter__()
+                config = scan_config(engine, source, infos, top, weights)
+                manifest, plan = _open_store(store, config, source, batch_size, resume, replace, extra)
+                plan.digest = digest
+            except ConvscopeError as exc:
+                plan = _Plan("error", message=str(exc))
+        else:
+            plan = _Plan("scan")
+        plan = context.broadcast(plan)
+        if plan.action == "error":
+            raise ScanStoreError(plan.message)
+        if plan.digest != digest:
+            raise ScanStoreError("the processes see different image lists; is the folder changing?")
+        total_images = len(source.paths)
+        if plan.action == "done":
+            if progress is not None and context.is_main:
+                progress(plan.images_done, total_images)
+            return ScanResult(
+                store.directory, "unchanged", total_images, 0, plan.skipped, time.perf_counter() - started, names
+            )
+        return _scan(
+            engine,
+            source,
+            store,
+            manifest,
+            plan,
+            infos,
+            top,
+            workers,
+            context,
+            progress,
+            should_stop,
+            checkpoint_images,
+            started,
+        )
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
+
+
+def _scan(
+    engine: Engine,
+    source: ImageSource,
+    store: ScanStore,
+    manifest: Manifest | None,
+    plan: _Plan,
+    infos: Sequence[LayerInfo],
+    top: int,
+    workers: int,
+    context: LocalContext,
+    progress: ProgressFn | None,
+    should_stop: Callable[[], bool] | None,
+    checkpoint_images: int,
+    started: float,
+) -> ScanResult:
+    names = [info.name for info in infos]
+    total_images = len(source.paths)
+    batch_size = plan.batch_size
+    total_batches = math.ceil(total_images / batch_size)
+    world, rank = context.world, context.rank
+    remaining = max(0, total_batches - plan.next_batch)
+    rounds = math.ceil(remaining / world)
+    every = max(1, math.ceil(checkpoint_images / (batch_size * world)))
+
+    def batch_range(batch: int) -> list[int]:
+        return list(range(batch * batch_size, min(total_images, (batch + 1) * batch_size)))
+
+    def images_before(batch: int) -> int:
+        return min(total_images, batch * batch_size)
+
+    mine = [plan.next_batch + r * world + rank for r in range(rounds)]
+    mine = [batch for batch in mine if batch < total_batches]
+    states = store.load_state() if context.is_main else {}
+    for info in infos:
+        if info.name not in states:
+            states[info.name] = TopK.empty(info.channels, top, info.width)
+    dataset = _Images(source, engine.input_size, engine.model.mean, engine.model.std)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=[batch_range(batch) for batch in mine],
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=engine.device.type == "cuda",
+        persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+    batches = iter(loader)
+    pending: list[ImageRecord] = []
+    done_images, skipped, seconds_before = plan.images_done, plan.skipped, plan.seconds
+    scanned_now = 0
+    run_started = time.perf_counter()
+    if progress is not None and context.is_main:
+        progress(done_images, total_images)
+
+    def checkpoint(next_batch: int) -> None:
+        nonlocal skipped, done_images
+        context.merge_topk(states)
+        gathered = context.all_gather_objects(pending)
+        if context.is_main and manifest is not None:
+            records = [record for part in gathered for record in part]
+            skipped += sum(1 for record in records if record.error is not None)
+            done_images = images_before(next_batch)
+            state = Progress(
+                next_batch=next_batch,
+                batches=total_batches,
+                images_done=done_images,
+                skipped=skipped,
+                seconds=seconds_before + time.perf_counter() - run_started,
+            )
+            store.checkpoint(manifest, state, states, records)
+        pending.clear()
+
+    stopped = False
+    last_done: int | None = None  # the last batch whose images are all in `states` (one process)
+    try:
+        for round_ in range(rounds):
+            if round_ < len(mine):
+                batch = next(batches)
+                snapshot = {name: (s.values, s.images, s.positions) for name, s in states.items()}
+                try:
+                    if batch.tensor is not None:
+                        _, outputs = engine.forward_batch(batch.tensor, names)
+                        for name in names:
+                            states[name].update(outputs[name], batch.indices)
+                except KeyboardInterrupt:
+                    for name, (values, images, positions) in snapshot.items():  # updates make new tensors
+                        states[name].values, states[name].images, states[name].positions = values, images, positions
+                    raise
+                pending.extend(batch.records)
+                last_done = mine[round_]
+            first_next = plan.next_batch + (round_ + 1) * world
+            scanned_now = images_before(min(first_next, total_batches)) - images_before(plan.next_batch)
+            if progress is not None and context.is_main:
+                progress(plan.images_done + scanned_now, total_images)
+            last = round_ == rounds - 1
+            if last or (round_ + 1) % every == 0:
+                stop = context.any(bool(should_stop and should_stop()))
+                checkpoint(min(first_next, total_batches))
+                if stop and not last:
+                    stopped = True
+                    break
+    except KeyboardInterrupt:
+        # One process: keep what is done (Ctrl-C). Under torchrun the others cannot join
+        # a checkpoint any more; the last one stands.
+        if world == 1 and pending and last_done is not None:
+            checkpoint(last_done + 1)
+        raise
+    finally:
+        del batches
+    if rounds == 0:
+        checkpoint(total_batches)
+    seconds = time.perf_counter() - started
+    if stopped:
+        return ScanResult(store.directory, "cancelled", total_images, scanned_now, skipped, seconds, names)
+    if context.is_main and manifest is not None:
+        store.finish(manifest, states)
+    return ScanResult(store.directory, "complete", total_images, scanned_now, skipped, seconds, names)
