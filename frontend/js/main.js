@@ -56,6 +56,14 @@ const recon = createReconPanel({
   maps,
   layerInfo: (name) => (layersModel === store.get().model ? layers.layer(name) : null),
   describeImage: (id) => input.describeImage(id),
+  // an image id the server does not know (an old link to an upload): say so once, show a sample
+  onImageMissing: (state, error) => {
+    if (store.get().image !== state.image) return;
+    const fallback = defaultSample();
+    if (!fallback || fallback === state.image) return;
+    input.showError(`Image “${state.image}” is not on the server (${error.message}); uploads are kept only for a while. Showing a sample instead.`);
+    store.set({ image: fallback });
+  },
 });
 const tabs = createTabs({
   nav: $('[data-role="tabs"]'),
@@ -81,6 +89,7 @@ $('[data-role="help-open"]').addEventListener("click", () => help.showModal());
 
 // ---- state routing --------------------------------------------------------------------
 const currentModel = () => models.find((m) => m.name === store.get().model) || null;
+const defaultSample = () => (input.samples.find((s) => s.id === "chelsea") || input.samples[0])?.id || null;
 
 async function loadLayers(model) {
   layersModel = null;
@@ -237,7 +246,7 @@ async function boot() {
   const fallbackModel = (models.find((m) => m.default) || models[0]).name;
   const model = models.some((m) => m.name === wanted.model) ? wanted.model : fallbackModel;
   if (wanted.model && wanted.model !== model) input.showError(`The server has no model “${wanted.model}”; showing ${model}.`);
-  const image = wanted.image || (samples.find((s) => s.id === "chelsea") || samples[0])?.id || null;
+  const image = wanted.image || defaultSample();
 
   store.subscribe(onChange);
   store.set({ ...wanted, model, image });

@@ -179,16 +179,49 @@ def test_explore_click_a_feature_map_and_walk_with_arrows(
     wait_projection(tab, layer=following)
 
 
+# Slows chosen projection answers down in the page (the request still goes out at once,
+# so cancelling it works as usual); window.__slow maps a channel to extra milliseconds.
+SLOW_PROJECTIONS = """
+    window.__slow = {};
+    const realFetch = window.fetch.bind(window);
+    window.fetch = async (input, init) => {
+        const url = String(input && input.url ? input.url : input);
+        const response = await realFetch(input, init);
+        const match = url.includes('/projection?') && url.match(/[?&]channel=(\\d+)/);
+        const delay = match ? window.__slow[match[1]] || 0 : 0;
+        if (delay) await new Promise((resolve) => setTimeout(resolve, delay));
+        return response;
+    };
+"""
+
+
 def test_a_newer_click_wins_over_stale_requests(tab: Any, server_url: str, layers: list[dict[str, Any]]) -> None:
     layer = pick_layer(layers)
+    tab.add_init_script(SLOW_PROJECTIONS)
     tab.goto(f"{server_url}/#image=chelsea&layer={layer['name']}&channel=0&mode=gradient")
     wait_projection(tab, layer=layer["name"], channel=0, mode="gradient")
-    for channel in (1, 2, 3, 4, 5):
+    recon = tab.locator('[data-panel="reconstruction"]')
+    expect(recon).not_to_have_attribute("aria-busy", "true")
+
+    # channel 1 answers late, channel 2 early: the late answer must not replace the newer one
+    tab.evaluate("window.__slow = {1: 2500, 2: 50}")
+    tab.locator('[data-role="tile-grid"] [data-channel="1"]').click()
+    expect(recon).to_have_attribute("aria-busy", "true")  # the loading indicator, after ~150 ms
+    tab.locator('[data-role="tile-grid"] [data-channel="2"]').click()
+    wait_projection(tab, layer=layer["name"], channel=2)
+    tab.wait_for_timeout(3000)  # well past channel 1's answer
+    wait_projection(tab, layer=layer["name"], channel=2)
+    assert hash_state(tab)["channel"] == "2"
+    expect(recon).not_to_have_attribute("aria-busy", "true")
+
+    # a burst of clicks: the last one wins
+    tab.evaluate("window.__slow = {}")
+    for channel in (3, 4, 5, 6):
         tab.locator(f'[data-role="tile-grid"] [data-channel="{channel}"]').click()
-    wait_projection(tab, layer=layer["name"], channel=5)
-    tab.wait_for_timeout(1500)  # any stale answer would land by now
-    wait_projection(tab, layer=layer["name"], channel=5)
-    assert hash_state(tab)["channel"] == "5"
+    wait_projection(tab, layer=layer["name"], channel=6)
+    tab.wait_for_timeout(1000)
+    wait_projection(tab, layer=layer["name"], channel=6)
+    assert hash_state(tab)["channel"] == "6"
 
 
 def test_upload_a_photo_and_a_non_image(
@@ -273,6 +306,14 @@ def test_state_in_the_hash_is_restored(tab: Any, server_url: str, layers: list[d
     tab.goto(f"{server_url}/#image=astronaut&layer=no.such.layer")
     expect(tab.locator('[data-role="layers-error"]')).to_contain_text("no.such.layer")
     wait_projection(tab)
+
+    # an image the server does not know (an old link to an upload): one plain note, and a sample instead
+    tab.goto("about:blank")
+    tab.goto(f"{server_url}/#image=upload-that-expired&layer={layer['name']}&channel={channel}")
+    expect(tab.locator('[data-role="input-error"]')).to_contain_text("upload-that-expired")
+    wait_projection(tab, layer=layer["name"], channel=channel)
+    assert hash_state(tab)["image"] != "upload-that-expired"
+    expect(tab.locator('[data-role="preds-error"]')).to_be_hidden()
 
 
 def test_narrow_window_is_one_column(chromium: Any, server_url: str, screenshots: Path) -> None:

@@ -15,7 +15,7 @@ const PREFS_KEY = "convscope.recon";
 const CROP = 144; // canvas pixels of the patches (CSS scales them to the column)
 const EMPTY_TEXT = "Click a feature map to project it into pixel space";
 
-export function createReconPanel({ root, store, maps, layerInfo, describeImage }) {
+export function createReconPanel({ root, store, maps, layerInfo, describeImage, onImageMissing }) {
   const inputImg = $('[data-role="input-image"]', root);
   const projImg = $('[data-role="projection"]', root);
   const projEmpty = $('[data-role="projection-empty"]', root);
@@ -82,7 +82,8 @@ export function createReconPanel({ root, store, maps, layerInfo, describeImage }
       refreshGeometry();
     } catch (error) {
       if (isAbort(error) || mine !== inputGeneration) return;
-      showError(errorBox, `The input image could not be loaded: ${error.message}`);
+      if (error.status === 404 && onImageMissing) onImageMissing(state, error);
+      else showError(errorBox, `The input image could not be loaded: ${error.message}`);
     }
   }
 
@@ -404,6 +405,15 @@ export function createReconPanel({ root, store, maps, layerInfo, describeImage }
     radio.addEventListener("click", () => store.set({ select: radio.value, unit: null }));
   }
   unitChip.addEventListener("click", () => store.set({ unit: null }));
+  // After a mouse click on a switch, give the arrow keys back to the feature maps
+  // (a focused radio group would take them); keyboard users keep the native radios.
+  let pointing = false;
+  const controls = $(".recon-controls", root);
+  controls.addEventListener("pointerdown", () => (pointing = true));
+  controls.addEventListener("click", (event) => {
+    if (pointing && event.target.matches('input[type="radio"]')) setTimeout(() => event.target.blur(), 0);
+    pointing = false;
+  });
 
   // ---- probing one unit: click the input (or the map) -----------------------------------------
   function unitAt(event, element, fromMap) {
