@@ -2,14 +2,19 @@
 
 For each model and occluder setting (size/stride at S×S), in one run and on one image:
 
-- convscope: `occlude(...)` at its default batch size; it gives three maps (target
-  probability, top label, feature-map activity) from one forward pass per position;
+- convscope: `occlude(...)`; it gives three maps (target probability, top label,
+  feature-map activity) from one forward pass per position;
 - Captum: `Occlusion(softmax ∘ model).attribute(...)` with the same window, stride and
-  baseline (0, the model's mean colour after normalisation), timed at a few values of
-  `perturbations_per_eval` and reported at its best; it gives one map (the target's
-  attribution, spread back to pixels);
-- plain: N + 1 batched forward passes of the unoccluded image (N = number of positions),
-  no hooks, no occluding: the floor for any method that re-runs the whole network.
+  baseline (0, the model's mean colour after normalisation); it gives one map (the
+  target's attribution, spread back to pixels);
+- plain: N + 1 batched forward passes of the unoccluded image (N = number of positions)
+  through the bare module, no hooks, no occluding: the floor for any method that
+  re-runs the whole network.
+
+Both are timed at each of a few batch sizes (`batch_size`, `perturbations_per_eval`),
+interleaved so that a slow spell on a shared machine hits both, and each is reported
+at its best (over batch sizes and `--rounds`); the plain passes use convscope's best
+batch size.
 
 The run also checks that both compute the same thing: Captum's per-pixel attribution
 equals the mean probability drop over the windows that cover the pixel, which is
@@ -22,6 +27,8 @@ rebuilt from convscope's probability map.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -43,14 +50,14 @@ class Row:
     model: str
     setting: str
     positions: int
-    ours: float
-    plain: float
-    captum: dict[int, float]
+    ours: dict[int, float]  # batch size -> seconds
+    captum: dict[int, float]  # perturbations_per_eval -> seconds
+    plain: float  # at ours' best batch size
     max_diff: float
 
-    @property
-    def best_ppe(self) -> int:
-        return min(self.captum, key=lambda ppe: self.captum[ppe])
+    @staticmethod
+    def best(times: dict[int, float]) -> int:
+        return min(times, key=lambda key: times[key])
 
 
 def timed(function: Callable[[], object]) -> tuple[float, object]:
@@ -60,6 +67,7 @@ def timed(function: Callable[[], object]) -> tuple[float, object]:
 
 
 def plain_passes(engine: Engine, image: torch.Tensor, count: int, batch_size: int) -> None:
+    """The unoccluded image through the bare module: 1 + `count` images, `batch_size` at a time."""
     module = engine.model.module
     base = image.to(engine.device)
     with torch.no_grad():
@@ -86,6 +94,7 @@ def captum_occlusion(
 
 
 def attribution_from_map(result: OcclusionResult, image_size: int) -> np.ndarray:
+    """Captum's per-pixel attribution rebuilt from convscope's map: the mean drop over covering windows."""
     drops = np.zeros((image_size, image_size))
     counts = np.zeros((image_size, image_size))
     for (y, x), p in zip(result.positions, result.probability.flat, strict=True):
@@ -100,46 +109,51 @@ def run(model_name: str, settings: list[tuple[int, int]], args: argparse.Namespa
         device_name=args.device,
     )
     image = engine.prepare(load_sample(args.image))
-    plain_passes(engine, image.tensor, args.batch_size, args.batch_size)  # warm-up
+    plain_passes(engine, image.tensor, max(args.batch), max(args.batch))  # warm-up
     rows = []
     for size, stride in settings:
         r, c, _ = occlusion_grid(engine.input_size, size, stride)
         count = r * c
-        plain, _ = timed(lambda: plain_passes(engine, image.tensor, count, args.batch_size))  # noqa: B023
-        ours, value = timed(lambda: occlude(engine, image, size, stride, batch_size=args.batch_size))  # noqa: B023
-        assert isinstance(value, OcclusionResult)
-        result = value
+        ours: dict[int, float] = {}
         captum: dict[int, float] = {}
-        attributions: dict[int, torch.Tensor] = {}
-        for ppe in args.ppe:
-            captum[ppe], attribution = timed(
-                lambda: captum_occlusion(engine, image.tensor, size, stride, result.target, ppe)  # noqa: B023
-            )
-            assert isinstance(attribution, torch.Tensor)
-            attributions[ppe] = attribution
-        expected = attribution_from_map(result, engine.input_size)
-        max_diff = max(
-            float(np.abs(attr[0].double().cpu().numpy() - expected[None]).max()) for attr in attributions.values()
-        )
-        row = Row(model_name, f"{size}/{stride}", count, ours, plain, captum, max_diff)
+        max_diff = 0.0
+        plain = math.inf
+        for _ in range(args.rounds):
+            for batch in args.batch:  # interleaved, so a slow spell on a shared machine hits both
+                seconds, value = timed(lambda: occlude(engine, image, size, stride, batch_size=batch))  # noqa: B023
+                ours[batch] = min(ours.get(batch, math.inf), seconds)
+                assert isinstance(value, OcclusionResult)
+                result = value
+                seconds, attribution = timed(
+                    lambda: captum_occlusion(engine, image.tensor, size, stride, result.target, batch)  # noqa: B023
+                )
+                captum[batch] = min(captum.get(batch, math.inf), seconds)
+                assert isinstance(attribution, torch.Tensor)
+                expected = attribution_from_map(result, engine.input_size)
+                diff = float(np.abs(attribution[0].double().cpu().numpy() - expected[None]).max())
+                max_diff = max(max_diff, diff)
+            best = Row.best(ours)
+            seconds, _ = timed(lambda: plain_passes(engine, image.tensor, count, best))  # noqa: B023
+            plain = min(plain, seconds)
+        row = Row(model_name, f"{size}/{stride}", count, ours, captum, plain, max_diff)
         print(format_row(row), flush=True)
         rows.append(row)
     return rows
 
 
 HEADER = (
-    f"{'model':18s} {'size/stride':>11s} {'N':>5s} {'convscope s':>11s} {'N plain s':>9s} "
-    f"{'Captum best s (ppe)':>20s} {'Captum/ours':>11s} {'ours/plain':>10s} {'max |Δattr|':>11s}  Captum by ppe"
+    f"{'model':18s} {'size/stride':>11s} {'N':>4s} {'convscope s (batch)':>19s} {'Captum s (ppe)':>14s} "
+    f"{'Captum/ours':>11s} {'N plain s':>9s} {'ours/plain':>10s} {'max |Δattr|':>11s}  by batch: ours | Captum"
 )
 
 
 def format_row(row: Row) -> str:
-    best = row.best_ppe
-    by_ppe = ", ".join(f"{ppe}: {seconds:.1f}s" for ppe, seconds in row.captum.items())
+    ours, captum = Row.best(row.ours), Row.best(row.captum)
+    by_batch = ", ".join(f"{b}: {row.ours[b]:.1f}|{row.captum[b]:.1f}" for b in row.ours)
     return (
-        f"{row.model:18s} {row.setting:>11s} {row.positions:5d} {row.ours:11.1f} {row.plain:9.1f} "
-        f"{f'{row.captum[best]:.1f} ({best})':>20s} {row.captum[best] / row.ours:10.2f}x "
-        f"{row.ours / row.plain:9.2f}x {row.max_diff:11.1e}  {by_ppe}"
+        f"{row.model:18s} {row.setting:>11s} {row.positions:4d} {f'{row.ours[ours]:.1f} ({ours})':>19s} "
+        f"{f'{row.captum[captum]:.1f} ({captum})':>14s} {row.captum[captum] / row.ours[ours]:10.2f}x "
+        f"{row.plain:9.1f} {row.ours[ours] / row.plain:9.2f}x {row.max_diff:11.1e}  {by_batch}"
     )
 
 
@@ -148,8 +162,14 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["efficientnet_lite0", "vgg16"])
     parser.add_argument("--settings", nargs="+", default=["32/16", "16/8"], help="occluder size/stride pairs")
     parser.add_argument("--input-size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=32, help="convscope's batch and the plain passes' batch")
-    parser.add_argument("--ppe", type=int, nargs="+", default=[16, 32, 64], help="Captum perturbations_per_eval")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        nargs="+",
+        default=[8, 16, 32],
+        help="batch sizes: convscope's batch_size and Captum's perturbations_per_eval, each at its best",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the sweep; each time is the best of the rounds")
     parser.add_argument("--image", default="chelsea")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
@@ -159,11 +179,12 @@ def main() -> None:
     print(
         f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"device {args.device}, torch {torch.__version__}, captum {captum.__version__}, "
-        f"input {args.input_size}×{args.input_size}, image {args.image}, convscope batch {args.batch_size}"
+        f"input {args.input_size}×{args.input_size}, image {args.image}, load average {os.getloadavg()[0]:.1f}"
     )
     print(HEADER, flush=True)
     for model_name in args.models:
         run(model_name, settings, args)
+    print(f"# load average at the end {os.getloadavg()[0]:.1f} (1 min)")
 
 
 if __name__ == "__main__":
