@@ -216,6 +216,7 @@ export function createMapsPanel({ root, store, tooltip }) {
     sortTiles();
     legendBar.style.background = gradientCss(prefs.cmap);
     legendMax.textContent = prefs.scale === "map" ? "each max" : fmt(peak);
+    if (!grid.matches(":hover")) hideHover();
     sync(store.get(), { scroll: true });
   }
 

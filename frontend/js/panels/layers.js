@@ -26,7 +26,8 @@ export function rfText(layer, { long = false } = {}) {
  * Among layers that compute something (not pass-through), with at least 2
  * channels and a spatial map, take those whose map side is closest to S/16
  * (conv4/conv5 territory: 13-14 px on a 224 input), prefer the shallowest
- * naming depth (whole blocks over their internals), then the last in order.
+ * naming depth (whole blocks over their internals), then one whose receptive
+ * field fits the input, then the last in order.
  */
 export function defaultLayer(layers, inputSize = 224) {
   const candidates = layers.filter((l) => !isPassThrough(l) && l.channels > 1 && l.height > 1 && l.width > 1);
@@ -37,7 +38,9 @@ export function defaultLayer(layers, inputSize = 224) {
   const near = candidates.filter((l) => distance(l) - best < 1e-9);
   const shallowest = Math.min(...near.map((l) => depthOf(l.name)));
   const pick = near.filter((l) => depthOf(l.name) === shallowest);
-  return pick[pick.length - 1].name;
+  // prefer a field that still fits the input, so the patch beside the projection means something
+  const framed = pick.filter((l) => (l.receptive_field?.size ?? Infinity) <= inputSize);
+  return (framed.length ? framed : pick)[(framed.length ? framed : pick).length - 1].name;
 }
 
 export function createLayersPanel({ root, store }) {
