@@ -157,6 +157,24 @@ def cmd_montage(args: argparse.Namespace) -> int:
     return montage_main(args)
 
 
+def cmd_invariance(args: argparse.Namespace) -> int:
+    from convscope.analysis.commands import invariance_main
+
+    return invariance_main(args)
+
+
+def cmd_correspond(args: argparse.Namespace) -> int:
+    from convscope.analysis.commands import correspond_main
+
+    return correspond_main(args)
+
+
+def cmd_filters(args: argparse.Namespace) -> int:
+    from convscope.analysis.commands import filters_main
+
+    return filters_main(args)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -263,7 +281,53 @@ def build_parser() -> argparse.ArgumentParser:
     montage.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     montage.add_argument("--out", required=True, help="PNG to write")
     montage.set_defaults(func=cmd_montage)
+
+    _add_analysis_parsers(sub)
     return parser
+
+
+def _add_analysis_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """`invariance`, `correspond` and `filters` (paper Figs. 5, 6 and 8 / Table 1; issue 8)."""
+    from convscope.analysis.commands import add_image_arguments
+
+    inv = sub.add_parser("invariance", help="feature distances and class probability under transformations (Fig. 5)")
+    _add_model(inv, required=False)
+    add_image_arguments(inv, "image files or sample ids (repeatable)")
+    inv.add_argument("--transform", default="translation", choices=["translation", "scale", "rotation"])
+    inv.add_argument("--start", type=float, default=None, help="first value (default -60 px, 1.0×, 0°)")
+    inv.add_argument("--stop", type=float, default=None, help="last value (default 60 px, 1.8×, 350°)")
+    inv.add_argument("--steps", type=_positive_int, default=None, help="number of values (default 13, 9, 36)")
+    inv.add_argument("--low-layer", default=None, help="low feature: a module name or NAME:input (default: first conv)")
+    inv.add_argument("--high-layer", default=None, help="high feature (default: penultimate, the classifier's input)")
+    inv.add_argument("--edge", default="fill", choices=["fill", "wrap"], help="wrap: circular shift (translation)")
+    inv.add_argument("--target", type=int, default=None, help="class index (default: the untransformed top-1)")
+    inv.add_argument("--batch-size", type=_positive_int, default=16)
+    inv.add_argument("--json", required=True, dest="json_out", help="file to write the JSON result to ('-': stdout)")
+    inv.add_argument("--plot", default=None, help="PNG with the three curves (matplotlib)")
+    inv.set_defaults(func=cmd_invariance)
+
+    cor = sub.add_parser("correspond", help="correspondence Δ of occluded parts against random boxes (Table 1)")
+    _add_model(cor, required=False)
+    add_image_arguments(cor, "image files or sample ids, in the order of the parts file's lists")
+    cor.add_argument("--parts", required=True, help="parts JSON ({'images': [...], 'parts': {name: boxes}}) or demo")
+    cor.add_argument("--layers", nargs="+", default=None, help="features (default: last conv layer, penultimate)")
+    cor.add_argument("--draws", type=_positive_int, default=5, help="random-box draws")
+    cor.add_argument("--seed", type=int, default=0)
+    cor.add_argument("--batch-size", type=_positive_int, default=16)
+    cor.add_argument("--json", required=True, dest="json_out", help="file to write the JSON result to ('-': stdout)")
+    cor.set_defaults(func=cmd_correspond)
+
+    fil = sub.add_parser("filters", help="layer-1 filters, their frequency coverage, dead channels (Fig. 6)")
+    _add_model(fil, required=False)
+    fil.add_argument("--layer", default=None, help="conv layer for the mosaic and spectrum (default: the first)")
+    add_image_arguments(fil, "images for the dead-channel count (default: the sample photos)")
+    fil.add_argument("--images-dir", default=None, help="a folder of images for the dead-channel count")
+    fil.add_argument("--no-dead", action="store_true", help="skip the dead-channel count (no forward passes)")
+    fil.add_argument("--mosaic", default=None, help="PNG of the filters, each contrast-normalised")
+    fil.add_argument("--scale", type=_positive_int, default=8, help="mosaic pixels per filter weight")
+    fil.add_argument("--batch-size", type=_positive_int, default=8)
+    fil.add_argument("--json", required=True, dest="json_out", help="file to write the JSON result to ('-': stdout)")
+    fil.set_defaults(func=cmd_filters)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,221 @@
+"""The command-line side of the studies: `convscope invariance`, `correspond` and `filters`.
+
+`convscope.cli` declares the arguments and calls these; problems that are the
+user's raise `ConvscopeError`, which the CLI turns into one line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from convscope.errors import ConvscopeError, InvalidRequestError, NotFoundError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from convscope.engine import Engine
+
+
+class OutputError(ConvscopeError):
+    """An output file that cannot be written."""
+
+
+def _engine(args: argparse.Namespace) -> Engine:
+    from convscope.engine import Engine
+    from convscope.models import load_model
+
+    return Engine(load_model(args.model, weights=args.weights), device_name=args.device)
+
+
+def source_image(text: str, base: Path | None = None) -> Image.Image:
+    """An image file (relative to `base` when given and it exists there) or a bundled sample id."""
+    from convscope.images import load_image_file
+    from convscope.samples import list_samples, load_sample
+
+    for candidate in (Path(text), *((base / text,) if base is not None else ())):
+        if candidate.is_file():
+            return load_image_file(candidate)
+    ids = [sample.id for sample in list_samples()]
+    if text in ids:
+        return load_sample(text)
+    raise NotFoundError(f"{text!r} is neither an image file nor a sample id ({', '.join(ids)})")
+
+
+def _write_json(target: str, payload: dict[str, Any]) -> Any:
+    """Write the JSON (`-`: stdout); the stream the summary should go to."""
+    text = json.dumps(payload)
+    if target == "-":
+        print(text)
+        return sys.stderr
+    try:
+        Path(target).write_text(text + "\n")
+    except OSError as exc:
+        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
+    return sys.stdout
+
+
+def _progress_bar(desc: str, total: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="pass", desc=desc, file=sys.stderr, delay=1.0, disable=None)
+
+
+def _updater(bar: Any) -> Callable[[int, int], None]:
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    return update
+
+
+# ---- invariance -------------------------------------------------------------------------------------
+def invariance_main(args: argparse.Namespace) -> int:
+    from convscope.analysis.invariance import UNITS, invariance, invariance_response, plot_invariance
+
+    if not args.images:
+        raise InvalidRequestError("name at least one image with --image (a file or a sample id)")
+    images = [(text, source_image(text)) for text in args.images]
+    engine = _engine(args)
+    with _progress_bar("invariance", 0) as bar:
+        result = invariance(
+            engine,
+            images,
+            args.transform,
+            start=args.start,
+            stop=args.stop,
+            steps=args.steps,
+            low_layer=args.low_layer,
+            high_layer=args.high_layer,
+            edge=args.edge,
+            target=args.target,
+            batch_size=args.batch_size,
+            progress=_updater(bar),
+        )
+    stream = _write_json(args.json_out, invariance_response(result))
+    if args.plot:
+        try:
+            plot_invariance(result, args.plot)
+        except (OSError, ValueError) as exc:
+            raise OutputError(f"cannot write {args.plot}: {exc}") from None
+    unit = UNITS[result.transform]
+    print(
+        f"{result.transform} {result.values[0]:g}…{result.values[-1]:g} {unit} in {len(result.values)} steps; "
+        f"low layer {result.low_layer}, high layer {result.high_layer}; {result.forward_passes} passes "
+        f"in {result.seconds:.1f}s",
+        file=stream,
+    )
+    for curve in result.curves:
+        low = max(curve.low_distance) / curve.low_norm if curve.low_norm else float("nan")
+        high = max(curve.high_distance) / curve.high_norm if curve.high_norm else float("nan")
+        print(
+            f"  {curve.image}: top-1 {curve.target_label!r}; largest ‖x − x₀‖/‖x₀‖ low {low:.3f}, high {high:.3f}; "
+            f"probability {min(curve.probability):.3f}…{max(curve.probability):.3f}",
+            file=stream,
+        )
+    return 0
+
+
+# ---- correspondence ------------------------------------------------------------------------------------
+def correspond_main(args: argparse.Namespace) -> int:
+    from convscope.analysis.correspondence import (
+        correspondence,
+        correspondence_response,
+        format_table,
+        load_annotation,
+        parse_parts,
+    )
+
+    engine = _engine(args)
+    annotation = load_annotation(args.parts)
+    base = None if args.parts == "demo" else Path(args.parts).parent
+    names = args.images or None
+    if names is not None and isinstance(annotation.get("parts"), dict):
+        # an {image: box} annotation may be keyed by the file's stem: map each argument to its key
+        keys = {key for boxes in annotation["parts"].values() if isinstance(boxes, dict) for key in boxes}
+        names = [name if name in keys or Path(name).stem not in keys else Path(name).stem for name in names]
+    image_names, parts = parse_parts(annotation, names, engine.input_size)
+    sources = args.images or image_names
+    prepared = [
+        (name, engine.prepare(source_image(text, base))) for name, text in zip(image_names, sources, strict=True)
+    ]
+    with _progress_bar("correspond", 0) as bar:
+        result = correspondence(
+            engine,
+            prepared,
+            parts,
+            layers=args.layers,
+            draws=args.draws,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            progress=_updater(bar),
+        )
+    response = correspondence_response(result)
+    stream = _write_json(args.json_out, response)
+    print(
+        f"{len(result.images)} images ({', '.join(result.images)}), {len(result.parts)} parts, "
+        f"{result.draws} random draws (seed {result.seed}); {result.forward_passes} passes in {result.seconds:.1f}s",
+        file=stream,
+    )
+    print(format_table(response), file=stream)
+    return 0
+
+
+# ---- filters ---------------------------------------------------------------------------------------------
+def filters_main(args: argparse.Namespace) -> int:
+    from convscope.analysis.filters import conv_weight, filter_mosaic, filters_report, folder_images
+
+    engine = _engine(args)
+    name, conv = conv_weight(engine, args.layer)  # bad layer fails before any forward pass
+    tensors: list[tuple[str, Any]] | None = None
+    if not args.no_dead:
+        from convscope.images import load_image_file
+        from convscope.samples import list_samples, load_sample
+
+        if args.images_dir:
+            files = folder_images(args.images_dir)
+            tensors = [(file.name, engine.prepare(load_image_file(file)).tensor) for file in files]
+        elif args.images:
+            tensors = [(text, engine.prepare(source_image(text)).tensor) for text in args.images]
+        else:
+            tensors = [(s.id, engine.prepare(load_sample(s.id)).tensor) for s in list_samples()]
+    with _progress_bar("filters", len(tensors or [])) as bar:
+        report = filters_report(engine, tensors, layer=name, batch_size=args.batch_size, progress=_updater(bar))
+    if args.mosaic:
+        try:
+            filter_mosaic(conv.weight, scale=args.scale).save(args.mosaic)
+        except (OSError, ValueError) as exc:
+            raise OutputError(f"cannot write {args.mosaic}: {exc}") from None
+        report["mosaic"] = args.mosaic
+    stream = _write_json(args.json_out, report)
+    freq = report["frequency"]
+    mean = ", ".join(f"{band} {value:.2f}" for band, value in zip(freq["bands"], freq["mean"], strict=True))
+    white = ", ".join(f"{value:.2f}" for value in freq["white_reference"])
+    print(
+        f"{freq['layer']}: {freq['channels']} filters {freq['kernel_size'][0]}×{freq['kernel_size'][1]} "
+        f"stride {freq['stride'][0]}; mean energy {mean} (white noise: {white}); "
+        f"dominant band counts {freq['dominant_counts']}",
+        file=stream,
+    )
+    dead = report["dead"]
+    if dead is not None:
+        print(
+            f"dead channels over {len(dead['images'])} images: {dead['total_dead']} of {dead['total_channels']} "
+            f"in {dead['conv_layers']} conv layers ({dead['rectified_dead']} after an activation)",
+            file=stream,
+        )
+        for row in dead["layers"]:
+            if row["dead"]:
+                where = row["measured_at"] if row["rectified"] else "its output (no activation)"
+                print(f"  {row['layer']}: {row['dead']}/{row['channels']} at {where}", file=stream)
+    return 0
+
+
+def add_image_arguments(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument(
+        "--images", "--image", dest="images", nargs="+", action="extend", default=[], metavar="IMAGE", help=help_text
+    )

@@ -1,0 +1,126 @@
+"""Feature vectors of named modules for a batch of model inputs.
+
+The engine records 4-D feature maps; the studies also need the "penultimate
+layer", a 2-D vector per image (EfficientNet's pooled 1280 features, ZF's fc7).
+A feature is named by a string:
+
+- `NAME`: the output of the module `NAME` (from `model.named_modules()`);
+- `NAME:input`: the first input of that module (e.g. `classifier:input`, the
+  vector the final linear classifier sees);
+- `penultimate`: the input of the model's last `nn.Linear` (its classifier); a
+  model without one falls back to the output of its last 4-D layer.
+
+`extract_features` runs one batch through `Engine.forward_batch` with a forward
+hook on each named module, registered under the engine's lock and always removed.
+Every captured tensor is copied at once, so a later in-place operation (ReLU with
+`inplace=True`) cannot rewrite it, and flattened to N×D float32 on the CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from convscope.errors import InvalidRequestError, NotFoundError
+
+if TYPE_CHECKING:
+    from convscope.engine import Engine
+
+PENULTIMATE = "penultimate"
+ProgressCallback = Callable[[int, int], None]
+StopCallback = Callable[[], bool]
+
+
+class AnalysisCancelled(Exception):
+    """Raised by a study when its `should_stop()` answered true between two batches."""
+
+    def __init__(self, done: int, total: int) -> None:
+        super().__init__(f"analysis cancelled after {done} of {total} forward passes")
+        self.done = done
+        self.total = total
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Where a feature vector comes from: a module's output, or its first input."""
+
+    module: str
+    use_input: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.module}:input" if self.use_input else self.module
+
+
+def _modules(engine: Engine) -> dict[str, nn.Module]:
+    return {name: module for name, module in engine.model.module.named_modules() if name}
+
+
+def penultimate_feature(engine: Engine) -> str:
+    """The name of the penultimate feature: the input of the last `nn.Linear`, else the last 4-D layer."""
+    linears = [name for name, module in _modules(engine).items() if isinstance(module, nn.Linear)]
+    if linears:
+        return f"{linears[-1]}:input"
+    return engine.layers()[-1].name
+
+
+def first_conv_layer(engine: Engine) -> str:
+    """The first `nn.Conv2d` in module order (the paper's layer 1)."""
+    for name, module in _modules(engine).items():
+        if isinstance(module, nn.Conv2d):
+            return name
+    raise InvalidRequestError(f"model {engine.name!r} has no Conv2d layer")
+
+
+def resolve_feature(engine: Engine, name: str | None, default: str = PENULTIMATE) -> FeatureSpec:
+    """Check a feature name (NotFoundError for an unknown module) and say where it comes from."""
+    name = (name or default).strip()
+    if name == PENULTIMATE:
+        name = penultimate_feature(engine)
+    module, _, part = name.partition(":")
+    if part not in ("", "input"):
+        raise InvalidRequestError(f"feature {name!r}: use a module name, NAME:input, or {PENULTIMATE!r}")
+    if module not in _modules(engine):
+        raise NotFoundError(
+            f"model {engine.name!r} has no module {module!r} (see `convscope layers` or GET /api/models/{{model}}/layers)"
+        )
+    return FeatureSpec(module, use_input=part == "input")
+
+
+def extract_features(
+    engine: Engine, batch: torch.Tensor, features: Sequence[FeatureSpec]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Logits (N×classes) and each feature as an N×D float32 CPU tensor, from one forward pass."""
+    modules = _modules(engine)
+    captured: dict[str, torch.Tensor] = {}
+    size = int(batch.shape[0])
+
+    def hook_for(spec: FeatureSpec) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            if spec.name in captured:
+                return  # a module called twice in one pass: its first call counts
+            value = inputs[0] if spec.use_input and inputs else output
+            if isinstance(value, torch.Tensor) and value.dim() >= 1 and int(value.shape[0]) == size:
+                captured[spec.name] = value.detach().reshape(size, -1).float().cpu().clone()
+
+        return hook
+
+    with engine.lock:
+        handles = []
+        try:
+            for spec in dict.fromkeys(features):
+                handles.append(modules[spec.module].register_forward_hook(hook_for(spec)))
+            logits, _ = engine.forward_batch(batch)
+        finally:
+            for handle in handles:
+                handle.remove()
+    missing = [spec.name for spec in features if spec.name not in captured]
+    if missing:
+        raise InvalidRequestError(
+            f"no per-image tensor was produced at {', '.join(missing)} during the forward pass; choose another layer"
+        )
+    return logits.detach().float().cpu(), captured

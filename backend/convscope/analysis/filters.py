@@ -1,0 +1,324 @@
+"""Filter diagnostics (paper Fig. 6).
+
+- `filter_mosaic`: the first convolution's filters as small RGB images, each
+  contrast-normalised on its own to [0, 255] as in the paper.
+- `frequency_coverage`: for each filter, the share of its energy in a low, a mid
+  and a high band of spatial frequency. The paper saw that a large first-layer
+  stride (ZF's 7×7/2 against AlexNet's 11×11/4) leaves filters with extreme
+  frequencies and little mid-frequency coverage. The spectrum is the filter's
+  frequency response |H(f)|² (the 2-D DFT of the kernel zero-padded to 64×64,
+  summed over input channels); by Parseval the band energies add up to the sum of
+  the squared weights. Bands are rings of radial frequency ρ = |f| / 0.5 (a fraction
+  of Nyquist): low ρ < 1/3 (with DC), mid 1/3 ≤ ρ < 2/3, high ρ ≥ 2/3 (including
+  the diagonal corners beyond Nyquist). A white-noise kernel would spread its
+  energy in proportion to the band areas, given as `white_reference`.
+- `dead_channels`: for every convolution, the channels that are never positive
+  over a set of images (the bundled sample photos by default). Each convolution is
+  measured after its activation: the first ReLU-like layer that follows it, before
+  the next convolution, with the same output shape; a convolution with none (a
+  linear bottleneck, or a functional `F.relu`) is measured at its own output and
+  flagged `rectified: false`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from convscope.analysis.features import AnalysisCancelled, ProgressCallback, StopCallback, first_conv_layer
+from convscope.errors import InvalidRequestError, NotFoundError
+
+if TYPE_CHECKING:
+    from convscope.engine import Engine
+
+BAND_NAMES = ("low", "mid", "high")
+BAND_EDGES = (1 / 3, 2 / 3)
+SPECTRUM_SIZE = 64
+ACTIVATION_KINDS = frozenset({"ReLU", "ReLU6", "Hardtanh", "LeakyReLU", "PReLU", "RReLU", "CELU", "ELU", "SELU"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+MAX_FOLDER_IMAGES = 1000
+
+
+# ---- the filters as images -------------------------------------------------------------------------
+def conv_weight(engine: Engine, layer: str | None = None) -> tuple[str, nn.Conv2d]:
+    """The named (default: first) `nn.Conv2d` of the model."""
+    name = layer or first_conv_layer(engine)
+    module = dict(engine.model.module.named_modules()).get(name)
+    if module is None:
+        raise NotFoundError(f"model {engine.name!r} has no module {name!r}")
+    if not isinstance(module, nn.Conv2d):
+        raise InvalidRequestError(f"{name!r} is a {type(module).__name__}, not a Conv2d layer")
+    return name, module
+
+
+def normalised_filters(weight: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Out×k×k×3 uint8: each filter min–max scaled to [0, 255] on its own (grey when constant).
+
+    Filters with 3 input channels are shown as RGB; any other number as the grey mean over inputs.
+    """
+    array = weight.detach().float().cpu().numpy() if isinstance(weight, torch.Tensor) else np.asarray(weight, float)
+    if array.ndim != 4:
+        raise InvalidRequestError(f"a conv weight is out×in×kh×kw, got shape {array.shape}")
+    if array.shape[1] != 3:
+        array = np.repeat(array.mean(axis=1, keepdims=True), 3, axis=1)
+    low = array.min(axis=(1, 2, 3), keepdims=True)
+    span = array.max(axis=(1, 2, 3), keepdims=True) - low
+    scaled = np.where(span > 0, (array - low) / np.where(span > 0, span, 1.0), 0.5)
+    return np.round(scaled * 255).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def filter_mosaic(
+    weight: torch.Tensor | np.ndarray, *, scale: int = 6, gap: int = 2, columns: int | None = None
+) -> Image.Image:
+    """The filters as a grid of tiles (row-major: filter c at row c // columns), each `scale`× enlarged."""
+    if not 1 <= scale <= 64 or not 0 <= gap <= 16:
+        raise InvalidRequestError("mosaic scale must be 1..64 and gap 0..16")
+    tiles = normalised_filters(weight)
+    count, kh, kw, _ = tiles.shape
+    columns = columns or math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    th, tw = kh * scale, kw * scale
+    canvas = np.full((rows * (th + gap) + gap, columns * (tw + gap) + gap, 3), 255, np.uint8)
+    for index, tile in enumerate(tiles):
+        r, c = divmod(index, columns)
+        y, x = gap + r * (th + gap), gap + c * (tw + gap)
+        canvas[y : y + th, x : x + tw] = np.kron(tile, np.ones((scale, scale, 1), np.uint8))
+    return Image.fromarray(canvas)
+
+
+# ---- frequency coverage --------------------------------------------------------------------------------
+def _radial(size: int) -> np.ndarray:
+    freq = np.fft.fftfreq(size)
+    return np.sqrt(freq[:, None] ** 2 + freq[None, :] ** 2) / 0.5
+
+
+def band_energies(weight: torch.Tensor | np.ndarray, size: int = SPECTRUM_SIZE) -> np.ndarray:
+    """Out×3 fractions of each filter's spectral energy in the low / mid / high bands (rows add to 1)."""
+    array = weight.detach().float().cpu().numpy() if isinstance(weight, torch.Tensor) else np.asarray(weight, float)
+    if array.ndim != 4:
+        raise InvalidRequestError(f"a conv weight is out×in×kh×kw, got shape {array.shape}")
+    size = max(size, array.shape[2], array.shape[3])
+    power = (np.abs(np.fft.fft2(array.astype(np.float64), s=(size, size))) ** 2).sum(axis=1)  # out×size×size
+    rho = _radial(size)
+    masks = [rho < BAND_EDGES[0], (rho >= BAND_EDGES[0]) & (rho < BAND_EDGES[1]), rho >= BAND_EDGES[1]]
+    energy = np.stack([power[:, mask].sum(axis=1) for mask in masks], axis=1)
+    total = energy.sum(axis=1, keepdims=True)
+    return np.where(total > 0, energy / np.where(total > 0, total, 1.0), 0.0)
+
+
+def white_reference(size: int = SPECTRUM_SIZE) -> list[float]:
+    """The band fractions of a white-noise kernel: the share of frequency-plane samples in each band."""
+    rho = _radial(size)
+    low = float(np.mean(rho < BAND_EDGES[0]))
+    mid = float(np.mean((rho >= BAND_EDGES[0]) & (rho < BAND_EDGES[1])))
+    return [low, mid, 1.0 - low - mid]
+
+
+@dataclass
+class FrequencyCoverage:
+    layer: str
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    bands: np.ndarray  # out×3
+
+    def to_dict(self) -> dict[str, Any]:
+        dominant = self.bands.argmax(axis=1) if len(self.bands) else np.zeros(0, int)
+        return {
+            "layer": self.layer,
+            "kernel_size": list(self.kernel_size),
+            "stride": list(self.stride),
+            "channels": len(self.bands),
+            "bands": list(BAND_NAMES),
+            "band_edges": [0.0, *BAND_EDGES],
+            "per_filter": [[round(float(v), 6) for v in row] for row in self.bands],
+            "mean": [float(v) for v in self.bands.mean(axis=0)] if len(self.bands) else [0.0, 0.0, 0.0],
+            "dominant_counts": [int((dominant == k).sum()) for k in range(3)],
+            "white_reference": white_reference(),
+        }
+
+
+def frequency_coverage(engine: Engine, layer: str | None = None) -> FrequencyCoverage:
+    name, conv = conv_weight(engine, layer)
+    kernel = conv.kernel_size if isinstance(conv.kernel_size, tuple) else (conv.kernel_size, conv.kernel_size)
+    stride = conv.stride if isinstance(conv.stride, tuple) else (conv.stride, conv.stride)
+    return FrequencyCoverage(
+        name, (int(kernel[0]), int(kernel[1])), (int(stride[0]), int(stride[1])), band_energies(conv.weight)
+    )
+
+
+# ---- dead channels ------------------------------------------------------------------------------------
+@dataclass
+class DeadLayer:
+    layer: str  # the convolution
+    measured_at: str  # where "positive" is checked: its activation, or the conv itself
+    rectified: bool
+    channels: int
+    max_activation: np.ndarray  # per channel, the largest value seen
+
+    @property
+    def dead(self) -> list[int]:
+        return [int(c) for c in np.flatnonzero(self.max_activation <= 0)]
+
+    def to_dict(self) -> dict[str, Any]:
+        dead = self.dead
+        return {
+            "layer": self.layer,
+            "measured_at": self.measured_at,
+            "rectified": self.rectified,
+            "channels": self.channels,
+            "dead": len(dead),
+            "dead_fraction": len(dead) / self.channels if self.channels else 0.0,
+            "dead_channels": dead,
+        }
+
+
+def measurement_points(engine: Engine) -> list[tuple[str, str, bool]]:
+    """(conv, measured at, rectified) for every Conv2d with a 4-D output, in layer order."""
+    modules = dict(engine.model.module.named_modules())
+    layers = engine.layers()
+    points = []
+    for index, info in enumerate(layers):
+        if not isinstance(modules.get(info.name), nn.Conv2d):
+            continue
+        measured, rectified = info.name, False
+        for later in layers[index + 1 :]:
+            if isinstance(modules.get(later.name), nn.Conv2d):
+                break
+            same_shape = (later.channels, later.height, later.width) == (info.channels, info.height, info.width)
+            if later.kind in ACTIVATION_KINDS and same_shape:
+                measured, rectified = later.name, True
+                break
+        points.append((info.name, measured, rectified))
+    return points
+
+
+def dead_channels(
+    engine: Engine,
+    images: Iterable[torch.Tensor],
+    *,
+    total: int | None = None,
+    batch_size: int = 8,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCallback | None = None,
+) -> list[DeadLayer]:
+    """Per convolution, the largest activation each channel reached over `images` (1×3×S×S tensors)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidRequestError(f"batch size must be a positive integer, got {batch_size!r}")
+    points = measurement_points(engine)
+    if not points:
+        raise InvalidRequestError(f"model {engine.name!r} has no Conv2d layer with a 4-D output")
+    modules = dict(engine.model.module.named_modules())
+    wanted = sorted({measured for _, measured, _ in points})
+    running: dict[str, torch.Tensor] = {}
+    seen_this_pass: set[str] = set()
+
+    def hook_for(name: str) -> Any:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            if name in seen_this_pass or not isinstance(output, torch.Tensor) or output.dim() != 4:
+                return  # a module called again in the same pass: its first call counts
+            seen_this_pass.add(name)
+            peak = output.detach().float().amax(dim=(0, 2, 3)).cpu()
+            running[name] = peak if name not in running else torch.maximum(running[name], peak)
+
+        return hook
+
+    done = 0
+    batch: list[torch.Tensor] = []
+
+    def flush() -> None:
+        nonlocal done
+        if not batch:
+            return
+        if should_stop is not None and should_stop():
+            raise AnalysisCancelled(done, total or done)
+        seen_this_pass.clear()
+        engine.forward_batch(torch.cat(batch))
+        done += len(batch)
+        batch.clear()
+        if progress is not None:
+            progress(done, total or done)
+
+    with engine.lock:
+        handles = []
+        try:
+            for name in wanted:
+                handles.append(modules[name].register_forward_hook(hook_for(name)))
+            for tensor in images:
+                batch.append(tensor)
+                if len(batch) >= batch_size:
+                    flush()
+            flush()
+        finally:
+            for handle in handles:
+                handle.remove()
+    if done == 0:
+        raise InvalidRequestError("no images to measure dead channels on")
+    results = []
+    for conv, measured, rectified in points:
+        peak = running.get(measured)
+        if peak is None:
+            continue
+        results.append(DeadLayer(conv, measured, rectified, len(peak), peak.numpy()))
+    return results
+
+
+def folder_images(folder: str | Path) -> list[Path]:
+    """The image files directly in a folder (by suffix, sorted), at most MAX_FOLDER_IMAGES."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise NotFoundError(f"image folder not found: {path}")
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InvalidRequestError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}")
+    if len(files) > MAX_FOLDER_IMAGES:
+        raise InvalidRequestError(f"{len(files)} images in {path}; the limit is {MAX_FOLDER_IMAGES}")
+    return files
+
+
+def dead_response(layers: Sequence[DeadLayer], image_names: Sequence[str], seconds: float = 0.0) -> dict[str, Any]:
+    rows = [layer.to_dict() for layer in layers]
+    return {
+        "images": list(image_names),
+        "layers": rows,
+        "conv_layers": len(rows),
+        "total_channels": sum(row["channels"] for row in rows),
+        "total_dead": sum(row["dead"] for row in rows),
+        "rectified_dead": sum(row["dead"] for row in rows if row["rectified"]),
+        "seconds": round(seconds, 3),
+    }
+
+
+def filters_report(
+    engine: Engine,
+    image_tensors: Sequence[tuple[str, torch.Tensor]] | None = None,
+    *,
+    layer: str | None = None,
+    batch_size: int = 8,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCallback | None = None,
+) -> dict[str, Any]:
+    """Frequency coverage of the (first) conv layer and, when images are given, dead channels per conv layer."""
+    began = time.perf_counter()
+    coverage = frequency_coverage(engine, layer).to_dict()
+    report: dict[str, Any] = {"model": engine.name, "frequency": coverage, "dead": None}
+    if image_tensors is not None:
+        names = [name for name, _ in image_tensors]
+        dead = dead_channels(
+            engine,
+            (tensor for _, tensor in image_tensors),
+            total=len(image_tensors),
+            batch_size=batch_size,
+            progress=progress,
+            should_stop=should_stop,
+        )
+        report["dead"] = dead_response(dead, names, time.perf_counter() - began)
+    return report
