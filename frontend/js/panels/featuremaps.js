@@ -282,7 +282,7 @@ export function createMapsPanel({ root, store, tooltip }) {
 
   function hideHover() {
     tooltip.hidden = true;
-    hoverLine.textContent = current ? "Hover a map for its numbers; click it (or use the arrow keys) to project it." : "";
+    hoverLine.textContent = current ? "Hover a map for its numbers · click it, or ← →, to project it" : "";
   }
 
   grid.addEventListener("mouseover", (event) => {
