@@ -40,16 +40,14 @@ def parse_channels(text: str | None, channels: int, default_count: int = 16) -> 
         if not part:
             continue
         try:
-            if "-" in part:
-                low, high = (int(v) for v in part.split("-", 1))
-                out.extend(range(low, high + 1))
-            else:
-                out.append(int(part))
+            low, _, high = part.partition("-")
+            first, last = int(low), int(high) if high else int(low)
         except ValueError:
             raise InvalidRequestError(f"bad channel list {text!r}; use e.g. 0,1,5-8") from None
-    for channel in out:
-        if not 0 <= channel < channels:
-            raise InvalidRequestError(f"channel {channel} is out of range (0..{channels - 1})")
+        for channel in (first, last):
+            if not 0 <= channel < channels:
+                raise InvalidRequestError(f"channel {channel} is out of range (0..{channels - 1})")
+        out.extend(range(first, last + 1))
     if not out:
         raise InvalidRequestError("no channels given")
     return list(dict.fromkeys(out))
