@@ -55,6 +55,8 @@ const recon = createReconPanel({
   store,
   maps,
   layerInfo: (name) => (layersModel === store.get().model ? layers.layer(name) : null),
+  // null while the layer list is loading; false when no layer is a max-pool (no deconvnet switches)
+  hasSwitches: () => (layersModel === store.get().model ? layers.layers.some((row) => /MaxPool/.test(row.kind)) : null),
   describeImage: (id) => input.describeImage(id),
   // an image id the server does not know (an old link to an upload): say so once, show a sample
   onImageMissing: (state, error) => {
@@ -99,6 +101,7 @@ async function loadLayers(model) {
     if (store.get().model !== model) return;
     layers.render(rows);
     layersModel = model;
+    recon.syncControls(store.get()); // the no-switches hint depends on the layer kinds
     proceed(store.get(), new Set(HASH_KEYS));
   } catch (error) {
     if (error.aborted) return;

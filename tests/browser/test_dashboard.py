@@ -459,3 +459,19 @@ def test_every_control_has_an_accessible_name(tab: Any, server_url: str) -> None
     expect(tab.locator('[data-tab-panel="occlusion"]')).to_be_visible()
     tab.get_by_role("tab", name="Explore").click()
     expect(tab.locator('[data-tab-panel="explore"]')).to_be_visible()
+
+
+def test_switchless_model_explains_its_deconvnet(tab: Any, server_url: str) -> None:
+    """EfficientNet has no max-pool: in deconvnet mode the page says why its projections look
+    image-independent; guided mode hides the note, and the ZF net (which has switches) never shows it."""
+    hidden = "document.querySelector('[data-role=\"mode-hint\"]').hidden === {}"
+    tab.goto(f"{server_url}/#model=efficientnet_lite0&image=chelsea&layer=blocks.3&channel=2&mode=deconvnet")
+    hint = tab.locator('[data-role="mode-hint"]')
+    hint.wait_for(state="visible", timeout=30_000)
+    assert "no max-pooling" in hint.inner_text()
+    tab.locator('[data-role="mode-group"] input[value="guided"]').check(force=True)
+    tab.wait_for_function(hidden.format("true"), timeout=30_000)
+    tab.goto(f"{server_url}/#model=zfnet&image=chelsea&layer=features.conv2&channel=1&mode=deconvnet")
+    tab.reload()
+    tab.locator('[data-layer="features.conv2"]').wait_for(timeout=30_000)
+    tab.wait_for_function(hidden.format("true"), timeout=30_000)

@@ -15,7 +15,7 @@ const PREFS_KEY = "convscope.recon";
 const CROP = 144; // canvas pixels of the patches (CSS scales them to the column)
 const EMPTY_TEXT = "Click a feature map to project it into pixel space";
 
-export function createReconPanel({ root, store, maps, layerInfo, describeImage, onImageMissing }) {
+export function createReconPanel({ root, store, maps, layerInfo, hasSwitches, describeImage, onImageMissing }) {
   const inputImg = $('[data-role="input-image"]', root);
   const projImg = $('[data-role="projection"]', root);
   const projEmpty = $('[data-role="projection-empty"]', root);
@@ -34,6 +34,7 @@ export function createReconPanel({ root, store, maps, layerInfo, describeImage, 
   const errorBox = $('[data-role="recon-error"]', root);
   const inputStage = $('[data-role="input-stage"]', root);
   const unitChip = $('[data-role="unit-chip"]', root);
+  const modeHint = $('[data-role="mode-hint"]', root);
 
   let prefs = { overlay: false, contrast: "auto" };
   try {
@@ -483,6 +484,8 @@ export function createReconPanel({ root, store, maps, layerInfo, describeImage, 
   }
 
   function syncControls(state) {
+    // a deconvnet without max-pool switches carries little of the image (say so, once per view)
+    modeHint.hidden = !(state.mode === "deconvnet" && hasSwitches && hasSwitches() === false);
     for (const radio of $$('input[name="mode"]', root)) radio.checked = radio.value === state.mode;
     for (const radio of $$('input[name="select"]', root)) radio.checked = !state.unit && radio.value === state.select;
     unitChip.hidden = !state.unit;
