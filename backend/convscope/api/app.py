@@ -16,6 +16,7 @@ from convscope.api import errors
 from convscope.api.limits import BodyLimitMiddleware
 from convscope.api.pool import ModelLoader, ModelPool, default_loader
 from convscope.api.routes import api_router
+from convscope.api.routes import scans as scan_routes
 from convscope.api.settings import Settings
 from convscope.api.state import AppState
 
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None, *, loader: ModelLoader = defaul
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
         loading = threading.Thread(target=_load_models, args=(state,), name="convscope-load", daemon=True)
         loading.start()
+        scan_routes.on_startup(app)
         try:
             yield
         finally:
@@ -62,6 +64,8 @@ def create_app(settings: Settings | None = None, *, loader: ModelLoader = defaul
     errors.install(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.include_router(api_router)
+    scan_routes.install(app, state)
+    app.include_router(scan_routes.router, prefix="/api")
 
     frontend = settings.frontend_dir
     if frontend is not None and frontend.is_dir():

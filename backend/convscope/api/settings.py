@@ -17,6 +17,14 @@ from convscope.models import DEFAULT_MODEL
 MiB = 1024 * 1024
 
 
+def _default_scan_dir() -> Path:
+    """`$XDG_CACHE_HOME/convscope/scans` (`~/.cache/convscope/scans`)."""
+    import os
+
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "convscope" / "scans"
+
+
 def _default_frontend_dir() -> Path:
     """`frontend/` at the repository root (backend/convscope/api/settings.py -> ../../../frontend)."""
     return Path(__file__).resolve().parents[3] / "frontend"
@@ -68,6 +76,32 @@ class Settings(BaseSettings):
     job_workers: int = Field(default=1, ge=1, description="jobs running at once")
     max_active_jobs: int = Field(default=8, ge=1, description="queued and running jobs before new ones get 429")
     max_finished_jobs: int = Field(default=64, ge=1, description="finished jobs kept for polling")
+
+    # top-k scans (paper Fig. 2)
+    scan_dir: Path = Field(
+        default_factory=_default_scan_dir, description="where scans are stored, one folder per model"
+    )
+    scan_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="folders whose subfolders clients may scan, addressed by the root's name (comma-separated)",
+    )
+    scan_on_startup: bool = Field(default=True, description="scan the sample photos for the default model at start-up")
+    scan_batch_size: int = Field(default=16, ge=1, description="images per forward pass in server scans")
+
+    @field_validator("scan_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("scan_roots")
+    @classmethod
+    def _unique_root_names(cls, value: list[Path]) -> list[Path]:
+        names = [path.name for path in value]
+        if len(set(names)) != len(names) or "" in names:
+            raise ValueError("scan roots are addressed by their folder names, which must be distinct and non-empty")
+        return value
 
     @field_validator("models", mode="before")
     @classmethod

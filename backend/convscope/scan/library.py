@@ -133,7 +133,7 @@ class ScanLibrary:
             raise ForbiddenError("this server has no scan roots configured (CONVSCOPE_SCAN_ROOTS)")
         text = folder.strip().replace("\\", "/").strip("/") if not folder.startswith("/") else folder
         if text.startswith("/"):
-            raise InvalidRequestError("give the folder as <root>/<path inside it>, not an absolute path")
+            raise ForbiddenError("give the folder as <root>/<path inside it>, not an absolute path")
         name, _, rest = text.partition("/")
         root = self.roots.get(name)
         if root is None:

@@ -1,0 +1,196 @@
+"""The scan routes on the bundled scan (the sample photos, scanned at start-up) and on folders
+under the configured roots; refusals for folders outside them."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from api.helpers import tiny_loader, tiny_settings, wait_ready
+from convscope.api import create_app
+from convscope.engine import Engine
+from convscope.scan import ScanStore, folder_source, run_scan, samples_source
+from convscope.scan.render import crop_box
+
+MODEL = "tiny"
+BASE = f"/api/models/{MODEL}/scans"
+
+
+def poll(client: TestClient, url: str, timeout: float = 120.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(url).json()
+        if job["state"] in ("succeeded", "failed", "cancelled"):
+            return job  # type: ignore[no-any-return]
+        time.sleep(0.05)
+    raise AssertionError(f"job {url} did not finish")
+
+
+def image_of(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("roots")
+    photos = base / "photos"
+    for folder, count in (("set1", 5), ("set1/deeper", 2)):
+        (photos / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            Image.new("RGB", (40 + 7 * i, 36), (40 * i, 255 - 30 * i, 90)).save(photos / folder / f"p{i}.png")
+    (base / "outside").mkdir()
+    Image.new("RGB", (40, 40), "red").save(base / "outside" / "secret.png")
+    os.symlink(base / "outside", photos / "escape")
+    return photos
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory, roots: Path) -> Iterator[TestClient]:
+    settings = tiny_settings(
+        scan_dir=str(tmp_path_factory.mktemp("scans")), scan_roots=str(roots), scan_on_startup=True
+    )
+    with TestClient(create_app(settings, loader=tiny_loader())) as test_client:
+        wait_ready(test_client)
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def engine(client: TestClient) -> Engine:
+    engine: Engine = client.app.state.convscope.pool.get(MODEL)  # type: ignore[attr-defined]
+    return engine
+
+
+@pytest.fixture(scope="module")
+def bundled(client: TestClient) -> dict[str, Any]:
+    """The sample scan the server started on its own, once finished."""
+    jobs = [job for job in client.get("/api/jobs").json() if job["kind"] == "scan"]
+    assert len(jobs) == 1
+    job = poll(client, jobs[0]["url"])
+    assert job["state"] == "succeeded", job
+    assert job["result"]["scan"] == "samples" and job["result"]["images"] == len(samples_source().paths)
+    return job
+
+
+def test_the_server_scans_the_samples_at_start_up(client: TestClient, bundled: dict[str, Any]) -> None:
+    scans = client.get(BASE).json()
+    assert scans[0]["id"] == "samples"
+    info = scans[0]
+    assert info["status"] == "complete" and info["source"] == "samples" and info["weights_match"]
+    assert info["images"] == len(samples_source().paths) and info["progress"]["images_done"] == info["images"]
+    assert info["top"] == 9 and info["job"] is None
+    assert [layer["name"] for layer in info["layers"]] == ["relu1", "relu2"]
+    assert client.get(info["url"]).json() == info
+
+
+def test_top_k_of_a_channel_equals_a_direct_scan(
+    client: TestClient, engine: Engine, bundled: dict[str, Any], tmp_path: Path
+) -> None:
+    run_scan(engine, samples_source(), tmp_path / "direct", top=9, batch_size=16)
+    direct = ScanStore(tmp_path / "direct")
+    ids = samples_source().ids
+    for layer, channel in (("relu1", 0), ("relu2", 5)):
+        body = client.get(f"{BASE}/samples/top", params={"layer": layer, "channel": channel}).json()
+        assert body["top"] == 9 and body["layer"] == layer and body["channel"] == channel
+        want = direct.top(layer, channel)
+        got = [(e["value"], e["image"]["index"], e["y"], e["x"]) for e in body["entries"]]
+        assert got == [(w.value, w.image, w.y, w.x) for w in want]
+        assert [e["image"]["id"] for e in body["entries"]] == [ids[w.image] for w in want]
+        assert all(e["image"]["sample"] for e in body["entries"])
+        spec = direct.manifest().layer(layer)
+        assert [e["box"] for e in body["entries"]] == [list(crop_box(spec, w.y, w.x, 32)) for w in want]
+
+
+def test_crop_projection_and_image_pngs(client: TestClient, bundled: dict[str, Any]) -> None:
+    entry = client.get(f"{BASE}/samples/top", params={"layer": "relu2", "channel": 2}).json()["entries"][0]
+    top, left, bottom, right = entry["box"]
+    for url in (entry["crop_url"], entry["projection_url"]):
+        response = client.get(url)
+        assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+        assert image_of(response.content).size == (right - left, bottom - top)
+        again = client.get(url, headers={"If-None-Match": response.headers["etag"]})
+        assert again.status_code == 304
+    picture = client.get(entry["image"]["url"])
+    assert picture.status_code == 200 and image_of(picture.content).size == (32, 32)
+    montage = client.get(f"{BASE}/samples/montage.png", params={"layer": "relu2", "channels": "0-2", "tile": 16})
+    assert montage.status_code == 200 and image_of(montage.content).mode == "RGB"
+
+
+def test_bad_scan_requests(client: TestClient, bundled: dict[str, Any]) -> None:
+    assert client.get(f"{BASE}/nope").status_code == 404
+    assert client.get(f"{BASE}/.hidden").status_code == 404
+    assert client.get("/api/models/other/scans").status_code == 404
+    top = f"{BASE}/samples/top"
+    assert client.get(top, params={"layer": "conv1", "channel": 0}).status_code == 404  # not scanned
+    assert client.get(top, params={"layer": "relu1", "channel": 4}).status_code == 422  # 4 channels
+    assert client.get(f"{BASE}/samples/top/9/crop.png", params={"layer": "relu1", "channel": 0}).status_code == 404
+    assert client.get(f"{BASE}/samples/top/0/other.png", params={"layer": "relu1", "channel": 0}).status_code == 422
+    assert client.get(f"{BASE}/samples/images/99.png").status_code == 404
+    bad_montage = client.get(f"{BASE}/samples/montage.png", params={"layer": "relu1", "channels": "0-99"})
+    assert bad_montage.status_code == 422
+
+
+def test_scanning_a_folder_under_a_root(client: TestClient, engine: Engine, bundled: dict[str, Any]) -> None:
+    response = client.post(BASE, json={"folder": "photos/set1", "layers": ["relu2"], "top": 3})
+    assert response.status_code == 202 and response.headers["location"] == response.json()["url"]
+    job = poll(client, response.json()["url"])
+    assert job["state"] == "succeeded", job
+    assert job["result"]["images"] == 7 and job["result"]["status"] == "complete"
+    scan_id = job["result"]["scan"]
+    info = client.get(f"{BASE}/{scan_id}").json()
+    assert info["label"] == "photos/set1" and info["source"] == "folder" and info["top"] == 3
+    assert scan_id in [scan["id"] for scan in client.get(BASE).json()]
+    body = client.get(f"{BASE}/{scan_id}/top", params={"layer": "relu2", "channel": 0}).json()
+    assert {e["image"]["id"] for e in body["entries"]} <= {f"p{i}.png" for i in range(5)} | {
+        f"deeper/p{i}.png" for i in range(2)
+    }
+    assert not any(e["image"]["sample"] for e in body["entries"])
+    assert client.get(body["entries"][0]["image"]["url"]).status_code == 200
+
+    direct = folder_source(Path(client.app.state.scans.library.roots["photos"]) / "set1")  # type: ignore[attr-defined]
+    assert len(direct.paths) == 7
+    again = poll(
+        client, client.post(BASE, json={"folder": "photos/set1/", "layers": ["relu2"], "top": 3}).json()["url"]
+    )
+    assert again["result"]["status"] == "unchanged" and again["result"]["scan"] == scan_id
+
+
+@pytest.mark.parametrize(
+    ("folder", "status"),
+    [
+        ("photos/../outside", 403),
+        ("photos/escape", 403),  # a symbolic link to a folder outside the root
+        ("/etc", 403),
+        ("elsewhere/x", 403),  # not a root
+        ("photos/missing", 404),
+    ],
+)
+def test_folders_outside_the_roots_are_refused(client: TestClient, folder: str, status: int) -> None:
+    response = client.post(BASE, json={"folder": folder})
+    assert response.status_code == status, response.text
+    assert response.json()["detail"]
+
+
+def test_bad_scan_bodies(client: TestClient) -> None:
+    assert client.post(BASE, json={"folder": "photos/set1", "layers": ["nope"]}).status_code == 404
+    assert client.post(BASE, json={"folder": "photos/set1", "top": 0}).status_code == 422
+    assert client.post(BASE, json={"folder": "photos/set1", "path": "/"}).status_code == 422
+
+
+def test_no_roots_and_no_start_up_scan(tmp_path: Path) -> None:
+    settings = tiny_settings(scan_dir=str(tmp_path), scan_on_startup=False)
+    with TestClient(create_app(settings, loader=tiny_loader())) as client:
+        wait_ready(client)
+        assert client.get(BASE).json() == []
+        assert client.get("/api/jobs").json() == []
+        response = client.post(BASE, json={"folder": "photos/set1"})
+        assert response.status_code == 403 and "no scan roots" in response.json()["detail"]
