@@ -2,10 +2,10 @@
 
 from fastapi import APIRouter
 
-from convscope.api.routes import activations, health, images, jobs, models, occlusion, projections, samples
+from convscope.api.routes import activations, analysis, health, images, jobs, models, occlusion, projections, samples
 
 api_router = APIRouter(prefix="/api")
-for module in (health, models, samples, images, activations, projections, occlusion, jobs):
+for module in (health, models, samples, images, activations, projections, occlusion, jobs, analysis):
     api_router.include_router(module.router)
 
 __all__ = ["api_router"]

@@ -1,0 +1,309 @@
+"""The paper's studies over HTTP (issue 8): invariance curves (Fig. 5), correspondence Δ
+(Fig. 8 / Table 1) and filter diagnostics (Fig. 6).
+
+Studies that need many forward passes run as jobs: the POST answers 202 with the
+job (also in `Location`); poll `GET /api/jobs/{id}` until `state` is `succeeded`
+and read `result`. Every request is checked before a job starts, so a bad layer,
+image or box is a 404 / 422 at once. The cheap parts (the filters, their mosaic,
+a transformed copy, the demo annotation) answer directly.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from convscope.api.caching import cache_key, png_response
+from convscope.api.deps import EngineDep, StateDep, prepare, resolve_image
+from convscope.api.jobs import Job
+from convscope.api.routes.common import MODEL_ERRORS, errors, png
+from convscope.api.routes.jobs import job_response, job_url
+from convscope.api.schemas import JobResponse
+from convscope.api.state import AppState
+from convscope.engine.render import png_bytes
+from convscope.errors import InvalidRequestError
+
+router = APIRouter(tags=["analyses"])
+
+MAX_PASSES = 4096  # forward passes one study request may ask for
+MAX_REQUEST_IMAGES = 16
+JOB_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {"model": JobResponse, "description": "started as a job: poll its `url` (also in Location)"},
+    **errors(400, 404, 422, 429, 503),
+}
+ImageIds = Annotated[
+    list[Annotated[str, Field(max_length=200)]],
+    Field(min_length=1, max_length=MAX_REQUEST_IMAGES, description="sample ids or upload ids"),
+]
+Layer = Annotated[str | None, Field(max_length=300)]
+
+
+# ---- request bodies -----------------------------------------------------------------------------------
+class InvarianceRequest(BaseModel):
+    """Fig. 5: each transformed copy's feature distance to the untransformed image, and the class probability."""
+
+    images: ImageIds = Field(default_factory=lambda: ["chelsea"])
+    transform: Literal["translation", "scale", "rotation"] = "translation"
+    start: float | None = Field(default=None, description="default: -60 px, 1.0×, 0°")
+    stop: float | None = Field(default=None, description="default: 60 px, 1.8×, 350°")
+    steps: int | None = Field(default=None, ge=1, le=361, description="default: 13, 9, 36")
+    low_layer: Layer = Field(default=None, description="a module name or NAME:input (default: the first conv)")
+    high_layer: Layer = Field(default=None, description="default: penultimate (the classifier's input)")
+    edge: Literal["fill", "wrap"] = Field(default="fill", description="wrap: circular shift (translation only)")
+    target: int | None = Field(default=None, ge=0, description="class (default: the untransformed top-1)")
+
+
+class CorrespondenceRequest(BaseModel):
+    """Fig. 8 / Table 1: Δ of occluding the same part in every image, against random same-size boxes."""
+
+    images: ImageIds
+    parts: dict[
+        Annotated[str, Field(max_length=100)],
+        list[list[float]] | dict[Annotated[str, Field(max_length=200)], list[float]],
+    ] = Field(
+        description="per part, one box [x, y, width, height] per image (a list in image order, or {image id: box})",
+        examples=[{"left_eye": [[81, 39, 14, 9], [84, 56, 24, 14]]}],
+    )
+    size: int | None = Field(default=None, ge=1, le=4096, description="the frame the boxes are in (default: S)")
+    layers: list[Annotated[str, Field(max_length=300)]] | None = Field(
+        default=None, min_length=1, max_length=4, description="default: the last conv layer and the penultimate"
+    )
+    draws: int = Field(default=5, ge=1, le=100, description="random-box draws")
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+
+
+class DeadChannelsRequest(BaseModel):
+    images: list[Annotated[str, Field(max_length=200)]] | None = Field(
+        default=None, max_length=256, description="image ids (default: every sample photo)"
+    )
+
+
+# ---- helpers ------------------------------------------------------------------------------------------
+def _accepted(job: Job) -> JSONResponse:
+    return JSONResponse(job_response(job).model_dump(mode="json"), status_code=202, headers={"Location": job_url(job)})
+
+
+def _check_passes(passes: int) -> None:
+    if passes > MAX_PASSES:
+        raise InvalidRequestError(
+            f"this request needs {passes:,} forward passes; the limit is {MAX_PASSES:,} (fewer images, steps or draws)"
+        )
+
+
+def _batch(state: AppState) -> int:
+    return max(1, min(32, state.settings.occlusion_batch_size))
+
+
+# ---- invariance ---------------------------------------------------------------------------------------
+@router.post(
+    "/models/{model}/analyses/invariance",
+    status_code=202,
+    response_model=JobResponse,
+    summary="invariance curves (paper Fig. 5) for one or more images, as a job",
+    responses=JOB_RESPONSES,
+)
+def invariance_job(state: StateDep, engine: EngineDep, body: InvarianceRequest | None = None) -> JSONResponse:
+    from convscope.analysis.features import first_conv_layer, resolve_feature
+    from convscope.analysis.invariance import invariance, invariance_response, transform_values
+
+    request = body or InvarianceRequest()
+    values = transform_values(request.transform, request.start, request.stop, request.steps)
+    if request.edge == "wrap" and request.transform != "translation":
+        raise InvalidRequestError("edge 'wrap' (circular shift) applies to translation only")
+    if request.target is not None and request.target >= engine.model.num_classes:
+        raise InvalidRequestError(f"target class {request.target} is out of range (0..{engine.model.num_classes - 1})")
+    resolve_feature(engine, request.low_layer, default=first_conv_layer(engine))
+    resolve_feature(engine, request.high_layer)
+    sources = [resolve_image(state, image_id) for image_id in request.images]
+    total = len(sources) * (len(values) + 1)
+    _check_passes(total)
+
+    def work(job: Job) -> dict[str, Any]:
+        result = invariance(
+            engine,
+            [(source.id, source.image) for source in sources],
+            request.transform,
+            values=values,
+            low_layer=request.low_layer,
+            high_layer=request.high_layer,
+            edge=request.edge,
+            target=request.target,
+            batch_size=_batch(state),
+            progress=job.report,
+            should_stop=job.should_stop,
+        )
+        return invariance_response(result)
+
+    return _accepted(state.jobs.submit("invariance", work, total=total))
+
+
+@router.get(
+    "/models/{model}/analyses/invariance/preview.png",
+    response_class=Response,
+    summary="one transformed copy of an image, as the invariance study feeds it to the model (S×S PNG)",
+    responses={**png("the transformed S×S model input"), **MODEL_ERRORS},
+)
+def invariance_preview(
+    request: Request,
+    state: StateDep,
+    engine: EngineDep,
+    image: Annotated[str, Query(max_length=200, description="sample id or upload id")],
+    transform: Annotated[Literal["translation", "scale", "rotation"], Query()] = "translation",
+    value: Annotated[float, Query(ge=-10_000, le=10_000)] = 0.0,
+    edge: Annotated[Literal["fill", "wrap"], Query()] = "fill",
+) -> Response:
+    from convscope.analysis.invariance import transform_values, transformed_image
+
+    source = resolve_image(state, image)
+    transform_values(transform, value, value, 1)  # the same checks as the study
+
+    def make() -> tuple[bytes, dict[str, str]]:
+        mean = engine.model.mean
+        fill = (round(255 * mean[0]), round(255 * mean[1]), round(255 * mean[2]))
+        copy = transformed_image(source.image, engine.input_size, transform, value, fill, edge)
+        return png_bytes(copy), {}
+
+    key = cache_key("invariance-preview", engine.name, source.id, id(source.image), transform, value, edge)
+    return png_response(request, state.responses.render(key, make), source.cache_control)
+
+
+# ---- correspondence -------------------------------------------------------------------------------------
+@router.get(
+    "/models/{model}/analyses/correspondence/demo",
+    summary="the bundled eyes-and-nose annotation of the sample photos with faces, in this model's S×S frame",
+    responses=MODEL_ERRORS,
+)
+def correspondence_demo(engine: EngineDep) -> dict[str, Any]:
+    from convscope.analysis.correspondence import demo_annotation
+
+    return demo_annotation(engine.input_size)
+
+
+@router.post(
+    "/models/{model}/analyses/correspondence",
+    status_code=202,
+    response_model=JobResponse,
+    summary="correspondence Δ per part and for random boxes (paper Fig. 8 / Table 1), as a job",
+    responses=JOB_RESPONSES,
+)
+def correspondence_job(state: StateDep, engine: EngineDep, body: CorrespondenceRequest) -> JSONResponse:
+    from convscope.analysis.correspondence import correspondence, correspondence_response, parse_parts
+    from convscope.analysis.features import resolve_feature
+
+    annotation: dict[str, Any] = {"parts": body.parts, "size": body.size or engine.input_size}
+    names, parts = parse_parts(annotation, body.images, engine.input_size)
+    layers = body.layers or [engine.last_conv_layer(), "penultimate"]
+    for layer in layers:
+        resolve_feature(engine, layer)
+    sources = [resolve_image(state, image_id) for image_id in names]
+    total = len(sources) * (1 + len(parts) * (1 + body.draws))
+    _check_passes(total)
+
+    def work(job: Job) -> dict[str, Any]:
+        prepared = [(source.id, prepare(state, engine, source)) for source in sources]
+        result = correspondence(
+            engine,
+            prepared,
+            parts,
+            layers=layers,
+            draws=body.draws,
+            seed=body.seed,
+            batch_size=_batch(state),
+            progress=job.report,
+            should_stop=job.should_stop,
+        )
+        return correspondence_response(result)
+
+    return _accepted(state.jobs.submit("correspondence", work, total=total))
+
+
+# ---- filters ------------------------------------------------------------------------------------------------
+FilterLayer = Annotated[str | None, Query(max_length=300, description="a Conv2d layer (default: the first)")]
+
+
+@router.get(
+    "/models/{model}/filters",
+    summary="a conv layer's filters (default: the first): shape, stride, frequency coverage, mosaic URL (Fig. 6)",
+    responses=MODEL_ERRORS,
+)
+def filters(engine: EngineDep, layer: FilterLayer = None) -> dict[str, Any]:
+    from urllib.parse import quote
+
+    from convscope.analysis.filters import conv_weight, frequency_coverage
+
+    name, conv = conv_weight(engine, layer)
+    coverage = frequency_coverage(engine, name).to_dict()
+    return {
+        "layer": name,
+        "in_channels": int(conv.in_channels),
+        "out_channels": int(conv.out_channels),
+        "frequency": coverage,
+        "mosaic_url": f"/api/models/{quote(engine.name, safe='')}/filters/mosaic.png?layer={quote(name, safe='')}",
+    }
+
+
+@router.get(
+    "/models/{model}/filters/mosaic.png",
+    response_class=Response,
+    summary="the filters of a conv layer as tiles, each contrast-normalised on its own (row-major)",
+    responses={**png("the mosaic"), **MODEL_ERRORS},
+)
+def filter_mosaic_png(
+    request: Request,
+    state: StateDep,
+    engine: EngineDep,
+    layer: FilterLayer = None,
+    scale: Annotated[int, Query(ge=1, le=32, description="pixels per weight")] = 8,
+    gap: Annotated[int, Query(ge=0, le=16, description="pixels between tiles")] = 2,
+    columns: Annotated[int | None, Query(ge=1, le=1024, description="tiles per row (default: near square)")] = None,
+) -> Response:
+    from convscope.analysis.filters import conv_weight, filter_mosaic
+
+    name, conv = conv_weight(engine, layer)
+
+    def make() -> tuple[bytes, dict[str, str]]:
+        mosaic = filter_mosaic(conv.weight, scale=scale, gap=gap, columns=columns)
+        return png_bytes(mosaic), {}
+
+    key = cache_key("filter-mosaic", engine.name, id(conv), name, scale, gap, columns)
+    return png_response(request, state.responses.render(key, make), "public, max-age=3600")
+
+
+@router.post(
+    "/models/{model}/analyses/dead-channels",
+    status_code=202,
+    response_model=JobResponse,
+    summary="channels of every conv layer that are never positive over a set of images (Fig. 6), as a job",
+    responses=JOB_RESPONSES,
+)
+def dead_channels_job(state: StateDep, engine: EngineDep, body: DeadChannelsRequest | None = None) -> JSONResponse:
+    from convscope.analysis.filters import dead_channels, dead_response, measurement_points
+    from convscope.samples import list_samples
+
+    ids = (body.images if body is not None else None) or [sample.id for sample in list_samples()]
+    if not ids:
+        raise InvalidRequestError("no images to measure dead channels on")
+    if not measurement_points(engine):
+        raise InvalidRequestError(f"model {engine.name!r} has no Conv2d layer with a 4-D output")
+    sources = [resolve_image(state, image_id) for image_id in ids]
+    _check_passes(len(sources))
+
+    def work(job: Job) -> dict[str, Any]:
+        import time
+
+        began = time.perf_counter()
+        tensors = (prepare(state, engine, source).tensor for source in sources)
+        layers = dead_channels(
+            engine,
+            tensors,
+            total=len(sources),
+            batch_size=min(8, _batch(state)),
+            progress=job.report,
+            should_stop=job.should_stop,
+        )
+        return dead_response(layers, [source.id for source in sources], time.perf_counter() - began)
+
+    return _accepted(state.jobs.submit("dead-channels", work, total=len(sources)))
