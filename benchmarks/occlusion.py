@@ -14,7 +14,8 @@ For each model and occluder setting (size/stride at S×S), in one run and on one
 Both are timed at each of a few batch sizes (`batch_size`, `perturbations_per_eval`),
 interleaved so that a slow spell on a shared machine hits both, and each is reported
 at its best (over batch sizes and `--rounds`); the plain passes use convscope's best
-batch size.
+batch size. "CPU-s ratios" are Captum/ours and ours/plain again in process CPU seconds,
+which other work on a shared machine disturbs less than wall time.
 
 The run also checks that both compute the same thing: Captum's per-pixel attribution
 equals the mean probability drop over the windows that cover the pixel, which is
@@ -46,24 +47,37 @@ PRETRAINED = {"efficientnet_lite0": True, "vgg16": False}  # VGG16 with random w
 
 
 @dataclass
+class Timing:
+    """Best wall-clock and best process CPU seconds over repeats (CPU time is less disturbed
+    by other work on a shared machine, wall time is what a user waits)."""
+
+    wall: float = math.inf
+    cpu: float = math.inf
+
+    def add(self, wall: float, cpu: float) -> None:
+        self.wall = min(self.wall, wall)
+        self.cpu = min(self.cpu, cpu)
+
+
+@dataclass
 class Row:
     model: str
     setting: str
     positions: int
-    ours: dict[int, float]  # batch size -> seconds
-    captum: dict[int, float]  # perturbations_per_eval -> seconds
-    plain: float  # at ours' best batch size
+    ours: dict[int, Timing]  # by batch size
+    captum: dict[int, Timing]  # by perturbations_per_eval
+    plain: Timing  # at ours' best batch size
     max_diff: float
 
     @staticmethod
-    def best(times: dict[int, float]) -> int:
-        return min(times, key=lambda key: times[key])
+    def best(times: dict[int, Timing]) -> int:
+        return min(times, key=lambda key: times[key].wall)
 
 
-def timed(function: Callable[[], object]) -> tuple[float, object]:
-    start = time.perf_counter()
+def timed(function: Callable[[], object]) -> tuple[float, float, object]:
+    wall, cpu = time.perf_counter(), time.process_time()
     value = function()
-    return time.perf_counter() - start, value
+    return time.perf_counter() - wall, time.process_time() - cpu, value
 
 
 def plain_passes(engine: Engine, image: torch.Tensor, count: int, batch_size: int) -> None:
@@ -114,27 +128,27 @@ def run(model_name: str, settings: list[tuple[int, int]], args: argparse.Namespa
     for size, stride in settings:
         r, c, _ = occlusion_grid(engine.input_size, size, stride)
         count = r * c
-        ours: dict[int, float] = {}
-        captum: dict[int, float] = {}
+        ours = {batch: Timing() for batch in args.batch}
+        captum = {batch: Timing() for batch in args.batch}
+        plain = Timing()
         max_diff = 0.0
-        plain = math.inf
         for _ in range(args.rounds):
             for batch in args.batch:  # interleaved, so a slow spell on a shared machine hits both
-                seconds, value = timed(lambda: occlude(engine, image, size, stride, batch_size=batch))  # noqa: B023
-                ours[batch] = min(ours.get(batch, math.inf), seconds)
+                wall, cpu, value = timed(lambda: occlude(engine, image, size, stride, batch_size=batch))  # noqa: B023
+                ours[batch].add(wall, cpu)
                 assert isinstance(value, OcclusionResult)
                 result = value
-                seconds, attribution = timed(
+                wall, cpu, attribution = timed(
                     lambda: captum_occlusion(engine, image.tensor, size, stride, result.target, batch)  # noqa: B023
                 )
-                captum[batch] = min(captum.get(batch, math.inf), seconds)
+                captum[batch].add(wall, cpu)
                 assert isinstance(attribution, torch.Tensor)
                 expected = attribution_from_map(result, engine.input_size)
                 diff = float(np.abs(attribution[0].double().cpu().numpy() - expected[None]).max())
                 max_diff = max(max_diff, diff)
             best = Row.best(ours)
-            seconds, _ = timed(lambda: plain_passes(engine, image.tensor, count, best))  # noqa: B023
-            plain = min(plain, seconds)
+            wall, cpu, _ = timed(lambda: plain_passes(engine, image.tensor, count, best))  # noqa: B023
+            plain.add(wall, cpu)
         row = Row(model_name, f"{size}/{stride}", count, ours, captum, plain, max_diff)
         print(format_row(row), flush=True)
         rows.append(row)
@@ -143,17 +157,21 @@ def run(model_name: str, settings: list[tuple[int, int]], args: argparse.Namespa
 
 HEADER = (
     f"{'model':18s} {'size/stride':>11s} {'N':>4s} {'convscope s (batch)':>19s} {'Captum s (ppe)':>14s} "
-    f"{'Captum/ours':>11s} {'N plain s':>9s} {'ours/plain':>10s} {'max |Δattr|':>11s}  by batch: ours | Captum"
+    f"{'Captum/ours':>11s} {'N plain s':>9s} {'ours/plain':>10s} {'CPU-s ratios':>12s} {'max |Δattr|':>11s}"
+    "  wall s by batch: ours|Captum"
 )
 
 
 def format_row(row: Row) -> str:
-    ours, captum = Row.best(row.ours), Row.best(row.captum)
-    by_batch = ", ".join(f"{b}: {row.ours[b]:.1f}|{row.captum[b]:.1f}" for b in row.ours)
+    ours, captum = row.ours[Row.best(row.ours)], row.captum[Row.best(row.captum)]
+    cpu_ours = min(t.cpu for t in row.ours.values())
+    cpu_captum = min(t.cpu for t in row.captum.values())
+    by_batch = ", ".join(f"{b}: {row.ours[b].wall:.1f}|{row.captum[b].wall:.1f}" for b in row.ours)
     return (
-        f"{row.model:18s} {row.setting:>11s} {row.positions:4d} {f'{row.ours[ours]:.1f} ({ours})':>19s} "
-        f"{f'{row.captum[captum]:.1f} ({captum})':>14s} {row.captum[captum] / row.ours[ours]:10.2f}x "
-        f"{row.plain:9.1f} {row.ours[ours] / row.plain:9.2f}x {row.max_diff:11.1e}  {by_batch}"
+        f"{row.model:18s} {row.setting:>11s} {row.positions:4d} {f'{ours.wall:.1f} ({Row.best(row.ours)})':>19s} "
+        f"{f'{captum.wall:.1f} ({Row.best(row.captum)})':>14s} {captum.wall / ours.wall:10.2f}x "
+        f"{row.plain.wall:9.1f} {ours.wall / row.plain.wall:9.2f}x "
+        f"{f'{cpu_captum / cpu_ours:.2f}x {cpu_ours / row.plain.cpu:.2f}x':>12s} {row.max_diff:11.1e}  {by_batch}"
     )
 
 
