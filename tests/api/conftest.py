@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
+from api.helpers import MODEL, wait_ready
 from convscope.api import Settings, create_app
 from convscope.engine import Engine
-from api.helpers import MODEL, wait_ready
 
 # Settings the tests rely on: small occlusion limits so a job is quick.
 JOB_THRESHOLD = 16
@@ -26,6 +26,7 @@ def api_settings() -> Settings:
             "occlusion_max_positions": MAX_POSITIONS,
             "max_active_jobs": 4,
             "frontend_dir": None,
+            "scan_on_startup": False,
         }
     )
 

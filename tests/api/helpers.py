@@ -72,7 +72,7 @@ def tiny_model(name: str = "tiny") -> LoadedModel:
     return LoadedModel(name=name, module=module, labels=numbered_labels(10), input_size=32)
 
 
-def tiny_loader(gate: Callable[[], None] | None = None) -> Callable[[str, Settings], LoadedModel]:
+def tiny_loader(gate: Callable[[], object] | None = None) -> Callable[[str, Settings], LoadedModel]:
     def load(name: str, settings: Settings) -> LoadedModel:
         if gate is not None:
             gate()
@@ -82,7 +82,13 @@ def tiny_loader(gate: Callable[[], None] | None = None) -> Callable[[str, Settin
 
 
 def tiny_settings(**overrides: object) -> Settings:
-    values: dict[str, object] = {"models": ["tiny"], "device": "cpu", "input_size": 32, "frontend_dir": None}
+    values: dict[str, object] = {
+        "models": ["tiny"],
+        "device": "cpu",
+        "input_size": 32,
+        "frontend_dir": None,
+        "scan_on_startup": False,
+    }
     values.update(overrides)
     return Settings.model_validate(values)
 

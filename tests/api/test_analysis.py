@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -108,7 +110,7 @@ def test_sprite_url_encodes_the_layer_name(client: TestClient) -> None:
 
 # ---- projections ------------------------------------------------------------------------------
 def test_projection_is_the_engine_projection_as_png(client: TestClient, engine: Engine) -> None:
-    params = {"layer": "blocks.3.0.conv_pw", "channel": 7}
+    params: dict[str, Any] = {"layer": "blocks.3.0.conv_pw", "channel": 7}
     response = client.get(f"{BASE}/chelsea/projection", params=params)
     assert response.status_code == 200
     assert response.headers["content-type"] == "image/png"
@@ -139,7 +141,7 @@ def test_projection_modes_and_selects_differ(client: TestClient) -> None:
     bodies = {}
     for mode in ("deconvnet", "guided", "gradient"):
         for select in ("max", "map"):
-            params = {"layer": "blocks.4.0.conv_pw", "channel": 3, "mode": mode, "select": select}
+            params: dict[str, Any] = {"layer": "blocks.4.0.conv_pw", "channel": 3, "mode": mode, "select": select}
             response = client.get(f"{BASE}/coffee/projection", params=params)
             assert response.status_code == 200, response.text
             bodies[mode, select] = response.content
@@ -151,7 +153,7 @@ def test_projection_modes_and_selects_differ(client: TestClient) -> None:
 
 
 def test_projection_at_an_explicit_position(client: TestClient) -> None:
-    params = {"layer": "conv_head", "channel": 5, "y": 2, "x": 6}
+    params: dict[str, Any] = {"layer": "conv_head", "channel": 5, "y": 2, "x": 6}
     response = client.get(f"{BASE}/chelsea/projection", params=params)
     assert response.status_code == 200
     assert (response.headers["x-seed-y"], response.headers["x-seed-x"]) == ("2", "6")
@@ -174,7 +176,7 @@ def test_projection_at_an_explicit_position(client: TestClient) -> None:
         ({"channel": 0}, "layer"),
     ],
 )
-def test_projection_bad_parameters_are_422(client: TestClient, params: dict[str, object], word: str) -> None:
+def test_projection_bad_parameters_are_422(client: TestClient, params: dict[str, Any], word: str) -> None:
     response = client.get(f"{BASE}/chelsea/projection", params=params)
     assert response.status_code == 422, response.text
     assert word in response.json()["detail"]
@@ -183,7 +185,7 @@ def test_projection_bad_parameters_are_422(client: TestClient, params: dict[str,
 # ---- HTTP caching ----------------------------------------------------------------------------
 def test_png_responses_carry_etag_and_honour_if_none_match(client: TestClient) -> None:
     url = f"{BASE}/chelsea/projection"
-    params = {"layer": "blocks.2.1.conv_pwl", "channel": 2}
+    params: dict[str, Any] = {"layer": "blocks.2.1.conv_pwl", "channel": 2}
     first = client.get(url, params=params)
     etag = first.headers["etag"]
     assert etag.startswith('"') and etag.endswith('"') and not etag.startswith("W/")

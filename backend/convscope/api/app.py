@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -29,13 +28,6 @@ or uploads. Errors are JSON `{"detail": "..."}` with a 4xx status.
 """
 
 
-def _load_models(state: AppState) -> None:
-    state.pool.load()
-    if state.pool.state == "failed":
-        for callback in state.on_load_failed:
-            callback()
-
-
 def create_app(settings: Settings | None = None, *, loader: ModelLoader = default_loader) -> FastAPI:
     """The app. Models load in a background thread when it starts; `/api/health` says when they are ready."""
     settings = settings or Settings()
@@ -46,13 +38,12 @@ def create_app(settings: Settings | None = None, *, loader: ModelLoader = defaul
         # Cap the threads that run sync endpoints (model work, decoding); the engine
         # serialises model work per model anyway, more threads would only queue.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
-        loading = threading.Thread(target=_load_models, args=(state,), name="convscope-load", daemon=True)
-        loading.start()
+        state.start()
         scan_routes.on_startup(app)
         try:
             yield
         finally:
-            state.jobs.shutdown()
+            await anyio.to_thread.run_sync(state.stop)
 
     app = FastAPI(
         title="convscope",

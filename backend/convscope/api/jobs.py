@@ -84,12 +84,23 @@ class Job:
 
 class JobManager:
     def __init__(self, workers: int = 1, max_active: int = 8, max_finished: int = 64) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convscope-job")
+        self.workers = workers
         self.max_active = max_active
         self.max_finished = max_finished
+        self._executor = self._new_executor()
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._lock = threading.Lock()
         self._closed = False
+
+    def _new_executor(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="convscope-job")
+
+    def open(self) -> None:
+        """Accept jobs again after `shutdown` (an app whose lifespan runs twice)."""
+        with self._lock:
+            if self._closed:
+                self._executor = self._new_executor()
+                self._closed = False
 
     def submit(self, kind: str, fn: Callable[[Job], Any], total: int = 0) -> Job:
         with self._lock:

@@ -49,6 +49,28 @@ class AppState:
     responses: ResponseCache
     prepared: LRU[tuple[str, str], PreparedImage]
     on_load_failed: list[Callable[[], None]] = field(default_factory=list)
+    _loading: threading.Thread | None = field(default=None, repr=False)
+    _start_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def start(self) -> None:
+        """Start loading the models in the background (once per app, however often the app starts)."""
+        with self._start_lock:
+            self.jobs.open()
+            if self._loading is None:
+                self._loading = threading.Thread(target=self._load, name="convscope-load", daemon=True)
+                self._loading.start()
+
+    def _load(self) -> None:
+        self.pool.load()
+        if self.pool.state == "failed":
+            for callback in self.on_load_failed:
+                callback()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Cancel the jobs, and let a load in progress finish (a thread killed inside torch at exit aborts)."""
+        self.jobs.shutdown()
+        if self._loading is not None:
+            self._loading.join(timeout)
 
     @classmethod
     def build(cls, settings: Settings, pool: ModelPool) -> AppState:

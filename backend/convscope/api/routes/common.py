@@ -24,6 +24,7 @@ def png(description: str, headers: dict[str, Any] | None = None) -> dict[int | s
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     text = {
+        400: "malformed request body",
         404: "unknown model, image or layer",
         413: "body or image too large",
         415: "not a readable image",

@@ -20,7 +20,7 @@ router = APIRouter(tags=["images"])
     response_model=UploadResponse,
     status_code=201,
     summary="upload an image (multipart field `file`); it is kept in a bounded store under a random id",
-    responses=errors(413, 415, 422),
+    responses=errors(400, 413, 415, 422),
 )
 def upload_image(
     state: StateDep,

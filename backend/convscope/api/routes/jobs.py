@@ -48,7 +48,7 @@ async def list_jobs(state: StateDep) -> list[JobResponse]:
     "/jobs/{job_id}",
     response_model=JobResponse,
     summary="state, progress and (once succeeded) result of a job",
-    responses=errors(404),
+    responses=errors(404, 422),
 )
 async def get_job(state: StateDep, job_id: JobId) -> JobResponse:
     return job_response(state.jobs.get(job_id))
@@ -58,7 +58,7 @@ async def get_job(state: StateDep, job_id: JobId) -> JobResponse:
     "/jobs/{job_id}",
     response_model=JobResponse,
     summary="cancel a job: a queued one at once, a running one at its next progress step",
-    responses=errors(404),
+    responses=errors(404, 422),
 )
 async def cancel_job(state: StateDep, job_id: JobId) -> JobResponse:
     return job_response(state.jobs.cancel(job_id))

@@ -30,7 +30,7 @@ async def list_models(pool: PoolDep) -> list[ModelInfo]:
     "/models/{model}/layers",
     response_model=list[LayerResponse],
     summary="every layer with a 4-D output, in forward order, with shape and receptive field",
-    responses=errors(404, 503),
+    responses=errors(404, 422, 503),
 )
 async def list_layers(engine: EngineDep) -> list[dict[str, object]]:
     return [info.to_dict() for info in engine.layers()]

@@ -34,7 +34,7 @@ def _positions(engine: Engine, request: OcclusionRequest) -> int:
     summary="occlusion sensitivity (paper Fig. 7, DESIGN §4); many positions -> 202 and a job to poll",
     responses={
         202: {"model": JobResponse, "description": "started as a job: poll its `url` (also in Location)"},
-        **errors(404, 422, 429, 503),
+        **errors(400, 404, 422, 429, 503),
     },
 )
 def occlusion(

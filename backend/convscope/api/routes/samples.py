@@ -46,7 +46,7 @@ def samples() -> list[SampleInfo]:
     "/samples/{sample_id}/thumbnail.png",
     response_class=Response,
     summary=f"a {THUMBNAIL}×{THUMBNAIL} centre crop of a sample photo",
-    responses={**png("thumbnail"), **errors(404)},
+    responses={**png("thumbnail"), **errors(404, 422)},
 )
 def thumbnail(
     request: Request,
