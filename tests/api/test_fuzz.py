@@ -24,7 +24,6 @@ from schemathesis.specs.openapi.checks import (
 from api.helpers import MODEL
 from convscope.api import Settings, create_app
 
-
 # Built at import (cheap: models load when the app starts, in the fixture below).
 app = create_app(
     Settings.model_validate(
