@@ -17,7 +17,16 @@ from convscope.models import load_model
 from convscope.models.labels import numbered_labels
 from convscope.models.spec import LoadedModel
 from convscope.models.zfnet import ZFNet
-from convscope.scan import ScanRenderer, ScanStore, ScanStoreError, crop_box, folder_source, montage, run_scan
+from convscope.scan import (
+    ScanRenderer,
+    ScanStore,
+    ScanStoreError,
+    crop_box,
+    default_layers,
+    folder_source,
+    montage,
+    run_scan,
+)
 from convscope.scan.render import crop_array
 from convscope.scan.scanner import layer_spec
 from scan.conftest import SIZE, TINY, run_cli
@@ -68,6 +77,11 @@ def test_zf_crop_boxes_match_hand_computed_ones(zf_engine: Engine) -> None:
         for y, x in [(0, 0), (info.height - 1, info.width - 1), (info.height // 2, 1), (2, info.width - 2)]:
             (top, bottom), (left, right) = span(y, chain), span(x, chain)
             assert crop_box(spec, y, x, 224) == (top, left, bottom + 1, right + 1), (layer, y, x)
+
+
+def test_default_layers_are_one_per_resolution(zf_engine: Engine) -> None:
+    expected = ["features.relu1", "features.norm1", "features.relu2", "features.relu5", "features.pool5"]
+    assert default_layers(zf_engine.layers()) == expected
 
 
 def test_crops_are_zero_padded_past_the_border() -> None:

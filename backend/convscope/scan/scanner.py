@@ -64,13 +64,21 @@ def samples_source() -> ImageSource:
 def default_layers(layers: Sequence[LayerInfo], limit: int = DEFAULT_MAX_LAYERS) -> list[str]:
     """A handful of representative layers: one per spatial resolution (roughly one per stage).
 
-    For each resolution (1×1 and global layers left out) the layer that sees the most
-    of the input (largest receptive field), preferring stage-level modules (fewest
-    dots in the name) and then the later one; at most `limit`, spread evenly.
+    For each resolution (1×1 and global layers, pass-through layers and wrappers that span
+    more than two resolutions left out) the layer that sees the most of the input
+    (largest receptive field), preferring stage-level modules (fewest dots in the name)
+    and then the later one; at most `limit`, spread evenly.
     """
+    spans: dict[str, set[tuple[int, int]]] = {}
+    for info in layers:  # the resolutions inside each container module
+        parts = info.name.split(".")
+        for depth in range(1, len(parts)):
+            spans.setdefault(".".join(parts[:depth]), set()).add((info.height, info.width))
     groups: dict[tuple[int, int], list[tuple[int, LayerInfo]]] = {}
     for order, info in enumerate(layers):
         if info.kind in _PASS_THROUGH or info.receptive_field.global_ or info.height * info.width <= 1:
+            continue
+        if len(spans.get(info.name, set())) > 2:  # a whole-network wrapper such as `features`, not a stage
             continue
         groups.setdefault((info.height, info.width), []).append((order, info))
     picked = []

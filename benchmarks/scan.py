@@ -1,0 +1,178 @@
+"""Top-k scan throughput (paper Fig. 2): `run_scan` against a bare batched forward pass, and 1 vs 2 processes.
+
+On one folder of JPEG photos (variants of the bundled samples: random crops, flips,
+400–640 px), in one run:
+
+- scan: `run_scan(engine, folder, out, layers=<default handful>, top=9, batch_size=B,
+  workers=W)`: listing, reading and hashing the files, decoding, resizing and
+  normalising, the forward pass with the layer hooks, the per-channel top-k updates
+  and the SQLite checkpoints: everything a user waits for after the model is loaded;
+- bare: the same images, decoded and preprocessed beforehand, through the bare module
+  in batches of B under `torch.no_grad()`: no hooks, no files, no top-k. The floor;
+- bare + decode: the bare pass, decoding and preprocessing the files in the loop (what
+  any scanner has to do in one process), for reference.
+
+They are interleaved over `--rounds` so a slow spell on a shared machine hits all of
+them, and each is reported at its best. The target is scan ≥ 0.85 × bare.
+
+Then `convscope scan` runs as a subprocess under `torchrun --standalone --nproc-per-node P`
+for P = 1 and 2 (the same folder, batch size and layers); the figure is the scan's own
+time from the manifest (`progress.seconds`: first batch to last checkpoint, without
+start-up and model loading). torchrun gives each of 2+ processes one thread
+(OMP_NUM_THREADS=1); a single process uses every core.
+
+    .venv/bin/python benchmarks/scan.py                     # the recorded run
+    .venv/bin/python benchmarks/scan.py --images 32 --rounds 1 --processes 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from convscope.engine import Engine
+from convscope.images import load_image_file, normalise, resize_and_crop
+from convscope.models import load_model
+from convscope.samples import list_samples, load_sample
+from convscope.scan import default_layers, folder_source, run_scan
+
+
+def make_photos(folder: Path, count: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    samples = [load_sample(sample.id) for sample in list_samples()]
+    for i in range(count):
+        image = samples[i % len(samples)]
+        width, height = image.size
+        scale = rng.uniform(0.6, 1.0)
+        w, h = max(64, int(width * scale)), max(64, int(height * scale))
+        left, top = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+        crop = image.crop((left, top, left + w, top + h))
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        side = int(rng.integers(400, 641))
+        crop.thumbnail((side, side), Image.Resampling.LANCZOS)
+        crop.save(folder / f"photo{i:04d}.jpg", quality=90)
+
+
+def bare(engine: Engine, batches: list[torch.Tensor]) -> float:
+    module = engine.model.module
+    start = time.perf_counter()
+    with torch.no_grad():
+        for batch in batches:
+            module(batch.to(engine.device))
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def bare_decode(engine: Engine, files: list[Path], batch_size: int) -> float:
+    module, size, mean, std = engine.model.module, engine.input_size, engine.model.mean, engine.model.std
+    start = time.perf_counter()
+    with torch.no_grad():
+        for first in range(0, len(files), batch_size):
+            tensors = [
+                normalise(resize_and_crop(load_image_file(f), size), mean, std)[0]
+                for f in files[first : first + batch_size]
+            ]
+            module(torch.stack(tensors).to(engine.device))
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def scan_once(engine: Engine, folder: Path, work: Path, layers: list[str], batch_size: int, workers: int) -> float:
+    out = work / f"scan-{time.perf_counter_ns()}"
+    start = time.perf_counter()
+    result = run_scan(engine, folder_source(folder), out, layers=layers, top=9, batch_size=batch_size, workers=workers)
+    seconds = time.perf_counter() - start
+    assert result.status == "complete" and result.skipped == 0
+    shutil.rmtree(out)
+    return seconds
+
+
+def torchrun_scan(processes: int, args: argparse.Namespace, folder: Path, work: Path, layers: list[str]) -> float:
+    out = work / f"torchrun-{processes}"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--standalone", "--nproc-per-node", str(processes), "-m", "convscope", "scan"]
+    command += ["--model", args.model, "--images", str(folder), "--out", str(out), "--layers", ",".join(layers)]
+    command += ["--batch-size", str(args.batch_size), "--device", args.device]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"torchrun with {processes} processes failed:\n{done.stderr[-3000:]}")
+    seconds = float(json.loads((out / "manifest.json").read_text())["progress"]["seconds"])
+    shutil.rmtree(out)
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="efficientnet_lite0")
+    parser.add_argument("--images", type=int, default=96)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=1, help="reader processes of the in-process scan")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--processes", default="1,2", help="torchrun process counts ('' to skip)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    args = parser.parse_args()
+
+    engine = Engine(load_model(args.model), device_name=args.device)
+    layers = default_layers(engine.layers())
+    with tempfile.TemporaryDirectory(prefix="convscope-bench-scan-") as temp:
+        work = Path(temp)
+        folder = work / "photos"
+        folder.mkdir()
+        make_photos(folder, args.images)
+        files = sorted(folder.iterdir())
+        size, mean, std = engine.input_size, engine.model.mean, engine.model.std
+        tensors = [normalise(resize_and_crop(load_image_file(f), size), mean, std)[0] for f in files]
+        batches = [torch.stack(tensors[i : i + args.batch_size]) for i in range(0, len(tensors), args.batch_size)]
+        bare(engine, batches[:1])  # warm-up
+        times: dict[str, list[float]] = {"scan": [], "bare": [], "bare + decode": []}
+        for _ in range(args.rounds):
+            times["bare"].append(bare(engine, batches))
+            times["scan"].append(scan_once(engine, folder, work, layers, args.batch_size, args.workers))
+            times["bare + decode"].append(bare_decode(engine, files, args.batch_size))
+        best = {name: min(values) for name, values in times.items()}
+
+        print(f"# scan benchmark: {args.model} on {args.device}, {args.images} JPEG photos, batch {args.batch_size}")
+        print(f"# layers: {', '.join(layers)}; top-9; scan reader workers: {args.workers}")
+        print(
+            f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads; best of {args.rounds}"
+        )
+        print(f"{'':16s} {'seconds':>8s} {'img/s':>8s} {'vs bare':>8s}")
+        for name in ("bare", "bare + decode", "scan"):
+            seconds = best[name]
+            print(f"{name:16s} {seconds:8.2f} {args.images / seconds:8.1f} {best['bare'] / seconds:8.2f}×")
+        ratio = best["bare"] / best["scan"]
+        print(
+            f"scan throughput = {ratio:.2f} × bare forward ({'meets' if ratio >= 0.85 else 'misses'} the 0.85× target)"
+        )
+
+        counts = [int(p) for p in args.processes.split(",") if p.strip()]
+        if counts:
+            print("\n# convscope scan under torchrun (the scan's own seconds, from its manifest)")
+            first = None
+            for processes in counts:
+                seconds = torchrun_scan(processes, args, folder, work, layers)
+                first = first or seconds
+                print(
+                    f"{processes} process{'es' if processes > 1 else '  '} {seconds:8.2f} s {args.images / seconds:8.1f} img/s "
+                    f"{first / seconds:6.2f}× vs {counts[0]}"
+                )
+
+
+if __name__ == "__main__":
+    main()
