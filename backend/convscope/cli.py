@@ -175,6 +175,30 @@ def cmd_filters(args: argparse.Namespace) -> int:
     return filters_main(args)
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from convscope.studies.commands import train_main
+
+    return train_main(args)
+
+
+def cmd_evolution(args: argparse.Namespace) -> int:
+    from convscope.studies.commands import evolution_main
+
+    return evolution_main(args)
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from convscope.studies.commands import ablate_main
+
+    return ablate_main(args)
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from convscope.studies.commands import probe_main
+
+    return probe_main(args)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -283,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     montage.set_defaults(func=cmd_montage)
 
     _add_analysis_parsers(sub)
+    _add_study_parsers(sub)
     return parser
 
 
@@ -328,6 +353,87 @@ def _add_analysis_parsers(sub: argparse._SubParsersAction) -> None:  # type: ign
     fil.add_argument("--batch-size", type=_positive_int, default=8)
     fil.add_argument("--json", required=True, dest="json_out", help="file to write the JSON result to ('-': stdout)")
     fil.set_defaults(func=cmd_filters)
+
+
+def _add_training_arguments(parser: argparse.ArgumentParser, epochs: int) -> None:
+    """What decides a training run (`train` and `ablate`); defaults follow the paper where it fits."""
+    parser.add_argument("--arch", default="zfnet-small", choices=["zfnet", "zfnet-small"])
+    parser.add_argument("--data", required=True, help="digits, faces or an ImageFolder directory")
+    parser.add_argument("--epochs", type=_positive_int, default=epochs)
+    parser.add_argument("--widths", default=None, help="conv1..conv5 channels, e.g. 32,64,96,96,64")
+    parser.add_argument("--fc-width", type=_positive_int, default=None, help="units in fc6 and fc7")
+    parser.add_argument("--size", type=_positive_int, default=None, help="input side (zfnet 224, zfnet-small 64)")
+    parser.add_argument("--batch-size", type=_positive_int, default=64)
+    parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (paper: 1e-2)")
+    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument("--lr-patience", type=int, default=2, help="epochs on a plateau before lr /= 10")
+    parser.add_argument("--dropout", type=float, default=0.5, help="dropout on fc6/fc7")
+    parser.add_argument("--radius", type=float, default=0.1, help="conv filter RMS cap after each step (0: off)")
+    parser.add_argument("--init", default="kaiming", choices=["kaiming", "paper", "torch"])
+    parser.add_argument("--no-augment", action="store_true", help="no random crops / flips")
+    parser.add_argument("--val-fraction", type=float, default=0.2, help="held-out share (stratified, seeded)")
+    parser.add_argument("--limit", type=_positive_int, default=None, help="use a stratified subset of N images")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+
+
+def _add_study_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """`train`, `evolution`, `ablate` and `probe` (paper Fig. 4, Tables 3 and 7; issue 9)."""
+    tr = sub.add_parser("train", help="train a ZF net (SGD, dropout, filter renormalisation); resumable")
+    _add_training_arguments(tr, epochs=10)
+    tr.add_argument("--remove", default=None, help="layers to remove, e.g. conv3,conv4 or 6,7 (Table 3)")
+    tr.add_argument(
+        "--checkpoints", default="all", help="epochs to save: all, none, or e.g. 0.25,0.5,1,2,5,10 (fractions: early)"
+    )
+    tr.add_argument("--no-resume", action="store_true", help="start over even if --out holds a run")
+    tr.add_argument("--out", required=True, help="run folder (model.json, epoch-E.pt, state.pt, log.json)")
+    tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evolution", help="strongest activation of feature maps across checkpoints (Fig. 4)")
+    ev.add_argument("--checkpoints", required=True, help="a `convscope train` run folder")
+    ev.add_argument("--images", required=True, help="digits, faces or an ImageFolder directory")
+    ev.add_argument("--split", default="train", choices=["train", "val", "all"], help="which of the run's images")
+    ev.add_argument("--limit", type=_positive_int, default=None, help="a stratified subset of N images")
+    ev.add_argument("--layers", default="conv1,conv2,conv3,conv4,conv5", help="conv1,conv5 or conv1:0,5;conv5:3")
+    ev.add_argument("--per-layer", type=_positive_int, default=4, help="random channels per layer (seeded)")
+    ev.add_argument("--epochs", default=None, help="only these checkpoints, e.g. 1,2,5,10")
+    ev.add_argument("--crop", default="rf", choices=["rf", "full"], help="tile: the receptive field or the input")
+    ev.add_argument("--tile", type=_positive_int, default=64, help="tile side in pixels")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ev.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    ev.add_argument("--out", required=True, help="FILE.png or FILE.json (both are written)")
+    ev.set_defaults(func=cmd_evolution)
+
+    ab = sub.add_parser("ablate", help="retrain with layers removed or resized; Table 3 (JSON + Markdown)")
+    _add_training_arguments(ab, epochs=10)
+    ab.add_argument(
+        "--variants",
+        default="full;-6,7;-3,4;-3,4,6,7;fc=x0.5",
+        help="';'-separated: full, -L,L (remove), fc=N|xF, conv345=A,B,C, widths=…; changes joined by '+'",
+    )
+    ab.add_argument("--seeds", type=_positive_int, default=1, help="runs per variant (seeds seed..seed+N-1)")
+    ab.add_argument("--out", required=True, help="folder: ablation.json, ablation.md, runs/")
+    ab.set_defaults(func=cmd_ablate)
+
+    pr = sub.add_parser("probe", help="linear SVM / softmax on each layer's pooled features (Table 7)")
+    _add_model(pr)
+    pr.add_argument("--data", required=True, help="digits, faces or an ImageFolder directory")
+    pr.add_argument("--layers", default=None, help="comma-separated module names (default: one per stage)")
+    pr.add_argument("--folds", type=_positive_int, default=5, help="stratified k-fold")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--pool", type=_positive_int, default=2, help="pool 4-D features to P×P")
+    pr.add_argument("--pool-mode", default="avg", choices=["avg", "max"])
+    pr.add_argument("--classifiers", default="svm,softmax")
+    pr.add_argument("--C", type=float, default=1.0, help="inverse regularisation of both classifiers")
+    pr.add_argument("--size", type=_positive_int, default=None, help="input side (default: the model's)")
+    pr.add_argument("--limit", type=_positive_int, default=None, help="a stratified subset of N images")
+    pr.add_argument("--batch-size", type=_positive_int, default=32)
+    pr.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    pr.add_argument("--out", required=True, help="FILE.json (FILE.md is written beside it)")
+    pr.set_defaults(func=cmd_probe)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -50,6 +50,17 @@ def _zfnet(weights: str | None, pretrained: bool) -> nn.Module:
     return model
 
 
+def _zfnet_small(weights: str | None, pretrained: bool) -> nn.Module:
+    """`zfnet-small` (64×64 inputs: load it with input_size=64, `--size 64`): random init with
+    10 classes, or a trained checkpoint (`convscope train`), its architecture read from the
+    model.json beside it or inferred from the weights' shapes."""
+    from convscope.models.zfnet import load_zfnet_checkpoint, zfnet_small
+
+    if weights is None:
+        return zfnet_small()
+    return load_zfnet_checkpoint(weights)
+
+
 def _torchvision(name: str) -> Callable[[str | None, bool], nn.Module]:
     def build(weights: str | None, pretrained: bool) -> nn.Module:
         from convscope.models.torchvision_zoo import build_torchvision
@@ -68,6 +79,12 @@ BUILTIN_MODELS: dict[str, ModelEntry] = {
     "resnet50": ModelEntry("resnet50", "torchvision ResNet-50, ImageNet", _torchvision("resnet50"), True),
     "googlenet": ModelEntry("googlenet", "torchvision GoogLeNet, ImageNet", _torchvision("googlenet"), True),
     "zfnet": ModelEntry("zfnet", "Zeiler & Fergus 2014 architecture (random init unless --weights)", _zfnet, False),
+    "zfnet-small": ModelEntry(
+        "zfnet-small",
+        "ZF topology, fewer channels, 64×64 input (random init, or a `convscope train` checkpoint)",
+        _zfnet_small,
+        False,
+    ),
 }
 
 _CALLABLE_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")

@@ -6,13 +6,25 @@ padding 1, ceil-mode pooling), exactly as in the paper.
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 ZF_WIDTHS = (96, 256, 384, 384, 256)
+
+# The layers the paper's Table 3 removes or resizes ("layers 3,4", "layers 6,7"); conv1,
+# conv2 (with their pooling and normalisation) and the fc8 classifier always stay.
+REMOVABLE_LAYERS = ("conv3", "conv4", "conv5", "fc6", "fc7")
+
+# `zfnet-small`: the same topology with fewer channels, for 64×64 inputs and CPU training.
+SMALL_WIDTHS = (32, 64, 96, 96, 64)
+SMALL_FC_WIDTH = 512
+SMALL_INPUT_SIZE = 64
 
 
 class ZFNet(nn.Module):
@@ -25,46 +37,53 @@ class ZFNet(nn.Module):
         fc_width: int = 4096,
         input_size: int = 224,
         dropout: float = 0.5,
+        remove: Iterable[str | int] = (),
     ) -> None:
+        """`remove` drops whole layers as in the paper's Table 3 (e.g. `("conv3", "conv4")`,
+        `(6, 7)`); the layers that remain keep their names and the shapes still connect."""
         super().__init__()
         c1, c2, c3, c4, c5 = widths
         self.input_size = input_size
-        self.features = nn.Sequential(
-            OrderedDict(
-                [
-                    ("conv1", nn.Conv2d(3, c1, kernel_size=7, stride=2, padding=1)),
-                    ("relu1", nn.ReLU(inplace=True)),
-                    ("pool1", nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)),
-                    ("norm1", nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0)),
-                    ("conv2", nn.Conv2d(c1, c2, kernel_size=5, stride=2, padding=0)),
-                    ("relu2", nn.ReLU(inplace=True)),
-                    ("pool2", nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)),
-                    ("norm2", nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0)),
-                    ("conv3", nn.Conv2d(c2, c3, kernel_size=3, padding=1)),
-                    ("relu3", nn.ReLU(inplace=True)),
-                    ("conv4", nn.Conv2d(c3, c4, kernel_size=3, padding=1)),
-                    ("relu4", nn.ReLU(inplace=True)),
-                    ("conv5", nn.Conv2d(c4, c5, kernel_size=3, padding=1)),
-                    ("relu5", nn.ReLU(inplace=True)),
-                    ("pool5", nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)),
-                ]
-            )
-        )
+        self.removed = removable_layers(remove)
+        gone = set(self.removed)
+        features: list[tuple[str, nn.Module]] = [
+            ("conv1", nn.Conv2d(3, c1, kernel_size=7, stride=2, padding=1)),
+            ("relu1", nn.ReLU(inplace=True)),
+            ("pool1", nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)),
+            ("norm1", nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0)),
+            ("conv2", nn.Conv2d(c1, c2, kernel_size=5, stride=2, padding=0)),
+            ("relu2", nn.ReLU(inplace=True)),
+            ("pool2", nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)),
+            ("norm2", nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0)),
+        ]
+        channels = c2
+        for index, width in ((3, c3), (4, c4), (5, c5)):
+            if f"conv{index}" not in gone:
+                features.append((f"conv{index}", nn.Conv2d(channels, width, kernel_size=3, padding=1)))
+                features.append((f"relu{index}", nn.ReLU(inplace=True)))
+                channels = width
+        features.append(("pool5", nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)))
+        self.features = nn.Sequential(OrderedDict(features))
         with torch.no_grad():
             flat = self.features(torch.zeros(1, 3, input_size, input_size)).numel()
-        self.classifier = nn.Sequential(
-            OrderedDict(
-                [
-                    ("fc6", nn.Linear(flat, fc_width)),
-                    ("relu6", nn.ReLU(inplace=True)),
-                    ("drop6", nn.Dropout(dropout)),
-                    ("fc7", nn.Linear(fc_width, fc_width)),
-                    ("relu7", nn.ReLU(inplace=True)),
-                    ("drop7", nn.Dropout(dropout)),
-                    ("fc8", nn.Linear(fc_width, num_classes)),
-                ]
-            )
-        )
+        classifier: list[tuple[str, nn.Module]] = []
+        units = flat
+        for index in (6, 7):
+            if f"fc{index}" not in gone:
+                classifier.append((f"fc{index}", nn.Linear(units, fc_width)))
+                classifier.append((f"relu{index}", nn.ReLU(inplace=True)))
+                classifier.append((f"drop{index}", nn.Dropout(dropout)))
+                units = fc_width
+        classifier.append(("fc8", nn.Linear(units, num_classes)))
+        self.classifier = nn.Sequential(OrderedDict(classifier))
+        self.config: dict[str, Any] = {
+            "num_classes": num_classes,
+            "widths": list(widths),
+            "fc_width": fc_width,
+            "input_size": input_size,
+            "dropout": dropout,
+            "remove": list(self.removed),
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))
@@ -72,6 +91,145 @@ class ZFNet(nn.Module):
 
 def zfnet(num_classes: int = 1000) -> ZFNet:
     return ZFNet(num_classes=num_classes)
+
+
+def removable_layers(remove: Iterable[str | int]) -> tuple[str, ...]:
+    """Normalise layer names for `remove`: 3, "3", "conv3" -> "conv3"; 6, "fc6" -> "fc6".
+
+    The result is in network order; unknown or non-removable layers raise ValueError.
+    """
+    names = set()
+    for item in remove:
+        text = str(item).strip().lower()
+        if not text:
+            continue
+        if text.isdigit():
+            text = f"conv{text}" if int(text) <= 5 else f"fc{text}"
+        if text not in REMOVABLE_LAYERS:
+            raise ValueError(f"layer {item!r} cannot be removed; removable: 3, 4, 5, 6, 7 (conv3..conv5, fc6, fc7)")
+        names.add(text)
+    return tuple(name for name in REMOVABLE_LAYERS if name in names)
+
+
+def zfnet_small(
+    num_classes: int = 10,
+    widths: Sequence[int] = SMALL_WIDTHS,
+    fc_width: int = SMALL_FC_WIDTH,
+    input_size: int = SMALL_INPUT_SIZE,
+    dropout: float = 0.5,
+    remove: Iterable[str | int] = (),
+) -> ZFNet:
+    """The ZF topology with fewer channels for small inputs (64×64: maps 30, 15, 6, 3, 3, 3, 1)."""
+    return ZFNet(
+        num_classes=num_classes, widths=widths, fc_width=fc_width, input_size=input_size, dropout=dropout, remove=remove
+    )
+
+
+CONFIG_FILE = "model.json"
+
+
+def zfnet_from_config(config: dict[str, Any]) -> ZFNet:
+    """Rebuild a ZFNet from the `config` a trained one carries (`ZFNet.config`, saved as model.json)."""
+    return ZFNet(
+        num_classes=int(config.get("num_classes", 1000)),
+        widths=tuple(int(w) for w in config.get("widths", ZF_WIDTHS)),
+        fc_width=int(config.get("fc_width", 4096)),
+        input_size=int(config.get("input_size", 224)),
+        dropout=float(config.get("dropout", 0.5)),
+        remove=tuple(str(r) for r in config.get("remove", ())),
+    )
+
+
+def checkpoint_config(weights: str | Path) -> dict[str, Any] | None:
+    """The architecture saved beside a checkpoint (`model.json` in its folder), if any."""
+    sidecar = Path(weights).parent / CONFIG_FILE
+    if not sidecar.is_file():
+        return None
+    try:
+        data = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return None
+    architecture = data.get("architecture") if isinstance(data, dict) else None
+    return architecture if isinstance(architecture, dict) else None
+
+
+def config_from_state_dict(state: dict[str, torch.Tensor], input_size: int | None = None) -> dict[str, Any]:
+    """Infer a ZFNet's config from a state dict's shapes (widths, fc width, classes, removed
+    layers). The input size is the one given, else the first of 64, 224, 16..512 whose
+    pool5 map fits fc6 (several sizes can give the same map: prefer a model.json)."""
+    if "classifier.fc8.weight" not in state or "features.conv1.weight" not in state:
+        raise ValueError("not a ZFNet state dict (no features.conv1 / classifier.fc8)")
+    widths = [int(state["features.conv1.weight"].shape[0]), int(state["features.conv2.weight"].shape[0])]
+    remove = []
+    for index in (3, 4, 5):
+        key = f"features.conv{index}.weight"
+        if key in state:
+            widths.append(int(state[key].shape[0]))
+        else:
+            widths.append(widths[-1])
+            remove.append(f"conv{index}")
+    fc_width = 4096
+    for index in (6, 7):
+        key = f"classifier.fc{index}.weight"
+        if key in state:
+            fc_width = int(state[key].shape[0])
+        else:
+            remove.append(f"fc{index}")
+    first_fc = next(
+        k for k in ("classifier.fc6.weight", "classifier.fc7.weight", "classifier.fc8.weight") if k in state
+    )
+    flat = int(state[first_fc].shape[1])
+    last_conv = next(f"features.conv{i}.weight" for i in (5, 4, 3, 2) if f"features.conv{i}.weight" in state)
+    channels = int(state[last_conv].shape[0])
+    config: dict[str, Any] = {
+        "num_classes": int(state["classifier.fc8.weight"].shape[0]),
+        "widths": widths,
+        "fc_width": fc_width,
+        "input_size": input_size,
+        "dropout": 0.5,
+        "remove": remove,
+    }
+    if input_size is None:
+        for size in (SMALL_INPUT_SIZE, 224, *range(16, 513)):
+            if channels * _pool5_side(size) ** 2 == flat:
+                config["input_size"] = size
+                break
+        else:
+            raise ValueError(f"no input size gives {flat} features after pool5")
+    return config
+
+
+def _pool5_side(size: int) -> int:
+    """Side of pool5's map for a size×size input (0 when the input is too small)."""
+    side = size
+    for kernel, stride, padding in ((7, 2, 1), (3, 2, -1), (5, 2, 0), (3, 2, -1), (3, 2, -1)):
+        if padding < 0:  # ceil-mode max-pool, no padding
+            side = -(-(side - kernel) // stride) + 1
+        elif side + 2 * padding < kernel:
+            return 0
+        else:
+            side = (side + 2 * padding - kernel) // stride + 1
+        if side < 1:
+            return 0
+    return side
+
+
+def load_zfnet_checkpoint(weights: str | Path, input_size: int | None = None) -> ZFNet:
+    """A trained ZFNet (any width, removed layers) from a state-dict file: the architecture
+    from its model.json when there is one, else inferred from the shapes."""
+    from convscope.models.weights import load_weights, read_state_dict
+
+    config = checkpoint_config(weights)
+    if config is None:
+        try:
+            config = config_from_state_dict(read_state_dict(weights), input_size)
+        except ValueError as exc:
+            from convscope.errors import WeightsUnavailableError
+
+            raise WeightsUnavailableError(f"weights in {weights} are not a ZFNet's: {exc}") from None
+    model = zfnet_from_config(config)
+    load_weights(model, weights)
+    return model
 
 
 @torch.no_grad()

@@ -1,0 +1,12 @@
+"""The paper's training-time studies (issue 9), usable from Python and the CLI alone.
+
+- `data`: labelled image sets (`digits`, `faces`, any ImageFolder directory), seeded splits;
+- `train`: SGD training of the ZF family with the paper's filter renormalisation,
+  checkpoints per epoch, resumable;
+- `evolution`: Fig. 4, the strongest activation of chosen feature maps across checkpoints;
+- `ablation`: Table 3, remove or resize layers and retrain;
+- `probe`: Table 7, a linear SVM / softmax on each layer's pooled features;
+- `store`: the study files on disk (JSON, Markdown, PNG) that the API lists.
+
+No FastAPI here.
+"""

@@ -1,0 +1,196 @@
+"""The `train`, `evolution`, `ablate` and `probe` commands (issue 9), called from `convscope.cli`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from convscope.errors import ConvscopeError, InvalidRequestError
+
+
+def _echo(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _threads(args: argparse.Namespace) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def _int_list(text: str | None, what: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.replace(" ", "").split(",") if part)
+    except ValueError:
+        raise InvalidRequestError(f"{what} must be comma-separated integers, not {text!r}") from None
+
+
+def train_config(args: argparse.Namespace, **overrides: Any) -> Any:
+    from convscope.studies.train import TrainConfig
+
+    values: dict[str, Any] = {
+        "arch": args.arch,
+        "data": args.data,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "momentum": args.momentum,
+        "weight_decay": args.weight_decay,
+        "lr_patience": args.lr_patience,
+        "dropout": args.dropout,
+        "radius": args.radius,
+        "remove": tuple(part for part in (getattr(args, "remove", None) or "").split(",") if part.strip()),
+        "widths": _int_list(args.widths, "--widths"),
+        "fc_width": args.fc_width,
+        "input_size": args.size,
+        "init": args.init,
+        "augment": not args.no_augment,
+        "val_fraction": args.val_fraction,
+        "limit": args.limit,
+        "seed": args.seed,
+        "checkpoint_epochs": getattr(args, "checkpoints", "all"),
+    }
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def train_main(args: argparse.Namespace) -> int:
+    from convscope.studies.train import train
+
+    _threads(args)
+    config = train_config(args)
+    result = train(config, args.out, device=args.device, resume=not args.no_resume, progress=True, echo=_echo)
+    final = result.final
+    top5 = f", top-5 {final['val']['top5']:.3f}" if final["val"]["top5"] is not None else ""
+    print(
+        f"{config.arch} on {config.data}: {config.epochs} epochs ({len(result.trained_epochs)} trained now), "
+        f"val top-1 {final['val']['top1']:.3f}{top5}, train top-1 {final['train']['top1']:.3f}; "
+        f"{result.log['seconds']:.0f} s of training -> {result.out}"
+    )
+    return 0
+
+
+def _output_pair(out: str, image_suffix: str = ".png") -> tuple[Path, Path]:
+    """FILE.png or FILE.json (or FILE) -> (FILE.json, FILE.png)."""
+    path = Path(out)
+    base = path.with_suffix("") if path.suffix.lower() in (".json", ".png", ".md") else path
+    return base.with_suffix(".json"), base.with_suffix(image_suffix)
+
+
+def evolution_main(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from convscope.studies.checkpoints import list_checkpoints, run_metadata
+    from convscope.studies.data import dataset_id, load_dataset, stratified_subset
+    from convscope.studies.evolution import feature_evolution, parse_layers
+    from convscope.studies.store import write_json
+    from convscope.studies.train import TrainConfig, epoch_label, select_split
+
+    _threads(args)
+    checkpoints = list_checkpoints(args.checkpoints)
+    if args.epochs:
+        wanted = {epoch_label(float(e)) for e in args.epochs.split(",") if e.strip()}
+        checkpoints = [c for c in checkpoints if c.label in wanted]
+        if not checkpoints:
+            raise InvalidRequestError(f"none of epochs {args.epochs} has a checkpoint in {args.checkpoints}")
+    meta = run_metadata(args.checkpoints)
+    images = load_dataset(args.images)
+    same_data = meta.get("dataset") == dataset_id(args.images)
+    run = TrainConfig.from_dict(meta["train"]) if same_data and isinstance(meta.get("train"), dict) else TrainConfig()
+    images = select_split(images, run, args.split if same_data else "all")
+    if args.limit:
+        images = images.subset(stratified_subset(images.labels, args.limit, seed=args.seed))
+    json_path, png_path = _output_pair(args.out)
+    title = f"Feature evolution (Fig. 4): {meta.get('arch', 'zfnet')} on {dataset_id(args.images)}"
+    with tqdm(total=len(checkpoints), unit="ckpt", desc="evolution", file=sys.stderr, disable=None) as bar:
+        result = feature_evolution(
+            checkpoints,
+            images,
+            parse_layers(args.layers),
+            per_layer=args.per_layer,
+            seed=args.seed,
+            crop=args.crop,
+            tile=args.tile,
+            device=args.device,
+            title=title,
+            progress=lambda done, total: bar.update(done - bar.n),
+        )
+    document = result.document
+    document["image"] = png_path.name
+    document["images"]["split"] = args.split if same_data else "all"
+    try:
+        png_path.parent.mkdir(parents=True, exist_ok=True)
+        result.montage.save(png_path)
+        write_json(json_path, document)
+    except OSError as exc:
+        raise ConvscopeError(f"cannot write {json_path}: {exc.strerror or exc}") from None
+    shape = document["shape"]
+    print(
+        f"{shape['rows']} feature maps × {shape['cols']} checkpoints over {len(images)} images "
+        f"in {document['seconds']:.1f}s -> {png_path}, {json_path}"
+    )
+    return 0
+
+
+def ablate_main(args: argparse.Namespace) -> int:
+    from convscope.studies.ablation import ablate, parse_variants
+
+    _threads(args)
+    variants = parse_variants(args.variants)
+    config = train_config(args)
+    result = ablate(config, variants, args.out, seeds=args.seeds, device=args.device, progress=True, echo=_echo)
+    print(result.markdown, end="")
+    print(f"-> {Path(args.out) / 'ablation.json'}, {Path(args.out) / 'ablation.md'}")
+    return 0
+
+
+def probe_main(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from convscope.engine import Engine
+    from convscope.studies.data import load_dataset, stratified_subset
+    from convscope.studies.probe import CLASSIFIERS, load_probe_model, probe
+    from convscope.studies.store import write_json, write_text
+
+    _threads(args)
+    classifiers = [c.strip() for c in args.classifiers.split(",") if c.strip()]
+    for kind in classifiers:
+        if kind not in CLASSIFIERS:
+            raise InvalidRequestError(f"unknown classifier {kind!r}; use svm, softmax or both")
+    images = load_dataset(args.data)
+    if args.limit:
+        images = images.subset(stratified_subset(images.labels, args.limit, seed=args.seed))
+    engine = Engine(load_probe_model(args.model, args.weights, args.size), device_name=args.device)
+    layers = [name.strip() for name in args.layers.split(",") if name.strip()] if args.layers else None
+    json_path, md_path = _output_pair(args.out, ".md")
+    with tqdm(total=len(images), unit="img", desc="features", file=sys.stderr, disable=None) as bar:
+        result = probe(
+            engine,
+            images,
+            layers,
+            folds=args.folds,
+            seed=args.seed,
+            pool=args.pool,
+            pool_mode=args.pool_mode,
+            classifiers=classifiers,
+            c=args.C,
+            batch_size=args.batch_size,
+            model_name=args.model,
+            weights=args.weights,
+            progress=lambda done, total: bar.update(done - bar.n),
+            echo=_echo,
+        )
+    result.document["markdown"] = md_path.name
+    try:
+        write_text(md_path, result.markdown)
+        write_json(json_path, result.document)
+    except OSError as exc:
+        raise ConvscopeError(f"cannot write {json_path}: {exc.strerror or exc}") from None
+    print(result.markdown, end="")
+    print(f"-> {json_path}, {md_path}")
+    return 0
