@@ -20,6 +20,9 @@ import { h } from "./util.js";
 export const TABS = [
   { id: "explore", label: "Explore" },
   { id: "occlusion", label: "Occlusion", module: null /* "./panels/occlusion.js" */ },
+  { id: "invariance", label: "Invariance", module: "./invariance.js" },
+  { id: "correspondence", label: "Correspondence", module: "./correspondence.js" },
+  { id: "architecture", label: "Architecture", module: "./architecture.js" },
 ];
 
 export function createTabs({ nav, main, store, ctx }) {
