@@ -25,6 +25,14 @@ def _default_scan_dir() -> Path:
     return Path(cache) / "convscope" / "scans"
 
 
+def _default_studies_dir() -> Path:
+    """`$XDG_CACHE_HOME/convscope/studies` (`~/.cache/convscope/studies`)."""
+    import os
+
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "convscope" / "studies"
+
+
 def _default_frontend_dir() -> Path:
     """`frontend/` at the repository root (backend/convscope/api/settings.py -> ../../../frontend)."""
     return Path(__file__).resolve().parents[3] / "frontend"
@@ -87,6 +95,12 @@ class Settings(BaseSettings):
     )
     scan_on_startup: bool = Field(default=True, description="scan the sample photos for the default model at start-up")
     scan_batch_size: int = Field(default=16, ge=1, description="images per forward pass in server scans")
+
+    # training-time studies (paper Fig. 4, Tables 3 and 7): finished results of `convscope train`,
+    # `evolution`, `ablate` and `probe` written anywhere below this folder are listed read-only
+    studies_dir: Path | None = Field(
+        default_factory=_default_studies_dir, description="folder searched for finished study JSON files"
+    )
 
     @field_validator("scan_roots", mode="before")
     @classmethod

@@ -171,5 +171,12 @@ def find_studies(root: str | Path | None) -> list[StudyFile]:
                 modified=path.stat().st_mtime,
             )
         )
+    # an ablation's own training runs (its runs/ folder) are part of it, not studies of their own
+    ablations = [study.path.parent for study in found if study.kind == "ablation"]
+    found = [
+        study
+        for study in found
+        if study.kind != "training" or not any(folder in study.path.parents for folder in ablations)
+    ]
     found.sort(key=lambda study: (-study.modified, study.id))
     return found

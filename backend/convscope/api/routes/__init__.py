@@ -2,10 +2,22 @@
 
 from fastapi import APIRouter
 
-from convscope.api.routes import activations, analysis, health, images, jobs, models, occlusion, projections, samples
+from convscope.api.routes import (
+    activations,
+    analysis,
+    health,
+    images,
+    jobs,
+    models,
+    occlusion,
+    projections,
+    samples,
+    studies,
+)
 
 api_router = APIRouter(prefix="/api")
 for module in (health, models, samples, images, activations, projections, occlusion, jobs, analysis):
     api_router.include_router(module.router)
+api_router.include_router(studies.router)
 
 __all__ = ["api_router"]

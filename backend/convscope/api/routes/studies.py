@@ -1,0 +1,119 @@
+"""Finished training-time studies, read-only (issue 9): training runs, feature evolution
+(Fig. 4), layer ablation (Table 3) and linear probes (Table 7).
+
+The studies are files that `convscope train`, `evolution`, `ablate` and `probe` wrote
+somewhere below the `studies_dir` setting (`CONVSCOPE_STUDIES_DIR`); long training is a
+CLI job, never an HTTP request. A study's id is its JSON's path below that folder
+without `.json`, with `~` for `/` (e.g. `digits~ablation`). Ids are looked up in the
+listing, never joined into a path, and a study's image or table is served only when
+it lies inside the study's own folder.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import FileResponse, PlainTextResponse
+from pydantic import BaseModel, Field
+
+from convscope.api.deps import StateDep
+from convscope.api.routes.common import PNG_CONTENT, errors
+from convscope.api.state import AppState
+from convscope.errors import NotFoundError
+from convscope.studies.store import StudyFile, find_studies
+
+router = APIRouter(tags=["studies"])
+
+StudyId = Annotated[
+    str,
+    Path(description="a study id from GET /api/studies", examples=["digits~ablation"], max_length=300),
+]
+
+
+class StudySummary(BaseModel):
+    id: str = Field(description="path of the study's JSON below the studies folder, `~` for `/`, no `.json`")
+    kind: str = Field(description="training, evolution, ablation or probe")
+    title: str
+    modified: str = Field(description="when the study was written (ISO 8601, UTC)")
+    url: str = Field(description="the study document")
+    image_url: str | None = Field(default=None, description="its PNG (the evolution montage), if any")
+    table_url: str | None = Field(default=None, description="its Markdown table, if any")
+
+
+class StudyList(BaseModel):
+    studies_dir: str | None = Field(description="the folder searched (the studies_dir setting)")
+    studies: list[StudySummary]
+
+
+def _summary(study: StudyFile) -> StudySummary:
+    base = f"/api/studies/{study.id}"
+    return StudySummary(
+        id=study.id,
+        kind=study.kind,
+        title=study.title,
+        modified=datetime.fromtimestamp(study.modified, tz=timezone.utc).isoformat(timespec="seconds"),
+        url=base,
+        image_url=f"{base}/image.png" if study.related("image") else None,
+        table_url=f"{base}/table.md" if study.related("markdown") else None,
+    )
+
+
+def _find(state: AppState, study_id: str) -> StudyFile:
+    for study in find_studies(state.settings.studies_dir):
+        if study.id == study_id:
+            return study
+    raise NotFoundError(f"no finished study {study_id!r} (see GET /api/studies)")
+
+
+@router.get("/studies", response_model=StudyList, summary="finished studies under the studies folder, newest first")
+def list_studies(
+    state: StateDep,
+    kind: Annotated[Literal["training", "evolution", "ablation", "probe"] | None, Query()] = None,
+) -> StudyList:
+    folder = state.settings.studies_dir
+    found = [study for study in find_studies(folder) if kind is None or study.kind == kind]
+    return StudyList(studies_dir=str(folder) if folder is not None else None, studies=[_summary(s) for s in found])
+
+
+@router.get(
+    "/studies/{study_id}",
+    summary="one study's document: its tables (ablation, probe), grid (evolution) or per-epoch log (training)",
+    responses=errors(404),
+)
+def get_study(study_id: StudyId, state: StateDep) -> dict[str, Any]:
+    study = _find(state, study_id)
+    try:
+        document = study.load()
+    except (OSError, ValueError):
+        raise NotFoundError(f"study {study_id!r} can no longer be read") from None
+    summary = _summary(study)
+    document.update({"id": study.id, "image_url": summary.image_url, "table_url": summary.table_url})
+    return document
+
+
+@router.get(
+    "/studies/{study_id}/image.png",
+    response_class=FileResponse,
+    summary="the study's image (the evolution montage: rows = feature maps, columns = epochs)",
+    responses={200: {"description": "PNG", "content": PNG_CONTENT}, **errors(404)},
+)
+def study_image(study_id: StudyId, state: StateDep) -> FileResponse:
+    path = _find(state, study_id).related("image")
+    if path is None or path.suffix.lower() != ".png":
+        raise NotFoundError(f"study {study_id!r} has no image")
+    return FileResponse(path, media_type="image/png", headers={"Cache-Control": "no-cache"})
+
+
+@router.get(
+    "/studies/{study_id}/table.md",
+    response_class=PlainTextResponse,
+    summary="the study's table as Markdown (ablation, probe)",
+    responses={200: {"content": {"text/markdown": {}}}, **errors(404)},
+)
+def study_table(study_id: StudyId, state: StateDep) -> PlainTextResponse:
+    path = _find(state, study_id).related("markdown")
+    if path is None:
+        raise NotFoundError(f"study {study_id!r} has no table")
+    return PlainTextResponse(path.read_text(), media_type="text/markdown; charset=utf-8")
