@@ -1,0 +1,202 @@
+"""REST server latency: warm projections over loopback with 1 and 4 concurrent clients, and start-up time.
+
+Starts `convscope serve` as a user would (a subprocess, uvicorn, the default model), with the
+rendered-PNG cache off so every request does its model work. "Warm" means the image's forward
+pass is already recorded: a projection request costs one backward pass, the PNG encoding and the
+HTTP round trip. Every request asks for a different (layer, channel), so nothing is served twice.
+
+Baseline, in the same run: the same projections called in-process (`Engine.project` + PNG
+encoding, no HTTP), to show what the server adds. Target (issue 3): p95 <= 150 ms with 4 clients
+on a 2-core CPU.
+
+Usage: python benchmarks/server.py [--requests 120] [--model efficientnet_lite0] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+from convscope.engine import Engine
+from convscope.engine.render import png_bytes, projection_image
+from convscope.models import DEFAULT_MODEL, load_model
+from convscope.samples import load_sample
+
+IMAGE = "chelsea"
+LAYERS = ("blocks.1.0.conv_pw", "blocks.3.0.conv_pw", "blocks.5.0.conv_pw", "conv_head")
+TARGET_P95_MS = 150.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def workload(channels: dict[str, int], count: int) -> list[dict[str, object]]:
+    """`count` distinct projection requests spread over the layers."""
+    requests = []
+    for i in range(count):
+        layer = LAYERS[i % len(LAYERS)]
+        requests.append({"layer": layer, "channel": (i // len(LAYERS) * 7 + 1) % channels[layer]})
+    return requests
+
+
+def start(model: str, port: int) -> tuple[subprocess.Popen[bytes], float, float]:
+    """Start the server; seconds until the port accepts connections and until /api/health is 200."""
+    env = {
+        **os.environ,
+        "CONVSCOPE_RESPONSE_CACHE_ENTRIES": "0",
+        "CONVSCOPE_SCAN_ON_STARTUP": "false",
+        "CONVSCOPE_LOG_LEVEL": "warning",
+    }
+    command = [str(Path(sys.executable).parent / "convscope"), "serve", "--port", str(port), "--model", model]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    listening = healthy = None
+    while healthy is None:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited with status {process.returncode}")
+        try:
+            status = httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=5).status_code
+            listening = listening or time.perf_counter() - started
+            if status == 200:
+                healthy = time.perf_counter() - started
+        except httpx.TransportError:
+            pass
+        time.sleep(0.02)
+    assert listening is not None
+    return process, listening, healthy
+
+
+def run_clients(base: str, model: str, requests: list[dict[str, object]], clients: int) -> tuple[list[float], float]:
+    """Latencies (ms) of every request, `clients` threads each with its own keep-alive connection."""
+    url = f"/api/models/{model}/images/{IMAGE}/projection"
+    latencies: list[float] = []
+    lock = threading.Lock()
+    shares = [requests[i::clients] for i in range(clients)]
+    barrier = threading.Barrier(clients)
+
+    def client(share: list[dict[str, object]]) -> None:
+        with httpx.Client(base_url=base, timeout=60) as http:
+            http.get("/api/health")  # open the connection before timing
+            barrier.wait()
+            for params in share:
+                begin = time.perf_counter()
+                response = http.get(url, params=params)  # type: ignore[arg-type]
+                elapsed = (time.perf_counter() - begin) * 1000
+                if response.status_code != 200:
+                    raise RuntimeError(f"{response.status_code}: {response.text}")
+                with lock:
+                    latencies.append(elapsed)
+
+    threads = [threading.Thread(target=client, args=(share,)) for share in shares]
+    begin = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return latencies, time.perf_counter() - begin
+
+
+def in_process(model: str, requests: list[dict[str, object]]) -> list[float]:
+    """The baseline: the same projections without HTTP (forward pass cached, as for the server)."""
+    engine = Engine(load_model(model), device_name="cpu")
+    image = engine.prepare(load_sample(IMAGE))
+    engine.predict(image)
+    latencies = []
+    for params in requests:
+        begin = time.perf_counter()
+        result = engine.project(image, str(params["layer"]), int(params["channel"]))  # type: ignore[call-overload]
+        png_bytes(projection_image(result.projection))
+        latencies.append((time.perf_counter() - begin) * 1000)
+    return latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--requests", type=int, default=120, help="requests per scenario")
+    parser.add_argument("--json", default=None, help="write the figures here as JSON")
+    args = parser.parse_args()
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    process, listening, healthy = start(args.model, port)
+    try:
+        layers = httpx.get(f"{base}/api/models/{args.model}/layers", timeout=60).json()
+        channels = {row["name"]: row["channels"] for row in layers if row["name"] in LAYERS}
+        # warm-up: record the forward pass, touch every layer, warm the thread pool and the allocator
+        httpx.get(f"{base}/api/models/{args.model}/images/{IMAGE}/predictions", timeout=60)
+        run_clients(base, args.model, workload(channels, 16), 4)
+        figures: dict[str, object] = {
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+            "load_average": os.getloadavg(),
+            "model": args.model,
+            "startup_listening_s": round(listening, 2),
+            "startup_healthy_s": round(healthy, 2),
+        }
+        requests = workload(channels, args.requests)
+        rows = []
+        for clients in (1, 4):
+            latencies, wall = run_clients(base, args.model, requests, clients)
+            row = {
+                "clients": clients,
+                "requests": len(latencies),
+                "p50_ms": round(statistics.median(latencies), 1),
+                "p95_ms": round(percentile(latencies, 95), 1),
+                "max_ms": round(max(latencies), 1),
+                "throughput_rps": round(len(latencies) / wall, 1),
+            }
+            rows.append(row)
+        figures["server"] = rows
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+
+    baseline = in_process(args.model, requests)
+    figures["in_process"] = {
+        "p50_ms": round(statistics.median(baseline), 1),
+        "p95_ms": round(percentile(baseline, 95), 1),
+    }
+
+    print(f"convscope server benchmark — {figures['machine']}, load average {figures['load_average']}")
+    print(f"model {args.model}, image {IMAGE}, layers {', '.join(LAYERS)}; {args.requests} distinct requests each")
+    print(f"start-up: listening after {listening:.2f} s, healthy (model loaded) after {healthy:.2f} s")
+    print(f"{'scenario':28s} {'p50 ms':>8s} {'p95 ms':>8s} {'max ms':>8s} {'req/s':>7s}")
+    base_p50 = figures["in_process"]["p50_ms"]  # type: ignore[index]
+    print(f"{'in-process (no HTTP)':28s} {base_p50:8.1f} {figures['in_process']['p95_ms']:8.1f}")  # type: ignore[index]
+    for row in rows:
+        name = f"HTTP, {row['clients']} client{'s' if row['clients'] > 1 else ''}"
+        print(
+            f"{name:28s} {row['p50_ms']:8.1f} {row['p95_ms']:8.1f} {row['max_ms']:8.1f} {row['throughput_rps']:7.1f}"
+            f"   p50 = {row['p50_ms'] / base_p50:.2f}x in-process"  # type: ignore[operator]
+        )
+    p95 = rows[-1]["p95_ms"]
+    verdict = "meets" if p95 <= TARGET_P95_MS else "misses"  # type: ignore[operator]
+    print(f"target: p95 <= {TARGET_P95_MS:.0f} ms with 4 clients: {p95} ms, {verdict} it")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
