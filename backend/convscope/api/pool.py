@@ -64,6 +64,7 @@ class ModelPool:
         else:
             self.load_seconds = time.perf_counter() - started
             self.state = "ready"
+            log.info("ready: %s loaded in %.1f s", ", ".join(self.names), self.load_seconds)
         finally:
             self._ready.set()
 
