@@ -2,7 +2,8 @@
 
 Schemathesis drives the real app (default model, real weights) in process; the
 OpenAPI examples (model name, sample id, layer) let it reach the model code,
-not only the 404 paths. Responses must also match the documented schemas.
+not only the 404 paths. The DESIGN §6 endpoints' responses must also match their documentation;
+every other endpoint (scans, analyses) must at least never answer 5xx.
 """
 
 from __future__ import annotations
@@ -23,6 +24,23 @@ from schemathesis.specs.openapi.checks import (
 
 from api.helpers import MODEL
 from convscope.api import Settings, create_app
+
+CONTRACT_PATHS = {
+    "/api/health",
+    "/api/models",
+    "/api/models/{model}/layers",
+    "/api/samples",
+    "/api/samples/{sample_id}/thumbnail.png",
+    "/api/images",
+    "/api/images/{image_id}",
+    "/api/models/{model}/images/{image_id}/predictions",
+    "/api/models/{model}/images/{image_id}/activations",
+    "/api/models/{model}/images/{image_id}/activations/sprite.png",
+    "/api/models/{model}/images/{image_id}/projection",
+    "/api/models/{model}/images/{image_id}/occlusion",
+    "/api/jobs",
+    "/api/jobs/{job_id}",
+}
 
 # Built at import (cheap: models load when the app starts, in the fixture below).
 app = create_app(
@@ -66,8 +84,8 @@ def _started() -> Iterator[None]:
     suppress_health_check=list(HealthCheck),
 )
 def test_no_server_errors(case: Any) -> None:
-    response = case.call()
-    case.validate_response(
-        response,
-        checks=[not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance],
-    )
+    response = case.call(timeout=120)  # a job started by an earlier case may hold the model for a while
+    checks = [not_a_server_error]
+    if case.operation.path in CONTRACT_PATHS:  # DESIGN §6 and jobs: responses must match their documentation
+        checks += [status_code_conformance, content_type_conformance, response_schema_conformance]
+    case.validate_response(response, checks=checks)

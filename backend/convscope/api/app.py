@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio.to_thread
 from fastapi import FastAPI
@@ -26,6 +27,30 @@ Zeiler & Fergus, *Visualizing and Understanding Convolutional Networks*, over HT
 predictions, feature maps, deconvnet projections and occlusion maps of real photos
 or uploads. Errors are JSON `{"detail": "..."}` with a 4xx status.
 """
+
+
+def _document_validation_errors(app: FastAPI) -> None:
+    """Describe 422s as they are sent (`{"detail": "...", "errors": [...]}`, see errors.py), for every
+    route, including routes that do not declare their 422 themselves."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = generate()
+            schemas = document.get("components", {}).get("schemas", {})
+            if "HTTPValidationError" in schemas:
+                schemas["HTTPValidationError"] = {
+                    "title": "HTTPValidationError",
+                    "type": "object",
+                    "required": ["detail"],
+                    "properties": {
+                        "detail": {"type": "string", "title": "Detail", "description": "what was wrong, in words"},
+                        "errors": {"type": "array", "items": {"type": "object"}, "title": "Errors"},
+                    },
+                }
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(settings: Settings | None = None, *, loader: ModelLoader = default_loader) -> FastAPI:
@@ -57,6 +82,8 @@ def create_app(settings: Settings | None = None, *, loader: ModelLoader = defaul
     app.include_router(api_router)
     scan_routes.install(app, state)
     app.include_router(scan_routes.router, prefix="/api")
+
+    _document_validation_errors(app)
 
     frontend = settings.frontend_dir
     if frontend is not None and frontend.is_dir():
