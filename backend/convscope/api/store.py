@@ -42,7 +42,7 @@ class ImageStore:
 
     def add(self, image: Image.Image) -> StoredImage:
         """Keep an image; evict the least recently used ones to stay within the limits."""
-        item = StoredImage(secrets.token_urlsafe(ID_BYTES), image.convert("RGB"))
+        item = StoredImage(secrets.token_urlsafe(ID_BYTES), image if image.mode == "RGB" else image.convert("RGB"))
         if item.nbytes > self.max_bytes:
             raise TooLargeError(
                 f"the decoded image needs {item.nbytes:,} bytes; the upload store holds {self.max_bytes:,}"
