@@ -11,6 +11,7 @@ from convscope.api.routes.common import errors
 from convscope.api.routes.jobs import job_response, job_url
 from convscope.api.schemas import JobResponse, OcclusionRequest, OcclusionResponse
 from convscope.engine import Engine
+from convscope.engine.occlusion import occlude, occlusion_positions_total, occlusion_response
 from convscope.errors import InvalidRequestError
 
 router = APIRouter(tags=["occlusion"])
@@ -18,8 +19,6 @@ router = APIRouter(tags=["occlusion"])
 
 def _positions(engine: Engine, request: OcclusionRequest) -> int:
     """Check the request before any work (422 / 404) and count the occluder positions."""
-    from convscope.engine.occlusion import occlusion_positions_total
-
     positions = occlusion_positions_total(engine.input_size, request.size, request.stride)
     if request.target is not None and request.target >= engine.model.num_classes:
         raise InvalidRequestError(f"target class {request.target} is out of range (0..{engine.model.num_classes - 1})")
@@ -43,8 +42,6 @@ def occlusion(
     prepared: PreparedDep,
     body: Annotated[OcclusionRequest | None, Body()] = None,
 ) -> Any:
-    from convscope.engine.occlusion import occlude, occlusion_response
-
     request = body or OcclusionRequest()
     positions = _positions(engine, request)
     settings = state.settings
