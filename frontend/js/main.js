@@ -11,6 +11,7 @@ import { createPredictionsPanel } from "./panels/predictions.js";
 import { createReconPanel } from "./panels/reconstruction.js";
 import { HASH_KEYS, parseHash, startHashSync, store } from "./state.js";
 import { createTabs } from "./tabs.js";
+import { createTop9Panel } from "./top9.js";
 import { $, busy, h, showError } from "./util.js";
 
 // ---- request tracking: the global activity line, and "settled" for live webcam ----
@@ -74,6 +75,7 @@ const tabs = createTabs({
   ctx: { store, api, urls, request, busy, showError, h, layers: () => layers.layers, models: () => models },
 });
 maps.onData(() => recon.refreshGeometry());
+const top9 = createTop9Panel({ root: $('[data-panel="top9"]'), store, upload: (blob, name) => input.upload(blob, name) });
 
 installKeyboard({
   store,
@@ -179,6 +181,7 @@ function onChange(state, changed) {
     track(recon.loadInput(state, currentModel()?.input_size));
   }
   if (!changed.has("model")) proceed(state, changed);
+  top9.sync(state, changed);
 }
 
 // ---- models -----------------------------------------------------------------------------------
