@@ -180,8 +180,24 @@ def test_folders_outside_the_roots_are_refused(client: TestClient, folder: str, 
     assert response.json()["detail"]
 
 
+def test_scanning_the_samples_for_another_layer(client: TestClient, engine: Engine, bundled: dict[str, Any]) -> None:
+    response = client.post(BASE, json={"samples": True, "layers": ["conv1"]})
+    assert response.status_code == 202
+    job = poll(client, response.json()["url"])
+    assert job["state"] == "succeeded", job
+    scan_id = job["result"]["scan"]
+    assert scan_id.startswith("samples-") and job["result"]["layers"] == ["conv1"]
+    ids = [scan["id"] for scan in client.get(BASE).json()]
+    assert ids.index("samples") == 0 and scan_id in ids
+    body = client.get(f"{BASE}/{scan_id}/top", params={"layer": "conv1", "channel": 3}).json()
+    assert len(body["entries"]) == 9 and all(e["image"]["sample"] for e in body["entries"])
+
+
 def test_bad_scan_bodies(client: TestClient) -> None:
     assert client.post(BASE, json={"folder": "photos/set1", "layers": ["nope"]}).status_code == 404
+    assert client.post(BASE, json={"samples": True, "layers": ["nope"]}).status_code == 404
+    assert client.post(BASE, json={"folder": "photos/set1", "samples": True}).status_code == 422
+    assert client.post(BASE, json={}).status_code == 422
     assert client.post(BASE, json={"folder": "photos/set1", "top": 0}).status_code == 422
     assert client.post(BASE, json={"folder": "photos/set1", "path": "/"}).status_code == 422
 

@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from convscope.engine import Engine
+from convscope.errors import ConvscopeError
+from convscope.images import load_image_file, prepare_image
 from convscope.scan import ScanStore, folder_source, run_scan
-from convscope.scan.scanner import _Images
 from convscope.scan.topk import TopK
+from scan.conftest import SIZE
 
 
 def brute_force(maps: np.ndarray, k: int) -> list[list[tuple[float, int, int, int]]]:
@@ -90,15 +92,20 @@ def test_scan_on_a_tiny_model_equals_brute_force(tmp_path: Path, image_dir: Path
     result = run_scan(tiny_engine, source, tmp_path / "scan", layers=layers, top=4, batch_size=len(source.paths))
     assert result.status == "complete" and result.skipped == 1 and result.images == 14
 
-    dataset = _Images(source, tiny_engine.input_size, tiny_engine.model.mean, tiny_engine.model.std)
-    items = [dataset[i] for i in range(len(dataset))]
-    good = [item for item in items if item.tensor is not None]
-    assert [item.index for item in items if item.tensor is None] == [source.paths.index("broken.jpg")]
-    batch = torch.stack([item.tensor for item in good])  # type: ignore[misc]
-    _, outputs = tiny_engine.forward_batch(batch, layers)
+    # independently: each file through the preprocessing contract, one batch
+    good, tensors = [], []
+    for index, path in enumerate(source.paths):
+        try:
+            image = load_image_file(image_dir / path)
+        except ConvscopeError:
+            assert path == "broken.jpg"
+            continue
+        good.append(index)
+        tensors.append(prepare_image(image, SIZE, tiny_engine.model.mean, tiny_engine.model.std).tensor)
+    _, outputs = tiny_engine.forward_batch(torch.cat(tensors), layers)
     store = ScanStore(tmp_path / "scan")
     for layer in layers:
         expected = brute_force(outputs[layer].numpy(), 4)
         for channel, rows in enumerate(expected):
             got = [(e.value, e.image, e.y, e.x) for e in store.top(layer, channel)]
-            assert got == [(value, good[i].index, y, x) for value, i, y, x in rows]
+            assert got == [(value, good[i], y, x) for value, i, y, x in rows]

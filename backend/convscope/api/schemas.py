@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class ErrorResponse(BaseModel):
@@ -185,16 +185,24 @@ class ScanInfo(BaseModel):
 class ScanRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    folder: str = Field(
+    folder: str | None = Field(
+        default=None,
         min_length=1,
         max_length=1000,
         description="<root name>/<path inside it>, for a root listed in the server's scan_roots",
         examples=["photos/cats"],
     )
+    samples: bool = Field(default=False, description="scan the bundled sample photos instead of a folder")
     layers: list[str] | None = Field(
         default=None, max_length=300, description="layer names; null: one per resolution; ['all']: every layer"
     )
     top: int = Field(default=9, ge=1, le=100, description="entries kept per channel")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ScanRequest:
+        if (self.folder is None) == (not self.samples):
+            raise ValueError("give either a folder or samples=true")
+        return self
 
 
 class ScanImageRef(BaseModel):

@@ -80,7 +80,8 @@ class ScanLibrary:
         return ScanEntry(scan_id, model, store, manifest)
 
     def list(self, model: str) -> list[ScanEntry]:
-        """Every readable scan of a model, the sample scan first, then by creation time."""
+        """Every readable scan of a model: the start-up sample scan, other sample scans, then
+        folder scans, each by creation time."""
         folder = self.model_dir(model)
         if not folder.is_dir():
             return []
@@ -92,7 +93,9 @@ class ScanLibrary:
                 entries.append(self.get(model, child.name))
             except ConvscopeError:
                 continue  # half-created or foreign directories are not listed
-        entries.sort(key=lambda e: (e.id != SAMPLES_SCAN, e.manifest.created_at, e.id))
+        entries.sort(
+            key=lambda e: (e.id != SAMPLES_SCAN, not e.id.startswith(SAMPLES_SCAN), e.manifest.created_at, e.id)
+        )
         return entries
 
     # ---- weights -------------------------------------------------------------------------------
@@ -143,6 +146,13 @@ class ScanLibrary:
             return safe_subfolder(root, rest)
         except InvalidRequestError as exc:
             raise ForbiddenError(str(exc)) from None
+
+    def samples_scan_id(self, layers: Sequence[str] | None, top: int) -> str:
+        """`samples` for the default layers and k = 9 (the start-up scan), else `samples-<hash>`."""
+        if not layers and top == 9:
+            return SAMPLES_SCAN
+        key = repr((list(layers) if layers else None, top))
+        return f"{SAMPLES_SCAN}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
     def folder_scan_id(self, folder: str, layers: Sequence[str] | None, top: int) -> str:
         name = folder.strip().strip("/")

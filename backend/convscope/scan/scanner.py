@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from convscope.engine import Engine, LayerInfo
 from convscope.errors import ConvscopeError, InvalidRequestError
-from convscope.images import DEFAULT_MAX_PIXELS, decode_image, normalise, resize_and_crop
+from convscope.images import DEFAULT_MAX_PIXELS, decode_image, resize_and_crop
 from convscope.scan.distributed import LocalContext
 from convscope.scan.store import (
     ImageRecord,
@@ -160,16 +161,19 @@ def scan_config(
 @dataclass
 class _Item:
     index: int
-    tensor: torch.Tensor | None
+    tensor: torch.Tensor | None  # S×S×3 uint8: the S×S image the model sees, before normalisation
     sha256: str | None
     error: str | None
 
 
 class _Images(Dataset[_Item]):
-    """Reads, hashes, decodes and preprocesses one image (DESIGN §2); never raises for a bad file."""
+    """Reads, hashes, decodes, resizes and crops one image (DESIGN §2); never raises for a bad file.
 
-    def __init__(self, source: ImageSource, size: int, mean: Sequence[float], std: Sequence[float]) -> None:
-        self.source, self.size, self.mean, self.std = source, size, tuple(mean), tuple(std)
+    Items stay uint8 (a quarter of the bytes between reader processes and to the device);
+    `model_input` normalises whole batches on the model's device."""
+
+    def __init__(self, source: ImageSource, size: int) -> None:
+        self.source, self.size = source, size
 
     def __len__(self) -> int:
         return len(self.source.paths)
@@ -182,12 +186,24 @@ class _Images(Dataset[_Item]):
         digest = sha256_bytes(data)
         try:
             image = decode_image(data, max_pixels=DEFAULT_MAX_PIXELS)
-            tensor = normalise(resize_and_crop(image, self.size), self.mean, self.std)[0]
+            tensor = torch.from_numpy(np.array(resize_and_crop(image, self.size), dtype=np.uint8))
         except ConvscopeError as exc:
             return _Item(index, None, digest, str(exc))
         except Exception as exc:  # a decoder bug must not end a long scan
             return _Item(index, None, digest, f"{type(exc).__name__}: {exc}")
         return _Item(index, tensor, digest, None)
+
+
+def model_input(batch: torch.Tensor, engine: Engine) -> torch.Tensor:
+    """N×S×S×3 uint8 -> the normalised N×3×S×S float32 input, on the engine's device.
+
+    The same float32 operations as `convscope.images.normalise` (x / 255, − mean, / std),
+    so every value is bitwise the one a single prepared image gets."""
+    device = engine.device
+    pixels = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).contiguous()
+    mean = torch.tensor(engine.model.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(engine.model.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    return (pixels.float() / 255.0 - mean) / std
 
 
 @dataclass
@@ -406,7 +422,7 @@ def _scan(
     for info in infos:
         if info.name not in states:
             states[info.name] = TopK.empty(info.channels, top, info.width)
-    dataset = _Images(source, engine.input_size, engine.model.mean, engine.model.std)
+    dataset = _Images(source, engine.input_size)
     loader = DataLoader(
         dataset,
         batch_sampler=[batch_range(batch) for batch in mine],
@@ -451,7 +467,7 @@ def _scan(
                 snapshot = {name: (s.values, s.images, s.positions) for name, s in states.items()}
                 try:
                     if batch.tensor is not None:
-                        _, outputs = engine.forward_batch(batch.tensor, names)
+                        _, outputs = engine.forward_batch(model_input(batch.tensor, engine), names)
                         for name in names:
                             states[name].update(outputs[name], batch.indices)
                 except KeyboardInterrupt:

@@ -2,7 +2,8 @@
 deconvnet projections, draw the montage, and scan a server-side folder as a job.
 
 Folders can only be scanned inside the roots the server is configured with
-(`CONVSCOPE_SCAN_ROOTS`), named as `<root name>/<path>`. At start-up the server scans
+(`CONVSCOPE_SCAN_ROOTS`), named as `<root name>/<path>`; the bundled sample photos can
+always be scanned (the dashboard does this for a layer the start-up scan left out). At start-up the server scans
 the bundled sample photos for its default model in the background (a job), unless
 `CONVSCOPE_SCAN_ON_STARTUP=false`.
 """
@@ -218,31 +219,44 @@ def list_scans(request: Request, engine: EngineDep) -> list[ScanInfo]:
     "/models/{model}/scans",
     status_code=202,
     response_model=JobResponse,
-    summary="scan a folder under one of the server's scan roots (a job; poll its url)",
+    summary="scan the sample photos, or a folder under one of the server's scan roots (a job; poll its url)",
     responses={
         403: {"model": ErrorResponse, "description": "no scan roots, or the folder is outside them"},
         **errors(400, 404, 422, 429, 503),
     },
 )
 def start_scan(request: Request, engine: EngineDep, body: Annotated[ScanRequest, Body()]) -> JSONResponse:
-    from convscope.scan.scanner import folder_source, resolve_layers
+    from convscope.scan.scanner import folder_source, resolve_layers, samples_source
 
     service = get_service(request)
-    folder = service.library.resolve_folder(body.folder)
     layers: str | list[str] | None = body.layers
     if body.layers == ["all"]:
         layers = "all"
-    resolve_layers(engine, layers)  # unknown layers: 404 now, not in the job
-    scan_id = service.library.folder_scan_id(body.folder, body.layers, body.top)
-    label = body.folder.strip().strip("/")
-    work = service.scan_job(
-        engine.name,
-        scan_id,
-        lambda: folder_source(folder, confine=True),
-        layers=layers,
-        top=body.top,
-        extra={"label": label, "folder": label},
-    )
+    if body.folder is not None:
+        folder = service.library.resolve_folder(body.folder)
+        resolve_layers(engine, layers)  # unknown layers: 404 now, not in the job
+        scan_id = service.library.folder_scan_id(body.folder, body.layers, body.top)
+        label = body.folder.strip().strip("/")
+        work = service.scan_job(
+            engine.name,
+            scan_id,
+            lambda: folder_source(folder, confine=True),
+            layers=layers,
+            top=body.top,
+            extra={"label": label, "folder": label},
+        )
+    else:
+        resolve_layers(engine, layers)
+        scan_id = service.library.samples_scan_id(body.layers, body.top)
+        work = service.scan_job(
+            engine.name,
+            scan_id,
+            samples_source,
+            layers=layers,
+            top=body.top,
+            replace=True,
+            extra={"label": "the bundled sample photos"},
+        )
     job = service.submit(engine.name, scan_id, work)
     return JSONResponse(job_response(job).model_dump(mode="json"), status_code=202, headers={"Location": job_url(job)})
 
