@@ -90,7 +90,7 @@ def transform_values(
         raise InvalidRequestError("translations beyond ±10000 px are not supported")
     if steps == 1:
         return [start]
-    return [float(v) for v in np.linspace(start, stop, steps)]
+    return [float(round(v, 10)) for v in np.linspace(start, stop, steps)]  # 1.7, not 1.7000000000000002
 
 
 def _fill_rgb(mean: Sequence[float]) -> tuple[int, int, int]:
