@@ -163,6 +163,16 @@ def test_scanning_a_folder_under_a_root(client: TestClient, engine: Engine, bund
     )
     assert again["result"]["status"] == "unchanged" and again["result"]["scan"] == scan_id
 
+    # the folder changed: the same request scans it anew
+    Image.new("RGB", (50, 50), "blue").save(Path(str(direct.root)) / "p9.png")
+    try:
+        body = {"folder": "photos/set1", "layers": ["relu2"], "top": 3}
+        changed = poll(client, client.post(BASE, json=body).json()["url"])
+        assert changed["state"] == "succeeded", changed
+        assert (changed["result"]["scan"], changed["result"]["images"]) == (scan_id, 8)
+    finally:
+        (Path(str(direct.root)) / "p9.png").unlink()
+
 
 @pytest.mark.parametrize(
     ("folder", "status"),

@@ -155,3 +155,23 @@ def test_a_folder_without_images_is_an_error(tmp_path: Path, tiny_engine: Engine
     with pytest.raises(InvalidRequestError, match="no images"):
         run_scan(tiny_engine, folder_source(tmp_path / "empty"), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_cancelled_scan_keeps_its_progress_and_resumes(
+    tmp_path: Path, image_dir: Path, tiny_engine: Engine, reference: Path
+) -> None:
+    out = tmp_path / "scan"
+    source = folder_source(image_dir)
+    asked: list[int] = []
+
+    def should_stop() -> bool:
+        asked.append(1)
+        return len(asked) >= 2  # at the second checkpoint
+
+    options = {"layers": LAYERS, "top": 5, "batch_size": 3}
+    result = run_scan(tiny_engine, source, out, checkpoint_images=3, should_stop=should_stop, **options)
+    assert result.status == "cancelled" and result.scanned == 6
+    assert ScanStore(out).progress().images_done == 6
+    resumed = run_scan(tiny_engine, source, out, resume=True, **options)
+    assert (resumed.status, resumed.scanned) == ("complete", 8)
+    assert rows(out) == rows(reference)

@@ -243,6 +243,7 @@ def start_scan(request: Request, engine: EngineDep, body: Annotated[ScanRequest,
             lambda: folder_source(folder, confine=True),
             layers=layers,
             top=body.top,
+            replace=True,  # the folder changed since its last scan: scan it anew
             extra={"label": label, "folder": label},
         )
     else:
