@@ -297,6 +297,25 @@ def evaluate(
     }
 
 
+def sgd_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    radius: float = 0.1,
+    criterion: nn.Module | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One SGD step, then the paper's renormalisation: every conv filter whose RMS now
+    exceeds `radius` is scaled back to it (0: off). Returns (loss, logits, filters rescaled)."""
+    logits = model(x)
+    loss = (criterion or nn.CrossEntropyLoss())(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    rescaled = renormalise_filters(model, radius) if radius > 0 else 0
+    return loss.detach(), logits.detach(), rescaled
+
+
 # ---- the run ----------------------------------------------------------------------------------------
 @dataclass
 class TrainResult:
@@ -451,14 +470,9 @@ def train(
                 images = augment(images, generator, prepared.data.flip)
             x = normalise_batch(images, mean, std)
             y = prepared.train.labels[index]
-            logits = model(x)
-            loss = criterion(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if config.radius > 0:
-                rescaled += renormalise_filters(model, config.radius)
-            loss_sum += float(loss.detach()) * len(y)
+            loss, logits, count = sgd_step(model, optimizer, x, y, config.radius, criterion)
+            rescaled += count
+            loss_sum += float(loss) * len(y)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
             bar.update(1)

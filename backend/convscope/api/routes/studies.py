@@ -14,17 +14,20 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query
-from fastapi.responses import FileResponse, PlainTextResponse
+from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
+from convscope.api.caching import Rendered, etag_of, png_response
 from convscope.api.deps import StateDep
-from convscope.api.routes.common import PNG_CONTENT, errors
+from convscope.api.routes.common import errors, png
 from convscope.api.state import AppState
 from convscope.errors import NotFoundError
 from convscope.studies.store import StudyFile, find_studies
 
 router = APIRouter(tags=["studies"])
+
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
 
 StudyId = Annotated[
     str,
@@ -95,15 +98,17 @@ def get_study(study_id: StudyId, state: StateDep) -> dict[str, Any]:
 
 @router.get(
     "/studies/{study_id}/image.png",
-    response_class=FileResponse,
+    response_class=Response,
     summary="the study's image (the evolution montage: rows = feature maps, columns = epochs)",
-    responses={200: {"description": "PNG", "content": PNG_CONTENT}, **errors(404)},
+    responses={**png("the montage"), **errors(404)},
 )
-def study_image(study_id: StudyId, state: StateDep) -> FileResponse:
+def study_image(study_id: StudyId, request: Request, state: StateDep) -> Response:
     path = _find(state, study_id).related("image")
-    if path is None or path.suffix.lower() != ".png":
+    if path is None or path.suffix.lower() != ".png" or path.stat().st_size > MAX_IMAGE_BYTES:
         raise NotFoundError(f"study {study_id!r} has no image")
-    return FileResponse(path, media_type="image/png", headers={"Cache-Control": "no-cache"})
+    body = path.read_bytes()
+    # a study may be rewritten in place (same id): revalidate every time, cheaply, by ETag
+    return png_response(request, Rendered(body, etag_of(body)), "no-cache")
 
 
 @router.get(
