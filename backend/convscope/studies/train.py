@@ -406,6 +406,11 @@ def train(
             raise InvalidRequestError(
                 f"{folder} holds a different training run; pass another --out or --no-resume to start over"
             )
+        if int(state["epoch"]) > config.epochs:
+            raise InvalidRequestError(
+                f"{folder} holds a run already trained for {int(state['epoch'])} epochs (> {config.epochs}); "
+                "pass another --out or --no-resume"
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
