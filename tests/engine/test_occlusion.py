@@ -215,11 +215,6 @@ def test_real_architecture_random_weights() -> None:
     _assert_matches_oracle(engine, image, result, target=None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Engine.forward_batch keeps a layer's output uncloned under no_grad (engine/capture.py), so an "
-    "in-place activation right after the layer (VGG's ReLU(inplace=True)) rewrites the recorded map",
-)
 def test_activity_is_the_layer_output_even_before_an_inplace_relu() -> None:
     engine = tiny_engine(inplace_last=True)
     conv3 = engine.model.module.get_submodule("features.conv3")

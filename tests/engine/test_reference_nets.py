@@ -202,3 +202,21 @@ def test_hooks_are_removed_even_on_error() -> None:
     with pytest.raises(RuntimeError, match="boom"):
         engine.predict(engine.prepare(Image.new("RGB", (32, 32))))
     assert not net.conv._forward_hooks
+
+
+def test_forward_batch_keeps_pre_activation_outputs() -> None:
+    """A conv followed by ReLU(inplace=True): the recorded conv output keeps its negative values,
+    in plain inference (`forward_batch`) as in the recorded forward pass."""
+    from fixtures.nets import alexnet_shaped
+
+    net = alexnet_shaped()
+    net(torch.zeros(1, 3, 127, 127))
+    engine = make_engine(net, 127)
+    image = engine.prepare(load_sample("coffee"))
+    with torch.no_grad():
+        expected = net.conv1(image.tensor)
+    assert float(expected.min()) < 0
+    _, outputs = engine.forward_batch(image.tensor, ["conv1", "relu1"])
+    assert torch.allclose(outputs["conv1"], expected, atol=1e-5)
+    assert float(outputs["relu1"].min()) >= 0
+    assert torch.allclose(engine.activations(image, "conv1"), expected[0], atol=1e-5)

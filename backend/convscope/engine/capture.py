@@ -1,9 +1,10 @@
 """Recording the 4-D outputs of named modules during one forward pass.
 
 `LayerCapture` owns all the hooks it registers and removes them on exit, even on
-error. Each hooked module's output is kept as it was produced and a clone is
-passed on, so in-place operations further down (`out += identity`, in-place
-activations) never rewrite a recorded output or its autograd history.
+error. Each hooked module's output is kept as it was produced: with a graph, the
+original is kept and a clone passed on; without one, a copy is kept. Either way
+in-place operations further down (`out += identity`, in-place activations) never
+rewrite a recorded output or its autograd history.
 """
 
 from __future__ import annotations
@@ -32,11 +33,15 @@ class LayerCapture:
 
     def _hook(self, name: str) -> Any:
         def hook(module: nn.Module, inputs: Any, output: Any) -> Any:
-            if isinstance(output, torch.Tensor) and output.dim() == 4:
-                if name not in self.outputs:
-                    self.outputs[name] = output
-                    self.kinds[name] = type(module).__name__
-                return output.clone() if output.requires_grad else output
+            if not (isinstance(output, torch.Tensor) and output.dim() == 4) or name in self.outputs:
+                return None
+            self.kinds[name] = type(module).__name__
+            if output.requires_grad:
+                # keep the original (and its graph); the network goes on with a copy
+                self.outputs[name] = output
+                return output.clone()
+            # no graph: keep a copy, so a later in-place op (ReLU(inplace=True)) cannot rewrite it
+            self.outputs[name] = output.clone()
             return None
 
         return hook

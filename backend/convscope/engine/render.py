@@ -14,11 +14,8 @@ def contrast_normalise(projection: torch.Tensor) -> np.ndarray:
     """A 3×S×S raw projection as an S×S×3 uint8 image, per-image min-max to 0..255 (as in the paper)."""
     array = projection.detach().double().cpu().numpy()
     low, high = float(array.min()), float(array.max())
-    scaled: np.ndarray
-    if high - low < 1e-12:
-        scaled = np.full(array.shape, 128.0)
-    else:
-        scaled = (array - low) / (high - low) * 255.0
+    flat = high - low < 1e-12
+    scaled: np.ndarray = np.full(array.shape, 128.0) if flat else (array - low) / (high - low) * 255.0
     return np.ascontiguousarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8).transpose(1, 2, 0))
 
 
