@@ -8,6 +8,8 @@ every other endpoint (scans, analyses) must at least never answer 5xx.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -42,6 +44,8 @@ CONTRACT_PATHS = {
     "/api/jobs/{job_id}",
 }
 
+SCAN_DIR = tempfile.mkdtemp(prefix="convscope-fuzz-scans-")
+
 # Built at import (cheap: models load when the app starts, in the fixture below).
 app = create_app(
     Settings.model_validate(
@@ -54,6 +58,7 @@ app = create_app(
             "store_max_images": 8,
             "frontend_dir": None,
             "scan_on_startup": False,
+            "scan_dir": SCAN_DIR,  # hermetic: no scans from ~/.cache
         }
     )
 )
@@ -73,6 +78,7 @@ def _started() -> Iterator[None]:
         state.jobs.cancel(job.id)
         state.jobs.wait(job.id, 60)
     shutdown_lifespans()
+    shutil.rmtree(SCAN_DIR, ignore_errors=True)
 
 
 @schema.parametrize()

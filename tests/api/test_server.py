@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,12 @@ CONVSCOPE = str(Path(sys.executable).parent / "convscope")
 
 
 def start_server(port: int, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    environment = {**os.environ, "CONVSCOPE_SCAN_ON_STARTUP": "false", **(env or {})}
+    environment = {
+        **os.environ,
+        "CONVSCOPE_SCAN_ON_STARTUP": "false",
+        "CONVSCOPE_SCAN_DIR": str(Path(tempfile.gettempdir()) / "convscope-test-scans"),
+        **(env or {}),
+    }
     return subprocess.Popen(
         [CONVSCOPE, "serve", "--host", "127.0.0.1", "--port", str(port), *args],
         env=environment,
