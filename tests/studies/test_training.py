@@ -56,6 +56,9 @@ def test_a_folder_holding_another_run_is_refused(tmp_path) -> None:
     train(TrainConfig(data="faces", epochs=1, limit=40, checkpoint_epochs="none"), tmp_path)
     with pytest.raises(InvalidRequestError, match="different training run"):
         train(TrainConfig(data="faces", epochs=1, limit=40, lr=0.05, checkpoint_epochs="none"), tmp_path)
+    train(TrainConfig(data="faces", epochs=2, limit=40, checkpoint_epochs="none"), tmp_path)
+    with pytest.raises(InvalidRequestError, match="already trained for 2 epochs"):  # a smaller budget is no resume
+        train(TrainConfig(data="faces", epochs=1, limit=40, checkpoint_epochs="none"), tmp_path)
 
 
 def test_checkpoint_epoch_lists() -> None:

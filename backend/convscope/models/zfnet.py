@@ -86,7 +86,16 @@ class ZFNet(nn.Module):
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.features(x), 1))
+        features = torch.flatten(self.features(x), 1)
+        first = self.classifier[0]
+        if isinstance(first, nn.Linear) and features.shape[1] != first.in_features:
+            from convscope.errors import InvalidRequestError
+
+            side = self.input_size
+            raise InvalidRequestError(
+                f"this ZFNet was built for {side}×{side} inputs, not {x.shape[-2]}×{x.shape[-1]} (load it with input size {side}, e.g. --size {side})"
+            )
+        return self.classifier(features)
 
 
 def zfnet(num_classes: int = 1000) -> ZFNet:
