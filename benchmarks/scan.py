@@ -21,7 +21,8 @@ Then `convscope scan` runs as a subprocess under `torchrun --standalone --nproc-
 for P = 1 and 2 (the same folder, batch size and layers); the figure is the scan's own
 time from the manifest (`progress.seconds`: first batch to last checkpoint, without
 start-up and model loading). torchrun gives each of 2+ processes one thread
-(OMP_NUM_THREADS=1); a single process uses every core.
+(OMP_NUM_THREADS=1); a single process uses every core, and is also timed with one thread
+to tell the two effects apart.
 
     .venv/bin/python benchmarks/scan.py                     # the recorded run
     .venv/bin/python benchmarks/scan.py --images 32 --rounds 1 --processes 1
@@ -111,13 +112,20 @@ def scan_once(engine: Engine, folder: Path, work: Path, layers: list[str], batch
     shutil.rmtree(out)
 
 
-def torchrun_scan(processes: int, args: argparse.Namespace, folder: Path, work: Path, layers: list[str]) -> float:
-    out = work / f"torchrun-{processes}"
+def torchrun_scan(
+    processes: int, threads: int | None, args: argparse.Namespace, folder: Path, work: Path, layers: list[str]
+) -> float:
+    """`convscope scan` under torchrun; `threads` sets OMP_NUM_THREADS (None: torchrun's default)."""
+    out = work / f"torchrun-{processes}-{threads}"
     torchrun = Path(sys.executable).with_name("torchrun")
     command = [str(torchrun), "--standalone", "--nproc-per-node", str(processes), "-m", "convscope", "scan"]
     command += ["--model", args.model, "--images", str(folder), "--out", str(out), "--layers", ",".join(layers)]
     command += ["--batch-size", str(args.batch_size), "--device", args.device]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    env = dict(os.environ)
+    env.pop("OMP_NUM_THREADS", None)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         raise SystemExit(f"torchrun with {processes} processes failed:\n{done.stderr[-3000:]}")
     seconds = float(json.loads((out / "manifest.json").read_text())["progress"]["seconds"])
@@ -186,20 +194,27 @@ def main() -> None:
 
         counts = [int(p) for p in args.processes.split(",") if p.strip()]
         if counts:
-            spans: dict[int, list[float]] = {p: [] for p in counts}
+            # (processes, OMP threads per process): torchrun gives 2+ processes one thread each;
+            # one process with every core, and with one thread, for comparison
+            configs: list[tuple[int, int | None]] = []
+            for processes in counts:
+                configs += [(1, None), (1, 1)] if processes == 1 else [(processes, None)]
+            spans: dict[tuple[int, int | None], list[float]] = {config: [] for config in configs}
             for _ in range(args.rounds):  # interleaved, like the above
-                for processes in counts:
-                    spans[processes].append(torchrun_scan(processes, args, folder, work, layers))
+                for processes, threads in configs:
+                    spans[(processes, threads)].append(torchrun_scan(processes, threads, args, folder, work, layers))
             print(
                 f"\n# convscope scan under torchrun (the scan's own seconds, from its manifest; best of {args.rounds})"
             )
-            first = min(spans[counts[0]])
-            for processes in counts:
-                seconds = min(spans[processes])
-                spread = ", ".join(f"{t:.1f}" for t in spans[processes])
+            first = min(spans[configs[0]])
+            for processes, threads in configs:
+                seconds = min(spans[(processes, threads)])
+                spread = ", ".join(f"{t:.1f}" for t in spans[(processes, threads)])
+                each = "1 thread" if threads == 1 or processes > 1 else f"{os.cpu_count()} threads"
+                label = f"{processes} process{'es' if processes > 1 else ''} × {each}"
                 print(
-                    f"{processes} process{'es' if processes > 1 else '  '} {seconds:8.2f} s {args.images / seconds:8.1f} img/s "
-                    f"{first / seconds:6.2f}× vs {counts[0]}   (all runs: {spread} s)"
+                    f"{label:24s} {seconds:7.2f} s {args.images / seconds:6.1f} img/s "
+                    f"{first / seconds:5.2f}× vs the first   (all runs: {spread} s)"
                 )
 
 

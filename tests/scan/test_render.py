@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from convscope.cli import main as cli_main
 from convscope.engine import Engine
 from convscope.engine.render import contrast_normalise
 from convscope.images import prepare_image
@@ -132,7 +133,9 @@ def test_projections_refuse_other_weights(tmp_path: Path, image_dir: Path, tiny_
         renderer.png("relu1", 0, 0, "projection")
 
 
-def test_montage_in_python_and_from_the_cli(tmp_path: Path, image_dir: Path, tiny_engine: Engine) -> None:
+def test_montage_in_python_and_from_the_cli(
+    tmp_path: Path, image_dir: Path, tiny_engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "scan"
     run_scan(tiny_engine, folder_source(image_dir), out, layers="relu2", top=9, batch_size=8)
     image = montage(ScanRenderer(ScanStore(out), engine=tiny_engine), "relu2", [0, 3], tile=20, columns=2)
@@ -146,5 +149,7 @@ def test_montage_in_python_and_from_the_cli(tmp_path: Path, image_dir: Path, tin
     with Image.open(png) as written:
         assert written.size[0] > 4 * block and written.mode == "RGB"
     assert len(list((out / "cache" / "relu2").glob("*/*-projection.png"))) == 5 * 9  # channels 0-3 and 5
-    missing = run_cli("montage", "--scan", str(out), "--layer", "relu9", "--out", str(png))
-    assert missing.returncode == 2 and "relu9" in missing.stderr
+    # the same command in process: a layer the scan does not have is one line and exit 2
+    assert cli_main(["montage", "--scan", str(out), "--layer", "relu9", "--out", str(png)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("convscope montage: error:") and "relu9" in error[0]
