@@ -12,14 +12,13 @@
 // The current model and image are store.get().model / .image. The tab id is kept
 // in the URL hash as `tab=ID`.
 //
-// The Occlusion view (paper Fig. 7, POST /api/models/{m}/images/{id}/occlusion)
-// is reserved here: write js/panels/occlusion.js and set its `module`.
+// The Occlusion view (paper Fig. 7) is js/panels/occlusion.js.
 
 import { h } from "./util.js";
 
 export const TABS = [
   { id: "explore", label: "Explore" },
-  { id: "occlusion", label: "Occlusion", module: null /* "./panels/occlusion.js" */ },
+  { id: "occlusion", label: "Occlusion", module: "./panels/occlusion.js" },
   { id: "invariance", label: "Invariance", module: "./invariance.js" },
   { id: "correspondence", label: "Correspondence", module: "./correspondence.js" },
   { id: "architecture", label: "Architecture", module: "./architecture.js" },

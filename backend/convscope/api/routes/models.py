@@ -3,12 +3,18 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from pydantic import BaseModel
 
 from convscope.api.deps import EngineDep, PoolDep, PreparedDep
 from convscope.api.routes.common import MODEL_ERRORS, errors
 from convscope.api.schemas import LayerResponse, ModelInfo, PredictionResponse
 
 router = APIRouter(tags=["models"])
+
+
+class LabelInfo(BaseModel):
+    index: int
+    label: str
 
 
 @router.get("/models", response_model=list[ModelInfo], summary="the loaded models", responses=errors(503))
@@ -34,6 +40,16 @@ async def list_models(pool: PoolDep) -> list[ModelInfo]:
 )
 async def list_layers(engine: EngineDep) -> list[dict[str, object]]:
     return [info.to_dict() for info in engine.layers()]
+
+
+@router.get(
+    "/models/{model}/labels",
+    response_model=list[LabelInfo],
+    summary="the model's class labels, by class index (for choosing an occlusion target)",
+    responses=errors(404, 422, 503),
+)
+async def list_labels(engine: EngineDep) -> list[LabelInfo]:
+    return [LabelInfo(index=index, label=label) for index, label in enumerate(engine.labels)]
 
 
 @router.get(
