@@ -22,6 +22,7 @@ export const TABS = [
   { id: "invariance", label: "Invariance", module: "./invariance.js" },
   { id: "correspondence", label: "Correspondence", module: "./correspondence.js" },
   { id: "architecture", label: "Architecture", module: "./architecture.js" },
+  { id: "studies", label: "Studies", module: "./studies.js" },
 ];
 
 export function createTabs({ nav, main, store, ctx }) {
