@@ -9,7 +9,7 @@ Baseline, in the same run: the same projections called in-process (`Engine.proje
 encoding, no HTTP), to show what the server adds. Target (issue 3): p95 <= 150 ms with 4 clients
 on a 2-core CPU.
 
-Usage: python benchmarks/server.py [--requests 120] [--model efficientnet_lite0] [--json OUT]
+Usage: python benchmarks/server.py [--requests 120] [--model efficientnet_lite0] [--torch-threads N] [--json OUT]
 """
 
 from __future__ import annotations
@@ -61,10 +61,11 @@ def workload(channels: dict[str, int], count: int) -> list[dict[str, object]]:
     return requests
 
 
-def start(model: str, port: int) -> tuple[subprocess.Popen[bytes], float, float]:
+def start(model: str, port: int, threads: int | None) -> tuple[subprocess.Popen[bytes], float, float]:
     """Start the server; seconds until the port accepts connections and until /api/health is 200."""
     env = {
         **os.environ,
+        **({"CONVSCOPE_TORCH_THREADS": str(threads)} if threads else {}),
         "CONVSCOPE_RESPONSE_CACHE_ENTRIES": "0",
         "CONVSCOPE_SCAN_ON_STARTUP": "false",
         "CONVSCOPE_LOG_LEVEL": "warning",
@@ -141,11 +142,14 @@ def main() -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--requests", type=int, default=120, help="requests per scenario")
     parser.add_argument("--json", default=None, help="write the figures here as JSON")
+    parser.add_argument("--torch-threads", type=int, default=None, help="torch threads, server and baseline")
     args = parser.parse_args()
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    process, listening, healthy = start(args.model, port)
+    process, listening, healthy = start(args.model, port, args.torch_threads)
     try:
         layers = httpx.get(f"{base}/api/models/{args.model}/layers", timeout=60).json()
         channels = {row["name"]: row["channels"] for row in layers if row["name"] in LAYERS}
@@ -154,6 +158,7 @@ def main() -> None:
         run_clients(base, args.model, workload(channels, 16), 4)
         figures: dict[str, object] = {
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+            "torch_threads": torch.get_num_threads(),
             "load_average": os.getloadavg(),
             "model": args.model,
             "startup_listening_s": round(listening, 2),
@@ -187,7 +192,10 @@ def main() -> None:
     figures["load_average_after"] = os.getloadavg()
 
     loads = ", ".join(f"{x:.1f}" for x in figures["load_average"])  # type: ignore[attr-defined]
-    print(f"convscope server benchmark — {figures['machine']}, load average at start {loads}")
+    print(
+        f"convscope server benchmark — {figures['machine']}, {figures['torch_threads']} torch threads, "
+        f"load average at start {loads}"
+    )
     print(f"model {args.model}, image {IMAGE}, layers {', '.join(LAYERS)}; {args.requests} distinct requests each")
     print(f"start-up: listening after {listening:.2f} s, healthy (model loaded) after {healthy:.2f} s")
     print(f"{'scenario':28s} {'p50 ms':>8s} {'p95 ms':>8s} {'max ms':>8s} {'req/s':>7s}")

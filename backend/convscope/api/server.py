@@ -44,6 +44,10 @@ def run_server(
     """Serve until interrupted. Exit status 0, or 1 when the models cannot be loaded."""
     settings = build_settings(host, port, models, device)
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    if settings.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
