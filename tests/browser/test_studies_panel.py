@@ -1,0 +1,133 @@
+"""The Studies view (issue 9) in Debian's Chromium against a real server whose studies
+folder holds small real finished studies (training, Fig. 4, Table 3, Table 7)."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from playwright.sync_api import expect
+
+from browser.conftest import ROOT, VIEWPORT, _free_port, get_json
+from studies.helpers import ABLATION_VARIANTS, EVOLUTION_COLS, EVOLUTION_ROWS, make_studies
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def studies_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`convscope serve` with CONVSCOPE_STUDIES_DIR set (and a tiny model: this view needs none)."""
+    folder = make_studies(tmp_path_factory.mktemp("browser-studies") / "studies")
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+        "CONVSCOPE_DEVICE": "cpu",
+        "CONVSCOPE_MODELS": "fixtures.custom_models:small_zfnet",
+        "CONVSCOPE_SCAN_ON_STARTUP": "false",
+        "CONVSCOPE_STUDIES_DIR": str(folder),
+    }
+    log_path = folder.parent / "server.log"
+    command = [sys.executable, "-m", "convscope", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"the server exited: {log_path.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{base}/api/health", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the server was not healthy: {log_path.read_text()[-2000:]}")
+            time.sleep(0.25)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+
+
+def test_studies_view_shows_tables_and_steps_through_epochs(chromium: Any, studies_url: str, screenshots: Path) -> None:
+    listing = get_json(f"{studies_url}/api/studies")["studies"]
+    context = chromium.new_context(viewport=VIEWPORT, device_scale_factor=1)
+    context.set_default_timeout(60_000)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        page.goto(f"{studies_url}/#tab=studies")
+        panel = page.locator('[data-tab-panel="studies"]')
+        expect(panel).to_have_attribute("data-ready", "true")
+        expect(page.get_by_role("tab", name="Studies")).to_have_attribute("aria-selected", "true")
+        items = panel.locator('[data-role="study-item"]')
+        expect(items).to_have_count(len(listing))
+        assert [items.nth(i).get_attribute("data-id") for i in range(len(listing))] == [s["id"] for s in listing]
+
+        # Table 3: one row per variant, the numbers the API holds
+        ablation = get_json(f"{studies_url}/api/studies/faces-ablation~ablation")
+        panel.locator('[data-role="study-item"][data-kind="ablation"]').click()
+        rows = panel.locator('[data-role="ablation-table"] tbody tr')
+        expect(rows).to_have_count(len(ABLATION_VARIANTS.split(";")))
+        for i, variant in enumerate(ablation["variants"]):
+            cells = rows.nth(i).locator("td")
+            expect(cells.nth(0)).to_have_text(variant["label"])
+            expect(cells.nth(3)).to_have_text(f"{100 * (1 - variant['val_top1']['mean']):.1f}")
+        expect(panel.locator('[data-role="study-title"]')).to_have_text(ablation["title"])
+
+        # Table 7: one row per layer
+        probe = get_json(f"{studies_url}/api/studies/digits-probe")
+        panel.locator('[data-role="study-item"][data-kind="probe"]').click()
+        rows = panel.locator('[data-role="probe-table"] tbody tr')
+        expect(rows).to_have_count(len(probe["layers"]))
+        expect(rows.nth(0).locator("td").nth(2)).to_have_text(
+            f"{100 * probe['layers'][0]['svm']['mean']:.1f} ± {100 * probe['layers'][0]['svm']['std']:.1f}"
+        )
+
+        # Fig. 4: the chosen epoch's column, tile for tile the montage's
+        evolution = get_json(f"{studies_url}/api/studies/digits-evolution")
+        panel.locator('[data-role="study-item"][data-kind="evolution"]').click()
+        expect(panel).to_have_attribute("data-montage", "loaded")
+        slider = panel.locator('[data-role="evolution-slider"]')
+        assert slider.get_attribute("max") == str(EVOLUTION_COLS - 1)
+        column = panel.locator('[data-role="evolution-column"] canvas')
+        expect(column).to_have_count(EVOLUTION_ROWS)
+        with urllib.request.urlopen(f"{studies_url}{evolution['image_url']}") as response:
+            montage = np.asarray(Image.open(io.BytesIO(response.read())).convert("RGB"))
+        geometry, tile = evolution["geometry"], evolution["geometry"]["tile"]
+        for c, epoch in enumerate(evolution["epochs"]):
+            slider.focus()
+            slider.fill(str(c))
+            expect(panel.locator('[data-role="evolution-epoch"]')).to_have_text(f"epoch {epoch:g}")
+            expect(panel.locator('[data-role="evolution-column"]')).to_have_attribute("data-col", str(c))
+            for r in range(EVOLUTION_ROWS):
+                drawn = column.nth(r).evaluate(
+                    "(canvas) => Array.from(canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data)"
+                )
+                shown = np.array(drawn, dtype=np.uint8).reshape(tile, tile, 4)[..., :3]
+                y, x = geometry["row_y"][r], geometry["col_x"][c]
+                assert np.array_equal(shown, montage[y : y + tile, x : x + tile]), (r, c)
+        page.screenshot(path=str(screenshots / "studies-evolution.png"), full_page=True)
+    finally:
+        context.close()
+    assert not errors, errors
