@@ -400,6 +400,9 @@ def _add_study_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore
     ev.add_argument("--per-layer", type=_positive_int, default=4, help="random channels per layer (seeded)")
     ev.add_argument("--epochs", default=None, help="only these checkpoints, e.g. 1,2,5,10")
     ev.add_argument("--crop", default="rf", choices=["rf", "full"], help="tile: the receptive field or the input")
+    ev.add_argument(
+        "--color", default="auto", choices=["auto", "rgb", "gray"], help="gray: the projection's grey component"
+    )
     ev.add_argument("--tile", type=_positive_int, default=64, help="tile side in pixels")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

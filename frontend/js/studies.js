@@ -46,6 +46,7 @@ const CSS = `
 .stu-cell b { font-family: var(--mono); color: var(--text); font-weight: 500; }
 .stu-montage { position: relative; display: inline-block; max-width: 100%; overflow: auto; }
 .stu-montage img { display: block; max-width: 100%; height: auto; border-radius: 4px; background: #fff; }
+.stu-drift td.on { color: var(--accent); }
 .stu-montage .hl { position: absolute; border: 2px solid var(--accent); border-radius: 3px; pointer-events: none; box-shadow: 0 0 0 9999px rgba(0, 0, 0, 0.28); }
 @media (max-width: 1100px) { .stu { grid-template-columns: 1fr; } .stu-evo { grid-template-columns: 1fr; } }
 `;
@@ -301,8 +302,10 @@ function renderEvolution(doc) {
     ),
   );
 
+  const drift = doc.drift && doc.drift.layers.length ? driftTable(doc) : null;
   const draw = () => {
     const c = Number(slider.value);
+    if (drift) for (const cell of drift.querySelectorAll("[data-col]")) cell.classList.toggle("on", cell.dataset.col === String(c));
     label.value = `epoch ${epochText(doc.epochs[c])}`;
     label.textContent = label.value;
     column.dataset.col = String(c);
@@ -356,10 +359,26 @@ function renderEvolution(doc) {
     h(
       "p",
       { class: "stu-note" },
-      "Each tile: the strongest activation of that feature map across the image set at that checkpoint, projected to pixel space with the deconvnet (paper Fig. 4). " +
-        "Rows are feature maps, columns epochs; lower layers settle within a few epochs, upper ones keep changing.",
+      "Each tile: the strongest activation of that feature map across the image set at that checkpoint, projected to pixel space with the deconvnet (paper Fig. 4)" +
+        (doc.color === "gray" ? ", shown as its grey component (the images are grey)" : "") +
+        ". Rows are feature maps, columns epochs; in the paper lower layers settle within a few epochs, upper ones only after many.",
     ),
+    drift,
   ];
+}
+
+function driftTable(doc) {
+  const { h } = ctx;
+  const head = ["Layer", ...doc.epochs.map(epochText)];
+  const rows = doc.drift.layers.map((layer, i) =>
+    h("tr", {}, h("td", {}, layer.split(".").pop()), ...doc.drift.values[i].map((v, c) => h("td", { dataset: { col: c } }, v.toFixed(2)))),
+  );
+  return h(
+    "div",
+    {},
+    h("p", { class: "stu-note" }, "How far each layer's weights still are from the last checkpoint's, ‖W − W_last‖ / ‖W_last‖ (0: settled):"),
+    h("table", { class: "stu-table stu-drift", "data-role": "evolution-drift" }, h("thead", {}, h("tr", {}, ...head.map((t) => h("th", {}, t)))), h("tbody", {}, ...rows)),
+  );
 }
 
 // ---- training runs -------------------------------------------------------------------------

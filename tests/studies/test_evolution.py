@@ -49,6 +49,13 @@ def test_montage_rows_and_columns_are_channels_and_checkpoints(run: Path, digits
     assert [r["layer"] for r in doc["rows"]] == ["features.conv1"] * 3 + ["features.conv2"] * 2 + ["features.conv5"] * 2
     geometry = doc["geometry"]
     assert montage.size == (geometry["width"], geometry["height"])
+    assert doc["color"] == "gray"  # digits are grey: tiles show the projection's grey component
+    pixels_rgb = np.asarray(montage).astype(int)
+    assert np.array_equal(pixels_rgb[..., 0], pixels_rgb[..., 1])
+    drift = doc["drift"]
+    assert drift["layers"][0] == "features.conv1" and drift["layers"][-1] == "classifier.fc8"
+    assert all(len(row) == cols and row[-1] == 0.0 for row in drift["values"])
+    assert all(row[0] > 0 for row in drift["values"])  # epoch 0 (the init) differs from epoch 2
     assert len(geometry["row_y"]) == rows and len(geometry["col_x"]) == cols
     assert geometry["col_x"][-1] + 40 <= montage.width and geometry["row_y"][-1] + 40 <= montage.height
 

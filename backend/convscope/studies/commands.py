@@ -115,6 +115,7 @@ def evolution_main(args: argparse.Namespace) -> int:
             per_layer=args.per_layer,
             seed=args.seed,
             crop=args.crop,
+            color=args.color,
             tile=args.tile,
             device=args.device,
             title=title,

@@ -75,6 +75,15 @@ class ImageSet:
         for start in range(0, len(self), batch_size):
             yield self.subset(range(start, min(start + batch_size, len(self)))).tensor(size, mean, std)
 
+    def is_gray(self, sample: int = 64) -> bool:
+        """Whether the images are grey (R = G = B), judged on up to `sample` of them."""
+        step = max(1, len(self) // sample)
+        for image in self.images[::step]:
+            array = np.asarray(image.convert("RGB"), dtype=np.int16)
+            if np.any(array[..., 0] != array[..., 1]) or np.any(array[..., 1] != array[..., 2]):
+                return False
+        return True
+
     def describe(self) -> dict[str, object]:
         counts = np.bincount(self.labels, minlength=self.num_classes)
         return {"name": self.name, "images": len(self), "classes": self.classes, "per_class": counts.tolist()}

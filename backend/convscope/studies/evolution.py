@@ -28,6 +28,7 @@ from convscope.studies.data import ImageSet
 from convscope.studies.store import FORMAT_VERSION
 
 CROPS = ("rf", "full")
+COLORS = ("auto", "rgb", "gray")
 Progress = Callable[[int, int], None]
 
 
@@ -103,6 +104,14 @@ def _strongest(
     return best
 
 
+def gray_projection(projection: torch.Tensor, std: Sequence[float]) -> torch.Tensor:
+    """A 3×S×S projection seen in grey-pixel space (for grey image sets, where R = G = B):
+    a grey change δ moves normalised channel c by δ/std_c, so the grey component is
+    Σ_c p_c / std_c, shown in all three channels."""
+    weights = torch.tensor([1.0 / s for s in std], dtype=projection.dtype).view(3, 1, 1)
+    return (projection * weights).sum(dim=0, keepdim=True).expand(3, -1, -1)
+
+
 def _tile(projection: torch.Tensor, box: tuple[int, int, int, int] | None, size: int, tile: int) -> Image.Image:
     """The projection (cropped to `box`, clamped into the image) as a tile×tile RGB image."""
     if box is not None:
@@ -124,6 +133,7 @@ def feature_evolution(
     per_layer: int = 4,
     seed: int = 0,
     crop: str = "rf",
+    color: str = "auto",
     tile: int = 64,
     device: str = "auto",
     batch_size: int = 128,
@@ -137,6 +147,9 @@ def feature_evolution(
         raise InvalidRequestError("the image set is empty")
     if crop not in CROPS:
         raise InvalidRequestError(f"unknown crop {crop!r}; use rf or full")
+    if color not in COLORS:
+        raise InvalidRequestError(f"unknown colour mode {color!r}; use auto, rgb or gray")
+    gray = images.is_gray() if color == "auto" else color == "gray"
     if per_layer < 1 or tile < 8:
         raise InvalidRequestError("channels per layer must be ≥ 1 and tiles ≥ 8 pixels")
     began = time.perf_counter()
@@ -173,7 +186,8 @@ def feature_evolution(
             result = engine.project(prepared, layer, channel, mode="deconvnet", select="max")
             y, x = result.seed_position
             box = engine.layer(layer).receptive_field.box(y, x, size) if crop == "rf" else None
-            column_tiles.append(_tile(result.projection, box, size, tile))
+            projection = gray_projection(result.projection, engine.model.std) if gray else result.projection
+            column_tiles.append(_tile(projection, box, size, tile))
             column.append(
                 {
                     "layer": layer,
@@ -205,11 +219,28 @@ def feature_evolution(
         "shape": {"rows": len(rows), "cols": len(checkpoints)},
         "cells": cells,
         "crop": crop,
+        "color": "gray" if gray else "rgb",
         "geometry": geometry,
+        "drift": weight_drift(checkpoints),
         "images": {"dataset": images.name, "count": len(images)},
         "seconds": time.perf_counter() - began,
     }
     return EvolutionResult(document, montage)
+
+
+def weight_drift(checkpoints: Sequence[Checkpoint]) -> dict[str, Any]:
+    """How far each layer's weights still are from the last checkpoint's: ‖W_e − W_last‖ / ‖W_last‖
+    per layer (rows) and checkpoint (columns). A layer has settled once its row is near 0."""
+    from convscope.models.weights import read_state_dict
+
+    states = [read_state_dict(c.path) for c in checkpoints]
+    last = states[-1]
+    names = [k for k, v in last.items() if k.endswith(".weight") and v.dim() in (2, 4)]
+    values = []
+    for name in names:
+        norm = float(last[name].float().norm()) or 1.0
+        values.append([float((state[name].float() - last[name].float()).norm()) / norm for state in states])
+    return {"layers": [name.removesuffix(".weight") for name in names], "values": values}
 
 
 def _montage(
