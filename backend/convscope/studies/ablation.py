@@ -215,7 +215,9 @@ def ablate(
         "top5": top5,
         "variants": rows,
         "markdown": "ablation.md",
-        "seconds": time.perf_counter() - began,
+        # training time of every run (kept across resumed invocations), and this invocation's wall time
+        "seconds": sum(row["seconds"] for row in rows),
+        "wall_seconds": time.perf_counter() - began,
     }
     markdown = ablation_markdown(document)
     write_text(folder / "ablation.md", markdown)
@@ -243,6 +245,6 @@ def ablation_markdown(document: dict[str, Any]) -> str:
         f"{document['title']}. {document['epochs']} epochs, seed{'s' if len(seeds) > 1 else ''} "
         f"{', '.join(str(s) for s in seeds)}"
         + (" (mean ± std over seeds)" if len(seeds) > 1 else "")
-        + f"; {document['seconds']:.0f} s in all.\n\n"
+        + f"; {document['seconds']:.0f} s of training in all.\n\n"
     )
     return note + markdown_table(header, rows)
