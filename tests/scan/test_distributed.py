@@ -28,7 +28,7 @@ def test_two_processes_equal_one(tmp_path: Path, image_dir: Path) -> None:
     # batch size 2: 7 batches, 4 on rank 0 and 3 on rank 1; a checkpoint (merge) after every round
     common = ["--model", TINY, "--images", str(image_dir), "--size", str(SIZE), "--layers", "all"]
     common += ["--top", "4", "--batch-size", "2", "--checkpoint-every", "4", "--device", "cpu"]
-    single = run_cli("scan", *common, "--out", str(tmp_path / "one"))
+    single = run_cli("scan", *common, "--workers", "1", "--out", str(tmp_path / "one"))  # + a reader process
     assert single.returncode == 0, single.stderr
     launcher = [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "convscope"]
     double = run_cli("scan", *common, "--out", str(tmp_path / "two"), launcher=launcher)
