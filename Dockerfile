@@ -16,18 +16,21 @@ ARG TORCHVISION_VERSION=0.29.1
 # TORCH_HOME: torch.hub's cache; torchvision's ImageNet weights are read from $TORCH_HOME/hub/checkpoints/.
 # HF_HOME: the Hugging Face cache (timm). Both live on the /data/cache volume, owned by the service user.
 # CONVSCOPE_FRONTEND_DIR: the dashboard copied below (explicit, so it does not depend on the install layout).
+# CONVSCOPE_SCAN_DIR / CONVSCOPE_STUDIES_DIR: top-9 scans and finished studies persist on the same volume.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     TORCH_HOME=/data/cache \
     HF_HOME=/data/cache/huggingface \
-    CONVSCOPE_FRONTEND_DIR=/app/frontend
+    CONVSCOPE_FRONTEND_DIR=/app/frontend \
+    CONVSCOPE_SCAN_DIR=/data/cache/scans \
+    CONVSCOPE_STUDIES_DIR=/data/cache/studies
 
 # The service user: fixed UID/GID 10001 so volume and bind-mount ownership is predictable across hosts.
 RUN groupadd --system --gid 10001 convscope \
     && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/convscope \
         --shell /usr/sbin/nologin convscope \
-    && mkdir -p /data/cache/hub/checkpoints /data/cache/huggingface \
+    && mkdir -p /data/cache/hub/checkpoints /data/cache/huggingface /data/cache/scans /data/cache/studies \
     && chown -R 10001:10001 /data
 
 WORKDIR /app
