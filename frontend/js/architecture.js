@@ -7,6 +7,8 @@
 // normalised on its own as in the paper. POST .../analyses/dead-channels counts,
 // as a job, the channels never positive over the sample photos.
 
+import { runJob } from "./jobs.js";
+
 const SVG = "http://www.w3.org/2000/svg";
 const BAND_COLOURS = ["#3ee0ff", "#f0b43c", "#ff7a6b"]; // low, mid, high
 
@@ -49,7 +51,6 @@ let running = null;
 const el = {};
 
 const enc = encodeURIComponent;
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const model = () => ctx.store.get().model;
 
 function injectStyle() {
@@ -58,19 +59,6 @@ function injectStyle() {
   style.id = "css-analysis-architecture";
   style.textContent = CSS;
   document.head.append(style);
-}
-
-async function runJob(url, body, onProgress, job) {
-  const started = await ctx.api.postJson(url, body);
-  job.url = started.url;
-  for (;;) {
-    const state = await ctx.request(started.url);
-    onProgress(state);
-    if (state.state === "succeeded") return state.result;
-    if (state.state === "failed") throw new Error(state.error?.detail || "the study failed on the server");
-    if (state.state === "cancelled") throw Object.assign(new Error("cancelled"), { aborted: true });
-    await sleep(300);
-  }
 }
 
 function svg(tag, attrs = {}, ...children) {
@@ -259,7 +247,7 @@ async function runDead() {
   el.progress.value = 0;
   root.dataset.dead = "running";
   try {
-    const data = await runJob(`/api/models/${enc(m)}/analyses/dead-channels`, {}, (s) => (el.progress.value = s.progress), job);
+    const data = await runJob(ctx, `/api/models/${enc(m)}/analyses/dead-channels`, {}, (s) => (el.progress.value = s.progress), job);
     if (running !== job || model() !== m) return;
     dead = data;
     deadModel = m;

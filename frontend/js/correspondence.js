@@ -7,6 +7,8 @@
 // two layers. Lower Δ = the part's occlusion changes the features the same way in
 // every image. POST /api/models/{m}/analyses/correspondence runs it as a job.
 
+import { cancelJob, runJob } from "./jobs.js";
+
 const PART_COLOURS = ["#ff7a6b", "#6fd08c", "#3ee0ff", "#f0b43c", "#c792ea", "#ff9edb", "#9fb4ff", "#e0e0e0"];
 const MAX_IMAGES = 16;
 
@@ -60,7 +62,6 @@ const pictures = new Map(); // image id -> HTMLImageElement
 const el = {};
 
 const enc = encodeURIComponent;
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 function injectStyle() {
   if (document.getElementById("css-analysis-correspondence")) return;
@@ -68,19 +69,6 @@ function injectStyle() {
   style.id = "css-analysis-correspondence";
   style.textContent = CSS;
   document.head.append(style);
-}
-
-async function runJob(url, body, onProgress, job) {
-  const started = await ctx.api.postJson(url, body);
-  job.url = started.url;
-  for (;;) {
-    const state = await ctx.request(started.url);
-    onProgress(state);
-    if (state.state === "succeeded") return state.result;
-    if (state.state === "failed") throw new Error(state.error?.detail || "the study failed on the server");
-    if (state.state === "cancelled") throw Object.assign(new Error("cancelled"), { aborted: true });
-    await sleep(job.cancelled ? 100 : 300);
-  }
 }
 
 const colourOf = (part) => PART_COLOURS[Math.max(0, parts.indexOf(part)) % PART_COLOURS.length];
@@ -394,7 +382,7 @@ async function run() {
   el.progress.value = 0;
   root.dataset.state = "running";
   try {
-    const data = await runJob(`/api/models/${enc(model())}/analyses/correspondence`, body, (s) => (el.progress.value = s.progress), job);
+    const data = await runJob(ctx, `/api/models/${enc(model())}/analyses/correspondence`, body, (s) => (el.progress.value = s.progress), job);
     if (running !== job) return;
     result = data;
     renderTable();
@@ -414,13 +402,7 @@ async function run() {
 }
 
 async function cancel() {
-  if (!running?.url) return;
-  running.cancelled = true;
-  try {
-    await ctx.request(running.url, { init: { method: "DELETE" } });
-  } catch {
-    /* already finished */
-  }
+  await cancelJob(ctx, running);
 }
 
 function renderTable() {

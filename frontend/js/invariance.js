@@ -7,6 +7,8 @@
 // Three hand-drawn SVG charts show every chosen image as one line; hovering a chart
 // reads out all images' values at that step and shows the transformed copy.
 
+import { cancelJob, runJob } from "./jobs.js";
+
 const SVG = "http://www.w3.org/2000/svg";
 const COLOURS = ["#f0b43c", "#3ee0ff", "#ff7a6b", "#6fd08c", "#c792ea", "#ff9edb", "#9fb4ff", "#e0e0e0"];
 const RANGES = {
@@ -69,21 +71,6 @@ function injectStyle() {
 }
 
 const enc = encodeURIComponent;
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** POST a study, poll its job until it finishes; → the result. */
-async function runJob(url, body, onProgress, job) {
-  const started = await ctx.api.postJson(url, body);
-  job.url = started.url;
-  for (;;) {
-    const state = await ctx.request(started.url);
-    onProgress(state);
-    if (state.state === "succeeded") return state.result;
-    if (state.state === "failed") throw new Error(state.error?.detail || "the study failed on the server");
-    if (state.state === "cancelled") throw Object.assign(new Error("cancelled"), { aborted: true });
-    await sleep(job.cancelled ? 100 : 300);
-  }
-}
 
 function fmt(value) {
   if (value === null || value === undefined || Number.isNaN(value)) return "–";
@@ -262,7 +249,7 @@ async function run() {
   el.progress.value = 0;
   root.dataset.state = "running";
   try {
-    const data = await runJob(`/api/models/${enc(model)}/analyses/invariance`, body, (s) => (el.progress.value = s.progress), job);
+    const data = await runJob(ctx, `/api/models/${enc(model)}/analyses/invariance`, body, (s) => (el.progress.value = s.progress), job);
     if (running !== job) return;
     result = { ...data, model };
     hoverIndex = null;
@@ -283,13 +270,7 @@ async function run() {
 }
 
 async function cancel() {
-  if (!running?.url) return;
-  running.cancelled = true;
-  try {
-    await ctx.request(running.url, { init: { method: "DELETE" } });
-  } catch {
-    /* already finished */
-  }
+  await cancelJob(ctx, running);
 }
 
 // ---- charts ------------------------------------------------------------------------------------------
