@@ -430,7 +430,9 @@ def _add_study_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore
     pr.add_argument("--pool", type=_positive_int, default=2, help="pool 4-D features to P×P")
     pr.add_argument("--pool-mode", default="avg", choices=["avg", "max"])
     pr.add_argument("--classifiers", default="svm,softmax")
-    pr.add_argument("--C", type=float, default=1.0, help="inverse regularisation of both classifiers")
+    pr.add_argument(
+        "--C", type=float, default=None, help="inverse regularisation of both classifiers (default: SVM 0.1, softmax 1)"
+    )
     pr.add_argument("--size", type=_positive_int, default=None, help="input side (default: the model's)")
     pr.add_argument("--limit", type=_positive_int, default=None, help="a stratified subset of N images")
     pr.add_argument("--batch-size", type=_positive_int, default=32)
