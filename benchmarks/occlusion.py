@@ -15,7 +15,9 @@ Both are timed at each of a few batch sizes (`batch_size`, `perturbations_per_ev
 interleaved so that a slow spell on a shared machine hits both, and each is reported
 at its best (over batch sizes and `--rounds`); the plain passes use convscope's best
 batch size. "CPU-s ratios" are Captum/ours and ours/plain again in process CPU seconds,
-which other work on a shared machine disturbs less than wall time.
+which other work on a shared machine disturbs less than wall time. With `--pairs K` the
+three are then timed back to back K more times at their best settings and the medians
+of the per-pair ratios are printed: on a machine whose speed drifts, the most robust figure.
 
 The run also checks that both compute the same thing: Captum's per-pixel attribution
 equals the mean probability drop over the windows that cover the pixel, which is
@@ -31,9 +33,10 @@ import argparse
 import math
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -68,6 +71,7 @@ class Row:
     captum: dict[int, Timing]  # by perturbations_per_eval
     plain: Timing  # at ours' best batch size
     max_diff: float
+    paired: list[tuple[float, float]] = field(default_factory=list)  # per pair: Captum/ours, ours/plain
 
     @staticmethod
     def best(times: dict[int, Timing]) -> int:
@@ -150,6 +154,14 @@ def run(model_name: str, settings: list[tuple[int, int]], args: argparse.Namespa
             wall, cpu, _ = timed(lambda: plain_passes(engine, image.tensor, count, best))  # noqa: B023
             plain.add(wall, cpu)
         row = Row(model_name, f"{size}/{stride}", count, ours, captum, plain, max_diff)
+        ours_batch, captum_ppe = Row.best(ours), Row.best(captum)
+        for _ in range(args.pairs):  # back to back at the best settings: ratios within one spell
+            ours_s, _, _ = timed(lambda: occlude(engine, image, size, stride, batch_size=ours_batch))  # noqa: B023
+            captum_s, _, _ = timed(
+                lambda: captum_occlusion(engine, image.tensor, size, stride, result.target, captum_ppe)  # noqa: B023
+            )
+            plain_s, _, _ = timed(lambda: plain_passes(engine, image.tensor, count, ours_batch))  # noqa: B023
+            row.paired.append((captum_s / ours_s, ours_s / plain_s))
         print(format_row(row), flush=True)
         rows.append(row)
     return rows
@@ -158,7 +170,7 @@ def run(model_name: str, settings: list[tuple[int, int]], args: argparse.Namespa
 HEADER = (
     f"{'model':18s} {'size/stride':>11s} {'N':>4s} {'convscope s (batch)':>19s} {'Captum s (ppe)':>14s} "
     f"{'Captum/ours':>11s} {'N plain s':>9s} {'ours/plain':>10s} {'CPU-s ratios':>12s} {'max |Δattr|':>11s}"
-    "  wall s by batch: ours|Captum"
+    " paired medians  wall s by batch: ours|Captum"
 )
 
 
@@ -167,11 +179,16 @@ def format_row(row: Row) -> str:
     cpu_ours = min(t.cpu for t in row.ours.values())
     cpu_captum = min(t.cpu for t in row.captum.values())
     by_batch = ", ".join(f"{b}: {row.ours[b].wall:.1f}|{row.captum[b].wall:.1f}" for b in row.ours)
+    if row.paired:
+        captum_ratio, plain_ratio = (statistics.median(values) for values in zip(*row.paired, strict=True))
+        paired = f"{captum_ratio:.2f}x {plain_ratio:.2f}x ({len(row.paired)})"
+    else:
+        paired = "-"
     return (
         f"{row.model:18s} {row.setting:>11s} {row.positions:4d} {f'{ours.wall:.1f} ({Row.best(row.ours)})':>19s} "
         f"{f'{captum.wall:.1f} ({Row.best(row.captum)})':>14s} {captum.wall / ours.wall:10.2f}x "
         f"{row.plain.wall:9.1f} {ours.wall / row.plain.wall:9.2f}x "
-        f"{f'{cpu_captum / cpu_ours:.2f}x {cpu_ours / row.plain.cpu:.2f}x':>12s} {row.max_diff:11.1e}  {by_batch}"
+        f"{f'{cpu_captum / cpu_ours:.2f}x {cpu_ours / row.plain.cpu:.2f}x':>12s} {row.max_diff:11.1e} {paired:>14s}  {by_batch}"
     )
 
 
@@ -188,6 +205,13 @@ def main() -> None:
         help="batch sizes: convscope's batch_size and Captum's perturbations_per_eval, each at its best",
     )
     parser.add_argument("--rounds", type=int, default=1, help="repeat the sweep; each time is the best of the rounds")
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=0,
+        help="then time ours, Captum and plain back to back this many times at their best settings and "
+        "report the median ratios (robust on a shared machine)",
+    )
     parser.add_argument("--image", default="chelsea")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
