@@ -7,7 +7,7 @@ For each model and layer, on the same input:
   - K=9: the strongest activation of 9 channels, one `project_many` call (cold: includes the
     forward pass) against nine Captum calls.
 Targets (issue 2): K=9 at least 5x faster than nine Captum calls; warm K=1 at most 0.5x one
-Captum call. Usage: python benchmarks/projection.py [--device cpu|cuda] [--repeats N]
+Captum call. Usage: python benchmarks/projection.py [--device cpu|cuda] [--repeats N] [--tf32]
 """
 
 from __future__ import annotations
@@ -48,10 +48,10 @@ def timed(fn: Callable[[], object], repeats: int, setup: Callable[[], object] | 
     return statistics.median(times)
 
 
-def bench(model_name: str, layer: str, device: str, repeats: int) -> dict[str, float]:
+def bench(model_name: str, layer: str, device: str, repeats: int, tf32: bool) -> dict[str, float]:
     torch.manual_seed(0)
     loaded = load_model(model_name, pretrained=(model_name == "efficientnet_lite0"))
-    engine = Engine(loaded, device_name=device, cache_size=4)
+    engine = Engine(loaded, device_name=device, cache_size=4, tf32=tf32)  # the TF32 flag is global: Captum too
     image = engine.prepare(load_sample("chelsea"))
     maps = engine.activations(image, layer)
     channels = maps.flatten(1).amax(1).argsort(descending=True)[:9].tolist()
@@ -87,6 +87,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--tf32", action="store_true", help="CUDA: let convolutions use TF32 (both sides)")
     args = parser.parse_args()
     torch.set_grad_enabled(True)
     where = (
@@ -94,7 +95,8 @@ def main() -> None:
         if args.device.startswith("cuda")
         else f"{platform.processor() or 'CPU'}, {torch.get_num_threads()} threads"
     )
-    print(f"# projection benchmark, device={args.device} ({where}), torch {torch.__version__}")
+    precision = " TF32" if args.tf32 and args.device.startswith("cuda") else ""
+    print(f"# projection benchmark, device={args.device} ({where}){precision}, torch {torch.__version__}")
     print(
         "model              layer          captum1   warm1  cold1  | captum9  cold9  warm9 | warm1/captum1  captum9/cold9  captum9/warm9"
     )
@@ -104,7 +106,7 @@ def main() -> None:
         ("efficientnet_lite0", "blocks.5"),
         ("efficientnet_lite0", "blocks.2"),
     ):
-        r = bench(model_name, layer, args.device, args.repeats)
+        r = bench(model_name, layer, args.device, args.repeats, args.tf32)
         print(
             f"{model_name:18s} {layer:12s} {r['captum_k1'] * 1e3:7.1f}ms {r['warm_k1'] * 1e3:6.1f} {r['cold_k1'] * 1e3:6.1f} | "
             f"{r['captum_k9'] * 1e3:7.1f} {r['cold_k9'] * 1e3:6.1f} {r['warm_k9'] * 1e3:6.1f} | "

@@ -9,7 +9,8 @@ Baseline, in the same run: the same projections called in-process (`Engine.proje
 encoding, no HTTP), to show what the server adds. Target (issue 3): p95 <= 150 ms with 4 clients
 on a 2-core CPU.
 
-Usage: python benchmarks/server.py [--requests 120] [--model efficientnet_lite0] [--torch-threads N] [--json OUT]
+Usage: python benchmarks/server.py [--requests 120] [--model efficientnet_lite0] [--torch-threads N] [--device cpu|cuda]
+       [--json OUT]
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def device_label(device: str) -> str:
+    return torch.cuda.get_device_name(0) if device == "cuda" else "CPU only"
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
@@ -61,16 +66,17 @@ def workload(channels: dict[str, int], count: int) -> list[dict[str, object]]:
     return requests
 
 
-def start(model: str, port: int, threads: int | None) -> tuple[subprocess.Popen[bytes], float, float]:
+def start(model: str, port: int, threads: int | None, device: str) -> tuple[subprocess.Popen[bytes], float, float]:
     """Start the server; seconds until the port accepts connections and until /api/health is 200."""
     env = {
         **os.environ,
+        "CONVSCOPE_DEVICE": device,
         **({"CONVSCOPE_TORCH_THREADS": str(threads)} if threads else {}),
         "CONVSCOPE_RESPONSE_CACHE_ENTRIES": "0",
         "CONVSCOPE_SCAN_ON_STARTUP": "false",
         "CONVSCOPE_LOG_LEVEL": "warning",
     }
-    command = [str(Path(sys.executable).parent / "convscope"), "serve", "--port", str(port), "--model", model]
+    command = [sys.executable, "-m", "convscope", "serve", "--port", str(port), "--model", model]
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     listening = healthy = None
@@ -119,12 +125,12 @@ def run_clients(base: str, model: str, requests: list[dict[str, object]], client
     return latencies, time.perf_counter() - begin
 
 
-def in_process(model: str, requests: list[dict[str, object]]) -> tuple[list[float], list[float]]:
+def in_process(model: str, requests: list[dict[str, object]], device: str) -> tuple[list[float], list[float]]:
     """The baseline: the same projections without HTTP (forward pass cached, as for the server).
 
     Returns wall-clock and process CPU milliseconds per projection; the CPU figure is the one to
     read when other work shares the machine (it still counts torch's worker threads spinning)."""
-    engine = Engine(load_model(model), device_name="cpu")
+    engine = Engine(load_model(model), device_name=device)
     image = engine.prepare(load_sample(IMAGE))
     engine.predict(image)
     wall, cpu = [], []
@@ -143,13 +149,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=120, help="requests per scenario")
     parser.add_argument("--json", default=None, help="write the figures here as JSON")
     parser.add_argument("--torch-threads", type=int, default=None, help="torch threads, server and baseline")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="server and baseline")
     args = parser.parse_args()
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    process, listening, healthy = start(args.model, port, args.torch_threads)
+    process, listening, healthy = start(args.model, port, args.torch_threads, args.device)
     try:
         layers = httpx.get(f"{base}/api/models/{args.model}/layers", timeout=60).json()
         channels = {row["name"]: row["channels"] for row in layers if row["name"] in LAYERS}
@@ -157,7 +164,7 @@ def main() -> None:
         httpx.get(f"{base}/api/models/{args.model}/images/{IMAGE}/predictions", timeout=60)
         run_clients(base, args.model, workload(channels, 16), 4)
         figures: dict[str, object] = {
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {device_label(args.device)}",
             "torch_threads": torch.get_num_threads(),
             "load_average": os.getloadavg(),
             "model": args.model,
@@ -182,7 +189,7 @@ def main() -> None:
         process.send_signal(signal.SIGTERM)
         process.wait(60)
 
-    baseline, baseline_cpu = in_process(args.model, requests)
+    baseline, baseline_cpu = in_process(args.model, requests, args.device)
     figures["in_process"] = {
         "p50_ms": round(statistics.median(baseline), 1),
         "p95_ms": round(percentile(baseline, 95), 1),

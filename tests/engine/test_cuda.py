@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from convscope.engine import Engine, Seed
+from convscope.engine.occlusion import occlude
 from convscope.models import load_model
 from convscope.samples import load_sample
 
@@ -28,6 +30,28 @@ def test_cuda_matches_cpu(mode: str) -> None:
         scale = float(b.projection.abs().max())
         assert float((a.projection - b.projection).abs().max()) <= 1e-3 * scale
     assert [p.index for p in gpu.predict(image)] == [p.index for p in cpu.predict(image)]
+
+
+def test_cuda_engine_computes_in_float32_unless_asked_for_tf32() -> None:
+    Engine(load_model("zfnet", pretrained=False), device_name="cuda")
+    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    try:
+        Engine(load_model("zfnet", pretrained=False), device_name="cuda", tf32=True)
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        Engine(load_model("zfnet", pretrained=False), device_name="cuda")
+
+
+def test_occlusion_on_cuda_matches_the_cpu() -> None:
+    cpu = Engine(load_model(), device_name="cpu")
+    gpu = Engine(load_model(), device_name="cuda")
+    image = cpu.prepare(load_sample("chelsea"))
+    expected = occlude(cpu, image, size=48, stride=32, batch_size=4)
+    actual = occlude(gpu, image, size=48, stride=32, batch_size=4)  # several batches in flight
+    assert (actual.target, actual.channel) == (expected.target, expected.channel)
+    np.testing.assert_allclose(actual.probability, expected.probability, atol=1e-5)
+    np.testing.assert_allclose(actual.activity, expected.activity, rtol=1e-4)
+    assert (actual.top_label == expected.top_label).all()
 
 
 def test_auto_picks_cuda() -> None:

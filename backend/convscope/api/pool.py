@@ -53,7 +53,12 @@ class ModelPool:
         try:
             for name in self.names:
                 model = self._loader(name, self.settings)
-                engine = Engine(model, device_name=self.settings.device, cache_size=self.settings.engine_cache_size)
+                engine = Engine(
+                    model,
+                    device_name=self.settings.device,
+                    cache_size=self.settings.engine_cache_size,
+                    tf32=self.settings.tf32,
+                )
                 self._engines[name] = engine
                 log.info("loaded model %s on %s (%d layers)", name, engine.device, len(engine.layers()))
         except ConvscopeError as exc:

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     input_size: int = Field(default=224, ge=16, le=1024, description="model input side S")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     engine_cache_size: int = Field(default=8, ge=1, description="recorded forward passes kept per model")
+    tf32: bool = Field(
+        default=False, description="CUDA: let convolutions use TF32 (faster; projections then differ from the CPU's)"
+    )
     torch_threads: int | None = Field(
         default=None, ge=1, description="torch intra-op threads for `convscope serve` (default: torch's choice)"
     )

@@ -101,6 +101,26 @@ def occlusion_grid(image_size: int, size: int, stride: int) -> tuple[int, int, l
     return count, count, [(y, x) for y in starts for x in starts]
 
 
+class _Occluders:
+    """Boolean masks (K×1×H×W, true inside the occluder) for a run of grid positions,
+    built on the device with a few tensor operations instead of one slice per position."""
+
+    def __init__(
+        self, positions: list[tuple[int, int]], size: int, height: int, width: int, device: torch.device
+    ) -> None:
+        corners = torch.tensor(positions, dtype=torch.int64, device=device).reshape(-1, 2)
+        self._ys, self._xs = corners[:, 0:1], corners[:, 1:2]
+        self._rows = torch.arange(height, device=device)[None, :]
+        self._cols = torch.arange(width, device=device)[None, :]
+        self._size = size
+
+    def masks(self, start: int, end: int) -> torch.Tensor:
+        ys, xs = self._ys[start:end], self._xs[start:end]
+        in_rows = (self._rows >= ys) & (self._rows < ys + self._size)  # K×H
+        in_cols = (self._cols >= xs) & (self._cols < xs + self._size)  # K×W
+        return (in_rows[:, :, None] & in_cols[:, None, :])[:, None]
+
+
 def _check_target(target: Any, num_classes: int) -> int:
     target = _as_int(target, "target class")
     if not 0 <= target < num_classes:
@@ -166,25 +186,45 @@ def occlude(
     activity = torch.empty(total, dtype=torch.float64)
     device_base = base.to(engine.device)
     buffer = torch.empty((min(batch_size, total), *base.shape[1:]), dtype=base.dtype, device=engine.device)
+    occluders = _Occluders(positions, size, base.shape[-2], base.shape[-1], engine.device)
+    # One batch stays in flight: batch i's results are fetched only once batch i+1 has been
+    # queued, and progress is at most one batch ahead of what has been computed. (On CUDA a
+    # plain `.cpu()` copy is stream-ordered, so it still waits for batch i+1 as well; the
+    # overlap this buys there is partial. On the CPU everything simply runs in order.)
+    pending: tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def collect(start: int, end: int, p: torch.Tensor, label: torch.Tensor, act: torch.Tensor) -> None:
+        probability[start:end] = p.cpu()
+        top_label[start:end] = label.cpu()
+        activity[start:end] = act.cpu()
+        if progress is not None:
+            progress(end, total)
+
     batches = 0
     for start in range(0, total, batch_size):
         if should_stop is not None and should_stop():
+            if pending is not None:
+                collect(*pending)  # what was computed is reported before giving up
             raise OcclusionCancelled(start, total)
-        chunk = positions[start : start + batch_size]
-        batch = buffer[: len(chunk)]
-        batch.copy_(device_base.expand_as(batch))
-        for row, (y, x) in zip(batch, chunk, strict=True):
-            row[:, y : y + size, x : x + size] = 0.0
+        end = min(start + batch_size, total)
+        batch = buffer[: end - start]
+        batch.copy_(device_base.expand_as(batch)).masked_fill_(occluders.masks(start, end), 0.0)
         logits, outputs = engine.forward_batch(batch, [layer_name])
         probs = torch.softmax(logits.float(), dim=1)
-        end = start + len(chunk)
-        probability[start:end] = probs[:, target].double().cpu()
-        top_label[start:end] = probs.argmax(dim=1).cpu()
-        activity[start:end] = outputs[layer_name][:, channel].double().sum(dim=(1, 2)).cpu()
+        current = (
+            start,
+            end,
+            probs[:, target].double(),
+            probs.argmax(dim=1),
+            outputs[layer_name][:, channel].double().sum(dim=(1, 2)),
+        )
         del logits, outputs, probs
         batches += 1
-        if progress is not None:
-            progress(end, total)
+        if pending is not None:
+            collect(*pending)
+        pending = current
+    if pending is not None:
+        collect(*pending)
 
     top_map = top_label.reshape(rows, cols).numpy()
     occurring = {int(i) for i in np.unique(top_map)} | {unoccluded_top, target}
