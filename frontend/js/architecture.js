@@ -7,9 +7,9 @@
 // normalised on its own as in the paper. POST .../analyses/dead-channels counts,
 // as a job, the channels never positive over the sample photos.
 
+import { injectStyle, svg } from "./util.js";
 import { runJob } from "./jobs.js";
 
-const SVG = "http://www.w3.org/2000/svg";
 const BAND_COLOURS = ["#3ee0ff", "#f0b43c", "#ff7a6b"]; // low, mid, high
 
 const CSS = `
@@ -52,21 +52,6 @@ const el = {};
 
 const enc = encodeURIComponent;
 const model = () => ctx.store.get().model;
-
-function injectStyle() {
-  if (document.getElementById("css-analysis-architecture")) return;
-  const style = document.createElement("style");
-  style.id = "css-analysis-architecture";
-  style.textContent = CSS;
-  document.head.append(style);
-}
-
-function svg(tag, attrs = {}, ...children) {
-  const node = document.createElementNS(SVG, tag);
-  for (const [k, v] of Object.entries(attrs)) if (v !== null && v !== undefined) node.setAttribute(k, String(v));
-  for (const child of children) if (child) node.append(child);
-  return node;
-}
 
 // ---- layout ---------------------------------------------------------------------------------------------
 function build() {
@@ -304,7 +289,7 @@ function renderDead() {
 export async function mount(panel, context) {
   ctx = context;
   root = panel;
-  injectStyle();
+  injectStyle("css-analysis-architecture", CSS);
   build();
   renderLayerChoices();
   await loadFilters();

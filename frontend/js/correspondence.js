@@ -7,6 +7,7 @@
 // two layers. Lower Δ = the part's occlusion changes the features the same way in
 // every image. POST /api/models/{m}/analyses/correspondence runs it as a job.
 
+import { injectStyle } from "./util.js";
 import { cancelJob, runJob } from "./jobs.js";
 
 const PART_COLOURS = ["#ff7a6b", "#6fd08c", "#3ee0ff", "#f0b43c", "#c792ea", "#ff9edb", "#9fb4ff", "#e0e0e0"];
@@ -62,14 +63,6 @@ const pictures = new Map(); // image id -> HTMLImageElement
 const el = {};
 
 const enc = encodeURIComponent;
-
-function injectStyle() {
-  if (document.getElementById("css-analysis-correspondence")) return;
-  const style = document.createElement("style");
-  style.id = "css-analysis-correspondence";
-  style.textContent = CSS;
-  document.head.append(style);
-}
 
 const colourOf = (part) => PART_COLOURS[Math.max(0, parts.indexOf(part)) % PART_COLOURS.length];
 const model = () => ctx.store.get().model;
@@ -445,7 +438,7 @@ function renderTable() {
 export async function mount(panel, context) {
   ctx = context;
   root = panel;
-  injectStyle();
+  injectStyle("css-analysis-correspondence", CSS);
   build();
   const info = (ctx.models() || []).find((m) => m.name === model());
   size = info?.input_size || 224;

@@ -7,9 +7,9 @@
 // Three hand-drawn SVG charts show every chosen image as one line; hovering a chart
 // reads out all images' values at that step and shows the transformed copy.
 
+import { injectStyle, svg } from "./util.js";
 import { cancelJob, runJob } from "./jobs.js";
 
-const SVG = "http://www.w3.org/2000/svg";
 const COLOURS = ["#f0b43c", "#3ee0ff", "#ff7a6b", "#6fd08c", "#c792ea", "#ff9edb", "#9fb4ff", "#e0e0e0"];
 const RANGES = {
   translation: { start: -60, stop: 60, steps: 13, unit: "px", label: "vertical translation (px)" },
@@ -61,14 +61,6 @@ let result = null;
 let running = null; // { url, cancelled }
 let hoverIndex = null;
 const el = {};
-
-function injectStyle() {
-  if (document.getElementById("css-analysis-invariance")) return;
-  const style = document.createElement("style");
-  style.id = "css-analysis-invariance";
-  style.textContent = CSS;
-  document.head.append(style);
-}
 
 const enc = encodeURIComponent;
 
@@ -285,13 +277,6 @@ function niceTicks(lo, hi, count = 5) {
   return ticks;
 }
 
-function svg(tag, attrs = {}, ...children) {
-  const node = document.createElementNS(SVG, tag);
-  for (const [k, v] of Object.entries(attrs)) if (v !== null && v !== undefined) node.setAttribute(k, String(v));
-  for (const child of children) if (child) node.append(child);
-  return node;
-}
-
 /** One line chart; returns {node, setCursor(index)}. */
 function lineChart({ role, title, xs, series, yMax: fixedMax = null, onHover }) {
   const W = 320;
@@ -442,7 +427,7 @@ function hover(index, { sticky = false } = {}) {
 export async function mount(panel, context) {
   ctx = context;
   root = panel;
-  injectStyle();
+  injectStyle("css-analysis-invariance", CSS);
   build();
   renderLayers();
   try {

@@ -10,6 +10,8 @@
 //   - training: loss and accuracy per epoch.
 // Long training runs are CLI jobs; this view only reads their results.
 
+import { injectStyle } from "./util.js";
+
 const CSS = `
 .stu { display: grid; grid-template-columns: 290px minmax(0, 1fr); gap: var(--gap); align-items: start; }
 .stu .panel { gap: 8px; }
@@ -63,14 +65,6 @@ const el = {};
 
 const enc = encodeURIComponent;
 const pct = (value) => (value === null || value === undefined || Number.isNaN(value) ? "–" : (100 * value).toFixed(1));
-
-function injectStyle() {
-  if (document.getElementById("css-studies")) return;
-  const style = document.createElement("style");
-  style.id = "css-studies";
-  style.textContent = CSS;
-  document.head.append(style);
-}
 
 /** "97.2 ± 0.4" for a {mean, std, n} of fractions; `error` shows 100 − accuracy. */
 function stat(s, { error = false } = {}) {
@@ -417,7 +411,7 @@ function renderTraining(doc) {
 export async function mount(panel, context) {
   ctx = context;
   root = panel;
-  injectStyle();
+  injectStyle("css-studies", CSS);
   build();
   await load();
   root.dataset.ready = "true";

@@ -107,3 +107,22 @@ export function blobToImage(blob) {
     img.src = url;
   });
 }
+
+/** Add a module's stylesheet to the page once: a <style id=...> in <head>. */
+export function injectStyle(id, css) {
+  if (document.getElementById(id)) return;
+  const style = document.createElement("style");
+  style.id = id;
+  style.textContent = css;
+  document.head.append(style);
+}
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+/** Create an SVG element: svg("rect", {x: 1, width: 4}, child); null/undefined attributes and children are left out. */
+export function svg(tag, attrs = {}, ...children) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs)) if (v !== null && v !== undefined) node.setAttribute(k, String(v));
+  for (const child of children) if (child) node.append(child);
+  return node;
+}

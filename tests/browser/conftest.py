@@ -64,19 +64,12 @@ def get_json(url: str) -> Any:
         return json.loads(response.read())
 
 
-@pytest.fixture(scope="session")
-def server_url() -> Iterator[str]:
-    """Base URL of a real `convscope serve` subprocess (killed at the end of the session)."""
+@contextlib.contextmanager
+def running_server(settings: dict[str, str], log_path: Path) -> Iterator[str]:
+    """`python -m convscope serve` on a free loopback port with these CONVSCOPE_* (and other)
+    environment settings; yields its base URL once /api/health is 200, stops it on exit."""
     port = _free_port()
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log_path = ARTIFACTS / "browser-server.log"
-    env = {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
-        "CONVSCOPE_DEVICE": os.environ.get("CONVSCOPE_DEVICE", "cpu"),
-        # a second model (the paper's architecture, random weights: loads in a second) for the model picker
-        "CONVSCOPE_MODELS": "efficientnet_lite0,zfnet",
-    }
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **settings}
     command = [sys.executable, "-m", "convscope", "serve", "--host", "127.0.0.1", "--port", str(port)]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -103,6 +96,19 @@ def server_url() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    """Base URL of a real `convscope serve` subprocess (killed at the end of the session)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "CONVSCOPE_DEVICE": os.environ.get("CONVSCOPE_DEVICE", "cpu"),
+        # a second model (the paper's architecture, random weights: loads in a second) for the model picker
+        "CONVSCOPE_MODELS": "efficientnet_lite0,zfnet",
+    }
+    with running_server(settings, ARTIFACTS / "browser-server.log") as base:
+        yield base
 
 
 @pytest.fixture(scope="session")

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -19,7 +16,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect
 
-from browser.conftest import ROOT, VIEWPORT, _free_port, get_json
+from browser.conftest import ROOT, VIEWPORT, get_json, running_server
 from studies.helpers import ABLATION_VARIANTS, EVOLUTION_COLS, EVOLUTION_ROWS, make_studies
 
 pytestmark = pytest.mark.browser
@@ -29,43 +26,15 @@ pytestmark = pytest.mark.browser
 def studies_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`convscope serve` with CONVSCOPE_STUDIES_DIR set (and a tiny model: this view needs none)."""
     folder = make_studies(tmp_path_factory.mktemp("browser-studies") / "studies")
-    port = _free_port()
-    env = {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
+    settings = {
         "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
         "CONVSCOPE_DEVICE": "cpu",
         "CONVSCOPE_MODELS": "fixtures.custom_models:small_zfnet",
         "CONVSCOPE_SCAN_ON_STARTUP": "false",
         "CONVSCOPE_STUDIES_DIR": str(folder),
     }
-    log_path = folder.parent / "server.log"
-    command = [sys.executable, "-m", "convscope", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the server exited: {log_path.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{base}/api/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server was not healthy: {log_path.read_text()[-2000:]}")
-            time.sleep(0.25)
+    with running_server(settings, folder.parent / "server.log") as base:
         yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
 
 
 def test_studies_view_shows_tables_and_steps_through_epochs(chromium: Any, studies_url: str, screenshots: Path) -> None:
