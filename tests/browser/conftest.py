@@ -127,9 +127,9 @@ def chromium() -> Iterator[Any]:
             browser.close()
 
 
-@pytest.fixture
-def tab(chromium: Any, server_url: str) -> Iterator[Any]:
-    """A fresh 1280×800 page (own context: no shared storage); fails the test on uncaught page errors."""
+@contextlib.contextmanager
+def open_page(chromium: Any) -> Iterator[Any]:
+    """A fresh 1280×800 page (own context: no shared storage); fails on uncaught page errors."""
     context = chromium.new_context(viewport=VIEWPORT, device_scale_factor=1)
     context.set_default_timeout(60_000)
     page = context.new_page()
@@ -140,6 +140,12 @@ def tab(chromium: Any, server_url: str) -> Iterator[Any]:
     finally:
         context.close()
     assert not errors, f"uncaught errors in the page: {errors}"
+
+
+@pytest.fixture
+def tab(chromium: Any, server_url: str) -> Iterator[Any]:
+    with open_page(chromium) as page:
+        yield page
 
 
 @pytest.fixture(scope="session")

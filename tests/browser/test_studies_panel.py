@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect
 
-from browser.conftest import ROOT, VIEWPORT, get_json, running_server
+from browser.conftest import ROOT, get_json, open_page, running_server
 from studies.helpers import ABLATION_VARIANTS, EVOLUTION_COLS, EVOLUTION_ROWS, make_studies
 
 pytestmark = pytest.mark.browser
@@ -39,12 +39,7 @@ def studies_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def test_studies_view_shows_tables_and_steps_through_epochs(chromium: Any, studies_url: str, screenshots: Path) -> None:
     listing = get_json(f"{studies_url}/api/studies")["studies"]
-    context = chromium.new_context(viewport=VIEWPORT, device_scale_factor=1)
-    context.set_default_timeout(60_000)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    try:
+    with open_page(chromium) as page:
         page.goto(f"{studies_url}/#tab=studies")
         panel = page.locator('[data-tab-panel="studies"]')
         expect(panel).to_have_attribute("data-ready", "true")
@@ -97,6 +92,3 @@ def test_studies_view_shows_tables_and_steps_through_epochs(chromium: Any, studi
                 y, x = geometry["row_y"][r], geometry["col_x"][c]
                 assert np.array_equal(shown, montage[y : y + tile, x : x + tile]), (r, c)
         page.screenshot(path=str(screenshots / "studies-evolution.png"), full_page=True)
-    finally:
-        context.close()
-    assert not errors, errors
