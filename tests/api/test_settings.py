@@ -12,7 +12,7 @@ from api.helpers import png, tiny_loader, tiny_settings, wait_ready
 from convscope.api import create_app
 from convscope.api.server import build_settings
 from convscope.api.settings import Settings
-from convscope.cli import build_parser
+from convscope.cli import build_parser, main
 
 
 def test_environment_settings(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -50,6 +50,20 @@ def test_cli_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     assert build_settings(port=8123).port == 8123
     with pytest.raises(ValueError):
         build_settings(device="tpu")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [("CONVSCOPE_TF32", "maybe", "tf32 (CONVSCOPE_TF32) = 'maybe'"), ("CONVSCOPE_PORT", "-3", "port (CONVSCOPE_PORT)")],
+)
+def test_a_bad_environment_setting_is_a_one_line_cli_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str, value: str, named: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("convscope serve: error: invalid setting: ") and named in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_body_limit_is_configurable() -> None:

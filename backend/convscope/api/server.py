@@ -9,11 +9,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import uvicorn
+from pydantic import ValidationError
 
 from convscope.api.app import create_app
 from convscope.api.settings import Settings
+from convscope.errors import InvalidRequestError
 
 log = logging.getLogger("convscope.api")
+
+
+class SettingsError(InvalidRequestError, ValueError):
+    """A bad setting (environment variable or flag); a ValueError like pydantic's own."""
 
 
 def build_settings(
@@ -31,8 +37,20 @@ def build_settings(
         overrides["models"] = list(models)
     if device is not None:
         overrides["device"] = device
-    base = Settings()
-    return Settings.model_validate({**base.model_dump(), **overrides})
+    try:
+        base = Settings()
+        return Settings.model_validate({**base.model_dump(), **overrides})
+    except ValidationError as exc:
+        raise SettingsError(f"invalid setting: {_describe(exc)}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    """Each bad setting as its environment variable, the value given and what is wrong, on one line."""
+    parts = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else "?"
+        parts.append(f"{name} (CONVSCOPE_{name.upper()}) = {error.get('input')!r}: {error['msg']}")
+    return "; ".join(parts)
 
 
 def run_server(
