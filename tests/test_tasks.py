@@ -29,5 +29,5 @@ def test_console_task_tracks_the_total() -> None:
     with ConsoleTask("demo", "img") as task:
         task.report(2, 5)
         task.report(5, 5)
-        assert task._bar.n == 5 and task._bar.total == 5
+        assert (task.done, task.total) == (5, 5)
         assert not task.should_stop()

@@ -92,6 +92,7 @@ class ConsoleTask:
         self.desc = desc
         self.unit = unit
         self.total = total
+        self.done = 0
         self._bar: Any = None
 
     def __enter__(self) -> ConsoleTask:
@@ -101,6 +102,7 @@ class ConsoleTask:
         return self
 
     def report(self, done: int, total: int) -> None:
+        self.done, self.total = done, total or self.total
         if self._bar is None:
             return
         if total and self._bar.total != total:
