@@ -240,3 +240,16 @@ def test_faces_annotation_loads_aligned_lfw_faces() -> None:
     assert image.size == (25, 25) and image.mode == "RGB"
     with pytest.raises(NotFoundError, match="lfw:0"):
         source_image("lfw:100")
+
+
+def test_random_nonzero_summary_is_json_even_when_nothing_moved(engine: Engine) -> None:
+    import json
+
+    images = [(f"n{i}", engine.prepare(noise(30 + i))) for i in range(2)]
+    result = correspondence(engine, images, {"p": [(0, 0, 8, 8)] * 2}, layers=["features.relu2"], draws=3, seed=0)
+    body = correspondence_response(result)
+    summary = body["random"]["delta_nonzero"]["features.relu2"]
+    assert summary["values"] == [] or len(summary["values"]) == 3
+    json.dumps(body, allow_nan=False)
+    result.random_delta_nonzero = [{"p": {"features.relu2": float("nan")}} for _ in range(3)]
+    assert result.random_summary("features.relu2", nonzero=True)["mean"] is None

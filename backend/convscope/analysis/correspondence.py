@@ -276,14 +276,17 @@ class CorrespondenceResult:
         draws = self.random_delta_nonzero if nonzero else self.random_delta
         return random_box_p_value(observed, [draw[part][layer] for draw in draws])
 
-    def random_summary(self, layer: str, part: str | None = None) -> dict[str, Any]:
-        """Mean, spread (std over draws), min and max of the random Δ; per draw, the mean over parts
-        (or one part's same-size boxes)."""
+    def random_summary(self, layer: str, part: str | None = None, nonzero: bool = False) -> dict[str, Any]:
+        """Mean, spread (std over draws), min and max of the random Δ (or Δ≠0); per draw, the mean
+        over parts (or one part's same-size boxes)."""
+        draws = self.random_delta_nonzero if nonzero else self.random_delta
         if part is None:
-            values = [float(np.mean([draw[p][layer] for p in self.parts])) for draw in self.random_delta]
+            values = [_finite_mean([draw[p][layer] for p in self.parts]) for draw in draws]
         else:
-            values = [draw[part][layer] for draw in self.random_delta]
-        array = np.asarray(values, dtype=np.float64)
+            values = [draw[part][layer] for draw in draws]
+        array = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
+        if not len(array):  # Δ≠0 where no pair shared a changed component
+            return {"mean": None, "std": None, "min": None, "max": None, "values": []}
         return {
             "mean": float(array.mean()),
             "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0,
@@ -453,6 +456,7 @@ def correspondence_response(result: CorrespondenceResult) -> dict[str, Any]:
             "draws": result.draws,
             "seed": result.seed,
             "delta": random_all,
+            "delta_nonzero": {layer: result.random_summary(layer, nonzero=True) for layer in result.layers},
             "boxes": [{part: [list(b) for b in boxes] for part, boxes in draw.items()} for draw in result.random_boxes],
         },
         "table": table,
@@ -460,6 +464,11 @@ def correspondence_response(result: CorrespondenceResult) -> dict[str, Any]:
         "forward_passes": result.forward_passes,
         "seconds": round(result.seconds, 3),
     }
+
+
+def _finite_mean(values: Sequence[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
 
 
 def _json_float(value: float) -> float | None:
