@@ -119,6 +119,8 @@ def invariance_main(args: argparse.Namespace) -> int:
             f"probability {min(curve.probability):.3f}…{max(curve.probability):.3f}",
             file=stream,
         )
+    if len(result.curves) > 1:
+        print(f"  n = {len(result.curves)} images; the JSON's summary has the mean ± std per step", file=stream)
     return 0
 
 
