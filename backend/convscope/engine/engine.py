@@ -18,8 +18,9 @@ import torch
 from PIL import Image
 
 from convscope.engine.capture import LayerCapture
+from convscope.engine.graph import path_facts
 from convscope.engine.receptive_field import ReceptiveField, receptive_field
-from convscope.engine.rules import RULES, Rule, RuleBox, RuleMode
+from convscope.engine.rules import MODES, Mode, Rule, RuleBox, RuleMode
 from convscope.errors import InvalidRequestError, NotFoundError
 from convscope.images import PreparedImage, prepare_image
 from convscope.models.spec import LoadedModel
@@ -36,9 +37,18 @@ class LayerInfo:
     height: int
     width: int
     receptive_field: ReceptiveField
+    has_switches: bool = False  # a max-pool with switches lies below (on a path from the input)
+    rules_covered: tuple[str, ...] = ()  # element-wise activations below/at the layer with an engine rule
+    rules_uncovered: tuple[str, ...] = ()  # ... and those without one (plain derivative in every mode)
+
+    @property
+    def auto_mode(self) -> Rule:
+        """What `mode="auto"` resolves to here: the paper's deconvnet where max-pool switches
+        carry the image into the projection, guided backprop where nothing would."""
+        return "deconvnet" if self.has_switches else "guided"
 
     def to_dict(self) -> dict[str, object]:
-        """The JSON shape of DESIGN §6 `GET .../layers` (plus the field's centre offset)."""
+        """The JSON shape of DESIGN §6/§8 `GET .../layers` (plus the field's centre offset)."""
         field_ = self.receptive_field
         return {
             "name": self.name,
@@ -51,6 +61,8 @@ class LayerInfo:
                 "stride": round(field_.stride, 3),
                 "offset": round(field_.offset, 3),
             },
+            "has_switches": self.has_switches,
+            "rules": {"covered": list(self.rules_covered), "uncovered": list(self.rules_uncovered)},
         }
 
 
@@ -75,7 +87,7 @@ class Seed:
 class Projection:
     layer: str
     channel: int
-    mode: Rule
+    mode: Rule  # the rule used (`auto` resolved for the layer)
     select: str
     seed_value: float
     seed_position: tuple[int, int]  # (y, x), or (-1, -1) for the whole map
@@ -177,11 +189,25 @@ class Engine:
         with self._lock:
             record = self._record_tensor(image)
         order = {name: index for index, (name, _) in enumerate(self.model.module.named_modules())}
+        facts = path_facts(record.outputs, record.image)
         infos = []
         for name, output in sorted(record.outputs.items(), key=lambda item: order[item[0]]):
             _, channels, height, width = output.shape
             field_ = receptive_field(output, record.image, size)
-            infos.append(LayerInfo(name, self._kinds[name], int(channels), int(height), int(width), field_))
+            here = facts[name]
+            infos.append(
+                LayerInfo(
+                    name,
+                    self._kinds[name],
+                    int(channels),
+                    int(height),
+                    int(width),
+                    field_,
+                    has_switches=here.has_switches,
+                    rules_covered=tuple(sorted(here.covered)),
+                    rules_uncovered=tuple(sorted(here.uncovered)),
+                )
+            )
         return infos
 
     # ---- forward passes -----------------------------------------------------------
@@ -251,10 +277,17 @@ class Engine:
             return self._record(image).outputs[layer][0].detach().float().cpu()
 
     # ---- projections ----------------------------------------------------------------
-    def _validate(self, layer: str, mode: str, seeds: Sequence[Seed]) -> LayerInfo:
+    def resolve_mode(self, layer: str, mode: str) -> Rule:
+        """The rule a projection of `layer` uses for `mode` (`auto`: see `LayerInfo.auto_mode`)."""
         info = self.layer(layer)
-        if mode not in RULES:
-            raise InvalidRequestError(f"unknown mode {mode!r}; use one of {', '.join(RULES)}")
+        if mode not in MODES:
+            raise InvalidRequestError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+        if mode == "auto":
+            return info.auto_mode
+        return mode  # type: ignore[return-value]
+
+    def _validate(self, layer: str, seeds: Sequence[Seed]) -> LayerInfo:
+        info = self.layer(layer)
         if not seeds:
             raise InvalidRequestError("no seeds to project")
         for seed in seeds:
@@ -277,7 +310,7 @@ class Engine:
         image: PreparedImage,
         layer: str,
         channel: int,
-        mode: Rule = "deconvnet",
+        mode: Mode = "deconvnet",
         select: Select = "max",
         position: tuple[int, int] | None = None,
     ) -> Projection:
@@ -285,18 +318,19 @@ class Engine:
         return self.project_many(image, layer, [Seed(channel, select, position)], mode)[0]
 
     def project_many(
-        self, image: PreparedImage, layer: str, seeds: Sequence[Seed], mode: Rule = "deconvnet"
+        self, image: PreparedImage, layer: str, seeds: Sequence[Seed], mode: Mode = "deconvnet"
     ) -> list[Projection]:
         """Project many seeds of one image in one backward pass; one projection per seed."""
-        self._validate(layer, mode, seeds)
+        rule = self.resolve_mode(layer, mode)
+        self._validate(layer, seeds)
         with self._lock:
             record = self._record(image)
             output = record.outputs[layer]
             grads, values, positions = self._seed_tensor(output, seeds)
-            record.box.rule = mode
+            record.box.rule = rule
             projections = self._backward(output, record.image, grads).float().cpu()
         return [
-            Projection(layer, seed.channel, mode, "position" if seed.position else seed.select, value, pos, proj)
+            Projection(layer, seed.channel, rule, "position" if seed.position else seed.select, value, pos, proj)
             for seed, value, pos, proj in zip(seeds, values, positions, projections, strict=True)
         ]
 

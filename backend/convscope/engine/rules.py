@@ -22,6 +22,10 @@ from torch.overrides import TorchFunctionMode
 
 Rule = Literal["deconvnet", "guided", "gradient"]
 RULES: tuple[Rule, ...] = ("deconvnet", "guided", "gradient")
+# What a caller may ask for: a rule, or `auto` (deconvnet where max-pool switches lie below
+# the layer, guided otherwise; `Engine.resolve_mode`).
+Mode = Literal["auto", "deconvnet", "guided", "gradient"]
+MODES: tuple[Mode, ...] = ("auto", "deconvnet", "guided", "gradient")
 
 
 @dataclass
@@ -48,6 +52,7 @@ class _Rectifier(torch.autograd.Function):
             mask = mask & (x < upper)
         ctx.save_for_backward(mask)
         ctx.box = box
+        ctx.convscope_op = "relu" if upper is None else ("relu6" if upper == 6.0 else "hardtanh")
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:  # type: ignore[override]
@@ -73,6 +78,7 @@ class _RuleSwitch(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
         ctx.box = inputs[2]
+        ctx.convscope_op = "local_response_norm"
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:  # type: ignore[override]
