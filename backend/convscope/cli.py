@@ -57,9 +57,11 @@ def cmd_layers(args: argparse.Namespace) -> int:
     else:
         for row in rows:
             field = row["receptive_field"]
+            uncovered = row["rules"]["uncovered"]  # type: ignore[index]
             print(
                 f"{row['name']:40s} {row['kind']:22s} {row['channels']:5d}×{row['height']}×{row['width']}"
-                f"  rf {field['size']}/{field['stride']}"
+                f"  rf {field['size']}/{field['stride']}  {'switches' if row['has_switches'] else 'no switches'}"
+                + (f"  NO RULE for {', '.join(uncovered)} (plain derivative in every mode)" if uncovered else "")
             )
     return 0
 
@@ -89,7 +91,7 @@ def cmd_project(args: argparse.Namespace) -> int:
     y, x = result.seed_position
     where = "whole map" if y < 0 else f"(y={y}, x={x})"
     print(
-        f"{args.layer} channel {args.channel} {args.mode}/{args.select}: seed {result.seed_value:.4g} at {where} -> {out}"
+        f"{args.layer} channel {args.channel} {result.mode}/{args.select}: seed {result.seed_value:.4g} at {where} -> {out}"
     )
     return 0
 
@@ -245,7 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     project.add_argument("--image", required=True)
     project.add_argument("--layer", required=True)
     project.add_argument("--channel", type=int, required=True)
-    project.add_argument("--mode", default="deconvnet", choices=["deconvnet", "guided", "gradient"])
+    project.add_argument(
+        "--mode",
+        default="deconvnet",
+        choices=["deconvnet", "guided", "gradient", "auto"],
+        help="auto: deconvnet where max-pool switches lie below the layer, guided otherwise",
+    )
     project.add_argument("--select", default="max", choices=["max", "map"])
     project.add_argument("--size", type=_positive_int, default=224)
     project.add_argument("--out", required=True, help="PNG to write")

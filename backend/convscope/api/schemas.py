@@ -34,6 +34,14 @@ class ReceptiveFieldInfo(BaseModel):
     offset: float = Field(description="centre of unit (0, 0) in input pixels")
 
 
+class RuleCoverage(BaseModel):
+    covered: list[str] = Field(description="element-wise activations below/at the layer that follow the mode's rule")
+    uncovered: list[str] = Field(
+        description="element-wise non-linearities below/at the layer the engine has no rule for: they keep their "
+        "plain derivative in every mode"
+    )
+
+
 class LayerResponse(BaseModel):
     name: str = Field(description="module name, as in model.named_modules()")
     kind: str = Field(description="module class name")
@@ -41,6 +49,11 @@ class LayerResponse(BaseModel):
     height: int
     width: int
     receptive_field: ReceptiveFieldInfo
+    has_switches: bool = Field(
+        description="a max-pool with switches lies below the layer: deconvnet projections depend on the image; "
+        "mode=auto resolves to deconvnet here, to guided elsewhere"
+    )
+    rules: RuleCoverage
 
 
 class SampleInfo(BaseModel):
