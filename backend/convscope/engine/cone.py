@@ -759,6 +759,11 @@ class ConePlan:
     def supported(self) -> bool:
         return self.unsupported is None
 
+    @property
+    def image_box(self) -> Box | None:
+        """The box of the image the seed reaches (its exact cone at the input)."""
+        return self.boxes[-1] if self.boxes else None
+
 
 def _propagate(program: _Program, seed_box: Box, rule: str) -> tuple[list[Box | None], list[Any], int, int]:
     boxes: list[Box | None] = [None] * (len(program.steps) + 1)
@@ -868,13 +873,13 @@ def cone_backward(output: torch.Tensor, image: torch.Tensor, grad: torch.Tensor,
 
 
 def backward_if_cheaper(
-    output: torch.Tensor, image: torch.Tensor, grad: torch.Tensor, rule: str, max_ratio: float = MAX_RATIO
+    output: torch.Tensor, image: torch.Tensor, grad: torch.Tensor, rule: str, max_ratio: float | None = None
 ) -> torch.Tensor | None:
-    """The cone projection when it is supported and needs at most `max_ratio` of the dense work
-    on the CPU; None means: take the dense backward pass."""
+    """The cone projection when it is supported and needs at most `max_ratio` (default
+    `MAX_RATIO`) of the dense work on the CPU; None means: take the dense backward pass."""
     if image.device.type != "cpu":
         return None
     seed_plan = plan(output, image, grad, rule)
-    if not seed_plan.supported or seed_plan.ratio > max_ratio:
+    if not seed_plan.supported or seed_plan.ratio > (MAX_RATIO if max_ratio is None else max_ratio):
         return None
     return run(seed_plan, output, image, grad, rule)
