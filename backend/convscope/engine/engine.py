@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 from PIL import Image
 
+from convscope.engine import cone
 from convscope.engine.capture import LayerCapture, Tap
 from convscope.engine.graph import path_facts
 from convscope.engine.receptive_field import ReceptiveField, receptive_field
@@ -113,6 +114,7 @@ class EngineStats:
 
     forward_passes: int = 0
     backward_passes: int = 0
+    cone_passes: int = 0  # backward passes that ran over the seed's receptive field only
     cache_hits: int = 0
 
 
@@ -378,23 +380,29 @@ class Engine:
             grads, values, positions = self._seed_tensor(output, seeds)
             record.box.rule = rule
             with self._computing():
-                projections = self._backward(output, record.image, grads).float().cpu()
+                projections = self._backward(output, record.image, grads, rule).float().cpu()
         return [
             Projection(layer, seed.channel, rule, "position" if seed.position else seed.select, value, pos, proj)
             for seed, value, pos, proj in zip(seeds, values, positions, projections, strict=True)
         ]
 
-    def _backward(self, output: torch.Tensor, image: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    def _backward(self, output: torch.Tensor, image: torch.Tensor, grads: torch.Tensor, rule: Rule) -> torch.Tensor:
         """K seeds -> K×3×S×S. On CUDA one vmapped backward pass over the recorded graph;
         on the CPU, where the transposed convolutions are compute-bound and batching
-        them gains nothing (measured), one backward pass per seed over the same graph."""
+        them gains nothing (measured), one backward pass per seed over the same graph,
+        over the seed's receptive field only where that is at most half the work (cone.py)."""
         if len(grads) > 1 and image.device.type == "cuda":
             (result,) = torch.autograd.grad(output, image, grads, retain_graph=True, is_grads_batched=True)
             self.stats.backward_passes += 1
             return result.reshape(len(grads), *image.shape[1:])
         results = []
         for grad in grads:
-            (result,) = torch.autograd.grad(output, image, grad, retain_graph=True)
+            cropped = cone.backward_if_cheaper(output, image, grad, rule)  # None: dense is cheaper
+            if cropped is None:
+                (result,) = torch.autograd.grad(output, image, grad, retain_graph=True)
+            else:
+                result = cropped
+                self.stats.cone_passes += 1
             results.append(result[0])
             self.stats.backward_passes += 1
         return torch.stack(results)
