@@ -103,18 +103,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_occlude(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from convscope.engine.occlusion import occlude, occlusion_grid, occlusion_response
+    from convscope.tasks import ConsoleTask
 
     engine = _load_engine(args)
     image = _load_image(args, engine)
     rows, cols, _ = occlusion_grid(engine.input_size, args.occluder_size, args.stride)  # bad sizes fail fast
-    with tqdm(total=rows * cols, unit="pos", desc="occlude", file=sys.stderr, delay=1.0, disable=None) as bar:
-
-        def progress(done: int, total: int) -> None:
-            bar.update(done - bar.n)
-
+    with ConsoleTask("occlude", unit="pos", total=rows * cols) as task:
         result = occlude(
             engine,
             image,
@@ -123,7 +118,7 @@ def cmd_occlude(args: argparse.Namespace) -> int:
             target=args.target,
             layer=args.layer,
             batch_size=args.batch_size,
-            progress=progress,
+            progress=task.report,
         )
     text = json.dumps(occlusion_response(result))
     if args.json_out == "-":

@@ -34,8 +34,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from convscope.analysis.features import AnalysisCancelled, ProgressCallback, StopCallback, first_conv_layer
+from convscope.analysis.features import first_conv_layer
 from convscope.errors import InvalidRequestError, NotFoundError
+from convscope.tasks import Task, checkpoint
 
 if TYPE_CHECKING:
     from convscope.engine import Engine
@@ -207,8 +208,7 @@ def dead_channels(
     *,
     total: int | None = None,
     batch_size: int = 8,
-    progress: ProgressCallback | None = None,
-    should_stop: StopCallback | None = None,
+    task: Task | None = None,
 ) -> list[DeadLayer]:
     """Per convolution, the largest activation each channel reached over `images` (1×3×S×S tensors)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -229,8 +229,6 @@ def dead_channels(
         nonlocal done
         if not batch:
             return
-        if should_stop is not None and should_stop():
-            raise AnalysisCancelled(done, total or done)
         _, tapped = engine.infer(torch.cat(batch), taps)  # the engine's lock: this batch only
         for tap, value in tapped.items():
             if value.dim() != 2:
@@ -239,8 +237,7 @@ def dead_channels(
             running[tap.module] = peak if tap.module not in running else torch.maximum(running[tap.module], peak)
         done += len(batch)
         batch.clear()
-        if progress is not None:
-            progress(done, total or done)
+        checkpoint(task, done, total or done, "dead channels")
 
     for tensor in images:  # images are prepared here, outside the engine's lock
         batch.append(tensor)
@@ -290,8 +287,7 @@ def filters_report(
     *,
     layer: str | None = None,
     batch_size: int = 8,
-    progress: ProgressCallback | None = None,
-    should_stop: StopCallback | None = None,
+    task: Task | None = None,
 ) -> dict[str, Any]:
     """Frequency coverage of the (first) conv layer and, when images are given, dead channels per conv layer."""
     began = time.perf_counter()
@@ -304,8 +300,7 @@ def filters_report(
             (tensor for _, tensor in image_tensors),
             total=len(image_tensors),
             batch_size=batch_size,
-            progress=progress,
-            should_stop=should_stop,
+            task=task,
         )
         report["dead"] = dead_response(dead, names, time.perf_counter() - began)
     return report

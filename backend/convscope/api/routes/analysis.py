@@ -132,8 +132,7 @@ def invariance_job(state: StateDep, engine: EngineDep, body: InvarianceRequest |
             edge=request.edge,
             target=request.target,
             batch_size=_batch(state),
-            progress=job.report,
-            should_stop=job.should_stop,
+            task=job,
         )
         return invariance_response(result)
 
@@ -212,8 +211,7 @@ def correspondence_job(state: StateDep, engine: EngineDep, body: CorrespondenceR
             draws=body.draws,
             seed=body.seed,
             batch_size=_batch(state),
-            progress=job.report,
-            should_stop=job.should_stop,
+            task=job,
         )
         return correspondence_response(result)
 
@@ -301,8 +299,7 @@ def dead_channels_job(state: StateDep, engine: EngineDep, body: DeadChannelsRequ
             tensors,
             total=len(sources),
             batch_size=min(8, _batch(state)),
-            progress=job.report,
-            should_stop=job.should_stop,
+            task=job,
         )
         return dead_response(layers, [source.id for source in sources], time.perf_counter() - began)
 

@@ -101,8 +101,7 @@ class ScanService:
                 batch_size=settings.scan_batch_size,
                 resume=True,
                 wait_lock=True,
-                progress=job.report,
-                should_stop=job.should_stop,
+                task=job,
                 **options,
             )
             data = result.to_dict()
