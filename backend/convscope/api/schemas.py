@@ -168,7 +168,9 @@ class ScanProgress(BaseModel):
 class ScanInfo(BaseModel):
     id: str
     model: str
-    status: Literal["running", "complete"]
+    status: Literal["running", "complete", "interrupted"] = Field(
+        description="interrupted: unfinished and no job writes it (a restart); POST its resume_url to finish it"
+    )
     source: str = Field(description="'samples' (the bundled photos) or 'folder'")
     label: str = Field(description="what was scanned, in words")
     images: int = Field(description="image files listed")
@@ -180,6 +182,7 @@ class ScanInfo(BaseModel):
     finished_at: float | None
     job: str | None = Field(default=None, description="URL of the job scanning it, while it runs")
     url: str
+    resume_url: str | None = Field(default=None, description="when interrupted: POST here to resume it (a job)")
 
 
 class ScanRequest(BaseModel):

@@ -258,6 +258,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; the store is meant to be readable like any file
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
