@@ -89,7 +89,7 @@ def create_app(settings: Settings | None = None, *, loader: ModelLoader = defaul
         SecurityMiddleware,
         trusted_hosts=trusted_hosts(settings),
         token=settings.api_token(),
-        routes=app.router.routes,
+        openapi=lambda: app.openapi(),
     )
     app.include_router(api_router)
     scan_routes.install(app, state)

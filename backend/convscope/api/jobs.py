@@ -159,7 +159,9 @@ class JobManager:
         self.gate = gate
         self._executor = self._new_executor()
         self._jobs: OrderedDict[str, Job] = OrderedDict()
-        self._queues: OrderedDict[str | None, deque[Job]] = OrderedDict()  # queued jobs per owner, round-robin
+        self._queues: OrderedDict[str | None, deque[Job]] = OrderedDict()  # queued jobs per owner
+        self._served: dict[str | None, int] = {}  # owner -> the turn its last job started in
+        self._turn = 0
         self._lock = threading.Lock()
         self._closed = False
 
@@ -213,11 +215,14 @@ class JobManager:
                 )
 
     def _pick(self) -> Job | None:
-        """The next queued job, round-robin over owners, skipping owners at their running cap (lock held)."""
+        """The next queued job: the owner served least recently first (never served: in arrival order),
+        skipping owners at their running cap (lock held)."""
         running: dict[str | None, int] = {}
         for job in self._jobs.values():
             if job.state == "running":
                 running[job.owner] = running.get(job.owner, 0) + 1
+        best: str | None = None
+        best_turn: int | None = None
         for owner in list(self._queues):
             queue = self._queues[owner]
             while queue and queue[0].finished:
@@ -228,13 +233,20 @@ class JobManager:
             limit = self.client_max_running
             if owner is not None and limit is not None and running.get(owner, 0) >= limit:
                 continue
-            job = queue.popleft()
-            self._queues.move_to_end(owner)  # this owner goes to the back of the round
-            if not queue:
-                del self._queues[owner]
-            job.state = "running"
-            return job
-        return None
+            turn = self._served.get(owner, -1)
+            if best_turn is None or turn < best_turn:
+                best, best_turn = owner, turn
+        if best_turn is None:
+            return None
+        job = self._queues[best].popleft()
+        if not self._queues[best]:
+            del self._queues[best]
+        self._turn += 1
+        self._served[best] = self._turn
+        if len(self._served) > 4096:  # forget owners with nothing queued
+            self._served = {owner: turn for owner, turn in self._served.items() if owner in self._queues}
+        job.state = "running"
+        return job
 
     def _run_next(self) -> None:
         with self._lock:
@@ -258,7 +270,8 @@ class JobManager:
         return job
 
     def list_for(self, client: str | None) -> list[Job]:
-        return [job for job in self.list() if job.owner == client]
+        """This client's jobs, and the server's own (the start-up scan)."""
+        return [job for job in self.list() if job.owner == client or job.owner is None]
 
     def cancel_for(self, job_id: str, client: str | None) -> Job:
         job = self.get_for(job_id, client)

@@ -84,9 +84,11 @@ class ActivationsResponse(BaseModel):
 class OcclusionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    size: int = Field(default=32, ge=1, description="occluder side in pixels")
-    stride: int = Field(default=16, ge=1, description="pixels between occluder positions")
-    target: int | None = Field(default=None, ge=0, description="class index (default: the unoccluded top-1)")
+    size: int = Field(default=32, ge=1, strict=True, description="occluder side in pixels")
+    stride: int = Field(default=16, ge=1, strict=True, description="pixels between occluder positions")
+    target: int | None = Field(
+        default=None, ge=0, strict=True, description="class index (default: the unoccluded top-1)"
+    )
     layer: str | None = Field(default=None, description="feature-map layer (default: the last convolutional layer)")
 
 

@@ -19,9 +19,9 @@ import hmac
 import json
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from convscope.api.jobs import current_client
@@ -30,6 +30,7 @@ CLIENT_COOKIE = "convscope_client"
 AUTH_COOKIE = "convscope_auth"
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9_-]{22,64}$")
 PUBLIC_PATHS = frozenset({"/api/health"})
+HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
 
 
 def client_of(scope: Scope) -> str | None:
@@ -83,7 +84,7 @@ class SecurityMiddleware:
         *,
         trusted_hosts: Sequence[str],
         token: str | None,
-        routes: Sequence[object] = (),
+        openapi: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.app = app
         self.any_host = "*" in trusted_hosts
@@ -91,7 +92,8 @@ class SecurityMiddleware:
         self.token = token
         # what the auth cookie holds: a keyed hash, so the cookie never carries the token itself
         self._auth_value = hmac.new(token.encode(), b"convscope-auth", hashlib.sha256).hexdigest() if token else None
-        self.routes = routes
+        self.openapi = openapi
+        self._paths: list[tuple[re.Pattern[str], set[str]]] | None = None
 
     def _authorised(self, headers: Sequence[tuple[bytes, bytes]], cookies: dict[str, str]) -> tuple[bool, bool]:
         """(authorised, by the bearer header)."""
@@ -105,17 +107,22 @@ class SecurityMiddleware:
         return hmac.compare_digest(cookie.encode(), self._auth_value.encode()), False
 
     def _allowed_methods(self, scope: Scope) -> set[str] | None:
-        """None when a route takes this method (or no route matches); else the methods the path has."""
+        """None when a documented route takes this method (or no route has the path); else the
+        methods the path has. The routes are read from the OpenAPI document, once."""
+        if self._paths is None:
+            document = self.openapi() if self.openapi is not None else {}
+            self._paths = [
+                (re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(path)) + "$"), set(item))
+                for path, item in document.get("paths", {}).items()
+            ]
+        path, method = scope.get("path", ""), str(scope.get("method", "")).lower()
         methods: set[str] = set()
-        for route in self.routes:
-            if not isinstance(route, Route):
-                continue
-            match, _ = route.matches(scope)
-            if match == Match.FULL:
-                return None
-            if match == Match.PARTIAL and route.methods:
-                methods |= set(route.methods)
-        return methods or None
+        for pattern, allowed in self._paths:
+            if pattern.match(path):
+                if method in allowed:
+                    return None
+                methods |= allowed
+        return {m.upper() for m in methods if m in HTTP_METHODS} or None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
