@@ -99,7 +99,7 @@ def cmd_project(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from convscope.api.server import run_server
 
-    return run_server(host=args.host, port=args.port, models=args.model, device=args.device)
+    return run_server(host=args.host, port=args.port, models=args.model, device=args.device, insecure=args.insecure)
 
 
 def cmd_occlude(args: argparse.Namespace) -> int:
@@ -228,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None)
     serve.add_argument("--model", action="append", default=None, help="a model to load (repeatable)")
     serve.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
+    serve.add_argument(
+        "--insecure", action="store_true", help="allow a non-loopback --host without CONVSCOPE_TOKEN (trusted networks)"
+    )
     serve.set_defaults(func=cmd_serve)
 
     predict = sub.add_parser("predict", help="top classes for an image")

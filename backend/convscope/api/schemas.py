@@ -97,9 +97,11 @@ class ActivationsResponse(BaseModel):
 class OcclusionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    size: int = Field(default=32, ge=1, description="occluder side in pixels")
-    stride: int = Field(default=16, ge=1, description="pixels between occluder positions")
-    target: int | None = Field(default=None, ge=0, description="class index (default: the unoccluded top-1)")
+    size: int = Field(default=32, ge=1, strict=True, description="occluder side in pixels")
+    stride: int = Field(default=16, ge=1, strict=True, description="pixels between occluder positions")
+    target: int | None = Field(
+        default=None, ge=0, strict=True, description="class index (default: the unoccluded top-1)"
+    )
     layer: str | None = Field(default=None, description="feature-map layer (default: the last convolutional layer)")
 
 
@@ -181,7 +183,9 @@ class ScanProgress(BaseModel):
 class ScanInfo(BaseModel):
     id: str
     model: str
-    status: Literal["running", "complete"]
+    status: Literal["running", "complete", "interrupted"] = Field(
+        description="interrupted: unfinished and no job writes it (a restart); POST its resume_url to finish it"
+    )
     source: str = Field(description="'samples' (the bundled photos) or 'folder'")
     label: str = Field(description="what was scanned, in words")
     images: int = Field(description="image files listed")
@@ -193,6 +197,7 @@ class ScanInfo(BaseModel):
     finished_at: float | None
     job: str | None = Field(default=None, description="URL of the job scanning it, while it runs")
     url: str
+    resume_url: str | None = Field(default=None, description="when interrupted: POST here to resume it (a job)")
 
 
 class ScanRequest(BaseModel):
