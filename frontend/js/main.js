@@ -4,6 +4,7 @@
 
 import { api, request, urls } from "./api.js";
 import { installKeyboard } from "./keyboard.js";
+import { resolveMode, uncoveredRules } from "./layermeta.js";
 import { createInputPanel } from "./panels/input.js";
 import { createLayersPanel, defaultLayer } from "./panels/layers.js";
 import { createMapsPanel } from "./panels/featuremaps.js";
@@ -56,8 +57,11 @@ const recon = createReconPanel({
   store,
   maps,
   layerInfo: (name) => (layersModel === store.get().model ? layers.layer(name) : null),
-  // null while the layer list is loading; false when no layer is a max-pool (no deconvnet switches)
-  hasSwitches: () => (layersModel === store.get().model ? layers.layers.some((row) => /MaxPool/.test(row.kind)) : null),
+  // the mode a projection of the state's layer is made in (auto resolved), null while the layers load
+  modeFor: (state) => {
+    const info = layersModel === state.model ? layers.layer(state.layer) : null;
+    return info ? { ...resolveMode(state.mode, info, layers.layers), uncovered: uncoveredRules(info) } : null;
+  },
   describeImage: (id) => input.describeImage(id),
   // an image id the server does not know (an old link to an upload): say so once, show a sample
   onImageMissing: (state, error) => {

@@ -29,7 +29,15 @@ ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 SCREENSHOTS = ARTIFACTS / "screenshots"
 STARTUP_TIMEOUT_S = 180.0
+# conditions, not sleeps: a loaded machine (a shared CI box) only makes them take longer
+EXPECT_TIMEOUT_MS = 30_000
 VIEWPORT = {"width": 1280, "height": 800}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
