@@ -57,11 +57,7 @@ const recon = createReconPanel({
   store,
   maps,
   layerInfo: (name) => (layersModel === store.get().model ? layers.layer(name) : null),
-  // the mode a projection of the state's layer is made in (auto resolved), null while the layers load
-  modeFor: (state) => {
-    const info = layersModel === state.model ? layers.layer(state.layer) : null;
-    return info ? { ...resolveMode(state.mode, info, layers.layers), uncovered: uncoveredRules(info) } : null;
-  },
+  modeFor: (state) => modeFor(state),
   describeImage: (id) => input.describeImage(id),
   // an image id the server does not know (an old link to an upload): say so once, show a sample
   onImageMissing: (state, error) => {
@@ -79,7 +75,13 @@ const tabs = createTabs({
   ctx: { store, api, urls, request, busy, showError, h, layers: () => layers.layers, models: () => models },
 });
 maps.onData(() => recon.refreshGeometry());
-const top9 = createTop9Panel({ root: $('[data-panel="top9"]'), store, upload: (blob, name) => input.upload(blob, name) });
+const top9 = createTop9Panel({
+  root: $('[data-panel="top9"]'),
+  store,
+  upload: (blob, name) => input.upload(blob, name),
+  modeFor: (state) => modeFor(state),
+  inputSize: () => currentModel()?.input_size ?? 224,
+});
 
 installKeyboard({
   store,
@@ -96,6 +98,12 @@ installKeyboard({
 $('[data-role="help-open"]').addEventListener("click", () => help.showModal());
 
 // ---- state routing --------------------------------------------------------------------
+/** The mode a projection of the state's layer is made in (auto resolved), null while the layers load. */
+function modeFor(state) {
+  const info = layersModel === state.model ? layers.layer(state.layer) : null;
+  return info ? { ...resolveMode(state.mode, info, layers.layers), uncovered: uncoveredRules(info) } : null;
+}
+
 const currentModel = () => models.find((m) => m.name === store.get().model) || null;
 const defaultSample = () => (input.samples.find((s) => s.id === "chelsea") || input.samples[0])?.id || null;
 
