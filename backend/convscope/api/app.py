@@ -10,6 +10,7 @@ from typing import Any
 import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from convscope import __version__
 from convscope.api import errors
@@ -73,7 +74,8 @@ def create_app(settings: Settings | None = None, *, loader: ModelLoader = defaul
         finally:
             await anyio.to_thread.run_sync(state.stop)
 
-    app = FastAPI(
+    # /docs and /redoc load Swagger UI and ReDoc from the fastapi-offline package, not a CDN
+    app = FastAPIOffline(
         title="convscope",
         version=__version__,
         description=DESCRIPTION,

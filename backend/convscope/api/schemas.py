@@ -246,4 +246,10 @@ class TopResponse(BaseModel):
     layer: str
     channel: int
     top: int
+    mode: str = Field(default="deconvnet", description="the projection mode of projection_url (auto resolved)")
     entries: list[TopEntry]
+
+
+class ScanRootInfo(BaseModel):
+    name: str = Field(description="the root's name (its folder name), the first part of a scan's `folder`")
+    folders: list[str] = Field(description="the root itself and its subfolders, as `folder` values for a scan")
