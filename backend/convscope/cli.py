@@ -272,7 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="incremental: rerun only what the occluder changes (exact); auto: incremental where it pays",
     )
     occlude.add_argument(
-        "--approx", type=float, default=None, metavar="TAU", help="approximate: cap each layer's patch at TAU of its map"
+        "--approx",
+        type=float,
+        default=None,
+        metavar="TAU",
+        help="approximate: cap each layer's patch at TAU of its map",
     )
     occlude.add_argument(
         "--adaptive",
