@@ -118,7 +118,10 @@ def cmd_occlude(args: argparse.Namespace) -> int:
             target=args.target,
             layer=args.layer,
             batch_size=args.batch_size,
-            progress=task.report,
+            method=args.method,
+            approx=args.approx,
+            adaptive=args.adaptive,
+            task=task,
         )
     text = json.dumps(occlusion_response(result))
     if args.json_out == "-":
@@ -132,8 +135,12 @@ def cmd_occlude(args: argparse.Namespace) -> int:
         summary = sys.stdout
     flat = int(result.probability.argmin())
     y, x = result.positions[flat]
+    ratio = "" if result.planned_ratio is None else f", planned {result.planned_ratio:.2f} of dense"
+    how = f"{result.method}{' (approximate)' if result.approximate else ''}{ratio}"
+    if result.note:
+        print(f"note: {result.note}", file=sys.stderr)
     print(
-        f"{result.rows}×{result.cols} positions ({result.size}px/{result.stride}px) in {result.seconds:.1f}s; "
+        f"{result.rows}×{result.cols} positions ({result.size}px/{result.stride}px) in {result.seconds:.1f}s, {how}; "
         f"target {result.target} {result.target_label!r}: p={result.unoccluded_probability:.4f} unoccluded, "
         f"lowest {result.probability.flat[flat]:.4f} with the square at (y={y}, x={x}); "
         f"feature {result.layer} channel {result.channel}" + ("" if args.json_out == "-" else f" -> {args.json_out}"),
@@ -268,6 +275,26 @@ def build_parser() -> argparse.ArgumentParser:
     occlude.add_argument("--target", type=int, default=None, help="class index (default: unoccluded top-1)")
     occlude.add_argument("--layer", default=None, help="feature-map layer (default: last conv layer)")
     occlude.add_argument("--batch-size", type=_positive_int, default=32, help="occluded copies per forward pass")
+    occlude.add_argument(
+        "--method",
+        default="auto",
+        choices=["auto", "dense", "incremental"],
+        help="incremental: rerun only what the occluder changes (exact); auto: incremental where it pays",
+    )
+    occlude.add_argument(
+        "--approx",
+        type=float,
+        default=None,
+        metavar="TAU",
+        help="approximate: cap each layer's patch at TAU of its map",
+    )
+    occlude.add_argument(
+        "--adaptive",
+        type=float,
+        default=None,
+        metavar="SHARE",
+        help="approximate: stride×2 first, then the stride only in this share of cells with the largest drop",
+    )
     occlude.add_argument(
         "--json", required=True, dest="json_out", help="file to write the JSON result to ('-' for stdout)"
     )
