@@ -5,20 +5,34 @@ decorrelated Fourier parameterisation and random jitter / scale / rotation, and 
 `Visualization`s (the PNG-ready image, the optimised input in the model's normalised
 space, the objective reached). `FeatvisCache` stores them on disk so a unit is computed
 once; `build_atlas` writes a static site of a model's units. No web code here.
+
+The names are imported on first use, so the CLI's parser can read `featvis.limits`
+without loading torch.
 """
 
-from convscope.featvis.cache import FeatvisCache, default_cache_dir
-from convscope.featvis.objectives import OBJECTIVES, Objective, Target, check_target
-from convscope.featvis.optimise import Visualization, run_target, visualize
+from __future__ import annotations
 
-__all__ = [
-    "OBJECTIVES",
-    "FeatvisCache",
-    "Objective",
-    "Target",
-    "Visualization",
-    "check_target",
-    "default_cache_dir",
-    "run_target",
-    "visualize",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "OBJECTIVES": "convscope.featvis.objectives",
+    "Objective": "convscope.featvis.objectives",
+    "Target": "convscope.featvis.objectives",
+    "check_target": "convscope.featvis.objectives",
+    "Visualization": "convscope.featvis.optimise",
+    "run_target": "convscope.featvis.optimise",
+    "visualize": "convscope.featvis.optimise",
+    "FeatvisCache": "convscope.featvis.cache",
+    "default_cache_dir": "convscope.featvis.cache",
+    "build_atlas": "convscope.featvis.atlas",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'convscope.featvis' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -16,14 +16,11 @@ import torch
 
 from convscope.engine import Engine
 from convscope.errors import InvalidRequestError
+from convscope.featvis.limits import DEFAULT_STEPS, MAX_SIZE, MAX_STEPS, MIN_SIZE
 
 Objective = Literal["channel", "unit", "logit"]
 OBJECTIVES: tuple[Objective, ...] = ("channel", "unit", "logit")
 LOGITS = "logits"
-MAX_STEPS = 4096
-MIN_SIZE = 16
-MAX_SIZE = 512
-DEFAULT_STEPS = 256
 
 
 @dataclass(frozen=True)
