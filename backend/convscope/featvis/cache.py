@@ -139,7 +139,7 @@ class FeatvisCache:
             if stored is not None:
                 found[channel] = stored
         missing = [c for c in target.channels if c not in found]
-        width = len(missing) if batch_size is None else max(1, batch_size)
+        width = max(1, len(missing) if batch_size is None else batch_size)
         batches: Sequence[list[int]] = [missing[i : i + width] for i in range(0, len(missing), width)]
         total = max(1, target.steps * len(batches))
         checkpoint(task, 0, total, "feature visualisation")
