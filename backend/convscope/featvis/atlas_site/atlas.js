@@ -79,7 +79,7 @@
       h("dt", {}, "objective"), h("dd", {}, `${unit.objective}${unit.position ? ` at (${unit.position.join(", ")})` : ""}`),
       h("dt", {}, "reached"), h("dd", { dataset: { role: "unit-value" } }, fmt(unit.value)),
       h("dt", {}, "optimisation"), h("dd", {}, `${unit.steps} steps · ${unit.size}px · seed ${unit.seed}`),
-      h("dt", {}, "top activation"), h("dd", {}, unit.top && unit.top.length ? fmt(unit.top[0].value) : "–"));
+      h("dt", { title: "the top entry of the scan: one position of the map, not its mean" }, "top-1 unit"), h("dd", {}, unit.top && unit.top.length ? fmt(unit.top[0].value) : "–"));
     const top = unit.top
       ? h("div", {},
           h("div", { class: "top-pair" },
