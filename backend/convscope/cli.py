@@ -203,6 +203,18 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return probe_main(args)
 
 
+def cmd_visualize(args: argparse.Namespace) -> int:
+    from convscope.featvis.commands import visualize_main
+
+    return visualize_main(args)
+
+
+def cmd_atlas(args: argparse.Namespace) -> int:
+    from convscope.featvis.commands import atlas_main
+
+    return atlas_main(args)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -340,7 +352,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_analysis_parsers(sub)
     _add_study_parsers(sub)
+    _add_featvis_parsers(sub)
     return parser
+
+
+def _add_featvis_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """`visualize` and `atlas` (feature visualisation by optimisation, issue 17)."""
+    from convscope.featvis.commands import add_atlas_arguments, add_visualize_arguments
+
+    vis = sub.add_parser("visualize", help="an image that maximises one unit (feature visualisation by optimisation)")
+    _add_model(vis)
+    add_visualize_arguments(vis)
+    vis.set_defaults(func=cmd_visualize)
+
+    atlas = sub.add_parser("atlas", help="a static site (opens from file://): per unit its optimised image and top 9")
+    _add_model(atlas)
+    add_atlas_arguments(atlas)
+    atlas.set_defaults(func=cmd_atlas)
 
 
 def _add_analysis_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
