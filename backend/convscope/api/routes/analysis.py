@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from convscope.api.caching import cache_key, png_response
 from convscope.api.deps import EngineDep, StateDep, prepare, resolve_image
 from convscope.api.jobs import Job
+from convscope.api.openapi import body_examples
 from convscope.api.routes.common import MODEL_ERRORS, errors, png
 from convscope.api.routes.jobs import job_response, job_url
 from convscope.api.schemas import JobResponse
@@ -104,6 +105,10 @@ def _batch(state: AppState) -> int:
     response_model=JobResponse,
     summary="invariance curves (paper Fig. 5) for one or more images, as a job",
     responses=JOB_RESPONSES,
+    openapi_extra=body_examples(
+        translation={"images": ["chelsea"], "transform": "translation", "steps": 7},
+        rotation={"images": ["chelsea", "coffee"], "transform": "rotation", "start": 0, "stop": 350, "steps": 36},
+    ),
 )
 def invariance_job(state: StateDep, engine: EngineDep, body: InvarianceRequest | None = None) -> JSONResponse:
     from convscope.analysis.features import first_conv_layer, resolve_feature
@@ -188,6 +193,9 @@ def correspondence_demo(engine: EngineDep) -> dict[str, Any]:
     response_model=JobResponse,
     summary="correspondence Δ per part and for random boxes (paper Fig. 8 / Table 1), as a job",
     responses=JOB_RESPONSES,
+    openapi_extra=body_examples(
+        eyes={"images": ["chelsea", "coffee"], "parts": {"left_eye": [[81, 39, 14, 9], [84, 56, 24, 14]]}}
+    ),
 )
 def correspondence_job(state: StateDep, engine: EngineDep, body: CorrespondenceRequest) -> JSONResponse:
     from convscope.analysis.correspondence import correspondence, correspondence_response, parse_parts
@@ -278,6 +286,7 @@ def filter_mosaic_png(
     response_model=JobResponse,
     summary="channels of every conv layer that are never positive over a set of images (Fig. 6), as a job",
     responses=JOB_RESPONSES,
+    openapi_extra=body_examples(every_sample={}, two_images={"images": ["chelsea", "coffee"]}),
 )
 def dead_channels_job(state: StateDep, engine: EngineDep, body: DeadChannelsRequest | None = None) -> JSONResponse:
     from convscope.analysis.filters import dead_channels, dead_response, measurement_points
