@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, BinaryIO, Literal, cast
 from urllib.parse import quote
 
 import httpx
@@ -41,7 +41,7 @@ from convscope.client.types import (
 )
 from convscope.tasks import Cancelled, Task, as_task
 
-ImageInput = str | os.PathLike[str] | bytes | Image.Image
+ImageInput = str | os.PathLike[str] | bytes | BinaryIO | Image.Image
 FINISHED = ("succeeded", "failed", "cancelled")
 
 
@@ -63,6 +63,9 @@ def _file_part(image: ImageInput, filename: str | None) -> tuple[str, bytes, str
         return filename or "image.png", buffer.getvalue(), "image/png"
     if isinstance(image, bytes | bytearray | memoryview):
         return filename or "image", bytes(image), "application/octet-stream"
+    if hasattr(image, "read"):
+        name = Path(str(getattr(image, "name", "") or "image")).name
+        return _file_part(image.read(), filename or name)
     path = Path(image)
     kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return filename or path.name, path.read_bytes(), kind
@@ -166,7 +169,8 @@ class Client:
         return cast(list[SampleInfo], self._json("GET", "/api/samples"))
 
     def upload(self, image: ImageInput, filename: str | None = None) -> Upload:
-        """Upload a file (a path), its bytes, or a PIL image; returns its id and original size."""
+        """Upload an image file (a path or an open binary file), its bytes, or a PIL image; returns its
+        id and original size (the server decodes it: PNG, JPEG, GIF, WebP, BMP, TIFF...)."""
         name, data, kind = _file_part(image, filename)
         return cast(Upload, self._json("POST", "/api/images", files={"file": (name, data, kind)}))
 
