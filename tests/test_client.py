@@ -4,6 +4,8 @@ cancelled and scanned. One server for the module."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -242,3 +244,51 @@ def test_non_json_error_bodies_still_surface() -> None:
     ):
         api.models()
     assert error.value.status_code == 502 and error.value.detail == "bad gateway"
+
+
+# ---- the examples in docs/api.md run as written ----------------------------------------------------------
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "api.md"
+
+
+def _example(heading: str, language: str, base_url: str) -> str:
+    text = DOCS.read_text()
+    section = text[text.index(heading) :]
+    start = section.index(f"```{language}\n") + len(language) + 4
+    return section[start : section.index("```", start)].replace("http://127.0.0.1:8000", base_url)
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    with Image.open(get_sample("chelsea").path) as image:
+        image.convert("RGB").save(tmp_path / "cat.jpg", quality=90)
+    return tmp_path
+
+
+def test_the_python_example_runs(base_url: str, in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    exec(compile(_example("### Python: `convscope.client`", "python", base_url), str(DOCS), "exec"), {})
+    output = capsys.readouterr().out
+    assert "'label': 'tabby'" in output and "occlusion 289/289" in output
+    assert "422 " in output and "17 17" in output
+    with Image.open(in_tmp / "projection.png") as image:
+        assert image.size == (224, 224)
+
+
+def test_the_curl_example_runs(base_url: str, in_tmp: Path) -> None:
+    script = "set -euo pipefail\n" + _example("### curl", "sh", base_url)
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert '"label":"tabby"' in result.stdout and "x-seed-value" in result.stdout.lower()
+    assert '"kind":"occlusion"' in result.stdout
+    with Image.open(in_tmp / "projection.png") as image:
+        assert image.size == (224, 224)
+
+
+def test_the_javascript_example_runs(base_url: str, in_tmp: Path) -> None:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("no node on PATH to run the JavaScript example")
+    (in_tmp / "example.mjs").write_text(_example("### JavaScript", "js", base_url))
+    result = subprocess.run([node, "example.mjs"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "label: 'tabby'" in result.stdout and "17 17" in result.stdout
