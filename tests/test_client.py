@@ -28,6 +28,8 @@ CATS = {281, 282, 283, 284, 285}  # ImageNet: tabby, tiger cat, Persian, Siamese
 
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    roots = tmp_path_factory.mktemp("roots") / "photos"
+    (roots / "empty").mkdir(parents=True)  # a scan root with a folder holding no image
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {
@@ -35,6 +37,7 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "CONVSCOPE_OCCLUSION_JOB_THRESHOLD": str(JOB_THRESHOLD),
         "CONVSCOPE_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
         "CONVSCOPE_SCAN_DIR": str(tmp_path_factory.mktemp("client-scans")),
+        "CONVSCOPE_SCAN_ROOTS": str(roots),
     }
     process = start_server(port, "--model", MODEL, env=env)
     try:
@@ -176,6 +179,18 @@ def test_scan_the_samples_then_read_a_channels_top_k(api: Client) -> None:
     crop = api.top_image(scan_id, "conv_head", 5, rank=0, kind="crop")
     projection = api.top_image(scan_id, "conv_head", 5, rank=0)
     assert crop.size == projection.size and crop.mode == projection.mode == "RGB"
+
+
+def test_a_failed_job_raises_its_status_and_detail(api: Client) -> None:
+    job = api.start_scan(folder="photos/empty", layers=["conv_head"], top=3)
+    with pytest.raises(ApiError) as error:
+        api.wait_job(job, timeout=120)
+    assert error.value.status_code == 422 and "no images" in error.value.detail
+    assert error.value.job is not None and error.value.job["state"] == "failed"
+    assert api.wait_job(job["id"], check=False)["state"] == "failed"
+    with pytest.raises(ApiError) as refused:
+        api.start_scan(folder="elsewhere/cats")
+    assert refused.value.status_code == 403 and "elsewhere" in refused.value.detail
 
 
 # ---- errors: the server's status and detail --------------------------------------------------------------
