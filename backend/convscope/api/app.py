@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from convscope import __version__
-from convscope.api import errors
+from convscope.api import errors, openapi
 from convscope.api.limits import BodyLimitMiddleware
 from convscope.api.pool import ModelLoader, ModelPool, default_loader
 from convscope.api.priority import InteractiveMiddleware
@@ -80,6 +80,7 @@ def create_app(settings: Settings | None = None, *, loader: ModelLoader = defaul
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        generate_unique_id_function=openapi.operation_id,
     )
     app.state.convscope = state
     errors.install(app)
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None, *, loader: ModelLoader = defaul
     app.include_router(scan_routes.router, prefix="/api")
 
     _document_validation_errors(app)
+    openapi.install(app)
 
     frontend = settings.frontend_dir
     if frontend is not None and frontend.is_dir():

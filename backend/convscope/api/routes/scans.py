@@ -23,6 +23,7 @@ from convscope.api.budget import check_scan_memory
 from convscope.api.caching import PUBLIC, Rendered, cache_key, etag_of, png_response
 from convscope.api.deps import EngineDep
 from convscope.api.jobs import Job
+from convscope.api.openapi import body_examples
 from convscope.api.routes.activations import LayerQuery
 from convscope.api.routes.common import errors, png
 from convscope.api.routes.jobs import job_response, job_url
@@ -235,6 +236,9 @@ def list_scans(request: Request, engine: EngineDep) -> list[ScanInfo]:
         403: {"model": ErrorResponse, "description": "no scan roots, or the folder is outside them"},
         **errors(400, 404, 422, 429, 503),
     },
+    openapi_extra=body_examples(
+        samples={"samples": True, "layers": ["conv_head"], "top": 9}, folder={"folder": "photos/cats"}
+    ),
 )
 def start_scan(request: Request, engine: EngineDep, body: Annotated[ScanRequest, Body()]) -> JSONResponse:
     from convscope.scan.scanner import folder_source, resolve_layers, samples_source
