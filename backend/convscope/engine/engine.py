@@ -28,6 +28,8 @@ from convscope.errors import InvalidRequestError, NotFoundError
 from convscope.images import PreparedImage, prepare_image
 from convscope.models.spec import LoadedModel
 
+LOGITS_KEPT = 64  # no-grad logits kept per engine (by image key; 4 kB each for 1000 classes)
+
 Select = Literal["max", "map"]
 SELECTS: tuple[Select, ...] = ("max", "map")
 
@@ -178,6 +180,10 @@ class Engine:
         self.model.module.to(self.device).eval()
         self._lock = threading.RLock()
         self._cache: OrderedDict[str, _Record] = OrderedDict()
+        self._logits: OrderedDict[str, torch.Tensor] = OrderedDict()  # no-grad predictions by image key
+        # layers whose outputs an in-place op rewrites further down: recorded through a copy
+        # (learned from the first recorded pass; None until then: copy every one)
+        self._copied_layers: set[str] | None = None
         self._layers = self._inspect_layers()
         self._layer_index = {info.name: info for info in self._layers}
 
@@ -252,12 +258,32 @@ class Engine:
         return prepare_image(image, self.input_size, self.model.mean, self.model.std)
 
     def _record_tensor(self, tensor: torch.Tensor) -> _Record:
-        box = RuleBox()
-        image = tensor.detach().to(self.device).requires_grad_(True)
-        with self._computing(), torch.enable_grad(), LayerCapture(self.model.module) as capture, RuleMode(box):
-            logits = self.model.module(image)
-        self.stats.forward_passes += 1
-        return _Record(image, logits.detach(), capture.outputs, box)
+        """The recorded forward pass: autograd graph, every 4-D output, rule-aware activations.
+
+        Costs about one plain forward pass with autograd: outputs are kept as they are,
+        except for the layers an in-place operation further down rewrites (the first
+        pass copies every output and learns which those are; a later pass that finds a
+        kept output rewritten learns it too and is redone)."""
+        for _ in range(2):
+            box = RuleBox()
+            image = tensor.detach().to(self.device).requires_grad_(True)
+            copied = self._copied_layers
+            with (
+                self._computing(),
+                torch.enable_grad(),
+                LayerCapture(self.model.module, clone=copied) as capture,
+                RuleMode(box),
+            ):
+                logits = self.model.module(image)
+            self.stats.forward_passes += 1
+            rewritten = capture.rewritten()
+            if copied is None:
+                self._copied_layers = capture.changed_downstream()
+            elif rewritten:
+                self._copied_layers = copied | rewritten
+                continue
+            return _Record(image, logits.detach(), capture.outputs, box)
+        raise RuntimeError("the recorded forward pass keeps rewriting its outputs in place")  # pragma: no cover
 
     def _record(self, image: PreparedImage) -> _Record:
         record = self._cache.get(image.key)
@@ -305,9 +331,33 @@ class Engine:
         return logits, {name: tapped[tap] for name, tap in taps.items()}
 
     # ---- predictions and activations ----------------------------------------------
-    def probabilities(self, image: PreparedImage) -> torch.Tensor:
+    def _cached_record(self, image: PreparedImage) -> _Record | None:
         with self._lock:
-            return torch.softmax(self._record(image).logits[0].float(), dim=0).cpu()
+            record = self._cache.get(image.key)
+            if record is not None:
+                self.stats.cache_hits += 1
+            return record
+
+    def logits(self, image: PreparedImage) -> torch.Tensor:
+        """The model's logits for the image (1-D, on the CPU): from its recorded pass when
+        there is one, else from a no-grad pass (which records no graph)."""
+        record = self._cached_record(image)
+        if record is not None:
+            return record.logits[0].float().cpu()
+        with self._lock:
+            cached = self._logits.get(image.key)
+        if cached is not None:
+            return cached
+        logits, _ = self.infer(image.tensor)
+        result = logits[0].float().cpu()
+        with self._lock:
+            self._logits[image.key] = result
+            while len(self._logits) > LOGITS_KEPT:
+                self._logits.popitem(last=False)
+        return result
+
+    def probabilities(self, image: PreparedImage) -> torch.Tensor:
+        return torch.softmax(self.logits(image), dim=0)
 
     def predict(self, image: PreparedImage, top: int = 5) -> list[Prediction]:
         if top < 1:
@@ -320,10 +370,15 @@ class Engine:
         ]
 
     def activations(self, image: PreparedImage, layer: str) -> torch.Tensor:
-        """The layer's feature maps for the image, C×H×W on the CPU."""
+        """The layer's feature maps for the image, C×H×W on the CPU: from its recorded pass
+        when there is one, else from a no-grad pass (which records no graph)."""
         self.layer(layer)
-        with self._lock:
-            return self._record(image).outputs[layer][0].detach().float().cpu()
+        record = self._cached_record(image)
+        if record is not None:
+            return record.outputs[layer][0].detach().float().cpu()
+        tap = Tap(layer)
+        _, tapped = self.infer(image.tensor, [tap])
+        return tapped[tap][0].float().cpu()
 
     # ---- projections ----------------------------------------------------------------
     def resolve_mode(self, layer: str, mode: str) -> Rule:

@@ -56,20 +56,21 @@ class _Rectifier(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-        x, lower, upper, box = inputs
-        mask = x > lower
-        if upper is not None:
-            mask = mask & (x < upper)
-        ctx.save_for_backward(mask)
-        ctx.box = box
+        _, lower, upper, box = inputs
+        # the output, which the network keeps anyway, tells the mask: x > lower ⇔ out > lower
+        ctx.save_for_backward(output)
+        ctx.lower, ctx.upper, ctx.box = lower, upper, box
         ctx.convscope_op = "relu" if upper is None else ("relu6" if upper == 6.0 else "hardtanh")
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:  # type: ignore[override]
-        (mask,) = ctx.saved_tensors
         rule = ctx.box.rule
         if rule == "deconvnet":
             return grad.clamp(min=0), None, None, None
+        (output,) = ctx.saved_tensors
+        mask = output > ctx.lower
+        if ctx.upper is not None:
+            mask = mask & (output < ctx.upper)
         if rule == "guided":
             return grad.clamp(min=0) * mask, None, None, None
         return grad * mask, None, None, None
@@ -209,6 +210,9 @@ _ACTIVATION_CALLS: dict[Any, tuple[str, Any]] = {
     F.mish: ("mish", lambda a, k: ()),
 }
 _ALWAYS_IN_PLACE = {F.leaky_relu_, F.elu_}
+_ROUTED = frozenset(
+    {*_RELU_OUT_OF_PLACE, *_RELU_IN_PLACE, *_RELU6, *_HARDTANH, *_ACTIVATION_CALLS, F.local_response_norm}
+)
 
 
 class RuleMode(TorchFunctionMode):
@@ -222,6 +226,8 @@ class RuleMode(TorchFunctionMode):
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
     ) -> Any:
         kwargs = kwargs or {}
+        if func not in _ROUTED:  # the common case, kept cheap: every op of the forward pass comes here
+            return func(*args, **kwargs)
         if func in _RELU_OUT_OF_PLACE:
             inplace = bool(_arg(args, kwargs, 1, "inplace", False)) if func is F.relu else False
             return _rectify(args[0], 0.0, None, self.box, inplace)
