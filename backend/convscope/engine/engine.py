@@ -18,10 +18,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from cachetools import LRUCache
 from PIL import Image
 
 from convscope.engine.capture import LayerCapture, Tap
 from convscope.engine.graph import path_facts
+from convscope.engine.memory import held_bytes, model_storages
 from convscope.engine.receptive_field import ReceptiveField, receptive_field
 from convscope.engine.rules import MODES, Mode, Rule, RuleBox, RuleMode
 from convscope.errors import InvalidRequestError, NotFoundError
@@ -107,6 +109,26 @@ class _Record:
     logits: torch.Tensor
     outputs: dict[str, torch.Tensor]
     box: RuleBox
+    nbytes: int = 0  # what it holds (engine/memory.py), the size the cache counts
+
+
+def _record_size(record: _Record) -> int:
+    return max(record.nbytes, 1)
+
+
+# The recorded-pass cache's default bound per device type, in MiB: an EfficientNet-Lite0
+# record at 224 px holds ~100 MiB, VGG16 ~175 MiB, ResNet-50 ~160 MiB (measured, CPU).
+DEFAULT_CACHE_MB = {"cpu": 1024, "cuda": 2048}
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CacheMemory:
+    """What the recorded-pass cache holds now."""
+
+    records: int
+    bytes: int
+    limit_bytes: int
 
 
 @dataclass
@@ -116,6 +138,7 @@ class EngineStats:
     forward_passes: int = 0
     backward_passes: int = 0
     cache_hits: int = 0
+    not_cached: int = 0  # records larger than the whole cache bound (used once, not kept)
 
 
 def set_cuda_tf32(allowed: bool) -> None:
@@ -168,18 +191,24 @@ class Engine:
         self,
         model: LoadedModel,
         device_name: str = "auto",
-        cache_size: int = 8,
+        cache_size: int | None = None,
         tf32: bool = False,
+        cache_mb: float | None = None,
     ) -> None:
         self.model = model
         self.device_name = device_name
-        self.cache_size = cache_size
+        self.cache_size = cache_size  # at most this many records too (None: only the byte bound)
         self.tf32 = tf32  # CUDA only: let convolutions use TF32 (faster, ~1e-3 off; see cuda_precision)
         self.stats = EngineStats()
         self.device = resolve_device(device_name)
+        self.cache_mb = float(DEFAULT_CACHE_MB.get(self.device.type, 1024) if cache_mb is None else cache_mb)
+        if self.cache_mb <= 0:
+            raise InvalidRequestError(f"the engine cache needs a positive size in MiB, got {cache_mb!r}")
         self.model.module.to(self.device).eval()
+        self._model_storages = model_storages(self.model.module)
         self._lock = threading.RLock()
-        self._cache: OrderedDict[str, _Record] = OrderedDict()
+        # recorded passes by image key, least recently used first out, bounded in bytes
+        self._cache: LRUCache[str, _Record] = LRUCache(maxsize=int(self.cache_mb * MiB), getsizeof=_record_size)
         self._logits: OrderedDict[str, torch.Tensor] = OrderedDict()  # no-grad predictions by image key
         # layers whose outputs an in-place op rewrites further down: recorded through a copy
         # (learned from the first recorded pass; None until then: copy every one)
@@ -282,24 +311,37 @@ class Engine:
             elif rewritten:
                 self._copied_layers = copied | rewritten
                 continue
-            return _Record(image, logits.detach(), capture.outputs, box)
+            held = held_bytes([image, *capture.outputs.values()], self._model_storages)
+            return _Record(image, logits.detach(), capture.outputs, box, held)
         raise RuntimeError("the recorded forward pass keeps rewriting its outputs in place")  # pragma: no cover
 
     def _record(self, image: PreparedImage) -> _Record:
         record = self._cache.get(image.key)
         if record is not None:
-            self._cache.move_to_end(image.key)
             self.stats.cache_hits += 1
             return record
         record = self._record_tensor(image.tensor)
-        self._cache[image.key] = record
-        while len(self._cache) > max(self.cache_size, 1):
-            self._cache.popitem(last=False)
+        self._keep(image.key, record)
         return record
+
+    def _keep(self, key: str, record: _Record) -> None:
+        """Cache a record, evicting the least recently used ones beyond the bounds."""
+        try:
+            self._cache[key] = record
+        except ValueError:  # larger than the whole bound: used for this request only
+            self.stats.not_cached += 1
+            return
+        while self.cache_size is not None and len(self._cache) > max(self.cache_size, 1):
+            self._cache.popitem()
 
     def clear_cache(self) -> None:
         with self._lock:
             self._cache.clear()
+
+    def memory(self) -> CacheMemory:
+        """Records cached now and the bytes they hold, against the bound."""
+        with self._lock:
+            return CacheMemory(len(self._cache), int(self._cache.currsize), int(self._cache.maxsize))
 
     @property
     def lock(self) -> threading.RLock:
