@@ -59,6 +59,12 @@ class Settings(BaseSettings):
         gt=0,
         description="MiB of recorded forward passes kept per model (default: 1024 on the CPU, 2048 on CUDA)",
     )
+    workers: int = Field(
+        default=2,
+        ge=1,
+        description="CPU: backward passes (projections) per model at once over shared recorded passes; "
+        "without CONVSCOPE_TORCH_THREADS the server then gives torch cores/workers threads",
+    )
     tf32: bool = Field(
         default=False, description="CUDA: let convolutions use TF32 (faster; projections then differ from the CPU's)"
     )

@@ -1,11 +1,18 @@
 """The engine: one object per loaded model that predicts, records and projects.
 
 It owns the model, the device, the list of probe-able layers (with receptive
-fields and rule coverage) and an LRU cache of recorded forward passes, so a second
-projection of the same image costs only the backward part. `infer` is the one
-no-grad inference entry point (logits and taps at any module). The engine's lock
-is held for one forward pass or one backward call at a time, never across a job,
-so one engine can be shared by many threads.
+fields and rule coverage) and an LRU cache of recorded forward passes, bounded in
+bytes, so a second projection of the same image costs only the backward part.
+`infer` is the one no-grad inference entry point (logits and taps at any module).
+
+Threads: forward passes take the engine's lock, one batch at a time (never across
+a job). On the CPU up to `workers` backward passes run at once over the shared
+recorded graphs, outside that lock, each with its rule held per call
+(`rules.using_rule`), never written on the shared record; one image is never
+recorded twice at once (a second caller waits for the first one's record). On
+CUDA autograd runs backward passes in its own device threads, where a per-thread
+rule cannot be seen: there every computation is serialised by the lock and the
+rule is set on the record under it.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from convscope.engine.capture import LayerCapture, Tap
 from convscope.engine.graph import path_facts
 from convscope.engine.memory import held_bytes, model_storages
 from convscope.engine.receptive_field import ReceptiveField, receptive_field
-from convscope.engine.rules import MODES, Mode, Rule, RuleBox, RuleMode
+from convscope.engine.rules import MODES, Mode, Rule, RuleBox, RuleMode, using_rule
 from convscope.errors import InvalidRequestError, NotFoundError
 from convscope.images import PreparedImage, prepare_image
 from convscope.models.spec import LoadedModel
@@ -131,6 +138,14 @@ class CacheMemory:
     limit_bytes: int
 
 
+class _Pending:
+    """A record being made by one thread; others wanting the same image wait for it."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.record: _Record | None = None
+
+
 @dataclass
 class EngineStats:
     """Counters since the engine was made."""
@@ -194,6 +209,7 @@ class Engine:
         cache_size: int | None = None,
         tf32: bool = False,
         cache_mb: float | None = None,
+        workers: int = 2,
     ) -> None:
         self.model = model
         self.device_name = device_name
@@ -206,7 +222,14 @@ class Engine:
             raise InvalidRequestError(f"the engine cache needs a positive size in MiB, got {cache_mb!r}")
         self.model.module.to(self.device).eval()
         self._model_storages = model_storages(self.model.module)
-        self._lock = threading.RLock()
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise InvalidRequestError(f"workers must be a positive integer, got {workers!r}")
+        # backward passes at once: `workers` on the CPU; one on CUDA (see the module docstring)
+        self.workers = workers if self.device.type == "cpu" else 1
+        self._lock = threading.RLock()  # forward passes (and, on CUDA, everything)
+        self._backward_slots = threading.BoundedSemaphore(self.workers)
+        self._cache_lock = threading.Lock()  # the caches, the pending records, the counters
+        self._pending: dict[str, _Pending] = {}
         # recorded passes by image key, least recently used first out, bounded in bytes
         self._cache: LRUCache[str, _Record] = LRUCache(maxsize=int(self.cache_mb * MiB), getsizeof=_record_size)
         self._logits: OrderedDict[str, torch.Tensor] = OrderedDict()  # no-grad predictions by image key
@@ -293,6 +316,10 @@ class Engine:
         except for the layers an in-place operation further down rewrites (the first
         pass copies every output and learns which those are; a later pass that finds a
         kept output rewritten learns it too and is redone)."""
+        with self._lock:
+            return self._record_pass(tensor)
+
+    def _record_pass(self, tensor: torch.Tensor) -> _Record:
         for _ in range(2):
             box = RuleBox()
             image = tensor.detach().to(self.device).requires_grad_(True)
@@ -316,16 +343,35 @@ class Engine:
         raise RuntimeError("the recorded forward pass keeps rewriting its outputs in place")  # pragma: no cover
 
     def _record(self, image: PreparedImage) -> _Record:
-        record = self._cache.get(image.key)
-        if record is not None:
-            self.stats.cache_hits += 1
-            return record
-        record = self._record_tensor(image.tensor)
-        self._keep(image.key, record)
-        return record
+        """The image's recorded pass: cached, being made by another thread (wait for it), or made here."""
+        while True:
+            with self._cache_lock:
+                record = self._cache.get(image.key)
+                if record is not None:
+                    self.stats.cache_hits += 1
+                    return record
+                pending = self._pending.get(image.key)
+                mine = pending is None
+                if pending is None:
+                    pending = self._pending[image.key] = _Pending()
+            if not mine:
+                pending.done.wait()
+                if pending.record is not None:
+                    return pending.record
+                continue  # the other thread failed: try here
+            try:
+                record = self._record_tensor(image.tensor)
+                pending.record = record
+                with self._cache_lock:
+                    self._keep(image.key, record)
+                return record
+            finally:
+                with self._cache_lock:
+                    del self._pending[image.key]
+                pending.done.set()
 
     def _keep(self, key: str, record: _Record) -> None:
-        """Cache a record, evicting the least recently used ones beyond the bounds."""
+        """Cache a record, evicting the least recently used ones beyond the bounds (cache lock held)."""
         try:
             self._cache[key] = record
         except ValueError:  # larger than the whole bound: used for this request only
@@ -335,17 +381,18 @@ class Engine:
             self._cache.popitem()
 
     def clear_cache(self) -> None:
-        with self._lock:
+        with self._cache_lock:
             self._cache.clear()
+            self._logits.clear()
 
     def memory(self) -> CacheMemory:
         """Records cached now and the bytes they hold, against the bound."""
-        with self._lock:
+        with self._cache_lock:
             return CacheMemory(len(self._cache), int(self._cache.currsize), int(self._cache.maxsize))
 
     @property
     def lock(self) -> threading.RLock:
-        """The lock the engine holds for each of its passes (one batch, one backward call)."""
+        """The lock the engine holds for each forward pass (one batch; on CUDA, every computation)."""
         return self._lock
 
     def infer(self, batch: torch.Tensor, taps: Iterable[Tap] = ()) -> tuple[torch.Tensor, dict[Tap, torch.Tensor]]:
@@ -374,7 +421,7 @@ class Engine:
 
     # ---- predictions and activations ----------------------------------------------
     def _cached_record(self, image: PreparedImage) -> _Record | None:
-        with self._lock:
+        with self._cache_lock:
             record = self._cache.get(image.key)
             if record is not None:
                 self.stats.cache_hits += 1
@@ -386,13 +433,13 @@ class Engine:
         record = self._cached_record(image)
         if record is not None:
             return record.logits[0].float().cpu()
-        with self._lock:
+        with self._cache_lock:
             cached = self._logits.get(image.key)
         if cached is not None:
             return cached
         logits, _ = self.infer(image.tensor)
         result = logits[0].float().cpu()
-        with self._lock:
+        with self._cache_lock:
             self._logits[image.key] = result
             while len(self._logits) > LOGITS_KEPT:
                 self._logits.popitem(last=False)
@@ -469,32 +516,45 @@ class Engine:
         """Project many seeds of one image in one backward pass; one projection per seed."""
         rule = self.resolve_mode(layer, mode)
         self._validate(layer, seeds)
-        with self._lock:
-            record = self._record(image)
-            output = record.outputs[layer]
-            grads, values, positions = self._seed_tensor(output, seeds)
-            record.box.rule = rule
-            with self._computing():
-                projections = self._backward(output, record.image, grads).float().cpu()
+        record = self._record(image)
+        output = record.outputs[layer]
+        grads, values, positions = self._seed_tensor(output, seeds)
+        projections = self._go_back(record, output, grads, rule)
         return [
             Projection(layer, seed.channel, rule, "position" if seed.position else seed.select, value, pos, proj)
             for seed, value, pos, proj in zip(seeds, values, positions, projections, strict=True)
         ]
 
+    def _go_back(self, record: _Record, output: torch.Tensor, grads: torch.Tensor, rule: Rule) -> torch.Tensor:
+        """Run `_backward` with the rule held for this call: on the CPU in one of `workers`
+        slots, outside the forward lock; on CUDA under the lock, with the rule on the record
+        for autograd's device thread (see the module docstring). K×3×S×S on the CPU."""
+        if self.device.type == "cuda":
+            with self._computing(), using_rule(rule):
+                record.box.rule = rule
+                return self._backward(output, record.image, grads).float().cpu()
+        with self._backward_slots, using_rule(rule):
+            return self._backward(output, record.image, grads).float().cpu()
+
     def _backward(self, output: torch.Tensor, image: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
-        """K seeds -> K×3×S×S. On CUDA one vmapped backward pass over the recorded graph;
-        on the CPU, where the transposed convolutions are compute-bound and batching
+        """K seeds -> K×3×S×S: the one place a projection goes back down (the rule is the
+        caller's, `rules.active_rule()`). On CUDA one vmapped backward pass over the recorded
+        graph; on the CPU, where the transposed convolutions are compute-bound and batching
         them gains nothing (measured), one backward pass per seed over the same graph."""
         if len(grads) > 1 and image.device.type == "cuda":
             (result,) = torch.autograd.grad(output, image, grads, retain_graph=True, is_grads_batched=True)
-            self.stats.backward_passes += 1
+            self._count_backward(1)
             return result.reshape(len(grads), *image.shape[1:])
         results = []
         for grad in grads:
             (result,) = torch.autograd.grad(output, image, grad, retain_graph=True)
             results.append(result[0])
-            self.stats.backward_passes += 1
+        self._count_backward(len(grads))
         return torch.stack(results)
+
+    def _count_backward(self, passes: int) -> None:
+        with self._cache_lock:
+            self.stats.backward_passes += passes
 
     @staticmethod
     def _seed_tensor(

@@ -23,6 +23,9 @@ mode and is reported per layer as uncovered (`engine/graph.py`).
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -38,11 +41,38 @@ Mode = Literal["auto", "deconvnet", "guided", "gradient"]
 MODES: tuple[Mode, ...] = ("auto", "deconvnet", "guided", "gradient")
 
 
+_active = threading.local()
+
+
+@contextmanager
+def using_rule(rule: Rule) -> Iterator[None]:
+    """The rule every backward pass run in this thread inside the block uses (per call, so
+    several threads can go back through one recorded graph at once, each with its own)."""
+    previous = getattr(_active, "rule", None)
+    _active.rule = rule
+    try:
+        yield
+    finally:
+        _active.rule = previous
+
+
+def active_rule() -> Rule | None:
+    """The rule set by `using_rule` in this thread, if any."""
+    rule: Rule | None = getattr(_active, "rule", None)
+    return rule
+
+
 @dataclass
 class RuleBox:
-    """The rule one recorded forward pass uses on its way back; set before each backward."""
+    """What one recorded forward pass's rule functions ask for the rule on the way back:
+    the calling thread's `using_rule`, else `rule` (for backward passes that autograd runs
+    in its own device threads, i.e. on CUDA, where the engine sets it under its lock)."""
 
     rule: Rule = "deconvnet"
+
+    def current(self) -> Rule:
+        rule = active_rule()
+        return self.rule if rule is None else rule
 
 
 class _Rectifier(torch.autograd.Function):
@@ -64,7 +94,7 @@ class _Rectifier(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:  # type: ignore[override]
-        rule = ctx.box.rule
+        rule = ctx.box.current()
         if rule == "deconvnet":
             return grad.clamp(min=0), None, None, None
         (output,) = ctx.saved_tensors
@@ -93,7 +123,7 @@ class _RuleSwitch(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:  # type: ignore[override]
-        if ctx.box.rule == "deconvnet":
+        if ctx.box.current() == "deconvnet":
             return None, grad, None
         return grad, None, None
 
@@ -153,7 +183,7 @@ class _Activation(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:  # type: ignore[override]
         (x,) = ctx.saved_tensors
-        rule = ctx.box.rule
+        rule = ctx.box.current()
         if rule == "deconvnet":
             return grad.clamp(min=0), None, None, None
         derivative = _ACTIVATIONS[ctx.name][1]
