@@ -38,9 +38,12 @@ class ModelInfo(BaseModel):
 
 
 class ReceptiveFieldInfo(BaseModel):
-    size: float = Field(description="side of the receptive field in input pixels")
-    stride: float = Field(description="input pixels between neighbouring units")
-    offset: float = Field(description="centre of unit (0, 0) in input pixels")
+    size: float = Field(description="side of the receptive field in input pixels (along the rows, y)")
+    stride: float = Field(description="input pixels between neighbouring units (along y)")
+    offset: float = Field(description="centre of unit (0, 0) in input pixels (along y)")
+    size_x: float | None = Field(default=None, description="along the columns (x), only where it differs from size")
+    stride_x: float | None = Field(default=None, description="along x, only where it differs from stride")
+    offset_x: float | None = Field(default=None, description="along x, only where it differs from offset")
 
 
 class RuleCoverage(BaseModel):

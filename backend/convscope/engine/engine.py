@@ -70,14 +70,20 @@ class LayerInfo:
             "channels": self.channels,
             "height": self.height,
             "width": self.width,
-            "receptive_field": {
-                "size": round(field_.size, 3),
-                "stride": round(field_.stride, 3),
-                "offset": round(field_.offset, 3),
-            },
+            "receptive_field": _field_dict(field_),
             "has_switches": self.has_switches,
             "rules": {"covered": list(self.rules_covered), "uncovered": list(self.rules_uncovered)},
         }
+
+
+def _field_dict(field_: ReceptiveField) -> dict[str, float]:
+    """`{"size", "stride", "offset"}` (along y), plus `size_x`, `stride_x`, `offset_x` where x differs."""
+    row = {"size": field_.size, "stride": field_.stride, "offset": field_.offset}
+    for name in ("size_x", "stride_x", "offset_x"):
+        value = getattr(field_, name)
+        if value is not None:
+            row[name] = value
+    return {name: round(float(value), 3) for name, value in row.items()}
 
 
 @dataclass(frozen=True)
