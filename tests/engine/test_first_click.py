@@ -101,3 +101,15 @@ def test_predictions_and_activations_record_no_graph() -> None:
     assert engine.stats.forward_passes == before + 1
     assert [p.index for p in engine.predict(image, top=3)] == [p.index for p in predictions]
     torch.testing.assert_close(engine.activations(image, "conv2"), maps)
+
+
+def test_a_layers_maps_and_sprite_share_one_no_grad_pass() -> None:
+    engine = make_engine(in_place_net(), SIZE, classes=3)
+    image = engine.prepare(load_sample("coffee"))
+    before = engine.stats.inference_passes
+    first = engine.activations(image, "conv1")
+    again = engine.activations(image, "conv1")
+    assert engine.stats.inference_passes == before + 1
+    assert torch.equal(first, again)
+    engine.activations(image, "conv2")
+    assert engine.stats.inference_passes == before + 2

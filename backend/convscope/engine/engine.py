@@ -17,6 +17,7 @@ rule is set on the record under it.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
@@ -38,6 +39,7 @@ from convscope.images import PreparedImage, prepare_image
 from convscope.models.spec import LoadedModel
 
 LOGITS_KEPT = 64  # no-grad logits kept per engine (by image key; 4 kB each for 1000 classes)
+MAPS_KEPT_MB = 64  # no-grad feature maps kept per engine, MiB
 
 Select = Literal["max", "map"]
 SELECTS: tuple[Select, ...] = ("max", "map")
@@ -156,7 +158,8 @@ class _Pending:
 class EngineStats:
     """Counters since the engine was made."""
 
-    forward_passes: int = 0
+    forward_passes: int = 0  # recorded (with a graph)
+    inference_passes: int = 0  # no-grad batches (`infer`)
     backward_passes: int = 0
     cache_hits: int = 0
     not_cached: int = 0  # records larger than the whole cache bound (used once, not kept)
@@ -239,6 +242,10 @@ class Engine:
         # recorded passes by image key, least recently used first out, bounded in bytes
         self._cache: LRUCache[str, _Record] = LRUCache(maxsize=int(self.cache_mb * MiB), getsizeof=_record_size)
         self._logits: OrderedDict[str, torch.Tensor] = OrderedDict()  # no-grad predictions by image key
+        # no-grad feature maps by (image key, layer): the maps and the sprite of a layer share one pass
+        self._maps: LRUCache[tuple[str, str], torch.Tensor] = LRUCache(
+            maxsize=MAPS_KEPT_MB * MiB, getsizeof=lambda maps: max(maps.numel() * maps.element_size(), 1)
+        )
         # layers whose outputs an in-place op rewrites further down: recorded through a copy
         # (learned from the first recorded pass; None until then: copy every one)
         self._copied_layers: set[str] | None = None
@@ -390,6 +397,7 @@ class Engine:
         with self._cache_lock:
             self._cache.clear()
             self._logits.clear()
+            self._maps.clear()
 
     def memory(self) -> CacheMemory:
         """Records cached now and the bytes they hold, against the bound."""
@@ -413,6 +421,7 @@ class Engine:
         batch = batch.to(self.device)
         with self._computing(), torch.no_grad(), LayerCapture(self.model.module, taps=taps) as capture:
             logits = self.model.module(batch)
+            self.stats.inference_passes += 1
         return logits, capture.tapped
 
     def forward_batch(
@@ -471,9 +480,16 @@ class Engine:
         record = self._cached_record(image)
         if record is not None:
             return record.outputs[layer][0].detach().float().cpu()
+        with self._cache_lock:
+            maps = self._maps.get((image.key, layer))
+        if maps is not None:
+            return maps
         tap = Tap(layer)
         _, tapped = self.infer(image.tensor, [tap])
-        return tapped[tap][0].float().cpu()
+        maps = tapped[tap][0].float().cpu()
+        with self._cache_lock, contextlib.suppress(ValueError):  # ValueError: larger than the whole bound
+            self._maps[(image.key, layer)] = maps
+        return maps
 
     # ---- projections ----------------------------------------------------------------
     def resolve_mode(self, layer: str, mode: str) -> Rule:
