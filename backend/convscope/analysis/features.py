@@ -18,7 +18,7 @@ cannot rewrite it, and flattened to N×D float32 on the CPU.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -31,17 +31,6 @@ if TYPE_CHECKING:
     from convscope.engine import Engine
 
 PENULTIMATE = "penultimate"
-ProgressCallback = Callable[[int, int], None]
-StopCallback = Callable[[], bool]
-
-
-class AnalysisCancelled(Exception):
-    """Raised by a study when its `should_stop()` answered true between two batches."""
-
-    def __init__(self, done: int, total: int) -> None:
-        super().__init__(f"analysis cancelled after {done} of {total} forward passes")
-        self.done = done
-        self.total = total
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ import torch
 from cachetools import LRUCache
 from PIL import Image
 
+from convscope.engine import cone
 from convscope.engine.capture import LayerCapture, Tap
 from convscope.engine.graph import path_facts
 from convscope.engine.memory import held_bytes, model_storages
@@ -161,6 +162,7 @@ class EngineStats:
     forward_passes: int = 0  # recorded (with a graph)
     inference_passes: int = 0  # no-grad batches (`infer`)
     backward_passes: int = 0
+    cone_passes: int = 0  # backward passes that ran over the seed's receptive field only
     cache_hits: int = 0
     not_cached: int = 0  # records larger than the whole cache bound (used once, not kept)
 
@@ -554,22 +556,29 @@ class Engine:
         if self.device.type == "cuda":
             with self._computing(), using_rule(rule):
                 record.box.rule = rule
-                return self._backward(output, record.image, grads).float().cpu()
+                return self._backward(output, record.image, grads, rule).float().cpu()
         with self._backward_slots, using_rule(rule):
-            return self._backward(output, record.image, grads).float().cpu()
+            return self._backward(output, record.image, grads, rule).float().cpu()
 
-    def _backward(self, output: torch.Tensor, image: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
-        """K seeds -> K×3×S×S: the one place a projection goes back down (the rule is the
-        caller's, `rules.active_rule()`). On CUDA one vmapped backward pass over the recorded
-        graph; on the CPU, where the transposed convolutions are compute-bound and batching
-        them gains nothing (measured), one backward pass per seed over the same graph."""
+    def _backward(self, output: torch.Tensor, image: torch.Tensor, grads: torch.Tensor, rule: Rule) -> torch.Tensor:
+        """K seeds -> K×3×S×S: the one place a projection goes back down (`rule` is also held
+        for this thread, `rules.active_rule()`). On CUDA one vmapped backward pass over the
+        recorded graph; on the CPU, where the transposed convolutions are compute-bound and
+        batching them gains nothing (measured), one backward pass per seed over the same
+        graph, over the seed's receptive field only where that is at most half the work (cone.py)."""
         if len(grads) > 1 and image.device.type == "cuda":
             (result,) = torch.autograd.grad(output, image, grads, retain_graph=True, is_grads_batched=True)
             self._count_backward(1)
             return result.reshape(len(grads), *image.shape[1:])
         results = []
         for grad in grads:
-            (result,) = torch.autograd.grad(output, image, grad, retain_graph=True)
+            cropped = cone.backward_if_cheaper(output, image, grad, rule)  # None: dense is cheaper
+            if cropped is None:
+                (result,) = torch.autograd.grad(output, image, grad, retain_graph=True)
+            else:
+                result = cropped
+                with self._cache_lock:
+                    self.stats.cone_passes += 1
             results.append(result[0])
         self._count_backward(len(grads))
         return torch.stack(results)

@@ -86,10 +86,13 @@ class _Rectifier(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-        _, lower, upper, box = inputs
-        # the output, which the network keeps anyway, tells the mask: x > lower ⇔ out > lower
-        ctx.save_for_backward(output)
-        ctx.lower, ctx.upper, ctx.box = lower, upper, box
+        x, lower, upper, box = inputs
+        # the forward mask, one byte per element (engine/cone.py reads it from the node too)
+        mask = x > lower
+        if upper is not None:
+            mask = mask & (x < upper)
+        ctx.save_for_backward(mask)
+        ctx.box = box
         ctx.convscope_op = "relu" if upper is None else ("relu6" if upper == 6.0 else "hardtanh")
 
     @staticmethod
@@ -97,10 +100,7 @@ class _Rectifier(torch.autograd.Function):
         rule = ctx.box.current()
         if rule == "deconvnet":
             return grad.clamp(min=0), None, None, None
-        (output,) = ctx.saved_tensors
-        mask = output > ctx.lower
-        if ctx.upper is not None:
-            mask = mask & (output < ctx.upper)
+        (mask,) = ctx.saved_tensors
         if rule == "guided":
             return grad.clamp(min=0) * mask, None, None, None
         return grad * mask, None, None, None

@@ -30,6 +30,7 @@ from convscope.errors import InvalidRequestError, NotFoundError
 from convscope.models.spec import LoadedModel
 from convscope.studies.data import ImageSet, stratified_folds
 from convscope.studies.store import FORMAT_VERSION, markdown_table, mean_std, pct
+from convscope.tasks import Cancelled, Task, checkpoint
 
 CLASSIFIERS = ("svm", "softmax")
 # Inverse regularisation per classifier. The SVM's is 0.1: on standardised features of
@@ -40,7 +41,6 @@ DEFAULT_C = {"svm": 0.1, "softmax": 1.0}
 POOL_MODES = ("avg", "max")
 MAX_DEFAULT_LAYERS = 10
 _SKIP_KINDS = ("Conv", "Linear", "Identity", "Dropout", "Flatten")
-Progress = Callable[[int, int], None]
 
 
 def load_probe_model(model: str, weights: str | None = None, input_size: int | None = None) -> LoadedModel:
@@ -115,7 +115,7 @@ def extract_features(
     pool: int = 2,
     pool_mode: str = "avg",
     batch_size: int = 32,
-    progress: Progress | None = None,
+    task: Task | None = None,
 ) -> dict[str, np.ndarray]:
     """N×D float32 features per layer: 4-D outputs pooled to pool×pool, 2-D ones as they are.
 
@@ -144,8 +144,7 @@ def extract_features(
                 raise InvalidRequestError(f"layer {name!r} produced no tensor output")
             chunks[name].append(tapped[tap])
         done += len(batch)
-        if progress is not None:
-            progress(done, len(images))
+        checkpoint(task, done, len(images), "probe features")
     return {name: torch.cat(parts).numpy() for name, parts in chunks.items()}
 
 
@@ -204,7 +203,7 @@ def probe(
     title: str | None = None,
     model_name: str | None = None,
     weights: str | None = None,
-    progress: Progress | None = None,
+    task: Task | None = None,
     echo: Callable[[str], None] | None = None,
 ) -> ProbeResult:
     """Table 7 for one model and image set: k-fold accuracy per layer and classifier."""
@@ -218,12 +217,14 @@ def probe(
     split = stratified_folds(images.labels, folds, seed)
     began = time.perf_counter()
     features = extract_features(
-        engine, images, chosen, pool=pool, pool_mode=pool_mode, batch_size=batch_size, progress=progress
+        engine, images, chosen, pool=pool, pool_mode=pool_mode, batch_size=batch_size, task=task
     )
     feature_seconds = time.perf_counter() - began
     rows = []
     fit_began = time.perf_counter()
     for name in chosen:
+        if task is not None and task.should_stop():  # the fits can take long: stop between layers
+            raise Cancelled(len(images), len(images), "probe")
         row: dict[str, Any] = {"layer": name, "short": name.rsplit(".", 1)[-1], "dims": int(features[name].shape[1])}
         for kind in classifiers:
             scores = cross_validate(
