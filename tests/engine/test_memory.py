@@ -120,8 +120,9 @@ def test_cli_verbose_reports_the_bytes(tmp_path) -> None:  # type: ignore[no-unt
     photo = get_sample("chelsea").path
     result = subprocess.run(
         [sys.executable, "-m", "convscope", "project", "--model", "zfnet", "--image", str(photo), "--layer",
-         "features.conv2", "--channel", "0", "--out", str(tmp_path / "p.png"), "--verbose"],
+         "features.conv2", "--channel", "0", "--out", str(tmp_path / "p.png"), "--verbose", "--mode", "auto"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "recorded forward passes: 1, holding" in result.stderr and "MiB" in result.stderr
+    assert "features.conv2 channel 0 deconvnet/max" in result.stdout  # auto: ZF's conv2 lies above a max-pool
