@@ -93,6 +93,13 @@ def cmd_project(args: argparse.Namespace) -> int:
     print(
         f"{args.layer} channel {args.channel} {result.mode}/{args.select}: seed {result.seed_value:.4g} at {where} -> {out}"
     )
+    if args.verbose:
+        memory = engine.memory()
+        print(
+            f"recorded forward passes: {memory.records}, holding {memory.bytes / 2**20:.1f} MiB"
+            f" (bound {memory.limit_bytes / 2**20:.0f} MiB)",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -270,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["deconvnet", "guided", "gradient", "auto"],
         help="auto: deconvnet where max-pool switches lie below the layer, guided otherwise",
     )
+    project.add_argument("--verbose", action="store_true", help="also print what the recorded pass holds")
     project.add_argument("--select", default="max", choices=["max", "map"])
     project.add_argument("--size", type=_positive_int, default=224)
     project.add_argument("--out", required=True, help="PNG to write")

@@ -15,7 +15,23 @@ from convscope.errors import WeightsUnavailableError
 def test_health_is_ok_once_loaded(client: TestClient) -> None:
     response = client.get("/api/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok"}
+    body = response.json()
+    assert body["status"] == "ok" and set(body) == {"status", "engines"}
+    (engine,) = body["engines"]
+    assert engine["model"] == MODEL and engine["device"] == "cpu"
+    assert 0 <= engine["bytes"] <= engine["limit_bytes"] == 1024 * 1024 * 1024
+
+
+def test_health_reports_the_bytes_recorded_passes_hold(client: TestClient) -> None:
+    assert (
+        client.get(
+            f"/api/models/{MODEL}/images/coffee/projection", params={"layer": "blocks.1", "channel": 2}
+        ).status_code
+        == 200
+    )
+    (engine,) = client.get("/api/health").json()["engines"]
+    assert engine["records"] >= 1
+    assert engine["bytes"] >= 50 * 1024 * 1024  # an EfficientNet-Lite0 record at 224 px holds ~100 MiB
 
 
 def test_health_is_503_while_loading_then_200() -> None:
@@ -33,7 +49,7 @@ def test_health_is_503_while_loading_then_200() -> None:
         assert client.get("/api/samples").status_code == 200
         release.set()
         wait_ready(client)
-        assert client.get("/api/health").json() == {"status": "ok"}
+        assert client.get("/api/health").json()["status"] == "ok"
         assert [m["name"] for m in client.get("/api/models").json()] == ["tiny"]
 
 

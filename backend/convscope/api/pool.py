@@ -58,6 +58,8 @@ class ModelPool:
                     device_name=self.settings.device,
                     cache_size=self.settings.engine_cache_size,
                     tf32=self.settings.tf32,
+                    cache_mb=self.settings.engine_cache_mb,
+                    workers=self.settings.workers,
                 )
                 self._engines[name] = engine
                 log.info("loaded model %s on %s (%d layers)", name, engine.device, len(engine.layers()))

@@ -14,9 +14,18 @@ class ErrorResponse(BaseModel):
     )
 
 
+class EngineMemory(BaseModel):
+    model: str
+    device: str
+    records: int = Field(description="recorded forward passes cached now (one per recently clicked image)")
+    bytes: int = Field(description="bytes those records hold (saved tensors, layer outputs, inputs)")
+    limit_bytes: int = Field(description="the cache's bound (CONVSCOPE_ENGINE_CACHE_MB)")
+
+
 class HealthResponse(BaseModel):
     status: Literal["ok", "loading", "failed"]
     detail: str | None = Field(default=None, description="why the server is not ready, when it is not")
+    engines: list[EngineMemory] | None = Field(default=None, description="per model, once ready: cache memory")
 
 
 class ModelInfo(BaseModel):
@@ -29,9 +38,12 @@ class ModelInfo(BaseModel):
 
 
 class ReceptiveFieldInfo(BaseModel):
-    size: float = Field(description="side of the receptive field in input pixels")
-    stride: float = Field(description="input pixels between neighbouring units")
-    offset: float = Field(description="centre of unit (0, 0) in input pixels")
+    size: float = Field(description="side of the receptive field in input pixels (along the rows, y)")
+    stride: float = Field(description="input pixels between neighbouring units (along y)")
+    offset: float = Field(description="centre of unit (0, 0) in input pixels (along y)")
+    size_x: float | None = Field(default=None, description="along the columns (x), only where it differs from size")
+    stride_x: float | None = Field(default=None, description="along x, only where it differs from stride")
+    offset_x: float | None = Field(default=None, description="along x, only where it differs from offset")
 
 
 class RuleCoverage(BaseModel):

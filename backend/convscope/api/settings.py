@@ -54,7 +54,20 @@ class Settings(BaseSettings):
     pretrained: bool = Field(default=True, description="load pretrained weights (False: random weights, for tests)")
     input_size: int = Field(default=224, ge=16, le=1024, description="model input side S")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    engine_cache_size: int = Field(default=8, ge=1, description="recorded forward passes kept per model")
+    engine_cache_size: int | None = Field(
+        default=None, ge=1, description="at most this many recorded forward passes per model (default: bytes only)"
+    )
+    engine_cache_mb: float | None = Field(
+        default=None,
+        gt=0,
+        description="MiB of recorded forward passes kept per model (default: 1024 on the CPU, 2048 on CUDA)",
+    )
+    workers: int = Field(
+        default=2,
+        ge=1,
+        description="CPU: backward passes (projections) per model at once over shared recorded passes; "
+        "without CONVSCOPE_TORCH_THREADS the server then gives torch cores/workers threads",
+    )
     tf32: bool = Field(
         default=False, description="CUDA: let convolutions use TF32 (faster; projections then differ from the CPU's)"
     )

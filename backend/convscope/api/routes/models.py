@@ -35,6 +35,7 @@ async def list_models(pool: PoolDep) -> list[ModelInfo]:
 @router.get(
     "/models/{model}/layers",
     response_model=list[LayerResponse],
+    response_model_exclude_none=True,
     summary="every layer with a 4-D output, in forward order, with shape and receptive field",
     responses=errors(404, 422, 503),
 )
