@@ -44,8 +44,12 @@ Shape = tuple[int, ...]
 T = TypeVar("T")
 
 MAX_RATIO = 0.5  # cone only when its planned work is at most this share of the dense work
-# Python cost of one executed cone step, in multiply-adds: the cone pays it per node and
-# per seed while autograd's C++ engine does not (about 20 µs at ~10 GMAC/s on one core).
+# Work is counted in multiply-adds of a dense convolution (~0.08 ns each on one laptop core).
+# Element-wise steps are memory-bound: about 8 such units per element. A depthwise or
+# narrow-group convolution runs far below peak: a multiply-add there costs 16 / (input
+# channels per group) units, at least 1 (measured ~14× for depthwise on one core).
+ELEMENT_COST = 8
+# The Python cost of one executed cone step (~15 µs), which autograd's C++ engine does not pay.
 STEP_OVERHEAD = 200_000
 
 
@@ -147,7 +151,7 @@ class _Step:
         raise NotImplementedError
 
     def work(self, box: Box, below: tuple[Box | None, ...]) -> int:
-        return _volume(box)
+        return ELEMENT_COST * _volume(box)
 
     def run(self, box: Box, grad: torch.Tensor, below: tuple[Box | None, ...], rule: str) -> list[torch.Tensor | None]:
         raise NotImplementedError
@@ -245,7 +249,8 @@ class _Convolution(_Step):
         (n0, n1), (c0, c1), (y0, y1), (x0, x1) = box
         first, last, _, _, _ = self._channels(c0, c1)
         kh, kw = self.weight.shape[2:]
-        return (n1 - n0) * (last - first) * (y1 - y0) * (x1 - x0) * self.in_per_group * kh * kw
+        macs = (n1 - n0) * (last - first) * (y1 - y0) * (x1 - x0) * self.in_per_group * kh * kw
+        return macs * max(1, 16 // self.in_per_group)
 
     def run(self, box: Box, grad: torch.Tensor, below: tuple[Box | None, ...], rule: str) -> list[torch.Tensor | None]:
         target = below[0]
@@ -320,7 +325,7 @@ class _AvgPool(_Step):
         return self.first(tuple(result))
 
     def work(self, box: Box, below: tuple[Box | None, ...]) -> int:
-        return math.prod(self.shape) * math.prod(self.options["kernel_size"])
+        return ELEMENT_COST * math.prod(self.shape) * math.prod(self.options["kernel_size"])
 
     def run(self, box: Box, grad: torch.Tensor, below: tuple[Box | None, ...], rule: str) -> list[torch.Tensor | None]:
         target = below[0]
