@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -256,6 +257,29 @@ def test_plan_compares_cone_and_dense_arithmetic() -> None:
     assert torch.equal(
         cone.cone_backward(output, image, torch.zeros_like(output), "deconvnet"), torch.zeros(1, 3, 127, 127)
     )
+
+
+def test_threads_share_one_recorded_graph() -> None:
+    """Eight threads running cones over one recorded graph (its program built once, shared)
+    get exactly the sequential results."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 5, stride=2, padding=2),
+        nn.BatchNorm2d(8).eval(),
+        nn.MaxPool2d(3, 2, ceil_mode=True),
+        nn.Conv2d(8, 8, 3, padding=1, groups=4),
+    )
+    output, image = _graph(net, 48, "3")
+    grads = []
+    for y, x in _positions(*output.shape[2:]) * 2:
+        grad = torch.zeros_like(output)
+        grad[0, (y + x) % 8, y, x] = 1.0
+        grads.append(grad)
+    expected = [cone.cone_backward(output, image, grad, "gradient") for grad in grads]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda grad: cone.cone_backward(output, image, grad, "gradient"), grads))
+    for mine, reference in zip(results, expected, strict=True):
+        assert torch.equal(mine, reference)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the cone is a CPU-only route")

@@ -840,6 +840,7 @@ def _accumulate(
     current[_inner(hull, box)] += part
 
 
+@torch.no_grad()
 def run(
     program_plan: ConePlan, output: torch.Tensor, image: torch.Tensor, grad: torch.Tensor, rule: str
 ) -> torch.Tensor:
