@@ -153,6 +153,9 @@ class _Step:
     def work(self, box: Box, below: tuple[Box | None, ...]) -> int:
         return ELEMENT_COST * _volume(box)
 
+    def macs(self, box: Box) -> int:
+        return 0
+
     def run(self, box: Box, grad: torch.Tensor, below: tuple[Box | None, ...], rule: str) -> list[torch.Tensor | None]:
         raise NotImplementedError
 
@@ -245,12 +248,14 @@ class _Convolution(_Step):
         cols = _window(x0, x1, kw, sw, pw, dw, shape[3])
         return self.first(((n0, n1), (i0, i1), rows, cols))
 
-    def work(self, box: Box, below: tuple[Box | None, ...]) -> int:
+    def macs(self, box: Box) -> int:
         (n0, n1), (c0, c1), (y0, y1), (x0, x1) = box
         first, last, _, _, _ = self._channels(c0, c1)
         kh, kw = self.weight.shape[2:]
-        macs = (n1 - n0) * (last - first) * (y1 - y0) * (x1 - x0) * self.in_per_group * kh * kw
-        return macs * max(1, 16 // self.in_per_group)
+        return (n1 - n0) * (last - first) * (y1 - y0) * (x1 - x0) * self.in_per_group * kh * kw
+
+    def work(self, box: Box, below: tuple[Box | None, ...]) -> int:
+        return self.macs(box) * max(1, 16 // self.in_per_group)
 
     def run(self, box: Box, grad: torch.Tensor, below: tuple[Box | None, ...], rule: str) -> list[torch.Tensor | None]:
         target = below[0]
@@ -664,7 +669,7 @@ class _Program:
     image: int  # index of the image's slot (after the last step)
     shape: Shape  # the layer output's shape
     image_shape: Shape
-    dense_work: dict[str, int]
+    dense_work: dict[str, tuple[int, int]]
     unsupported: str | None = None
 
 
@@ -752,6 +757,8 @@ class ConePlan:
     dense_work: int
     seed_box: Box | None
     unsupported: str | None = None
+    cone_macs: int = 0  # the convolutions' multiply-adds alone
+    dense_macs: int = 0
 
     @property
     def ratio(self) -> float:
@@ -771,10 +778,12 @@ class ConePlan:
 
 
 def _propagate(program: _Program, seed_box: Box, rule: str) -> tuple[list[Box | None], list[Any], int, int]:
+    """Boxes per step from the seed's box down; the planned work (with the per-step overhead)
+    and the convolutions' multiply-adds."""
     boxes: list[Box | None] = [None] * (len(program.steps) + 1)
     below: list[tuple[Box | None, ...] | None] = [None] * len(program.steps)
     boxes[0] = seed_box
-    work = executed = 0
+    work = macs = 0
     for i, step in enumerate(program.steps):
         box = boxes[i]
         if box is None:
@@ -784,20 +793,23 @@ def _propagate(program: _Program, seed_box: Box, rule: str) -> tuple[list[Box | 
             None if b is None or e is None or _empty(b) else b for b, e in zip(planned, step.edges, strict=True)
         )
         below[i] = planned
-        work += step.work(box, planned)
-        executed += 1
+        work += step.work(box, planned) + STEP_OVERHEAD
+        macs += step.macs(box)
         for edge, child_box in zip(step.edges, planned, strict=True):
             if edge is not None and child_box is not None:
                 boxes[edge] = _hull(boxes[edge], child_box)
-    return boxes, below, work, executed
+    return boxes, below, work, macs
 
 
-def _dense_work(program: _Program, rule: str) -> int:
-    work = program.dense_work.get(rule)
-    if work is None:
-        _, _, work, _ = _propagate(program, _full(program.shape), rule)
-        program.dense_work[rule] = work
-    return work
+def _dense_work(program: _Program, rule: str) -> tuple[int, int]:
+    """(work, multiply-adds) of the dense pass: the whole output's box, without the cone's
+    per-step overhead."""
+    tally = program.dense_work.get(rule)
+    if tally is None:
+        boxes, _, work, macs = _propagate(program, _full(program.shape), rule)
+        tally = work - STEP_OVERHEAD * sum(box is not None for box in boxes[:-1]), macs
+        program.dense_work[rule] = tally
+    return tally
 
 
 def _seed_box(grad: torch.Tensor) -> Box | None:
@@ -815,12 +827,12 @@ def plan(output: torch.Tensor, image: torch.Tensor, grad: torch.Tensor, rule: st
         return ConePlan([], [], 0, 0, None, program.unsupported)
     if tuple(grad.shape) != program.shape:
         return ConePlan([], [], 0, 0, None, "the seed is not shaped like the layer output")
-    dense = _dense_work(program, rule)
+    dense, dense_macs = _dense_work(program, rule)
     seed_box = _seed_box(grad)
     if seed_box is None:
-        return ConePlan([], [], 0, dense, None)
-    boxes, below, work, executed = _propagate(program, seed_box, rule)
-    return ConePlan(boxes, below, work + executed * STEP_OVERHEAD, dense, seed_box)
+        return ConePlan([], [], 0, dense, None, dense_macs=dense_macs)
+    boxes, below, work, macs = _propagate(program, seed_box, rule)
+    return ConePlan(boxes, below, work, dense, seed_box, cone_macs=macs, dense_macs=dense_macs)
 
 
 def _accumulate(
