@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
+from convscope.engine.rules import RULES
+
 Box = tuple[tuple[int, int], ...]  # per dimension [start, stop)
 Shape = tuple[int, ...]
 T = TypeVar("T")
@@ -609,6 +611,8 @@ def _make_step(node: Any, shape: Shape, edges: list[int | None], inputs: list[Sh
         if len(shape) != 4:
             raise ConeUnsupported("max pooling of a non-4-D tensor")
         indices = _saved(node, "_saved_result1")
+        if indices is None:
+            raise ConeUnsupported("max pooling without its switches")
         return _MaxPool(
             indices, node._saved_kernel_size, node._saved_stride, node._saved_padding, node._saved_dilation, *args
         )
@@ -622,7 +626,10 @@ def _make_step(node: Any, shape: Shape, edges: list[int | None], inputs: list[Sh
             "count_include_pad": bool(node._saved_count_include_pad),
             "divisor_override": node._saved_divisor_override,
         }
-        return _AvgPool(_saved(node, "_saved_self"), options, *args)
+        saved = _saved(node, "_saved_self")
+        if saved is None:
+            raise ConeUnsupported("average pooling without its input")
+        return _AvgPool(saved, options, *args)
     if name == "NativeBatchNormBackward0":
         if node._saved_training or len(shape) < 2:
             raise ConeUnsupported("batch norm in training mode")
@@ -732,6 +739,8 @@ def _build(output: torch.Tensor, image: torch.Tensor) -> _Program:
             steps.append(_make_step(node, _shape_of(node, 0), edges, inputs))
     except ConeUnsupported as error:
         return _Program([], 0, shape, image_shape, {}, str(error))
+    except RuntimeError as error:  # e.g. saved tensors already freed by a backward pass
+        return _Program([], 0, shape, image_shape, {}, f"the recorded graph cannot be read: {error}")
     return _Program(steps, len(order), shape, image_shape, {})
 
 
@@ -895,7 +904,7 @@ def backward_if_cheaper(
 ) -> torch.Tensor | None:
     """The cone projection when it is supported and needs at most `max_ratio` (default
     `MAX_RATIO`) of the dense work on the CPU; None means: take the dense backward pass."""
-    if image.device.type != "cpu":
+    if image.device.type != "cpu" or rule not in RULES:
         return None
     seed_plan = plan(output, image, grad, rule)
     if not seed_plan.supported or seed_plan.ratio > (MAX_RATIO if max_ratio is None else max_ratio):
