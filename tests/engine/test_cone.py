@@ -13,6 +13,7 @@ import functools
 import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -26,7 +27,7 @@ from fixtures.nets import (
     FunctionalReLUNet,
     LinearStemNet,
     ReusedReLUNet,
-    SiLUNet,
+    SoftplusNet,
     SqueezeExciteNet,
     alexnet_shaped,
     make_engine,
@@ -152,7 +153,7 @@ def _graph(net: nn.Module, size: int, layer: str) -> tuple[torch.Tensor, torch.T
     [
         (SqueezeExciteNet, 24, "conv2", "SigmoidBackward"),  # global pooling inside the path down
         (LinearStemNet, 16, "conv", "Backward"),  # a fully connected layer below the seed
-        (SiLUNet, 16, "conv2", "Backward"),  # an activation the cone has no rule for
+        (SoftplusNet, 16, "conv2", "SoftplusBackward"),  # an activation without an engine rule
     ],
 )
 def test_unknown_nodes_fall_back_to_dense(
@@ -178,6 +179,48 @@ def test_unknown_nodes_fall_back_to_dense(
     dense = engine.project_many(picture, layer, seeds, "gradient")
     for mine, reference in zip(results, dense, strict=True):
         assert torch.equal(mine.projection, reference.projection)
+
+
+class _TaggedSiLU(torch.autograd.Function):
+    """An element-wise rule function as the engine writes them (tagged `ctx.convscope_op`, the
+    rule read from `ctx.box`): the cone calls its own backward over the box."""
+
+    @staticmethod
+    def forward(x: torch.Tensor, box: SimpleNamespace) -> torch.Tensor:  # type: ignore[override]
+        return nn.functional.silu(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
+        ctx.save_for_backward(inputs[0])
+        ctx.box, ctx.convscope_op = inputs[1], "silu"
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def]
+        (x,) = ctx.saved_tensors
+        if ctx.box.rule == "deconvnet":
+            return grad.clamp(min=0), None
+        if ctx.box.rule == "guided":
+            return torch.ops.aten.silu_backward(grad.clamp(min=0), x).clamp(min=0), None
+        return torch.ops.aten.silu_backward(grad, x), None
+
+
+@pytest.mark.parametrize("rule", MODES)
+def test_tagged_rule_functions_run_over_the_box(rule: str) -> None:
+    torch.manual_seed(0)
+    box = SimpleNamespace(rule="deconvnet")
+    conv1, conv2 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 3, stride=2, padding=1)
+    image = torch.randn(1, 3, 32, 32, requires_grad=True)
+    output = conv2(_TaggedSiLU.apply(conv1(image), box))
+    for y, x in _positions(*output.shape[2:]):
+        grad = torch.zeros_like(output)
+        grad[0, 2, y, x] = 1.0
+        box.rule = rule  # the dense pass reads the rule from the recorded box; the cone gets it per call
+        (dense,) = torch.autograd.grad(output, image, grad, retain_graph=True)
+        box.rule = "gradient" if rule != "gradient" else "deconvnet"  # a different rule on the record
+        mine = cone.backward_if_cheaper(output, image, grad, rule, max_ratio=math.inf)
+        assert mine is not None
+        assert float((mine - dense).abs().max()) <= 1e-5 * float(dense.abs().max())
+        assert float(dense.abs().max()) > 0
 
 
 def _support(tensor: torch.Tensor) -> tuple[tuple[int, int], tuple[int, int]]:

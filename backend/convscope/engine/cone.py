@@ -33,6 +33,7 @@ import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import torch
@@ -184,11 +185,20 @@ class _CopyInto(_Identity):
 
 
 class _Rectifier(_Step):
-    """The engine's ReLU-like node: deconvnet `relu(g)`, guided `relu(g)·mask`, gradient `g·mask`."""
+    """The engine's ReLU-like node: deconvnet `relu(g)`, guided `relu(g)·mask`, gradient `g·mask`.
+    The node saved either its mask (`x > lower`, `& x < upper`) or its output, which tells the
+    same mask (`out > lower`, `& out < upper`); only the box's part of it is computed."""
 
-    def __init__(self, mask: torch.Tensor, *args: Any) -> None:
+    def __init__(self, saved: torch.Tensor, lower: float | None, upper: float | None, *args: Any) -> None:
         super().__init__(*args)
-        self.mask = mask
+        self.saved, self.lower, self.upper = saved, lower, upper
+
+    def _mask(self, box: Box) -> torch.Tensor:
+        window = self.saved[_slices(box)]
+        if self.lower is None:  # the saved mask itself
+            return window
+        mask = window > self.lower
+        return mask if self.upper is None else mask & (window < self.upper)
 
     def plan(self, box: Box, rule: str) -> tuple[Box | None, ...]:
         return self.first(box)
@@ -197,12 +207,36 @@ class _Rectifier(_Step):
         if rule == "deconvnet":
             out = grad.clamp(min=0)
         elif rule == "guided":
-            out = grad.clamp(min=0) * self.mask[_slices(box)]
+            out = grad.clamp(min=0) * self._mask(box)
         elif rule == "gradient":
-            out = grad * self.mask[_slices(box)]
+            out = grad * self._mask(box)
         else:
             raise ConeUnsupported(f"unknown rule {rule!r}")
         return list(self.first(out))
+
+
+class _RuleFunction(_Step):
+    """An element-wise activation the engine routes through its own autograd function, tagged
+    `ctx.convscope_op` (SiLU, GELU, ...): that function's own backward, called on the box with
+    its saved tensors cut to the box and the call's rule, so the formula is the engine's."""
+
+    def __init__(self, function: Any, attributes: dict[str, Any], saved: tuple[torch.Tensor, ...], *args: Any) -> None:
+        super().__init__(*args)
+        self.function, self.attributes, self.saved = function, attributes, saved
+
+    def plan(self, box: Box, rule: str) -> tuple[Box | None, ...]:
+        return self.first(box)
+
+    def run(self, box: Box, grad: torch.Tensor, below: tuple[Box | None, ...], rule: str) -> list[torch.Tensor | None]:
+        ctx = SimpleNamespace(**self.attributes)
+        ctx.saved_tensors = tuple(t[_slices(box)] for t in self.saved)
+        if hasattr(ctx, "box") and hasattr(ctx.box, "rule"):
+            ctx.box = SimpleNamespace(rule=rule)
+        result = self.function.backward(ctx, grad)
+        first = result[0] if isinstance(result, tuple) else result
+        if not isinstance(first, torch.Tensor) or tuple(first.shape) != tuple(grad.shape):
+            raise ConeUnsupported(f"{self.attributes.get('convscope_op')}: an unexpected backward result")
+        return list(self.first(first))
 
 
 class _RuleSwitch(_Step):
@@ -556,6 +590,8 @@ _NEEDS = {
     ("Pow0", 0): ("self", "exponent"),
 }
 _IDENTITY = ("CloneBackward0", "AliasBackward0")
+# activations the engine's rule functions tag with `ctx.convscope_op` that act element by element
+_ELEMENTWISE_OPS = ("relu", "relu6", "hardtanh", "silu", "gelu", "leaky_relu", "elu", "hardswish", "mish")
 _RESHAPES = (
     "ViewBackward0",
     "UnsafeViewBackward0",
@@ -592,9 +628,19 @@ def _make_step(node: Any, shape: Shape, edges: list[int | None], inputs: list[Sh
         return _CopyInto(shape, [None, edges[1]], inputs)
     if name == "_RectifierBackward":
         saved = node.saved_tensors
-        if len(saved) != 1 or saved[0].dtype != torch.bool or tuple(saved[0].shape) != shape:
-            raise ConeUnsupported("a rectifier node that saved something other than its mask")
-        return _Rectifier(saved[0].detach(), *args)
+        if len(saved) != 1 or tuple(saved[0].shape) != shape:
+            raise ConeUnsupported("a rectifier node that saved something other than its mask or output")
+        if saved[0].dtype == torch.bool:
+            return _Rectifier(saved[0].detach(), None, None, *args)
+        lower, upper = getattr(node, "lower", None), getattr(node, "upper", None)
+        if not isinstance(lower, (int, float)) or not (upper is None or isinstance(upper, (int, float))):
+            raise ConeUnsupported("a rectifier node without its bounds")
+        return _Rectifier(saved[0].detach(), float(lower), None if upper is None else float(upper), *args)
+    if getattr(node, "convscope_op", None) in _ELEMENTWISE_OPS and hasattr(node, "_forward_cls"):
+        saved = tuple(t.detach() for t in node.saved_tensors)
+        if relevant != [shape] or edges[0] is None or any(tuple(t.shape) != shape for t in saved):
+            raise ConeUnsupported(f"{name}: not element-wise on its first input")
+        return _RuleFunction(node._forward_cls, dict(vars(node)), saved, *args)
     if name == "_RuleSwitchBackward":
         if len(edges) != 2 or inputs[0] != shape or inputs[1] != shape:
             raise ConeUnsupported("an unexpected rule switch")
@@ -909,4 +955,7 @@ def backward_if_cheaper(
     seed_plan = plan(output, image, grad, rule)
     if not seed_plan.supported or seed_plan.ratio > (MAX_RATIO if max_ratio is None else max_ratio):
         return None
-    return run(seed_plan, output, image, grad, rule)
+    try:
+        return run(seed_plan, output, image, grad, rule)
+    except (ConeUnsupported, AttributeError, TypeError):  # a rule function that wants more than its box
+        return None
