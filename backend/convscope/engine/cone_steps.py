@@ -27,6 +27,10 @@ T = TypeVar("T")
 ELEMENT_COST = 8
 
 
+# transposed convolutions into at most this many channels run as a matrix product and a fold
+_FOLD_CHANNELS = 4
+
+
 class ConeUnsupported(Exception):
     """The recorded graph holds a node (or a seed) the cone cannot follow exactly."""
 
@@ -271,12 +275,26 @@ class _Convolution(Step):
         first, last, groups, _, _ = self._channels(c0, c1)
         if (first, last) != (c0, c1):
             grad = F.pad(grad, (0, 0, 0, 0, c0 - first, last - c1))
-        out = F.conv_transpose2d(grad, self.weight[first:last], None, self.stride, 0, 0, groups, self.dilation)
+        weight = self.weight[first:last]
+        if groups == 1 and self.in_per_group <= _FOLD_CHANNELS:
+            out = self._folded(grad, weight)
+        else:
+            out = F.conv_transpose2d(grad, weight, None, self.stride, 0, 0, groups, self.dilation)
         (sh, sw), (ph, pw) = self.stride, self.padding
         _, _, (r0, r1), (q0, q1) = target
         top, left = r0 - (y0 * sh - ph), q0 - (x0 * sw - pw)
         out = out[:, :, top : top + r1 - r0, left : left + q1 - q0]
         return list(self.first(out))
+
+    def _folded(self, grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The same transposed convolution as one matrix product and a fold (col2im): several
+        times faster on the CPU when it yields few channels (a first layer's RGB)."""
+        n, channels, height, width = grad.shape
+        kh, kw = weight.shape[2:]
+        columns = torch.matmul(weight.reshape(channels, -1).t(), grad.reshape(n, channels, -1))
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        size = ((height - 1) * sh + dh * (kh - 1) + 1, (width - 1) * sw + dw * (kw - 1) + 1)
+        return F.fold(columns, size, (kh, kw), dilation=self.dilation, stride=self.stride)
 
 
 class _MaxPool(Step):
