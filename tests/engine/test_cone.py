@@ -271,6 +271,20 @@ def test_pool_and_sum_windows_by_hand() -> None:
     assert cone.plan(summed, image, grad, "gradient").image_box == ((0, 1), (0, 1), (3, 8), (0, 4))
 
 
+def test_a_unit_that_sees_only_padding() -> None:
+    """A 1×1 convolution padded by 1: its border units see no input, their projection is zero."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 1, padding=1))
+    output, image = _graph(net, 8, "1")
+    for y, x in ((0, 0), (0, 5), (9, 9), (5, 5)):
+        grad = torch.zeros_like(output)
+        grad[0, 1, y, x] = 1.0
+        (dense,) = torch.autograd.grad(output, image, grad, retain_graph=True)
+        mine = cone.cone_backward(output, image, grad, "gradient")
+        assert torch.allclose(mine, dense, atol=1e-7)
+        assert (float(dense.abs().max()) > 0) == ((y, x) == (5, 5))
+
+
 def test_engine_takes_the_cone_only_where_it_halves_the_work() -> None:
     """AlexNet `features.5` (a 67-pixel field in 127): the cone. EfficientNet-Lite0 `blocks.5`
     (a field wider than the image): nothing to crop, the dense pass."""

@@ -274,6 +274,8 @@ def run(
         if incoming is None or box is None or planned is None:
             continue
         slots[i] = None
+        if all(child_box is None for child_box in planned):  # it reaches only padding: nothing below
+            continue
         parts = step.run(box, incoming, planned, rule)
         for edge, part, child_box in zip(step.edges, parts, planned, strict=True):
             if edge is not None and part is not None and child_box is not None:
