@@ -23,6 +23,7 @@ from convscope.engine import Engine, Seed, cone
 from convscope.models import load_model
 from convscope.samples import load_sample
 from fixtures.nets import (
+    ActivationZooNet,
     ConeZooNet,
     FunctionalReLUNet,
     LinearStemNet,
@@ -110,6 +111,7 @@ def _fixture(name: str) -> Engine:
         "relu6": (relu6_sequential, 48),
         "functional": (FunctionalReLUNet, 48),
         "reused": (ReusedReLUNet, 32),
+        "activations": (ActivationZooNet, 48),
     }
     build, size = builders[name]
     return _fixture_engine(build, size)
@@ -129,6 +131,7 @@ def _fixture(name: str) -> Engine:
         ("relu6", "act2"),
         ("functional", "conv7"),  # every functional and in-place ReLU form
         ("reused", "conv3"),  # one in-place ReLU module called three times
+        ("activations", "convs.6"),  # SiLU, GELU (both), LeakyReLU, ELU, Hardswish, Mish: the engine's rules
     ],
 )
 def test_fixture_nets(net: str, layer: str, monkeypatch: pytest.MonkeyPatch) -> None:
