@@ -190,6 +190,16 @@ class _Rectifier(Step):
         return list(self.first(out))
 
 
+class _CallRule:
+    """Stands in for a rule function's `ctx.box`: this call's rule, as an attribute or asked for."""
+
+    def __init__(self, rule: str) -> None:
+        self.rule = rule
+
+    def current(self) -> str:
+        return self.rule
+
+
 class _RuleFunction(Step):
     """An element-wise activation the engine routes through its own autograd function, tagged
     `ctx.convscope_op` (SiLU, GELU, ...): that function's own backward, called on the box with
@@ -205,8 +215,8 @@ class _RuleFunction(Step):
     def run(self, box: Box, grad: torch.Tensor, below: tuple[Box | None, ...], rule: str) -> list[torch.Tensor | None]:
         ctx = SimpleNamespace(**self.attributes)
         ctx.saved_tensors = tuple(t[box_slices(box)] for t in self.saved)
-        if hasattr(ctx, "box") and hasattr(ctx.box, "rule"):
-            ctx.box = SimpleNamespace(rule=rule)
+        if hasattr(ctx, "box"):
+            ctx.box = _CallRule(rule)
         result = self.function.backward(ctx, grad)
         first = result[0] if isinstance(result, tuple) else result
         if not isinstance(first, torch.Tensor) or tuple(first.shape) != tuple(grad.shape):
