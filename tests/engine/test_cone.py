@@ -46,9 +46,11 @@ def _positions(height: int, width: int) -> list[tuple[int, int]]:
 
 
 def _seeds(engine: Engine, image, layer: str) -> list[Seed]:
-    """One seed per position, on the channel most active there (so the masks let it through)."""
+    """One seed per position, on the channel most active there (so the masks let it through),
+    and one whole map (`select=map`: its cone is the whole field, cropped to one channel)."""
     maps = engine.activations(image, layer)
-    return [Seed(int(maps[:, y, x].argmax()), position=(y, x)) for y, x in _positions(*maps.shape[1:])]
+    seeds = [Seed(int(maps[:, y, x].argmax()), position=(y, x)) for y, x in _positions(*maps.shape[1:])]
+    return [*seeds, Seed(int(maps.flatten(1).sum(1).argmax()), "map")]
 
 
 def _assert_cone_equals_dense(engine: Engine, layer: str, monkeypatch: pytest.MonkeyPatch) -> None:
