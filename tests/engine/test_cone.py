@@ -27,6 +27,7 @@ from fixtures.nets import (
     ConeZooNet,
     FunctionalReLUNet,
     LinearStemNet,
+    PadCatNet,
     ReusedReLUNet,
     SoftplusNet,
     SqueezeExciteNet,
@@ -114,6 +115,7 @@ def _fixture(name: str) -> Engine:
         "functional": (FunctionalReLUNet, 48),
         "reused": (ReusedReLUNet, 32),
         "activations": (ActivationZooNet, 48),
+        "padcat": (PadCatNet, 40),
     }
     build, size = builders[name]
     return _fixture_engine(build, size)
@@ -133,6 +135,7 @@ def _fixture(name: str) -> Engine:
         ("relu6", "act2"),
         ("functional", "conv7"),  # every functional and in-place ReLU form
         ("reused", "conv3"),  # one in-place ReLU module called three times
+        ("padcat", "conv3"),  # F.pad, scalar arithmetic, concatenation along the width
         ("activations", "convs.6"),  # SiLU, GELU (both), LeakyReLU, ELU, Hardswish, Mish: the engine's rules
     ],
 )
