@@ -347,6 +347,14 @@ def test_threads_share_one_recorded_graph() -> None:
         assert torch.equal(mine, reference)
 
 
+def test_only_on_the_cpu() -> None:
+    """Off the CPU (here the meta device, standing in for CUDA) the engine keeps its dense pass."""
+    conv = nn.Conv2d(3, 4, 3, device="meta")
+    image = torch.empty(1, 3, 8, 8, device="meta", requires_grad=True)
+    output = conv(image)
+    assert cone.backward_if_cheaper(output, image, torch.ones_like(output), "gradient", max_ratio=math.inf) is None
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the cone is a CPU-only route")
 def test_never_on_cuda() -> None:
     net = alexnet_shaped()
