@@ -135,7 +135,27 @@ def _build(output: torch.Tensor, image: torch.Tensor) -> _Program:
         return _Program([], 0, shape, image_shape, {}, str(error))
     except RuntimeError as error:  # e.g. saved tensors already freed by a backward pass
         return _Program([], 0, shape, image_shape, {}, f"the recorded graph cannot be read: {error}")
-    return _Program(steps, len(order), shape, image_shape, {})
+    return _linked(steps, shape, image_shape)
+
+
+def _linked(steps: list[Step], shape: Shape, image_shape: Shape) -> _Program:
+    """The program without its identity steps (clones, the recorded outputs' copies): each
+    parent points straight at the identity chain's end. Steps stay in backward order, and the
+    first kept step is the root's chain end (every other step lies below it)."""
+    end = list(range(len(steps) + 1))
+    for i in range(len(steps) - 1, -1, -1):
+        source = steps[i].passthrough
+        if source is not None:
+            edge = steps[i].edges[source]
+            assert edge is not None
+            end[i] = end[edge]
+    kept = [i for i, step in enumerate(steps) if step.passthrough is None]
+    renumber = {old: new for new, old in enumerate(kept)}
+    renumber[len(steps)] = len(kept)
+    assert end[0] == len(steps) or renumber[end[0]] == 0
+    for i in kept:
+        steps[i].edges = tuple(None if edge is None else renumber[end[edge]] for edge in steps[i].edges)
+    return _Program([steps[i] for i in kept], len(kept), shape, image_shape, {})
 
 
 def _program(output: torch.Tensor, image: torch.Tensor) -> _Program:

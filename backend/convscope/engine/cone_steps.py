@@ -121,6 +121,11 @@ class Step:
         self.edges = tuple(edges)
         self.inputs = tuple(inputs)
 
+    @property
+    def passthrough(self) -> int | None:
+        """The input an identity step hands its gradient to unchanged; None for real steps."""
+        return None
+
     def first(self, value: T) -> tuple[T | None, ...]:
         """`value` for the first input, nothing for the others (weights, biases, options)."""
         return (value,) + (None,) * (len(self.edges) - 1)
@@ -139,12 +144,17 @@ class Step:
 
 
 class _Identity(Step):
-    """Clone, alias, the recorded output's copy: the gradient passes unchanged."""
+    """Clone, alias, the recorded output's copy: the gradient passes unchanged (the program
+    links its parents straight to its input, so it never runs)."""
+
+    source = 0
+
+    @property
+    def passthrough(self) -> int | None:
+        return self.source
 
     def plan(self, box: Box, rule: str) -> tuple[Box | None, ...]:
         return tuple(box if i == self.source else None for i in range(len(self.edges)))
-
-    source = 0
 
     def work(self, box: Box, below: tuple[Box | None, ...]) -> int:
         return 0
