@@ -254,3 +254,28 @@ def test_memory_budget_refuses_a_scan_before_it_starts(tmp_path: Path) -> None:
         response = client.post(f"/api/models/{MODEL}/scans", json={"samples": True, "layers": ["all"]})
         assert response.status_code == 422 and "CONVSCOPE_REQUEST_MEMORY_MB" in response.json()["detail"]
         assert client.get("/api/jobs").json() == []
+
+
+def test_a_running_job_waits_at_its_next_batch_while_an_interactive_request_runs() -> None:
+    from convscope.api.jobs import InteractiveGate, Job, JobManager
+
+    gate = InteractiveGate(max_wait=30.0)
+    manager = JobManager(workers=1, gate=gate)
+
+    def work(job: Job) -> int:
+        for step in range(1, 4):
+            job.report(step, 3)  # a batch boundary
+        return 3
+
+    gate.enter()  # a click's request is being answered
+    job = manager.submit("steps", work, owner="alice")
+    deadline = time.monotonic() + 10
+    while job.done == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        assert job.done == 1 and job.state == "running"  # held at the boundary after its first batch
+    gate.leave()
+    assert manager.wait(job.id, 10).state == "succeeded" and job.done == 3
+    manager.shutdown()
