@@ -279,3 +279,14 @@ def test_a_running_job_waits_at_its_next_batch_while_an_interactive_request_runs
     gate.leave()
     assert manager.wait(job.id, 10).state == "succeeded" and job.done == 3
     manager.shutdown()
+
+
+def test_with_the_dashboard_mounted_api_methods_are_still_answered_by_the_api() -> None:
+    frontend = Path(__file__).resolve().parents[2] / "frontend"
+    with _app(frontend_dir=str(frontend)) as client:
+        response = client.options("/api/models")
+        assert response.status_code == 405 and response.headers["allow"] == "GET", response.headers
+        assert response.headers["content-type"] == "application/json"
+        response = client.put("/api/images")
+        assert response.status_code == 405 and response.headers["allow"] == "POST"
+        assert client.get("/").status_code == 200  # the dashboard itself
