@@ -22,6 +22,9 @@ pytestmark = pytest.mark.browser
 
 MODEL = "efficientnet_lite0"
 
+# the page's own jobs: jobs belong to the client (cookie) that started them (issue 19)
+PAGE_JOBS = "() => fetch('/api/jobs').then(response => response.json())"
+
 
 def post_job(server_url: str, path: str, body: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]:
     """Run a study through the API directly (POST, then poll the job) and return its result."""
@@ -156,7 +159,7 @@ def test_architecture_panel_shows_filters_bands_and_dead_channels(tab: Any, serv
     )
 
     expect(panel).to_have_attribute("data-dead", "done", timeout=300_000)
-    jobs = [job for job in get_json(f"{server_url}/api/jobs") if job["kind"] == "dead-channels" and job["result"]]
+    jobs = [job for job in tab.evaluate(PAGE_JOBS) if job["kind"] == "dead-channels" and job["result"]]
     result = jobs[-1]["result"]
     samples = get_json(f"{server_url}/api/samples")
     assert result["images"] == [sample["id"] for sample in samples]
