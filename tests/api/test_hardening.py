@@ -169,13 +169,16 @@ def roots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (photos / "small").mkdir(parents=True)
     for i in range(3):
         Image.new("RGB", (40, 36), (60 * i, 90, 200)).save(photos / "small" / f"p{i}.png")
+    (photos / "many").mkdir()
+    for i in range(60):
+        Image.new("RGB", (40, 36), (4 * i, 90, 200)).save(photos / "many" / f"p{i:02}.png")
     return photos
 
 
 @pytest.fixture(scope="module")
 def scans(tmp_path_factory: pytest.TempPathFactory, roots: Path) -> Iterator[tuple[TestClient, Path]]:
     scan_dir = tmp_path_factory.mktemp("scan-dir")
-    with _app(scan_dir=str(scan_dir), scan_roots=str(roots)) as client:
+    with _app(scan_dir=str(scan_dir), scan_roots=str(roots), scan_batch_size=2) as client:
         wait_ready(client)
         yield client, scan_dir
 
@@ -196,6 +199,24 @@ def test_scan_bad_input_is_4xx(scans: tuple[TestClient, Path]) -> None:
     assert len(folder_scans) == 1 and folder_scans[0]["label"] == "photos/small"
     manifest = next(scan_dir.glob("*/*/manifest.json"))
     assert stat.S_IMODE(manifest.stat().st_mode) == 0o644
+
+
+def test_cancelling_a_scan_stops_it_at_the_next_batch(scans: tuple[TestClient, Path]) -> None:
+    client, _ = scans
+    engine: Engine = client.app.state.convscope.pool.get(MODEL)  # type: ignore[attr-defined]
+    with engine.lock:  # the scan's first batch waits for the model until the cancel is in
+        started = client.post(f"/api/models/{MODEL}/scans", json={"folder": "photos/many"})
+        assert started.status_code == 202, started.text
+        url = started.json()["url"]
+        deadline = time.monotonic() + 30
+        while client.get(url).json()["state"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert client.delete(url).json()["cancel_requested"]
+    job = finish(client, url)
+    assert job["state"] == "cancelled" and job["done"] <= 2 * 2 < job["total"] == 60, job
+    (info,) = [s for s in client.get(f"/api/models/{MODEL}/scans").json() if s["label"] == "photos/many"]
+    assert info["status"] == "interrupted" and info["resume_url"]  # checkpointed, resumable
 
 
 def test_an_interrupted_scan_is_listed_as_such_and_resumes_to_the_same_result(
