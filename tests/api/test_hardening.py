@@ -311,3 +311,16 @@ def test_with_the_dashboard_mounted_api_methods_are_still_answered_by_the_api() 
         response = client.put("/api/images")
         assert response.status_code == 405 and response.headers["allow"] == "POST"
         assert client.get("/").status_code == 200  # the dashboard itself
+
+
+def test_serve_limits_malloc_arenas_unless_the_environment_says_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from convscope.api.server import limit_malloc_arenas
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("mallopt(M_ARENA_MAX) is glibc's")
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert limit_malloc_arenas() is True  # glibc accepted M_ARENA_MAX = 2
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
+    assert limit_malloc_arenas() is False  # an operator's own setting wins
