@@ -36,8 +36,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from convscope.analysis.features import AnalysisCancelled, ProgressCallback, StopCallback, first_conv_layer
+from convscope.analysis.features import first_conv_layer
 from convscope.errors import InvalidRequestError, NotFoundError
+from convscope.tasks import Task, checkpoint
 
 if TYPE_CHECKING:
     from convscope.engine import Engine
@@ -276,8 +277,7 @@ def dead_channels(
     *,
     total: int | None = None,
     batch_size: int = 8,
-    progress: ProgressCallback | None = None,
-    should_stop: StopCallback | None = None,
+    task: Task | None = None,
 ) -> list[DeadLayer]:
     """Per convolution, the largest activation each channel reached over `images` (1×3×S×S tensors)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -285,20 +285,11 @@ def dead_channels(
     points = measurement_points(engine)
     if not points:
         raise InvalidRequestError(f"model {engine.name!r} has no Conv2d layer with a 4-D output")
-    modules = dict(engine.model.module.named_modules())
+    from convscope.engine.capture import Tap
+
     wanted = sorted({measured for _, measured, _ in points})
+    taps = [Tap(name, reduce="max") for name in wanted]  # per image, each channel's spatial peak
     running: dict[str, torch.Tensor] = {}
-    seen_this_pass: set[str] = set()
-
-    def hook_for(name: str) -> Any:
-        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            if name in seen_this_pass or not isinstance(output, torch.Tensor) or output.dim() != 4:
-                return  # a module called again in the same pass: its first call counts
-            seen_this_pass.add(name)
-            peak = output.detach().float().amax(dim=(0, 2, 3)).cpu()
-            running[name] = peak if name not in running else torch.maximum(running[name], peak)
-
-        return hook
 
     done = 0
     batch: list[torch.Tensor] = []
@@ -307,28 +298,21 @@ def dead_channels(
         nonlocal done
         if not batch:
             return
-        if should_stop is not None and should_stop():
-            raise AnalysisCancelled(done, total or done)
-        seen_this_pass.clear()
-        engine.forward_batch(torch.cat(batch))
+        _, tapped = engine.infer(torch.cat(batch), taps)  # the engine's lock: this batch only
+        for tap, value in tapped.items():
+            if value.dim() != 2:
+                continue
+            peak = value.float().amax(dim=0).cpu()
+            running[tap.module] = peak if tap.module not in running else torch.maximum(running[tap.module], peak)
         done += len(batch)
         batch.clear()
-        if progress is not None:
-            progress(done, total or done)
+        checkpoint(task, done, total or done, "dead channels")
 
-    with engine.lock:
-        handles = []
-        try:
-            for name in wanted:
-                handles.append(modules[name].register_forward_hook(hook_for(name)))
-            for tensor in images:
-                batch.append(tensor)
-                if len(batch) >= batch_size:
-                    flush()
+    for tensor in images:  # images are prepared here, outside the engine's lock
+        batch.append(tensor)
+        if len(batch) >= batch_size:
             flush()
-        finally:
-            for handle in handles:
-                handle.remove()
+    flush()
     if done == 0:
         raise InvalidRequestError("no images to measure dead channels on")
     results = []
@@ -372,8 +356,7 @@ def filters_report(
     *,
     layer: str | None = None,
     batch_size: int = 8,
-    progress: ProgressCallback | None = None,
-    should_stop: StopCallback | None = None,
+    task: Task | None = None,
 ) -> dict[str, Any]:
     """Frequency coverage of the (first) conv layer and, when images are given, dead channels per conv layer."""
     began = time.perf_counter()
@@ -386,8 +369,7 @@ def filters_report(
             (tensor for _, tensor in image_tensors),
             total=len(image_tensors),
             batch_size=batch_size,
-            progress=progress,
-            should_stop=should_stop,
+            task=task,
         )
         report["dead"] = dead_response(dead, names, time.perf_counter() - began)
     return report

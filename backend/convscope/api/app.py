@@ -10,9 +10,10 @@ from typing import Any
 import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from convscope import __version__
-from convscope.api import errors
+from convscope.api import errors, openapi
 from convscope.api.limits import BodyLimitMiddleware
 from convscope.api.pool import ModelLoader, ModelPool, default_loader
 from convscope.api.priority import InteractiveMiddleware
@@ -75,11 +76,13 @@ def create_app(settings: Settings | None = None, *, loader: ModelLoader = defaul
         finally:
             await anyio.to_thread.run_sync(state.stop)
 
-    app = FastAPI(
+    # /docs and /redoc load Swagger UI and ReDoc from the fastapi-offline package, not a CDN
+    app = FastAPIOffline(
         title="convscope",
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        generate_unique_id_function=openapi.operation_id,
     )
     app.state.convscope = state
     errors.install(app)
@@ -98,6 +101,7 @@ def create_app(settings: Settings | None = None, *, loader: ModelLoader = defaul
     app.include_router(scan_routes.router, prefix="/api")
 
     _document_validation_errors(app)
+    openapi.install(app)
 
     frontend = settings.frontend_dir
     if frontend is not None and frontend.is_dir():

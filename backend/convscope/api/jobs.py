@@ -1,9 +1,11 @@
 """Long work as job resources: submit, poll progress, fetch the result, cancel.
 
 Generic (no FastAPI here): a job is a function `fn(job) -> result` run on a
-small thread pool; it reports progress with `job.report(done, total)` and
-checks `job.should_stop()` to honour cancellation. Finished jobs are kept for
-polling (the oldest are forgotten first); too many unfinished jobs -> 429.
+small thread pool. A `Job` is a `convscope.tasks.Task`: the function passes it
+on as `task=job` to the library, which reports progress with `job.report(done,
+total)` and raises `convscope.tasks.Cancelled` at its next checkpoint once
+`job.should_stop()` is true. Finished jobs are kept for polling (the oldest are
+forgotten first); too many unfinished jobs -> 429.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from convscope.errors import ConvscopeError, NotFoundError
+from convscope.tasks import Cancelled
 
 log = logging.getLogger("convscope.api.jobs")
 
@@ -45,12 +48,10 @@ class ForbiddenJobError(ConvscopeError):
     status_code = 403
 
 
-class JobCancelled(Exception):
-    """Raised by `Job.check_cancelled` inside a job function to stop early."""
-
-
 @dataclass
 class Job:
+    """One unit of long work; implements `convscope.tasks.Task` (`report`, `should_stop`)."""
+
     id: str
     kind: str
     fn: Callable[[Job], Any]
@@ -83,8 +84,9 @@ class Job:
         return self._cancel.is_set()
 
     def check_cancelled(self) -> None:
+        """Raise `Cancelled` once a stop was asked for (for job code outside the library)."""
         if self._cancel.is_set():
-            raise JobCancelled
+            raise Cancelled(self.done, self.total, self.kind)
 
     # ---- for readers ------------------------------------------------------------------
     @property
@@ -288,7 +290,7 @@ class JobManager:
         try:
             result = job.fn(job)
         except Exception as exc:
-            if job.should_stop() or isinstance(exc, JobCancelled):
+            if job.should_stop() or isinstance(exc, Cancelled):
                 self._finish(job, "cancelled")  # whatever the function raised on its way out
             elif isinstance(exc, ConvscopeError):
                 job.error, job.error_status = str(exc), exc.status_code

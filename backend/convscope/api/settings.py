@@ -157,6 +157,14 @@ class Settings(BaseSettings):
             return text[0].strip()
         return None
 
+    # feature visualisation (issue 17): optimised images cached on disk; a `convscope atlas` folder to serve
+    featvis_dir: Path | None = Field(
+        default=None, description="feature-visualisation cache (default: $XDG_CACHE_HOME/convscope/featvis)"
+    )
+    atlas_dir: Path | None = Field(
+        default=None, description="a folder written by `convscope atlas`, served read-only under /api/atlas/"
+    )
+
     @field_validator("scan_roots", mode="before")
     @classmethod
     def _split_roots(cls, value: object) -> object:

@@ -4,7 +4,10 @@
 the server's jobs and Python users. Work is cut into batches of the global image
 list; a process scans batch `next + round·world + rank` in each round, and every
 `checkpoint_images` images (and at the end) the processes merge their top-k and
-rank 0 commits a checkpoint to the store.
+rank 0 commits a checkpoint to the store. A `convscope.tasks.Task` sees progress
+(rank 0) and may stop the scan: at the next checkpoint the work so far is
+committed and `Cancelled` is raised; `resume=True` later continues from there to
+the same result an uninterrupted scan gives.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,10 +42,10 @@ from convscope.scan.store import (
 )
 from convscope.scan.topk import TopK
 from convscope.scan.walk import IMAGE_EXTENSIONS, list_images, sha256_bytes, sha256_file
+from convscope.tasks import Cancelled, Task, as_task
 
 log = logging.getLogger("convscope.scan")
 
-ProgressFn = Callable[[int, int], None]
 _PASS_THROUGH = ("Identity", "Dropout", "Dropout2d", "AlphaDropout", "DropPath", "Flatten")
 DEFAULT_MAX_LAYERS = 8
 
@@ -224,7 +227,7 @@ def _collate(items: list[_Item]) -> _Batch:
 @dataclass
 class ScanResult:
     directory: Path
-    status: str  # "complete", "unchanged" (was already complete) or "cancelled"
+    status: str  # "complete" or "unchanged" (was already complete); a stopped scan raises Cancelled
     images: int
     scanned: int  # images read by this run (all processes)
     skipped: int  # unreadable images in the whole scan
@@ -340,8 +343,7 @@ def run_scan(
     resume: bool = False,
     weights: str | None = None,
     context: LocalContext | None = None,
-    progress: ProgressFn | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    task: Task | None = None,
     checkpoint_images: int = 1024,
     replace: bool = False,
     wait_lock: bool = False,
@@ -350,8 +352,9 @@ def run_scan(
     """Scan `source` into the store at `out` (see the module docstring); rank 0 reports progress.
 
     `replace=True` replaces a store made with other settings instead of refusing it
-    (the server does this for its own sample scans). `should_stop` lets a caller
-    cancel: the work done so far is checkpointed and can be resumed.
+    (the server does this for its own sample scans). When `task.should_stop()` turns
+    true the work done so far is checkpointed and `Cancelled` is raised; a later
+    `resume=True` run continues it.
     """
     if batch_size < 1:
         raise InvalidRequestError("--batch-size must be at least 1")
@@ -388,8 +391,8 @@ def run_scan(
             raise ScanStoreError("the processes see different image lists; is the folder changing?")
         total_images = len(source.paths)
         if plan.action == "done":
-            if progress is not None and context.is_main:
-                progress(plan.images_done, total_images)
+            if context.is_main:
+                as_task(task).report(plan.images_done, total_images)
             return ScanResult(
                 store.directory, "unchanged", total_images, 0, plan.skipped, time.perf_counter() - started, names
             )
@@ -403,8 +406,7 @@ def run_scan(
             top,
             workers,
             context,
-            progress,
-            should_stop,
+            task,
             checkpoint_images,
             started,
         )
@@ -423,8 +425,7 @@ def _scan(
     top: int,
     workers: int,
     context: LocalContext,
-    progress: ProgressFn | None,
-    should_stop: Callable[[], bool] | None,
+    task: Task | None,
     checkpoint_images: int,
     started: float,
 ) -> ScanResult:
@@ -464,8 +465,9 @@ def _scan(
     done_images, skipped, seconds_before = plan.images_done, plan.skipped, plan.seconds
     scanned_now = 0
     run_started = time.perf_counter()
-    if progress is not None and context.is_main:
-        progress(done_images, total_images)
+    reporter = as_task(task)
+    if context.is_main:
+        reporter.report(done_images, total_images)
 
     def checkpoint(next_batch: int) -> None:
         nonlocal skipped, done_images
@@ -505,11 +507,11 @@ def _scan(
                 last_done = mine[round_]
             first_next = plan.next_batch + (round_ + 1) * world
             scanned_now = images_before(min(first_next, total_batches)) - images_before(plan.next_batch)
-            if progress is not None and context.is_main:
-                progress(plan.images_done + scanned_now, total_images)
+            if context.is_main:
+                reporter.report(plan.images_done + scanned_now, total_images)
             last = round_ == rounds - 1
             # asked to stop (cancel, shutdown): checkpoint after this batch, not at the next periodic one
-            stop = context.any(bool(should_stop and should_stop()))
+            stop = context.any(reporter.should_stop())
             if last or stop or (round_ + 1) % every == 0:
                 checkpoint(min(first_next, total_batches))
                 if stop and not last:
@@ -526,8 +528,8 @@ def _scan(
     if rounds == 0:
         checkpoint(total_batches)
     seconds = time.perf_counter() - started
-    if stopped:
-        return ScanResult(store.directory, "cancelled", total_images, scanned_now, skipped, seconds, names)
+    if stopped:  # the checkpoint above holds everything scanned so far: resumable
+        raise Cancelled(done_images, total_images, "scan")
     if context.is_main and manifest is not None:
         store.finish(manifest, states)
     return ScanResult(store.directory, "complete", total_images, scanned_now, skipped, seconds, names)

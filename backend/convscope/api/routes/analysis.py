@@ -20,6 +20,7 @@ from convscope.api.budget import check_analysis_memory
 from convscope.api.caching import cache_key, png_response
 from convscope.api.deps import ClientDep, EngineDep, StateDep, prepare, resolve_image
 from convscope.api.jobs import Job
+from convscope.api.openapi import body_examples
 from convscope.api.routes.common import MODEL_ERRORS, errors, png
 from convscope.api.routes.jobs import job_response, job_url
 from convscope.api.schemas import JobResponse
@@ -105,6 +106,10 @@ def _batch(state: AppState) -> int:
     response_model=JobResponse,
     summary="invariance curves (paper Fig. 5) for one or more images, as a job",
     responses=JOB_RESPONSES,
+    openapi_extra=body_examples(
+        translation={"images": ["chelsea"], "transform": "translation", "steps": 7},
+        rotation={"images": ["chelsea", "coffee"], "transform": "rotation", "start": 0, "stop": 350, "steps": 36},
+    ),
 )
 def invariance_job(
     state: StateDep, engine: EngineDep, client: ClientDep, body: InvarianceRequest | None = None
@@ -137,8 +142,7 @@ def invariance_job(
             edge=request.edge,
             target=request.target,
             batch_size=_batch(state),
-            progress=job.report,
-            should_stop=job.should_stop,
+            task=job,
         )
         return invariance_response(result)
 
@@ -194,6 +198,9 @@ def correspondence_demo(engine: EngineDep) -> dict[str, Any]:
     response_model=JobResponse,
     summary="correspondence Δ per part and for random boxes (paper Fig. 8 / Table 1), as a job",
     responses=JOB_RESPONSES,
+    openapi_extra=body_examples(
+        eyes={"images": ["chelsea", "coffee"], "parts": {"left_eye": [[81, 39, 14, 9], [84, 56, 24, 14]]}}
+    ),
 )
 def correspondence_job(
     state: StateDep, engine: EngineDep, client: ClientDep, body: CorrespondenceRequest
@@ -221,8 +228,7 @@ def correspondence_job(
             draws=body.draws,
             seed=body.seed,
             batch_size=_batch(state),
-            progress=job.report,
-            should_stop=job.should_stop,
+            task=job,
         )
         return correspondence_response(result)
 
@@ -287,6 +293,7 @@ def filter_mosaic_png(
     response_model=JobResponse,
     summary="channels of every conv layer that are never positive over a set of images (Fig. 6), as a job",
     responses=JOB_RESPONSES,
+    openapi_extra=body_examples(every_sample={}, two_images={"images": ["chelsea", "coffee"]}),
 )
 def dead_channels_job(
     state: StateDep, engine: EngineDep, client: ClientDep, body: DeadChannelsRequest | None = None
@@ -312,8 +319,7 @@ def dead_channels_job(
             tensors,
             total=len(sources),
             batch_size=min(8, _batch(state)),
-            progress=job.report,
-            should_stop=job.should_stop,
+            task=job,
         )
         return dead_response(layers, [source.id for source in sources], time.perf_counter() - began)
 

@@ -23,6 +23,7 @@ from convscope.api.budget import check_scan_memory
 from convscope.api.caching import PUBLIC, Rendered, cache_key, etag_of, png_response
 from convscope.api.deps import EngineDep
 from convscope.api.jobs import Job
+from convscope.api.openapi import body_examples
 from convscope.api.routes.activations import LayerQuery
 from convscope.api.routes.common import errors, png
 from convscope.api.routes.jobs import job_response, job_url
@@ -35,6 +36,7 @@ from convscope.api.schemas import (
     ScanLayerInfo,
     ScanProgress,
     ScanRequest,
+    ScanRootInfo,
     TopEntry,
     TopResponse,
 )
@@ -43,7 +45,7 @@ from convscope.engine import Engine
 from convscope.engine.render import png_bytes
 from convscope.errors import ConvscopeError, InvalidRequestError
 from convscope.scan.library import SAMPLES_SCAN, ScanEntry, ScanLibrary, normalise_folder
-from convscope.scan.render import ScanRenderer
+from convscope.scan.render import ScanRenderer, resolve_mode
 
 log = logging.getLogger("convscope.api.scans")
 
@@ -57,6 +59,12 @@ CONFLICT: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorResponse, "description": "the scan is unfinished, or was made with other weights"}
 }
 MONTAGE_MAX_CHANNELS = 64
+ModeQuery = Annotated[
+    Literal["auto", "deconvnet", "guided", "gradient"],
+    Query(description="projection mode; auto: deconvnet where max-pool switches lie below the layer, else guided"),
+]
+MODE_HEADER: dict[str, Any] = {"X-Mode": {"description": "the mode used (auto resolved)", "schema": {"type": "string"}}}
+FOLDERS_LISTED = 200
 
 
 class ScanService:
@@ -102,8 +110,7 @@ class ScanService:
                 batch_size=settings.scan_batch_size,
                 resume=True,
                 wait_lock=True,
-                progress=job.report,
-                should_stop=job.should_stop,
+                task=job,
                 **options,
             )
             data = result.to_dict()
@@ -229,6 +236,9 @@ def list_scans(request: Request, engine: EngineDep) -> list[ScanInfo]:
         403: {"model": ErrorResponse, "description": "no scan roots, or the folder is outside them"},
         **errors(400, 404, 422, 429, 503),
     },
+    openapi_extra=body_examples(
+        samples={"samples": True, "layers": ["conv_head"], "top": 9}, folder={"folder": "photos/cats"}
+    ),
 )
 def start_scan(request: Request, engine: EngineDep, body: Annotated[ScanRequest, Body()]) -> JSONResponse:
     from convscope.scan.scanner import folder_source, resolve_layers, samples_source
@@ -316,12 +326,21 @@ def get_scan(request: Request, engine: EngineDep, scan_id: ScanId) -> ScanInfo:
     summary="the top-k of one channel: values, source images, and URLs of their crops and projections",
     responses={**errors(404, 422, 503), **CONFLICT},
 )
-def top(request: Request, engine: EngineDep, scan_id: ScanId, layer: LayerQuery, channel: ChannelQuery) -> TopResponse:
+def top(
+    request: Request,
+    engine: EngineDep,
+    scan_id: ScanId,
+    layer: LayerQuery,
+    channel: ChannelQuery,
+    mode: ModeQuery = "deconvnet",
+) -> TopResponse:
     service = get_service(request)
     renderer = _renderer(service, engine, engine.name, scan_id)
     entries = renderer.entries(layer, channel)
+    resolved = resolve_mode(engine, layer, mode)
     base = scan_url(engine.name, scan_id)
     query = urlencode({"layer": layer, "channel": channel})
+    projection_query = urlencode({"layer": layer, "channel": channel, "mode": resolved})
     samples = renderer.manifest.config.source_kind == "samples"
     rows = []
     for rank, entry in enumerate(entries):
@@ -337,21 +356,27 @@ def top(request: Request, engine: EngineDep, scan_id: ScanId, layer: LayerQuery,
                 x=entry.x,
                 box=list(renderer.box(layer, entry)),
                 crop_url=f"{base}/top/{rank}/crop.png?{query}",
-                projection_url=f"{base}/top/{rank}/projection.png?{query}",
+                projection_url=f"{base}/top/{rank}/projection.png?{projection_query}",
             )
         )
-    return TopResponse(scan=scan_id, layer=layer, channel=channel, top=renderer.manifest.config.top, entries=rows)
+    return TopResponse(
+        scan=scan_id, layer=layer, channel=channel, top=renderer.manifest.config.top, mode=resolved, entries=rows
+    )
 
 
-def _png(request: Request, body: bytes) -> Response:
-    return png_response(request, Rendered(body, etag_of(body)), PUBLIC)
+def _png(request: Request, body: bytes, headers: dict[str, str] | None = None) -> Response:
+    return png_response(request, Rendered(body, etag_of(body), headers or {}), PUBLIC)
 
 
 @router.get(
     "/models/{model}/scans/{scan_id}/top/{rank}/{kind}.png",
     response_class=Response,
-    summary="the receptive-field crop (kind=crop) or the deconvnet projection (kind=projection) of one top-k entry",
-    responses={**png("RGB PNG, the size of the unit's receptive field"), **errors(404, 422, 503), **CONFLICT},
+    summary="the receptive-field crop (kind=crop) or the projection (kind=projection, in `mode`) of one top-k entry",
+    responses={
+        **png("RGB PNG, the size of the unit's receptive field", MODE_HEADER),
+        **errors(404, 422, 503),
+        **CONFLICT,
+    },
 )
 def top_image(
     request: Request,
@@ -361,9 +386,11 @@ def top_image(
     kind: Annotated[Literal["crop", "projection"], Path(description="crop or projection")],
     layer: LayerQuery,
     channel: ChannelQuery,
+    mode: ModeQuery = "deconvnet",
 ) -> Response:
     renderer = _renderer(get_service(request), engine, engine.name, scan_id)
-    return _png(request, renderer.png(layer, channel, rank, kind))
+    resolved = resolve_mode(engine, layer, mode)
+    return _png(request, renderer.png(layer, channel, rank, kind, resolved), {"X-Mode": resolved})
 
 
 @router.get(
@@ -389,8 +416,8 @@ def scan_image(
 @router.get(
     "/models/{model}/scans/{scan_id}/montage.png",
     response_class=Response,
-    summary="a Fig. 2-style montage: per channel its top-k projections beside the image patches",
-    responses={**png("RGB PNG"), **errors(404, 422, 503), **CONFLICT},
+    summary="a Fig. 2-style montage: per channel its top-k projections (in `mode`) beside the image patches",
+    responses={**png("RGB PNG", MODE_HEADER), **errors(404, 422, 503), **CONFLICT},
 )
 def montage_png(
     request: Request,
@@ -402,6 +429,7 @@ def montage_png(
         Query(description="e.g. 0,1,5-8 (default: the first 16)", max_length=1000, examples=["0-3"]),
     ] = None,
     tile: Annotated[int, Query(ge=16, le=128, description="tile side in pixels")] = 48,
+    mode: ModeQuery = "deconvnet",
 ) -> Response:
     from convscope.scan.montage import montage, parse_channels
 
@@ -410,9 +438,32 @@ def montage_png(
     wanted = parse_channels(channels, renderer.manifest.layer(layer).channels)
     if len(wanted) > MONTAGE_MAX_CHANNELS:
         raise InvalidRequestError(f"at most {MONTAGE_MAX_CHANNELS} channels per montage")
-    key = cache_key("montage", engine.name, scan_id, renderer.manifest.updated_at, layer, tuple(wanted), tile)
-    item = service.state.responses.render(key, lambda: (png_bytes(montage(renderer, layer, wanted, tile=tile)), {}))
+    resolved = resolve_mode(engine, layer, mode)
+    key = cache_key("montage", engine.name, scan_id, renderer.manifest.updated_at, layer, tuple(wanted), tile, resolved)
+    item = service.state.responses.render(
+        key, lambda: (png_bytes(montage(renderer, layer, wanted, tile=tile, mode=resolved)), {"X-Mode": resolved})
+    )
     return png_response(request, item, PUBLIC)
+
+
+@router.get(
+    "/scan-roots",
+    response_model=list[ScanRootInfo],
+    summary="the folders this server may scan: each scan root and its subfolders (POST .../scans with folder)",
+)
+def scan_roots(request: Request) -> list[ScanRootInfo]:
+    service = get_service(request)
+    out = []
+    for name, root in sorted(service.library.roots.items()):
+        try:
+            children = sorted(
+                p.name for p in root.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
+            )
+        except OSError:
+            children = []
+        folders = [name] + [f"{name}/{child}" for child in children[:FOLDERS_LISTED]]
+        out.append(ScanRootInfo(name=name, folders=folders))
+    return out
 
 
 __all__ = ["ScanService", "install", "on_startup", "router"]
