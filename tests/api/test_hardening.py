@@ -149,7 +149,9 @@ def test_unsupported_methods_on_api_routes_get_405_with_the_routes_allow(client:
 
 def test_bad_bodies_are_refused(client: TestClient) -> None:
     assert client.post(OCCLUDE, json={"size": True}).status_code == 422
-    assert client.post(OCCLUDE, json={"stride": 2.0}).status_code == 422
+    assert client.post(OCCLUDE, json={"target": False}).status_code == 422
+    assert client.post(OCCLUDE, json={"stride": 2.5}).status_code == 422
+    assert client.post(OCCLUDE, json={"size": 4.0, "stride": 4.0}).status_code == 202  # JSON Schema: integers
     response = client.post(f"/api/models/{MODEL}/analyses/dead-channels", json={"images": []})
     assert response.status_code == 422, response.text
 

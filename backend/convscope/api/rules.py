@@ -29,6 +29,7 @@ IMAGE_RULES: list[Rule] = [
 ]
 OCCLUSION_RULES: list[Rule] = [
     (422, "size is at most S, the model input side", r"larger than the .* model input"),
+    (422, "approx applies to the incremental (or auto) method, not dense", r"approx needs the incremental"),
     (
         422,
         "size and stride give at most CONVSCOPE_OCCLUSION_MAX_POSITIONS positions",
@@ -68,7 +69,20 @@ SCAN_RULES: list[Rule] = [
     (422, "the folder's name components are at most 255 bytes", r"cannot be used"),
 ]
 
+VISUALIZATION_RULES: list[Rule] = [
+    (422, "y and x are given together, or neither", r"give both y and x"),
+    (422, "a position (y, x) applies to the unit objective only", r"a position applies to the unit objective"),
+    (
+        422,
+        "the objective's layer and channels are the model's (channel below the layer's count, each once)",
+        r"needs a layer|out of range|once per request|no channels|is outside",
+    ),
+]
+
 RULES: dict[tuple[str, str], list[Rule]] = {
+    ("get", "/api/models/{model}/visualizations"): VISUALIZATION_RULES,
+    ("post", "/api/models/{model}/visualizations"): VISUALIZATION_RULES,
+    ("get", "/api/models/{model}/visualizations/image.png"): VISUALIZATION_RULES,
     ("get", "/api/models/{model}/images/{image_id}/projection"): [
         (422, "y and x are given together, or neither", r"give both y and x"),
         *MODEL_RULES,
