@@ -99,8 +99,8 @@ def test_the_rules_are_in_the_openapi_document() -> None:
     projection = document["paths"]["/api/models/{model}/images/{image_id}/projection"]["get"]
     assert any("y and x" in rule["rule"] for rule in projection["x-convscope-rules"])
     assert "y and x are given together" in projection["responses"]["422"]["description"]
-    scan = document["components"]["schemas"]["ScanRequest"]
-    assert len(scan["oneOf"]) == 2  # folder xor samples, in the schema itself
+    scans = document["paths"]["/api/models/{model}/scans"]["post"]
+    assert any("folder, or samples=true" in rule["rule"] for rule in scans["x-convscope-rules"])
     table = document["paths"]["/api/studies/{study_id}/table.md"]["get"]["responses"]["404"]
     assert list(table["content"]) == ["application/json"]
 

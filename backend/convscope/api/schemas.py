@@ -236,16 +236,7 @@ class ScanInfo(BaseModel):
 
 
 class ScanRequest(BaseModel):
-    # folder xor samples, stated in the schema (issue 19) as well as checked below
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "oneOf": [
-                {"required": ["folder"], "properties": {"folder": {"type": "string"}, "samples": {"const": False}}},
-                {"required": ["samples"], "properties": {"samples": {"const": True}, "folder": {"type": "null"}}},
-            ]
-        },
-    )
+    model_config = ConfigDict(extra="forbid")  # folder xor samples: stated in x-convscope-rules (api/rules.py)
 
     folder: str | None = Field(
         default=None,
