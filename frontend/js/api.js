@@ -66,6 +66,28 @@ async function errorFrom(response) {
   return new ApiError(describeDetail(detail, response.status), { status: response.status });
 }
 
+// A server started with CONVSCOPE_TOKEN answers 401 without it: ask once, keep it in localStorage, send it
+// as a bearer header (the server then also sets an HttpOnly cookie, so <img> requests pass too).
+const TOKEN_KEY = "convscope.token";
+let asking = null; // one prompt for every request that got a 401 at the same time
+
+function withToken(init) {
+  const token = globalThis.localStorage?.getItem(TOKEN_KEY);
+  if (!token) return init;
+  return { ...init, headers: { ...(init.headers || {}), Authorization: `Bearer ${token}` } };
+}
+
+function askForToken() {
+  asking ??= Promise.resolve().then(() => {
+    const token = globalThis.prompt?.("This convscope server needs its access token (CONVSCOPE_TOKEN):");
+    if (token) globalThis.localStorage?.setItem(TOKEN_KEY, token.trim());
+    else globalThis.localStorage?.removeItem(TOKEN_KEY);
+    asking = null;
+    return Boolean(token);
+  });
+  return asking;
+}
+
 /**
  * fetch() with slot cancellation and readable errors.
  * @param {string} url
@@ -83,7 +105,15 @@ export async function request(url, { slot = null, signal = null, as = "json", in
   }
   let response;
   try {
-    response = await fetch(url, { ...init, signal: controller.signal });
+    const sent = globalThis.localStorage?.getItem(TOKEN_KEY) ?? null;
+    response = await fetch(url, { ...withToken(init), signal: controller.signal });
+    if (response.status === 401) {
+      const now = globalThis.localStorage?.getItem(TOKEN_KEY) ?? null;
+      // sent before another request's prompt stored the token: retry with it, do not ask again
+      if ((now && now !== sent) || (await askForToken())) {
+        response = await fetch(url, { ...withToken(init), signal: controller.signal });
+      }
+    }
     if (!response.ok) throw await errorFrom(response);
     if (as === "json") return await response.json();
     if (as === "blob") return { blob: await response.blob(), headers: response.headers };

@@ -22,6 +22,9 @@ PANEL = '[data-tab-panel="occlusion"]'
 SIZE, STRIDE = 64, 32  # 6 × 6 positions on a 224 input: answered directly, a few seconds on a CPU
 MAPS = ("probability", "top_label", "activity")
 
+# the page's own jobs: jobs belong to the client (cookie) that started them (issue 19)
+PAGE_JOBS = "() => fetch('/api/jobs').then(response => response.json())"
+
 
 def post_json(url: str, body: dict[str, Any]) -> tuple[int, Any]:
     data = json.dumps(body).encode()
@@ -172,5 +175,5 @@ def test_occlusion_job_shows_progress_and_cancels(tab: Any, server_url: str, mod
     expect(tab.locator(PANEL)).to_have_attribute("data-state", "cancelled", timeout=60_000)
     expect(tab.locator('[data-role="occlusion-error"]')).to_contain_text("Cancelled")
     expect(tab.locator('[data-role="occlusion-progress"]')).to_be_hidden()
-    jobs = [job for job in get_json(f"{server_url}/api/jobs") if job["kind"] == "occlusion" and job["total"] == 3025]
+    jobs = [job for job in tab.evaluate(PAGE_JOBS) if job["kind"] == "occlusion" and job["total"] == 3025]
     assert jobs and jobs[-1]["state"] == "cancelled"

@@ -97,7 +97,7 @@ class Settings(BaseSettings):
 
     # occlusion and jobs
     occlusion_job_threshold: int = Field(
-        default=256, ge=0, description="occluder positions above which occlusion runs as a job (202)"
+        default=64, ge=0, description="occluder positions above which occlusion runs as a job (202)"
     )
     occlusion_max_positions: int = Field(
         default=16_384, ge=1, description="most occluder positions one request may ask for"
