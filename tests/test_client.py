@@ -283,8 +283,8 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_the_python_example_runs(base_url: str, in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
     exec(compile(_example("### Python: `convscope.client`", "python", base_url), str(DOCS), "exec"), {})
     output = capsys.readouterr().out
-    assert "'label': 'tabby'" in output and "occlusion 289/289" in output
-    assert "422 " in output and "17 17" in output
+    assert "'label': 'tabby'" in output and "occlusion 36/36" in output  # 36 > JOB_THRESHOLD: a job
+    assert "422 " in output and "6 6" in output
     with Image.open(in_tmp / "projection.png") as image:
         assert image.size == (224, 224)
 
@@ -294,7 +294,8 @@ def test_the_curl_example_runs(base_url: str, in_tmp: Path) -> None:
     result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert '"label":"tabby"' in result.stdout and "x-seed-value" in result.stdout.lower()
-    assert '"kind":"occlusion"' in result.stdout
+    assert '"rows":3,"cols":3' in result.stdout and '"kind":"occlusion"' in result.stdout
+    assert '"cancel_requested":true' in result.stdout
     with Image.open(in_tmp / "projection.png") as image:
         assert image.size == (224, 224)
 
@@ -306,4 +307,4 @@ def test_the_javascript_example_runs(base_url: str, in_tmp: Path) -> None:
     (in_tmp / "example.mjs").write_text(_example("### JavaScript", "js", base_url))
     result = subprocess.run([node, "example.mjs"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "label: 'tabby'" in result.stdout and "17 17" in result.stdout
+    assert "label: 'tabby'" in result.stdout and "6 6 " in result.stdout
