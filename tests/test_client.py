@@ -119,7 +119,7 @@ def test_projection_image_and_seed(api: Client) -> None:
     assert len(set(projection.image.getdata())) > 100, "a projection, not a blank image"
     assert projection.seed_position == tuple(info["argmax"][channel])
     assert projection.seed_value == pytest.approx(info["max"][channel], rel=1e-4)
-    assert set(projection.headers) == {"X-Seed-Value", "X-Seed-Y", "X-Seed-X"}
+    assert {"X-Seed-Value", "X-Seed-Y", "X-Seed-X"} <= set(projection.headers)
 
     whole = api.projection("chelsea", LAYER, channel, mode="guided", select="map")
     assert whole.seed_position is None and whole.seed_value == pytest.approx(info["sum"][channel], rel=1e-3)

@@ -223,11 +223,14 @@ class Client:
             params.update(y=y, x=x)
         response = self._png(self._image_url(model, image_id, "projection"), params)
         seeds = {name: response.headers[name] for name in ("X-Seed-Value", "X-Seed-Y", "X-Seed-X")}
+        if "X-Mode" in response.headers:
+            seeds["X-Mode"] = response.headers["X-Mode"]
         return Projection(
             image=_decode_png(response.content),
             seed_value=float(seeds["X-Seed-Value"]),
             seed_y=int(seeds["X-Seed-Y"]),
             seed_x=int(seeds["X-Seed-X"]),
+            mode=seeds.get("X-Mode"),
             headers=seeds,
         )
 

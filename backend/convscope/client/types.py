@@ -180,7 +180,8 @@ class Projection:
     seed_value: float
     seed_y: int
     seed_x: int
-    headers: dict[str, str] = field(default_factory=dict, repr=False)  # the raw X-Seed-* headers
+    mode: str | None = None  # the rule the server used (X-Mode; `auto` resolved), where it says
+    headers: dict[str, str] = field(default_factory=dict, repr=False)  # the raw X-Seed-* (and X-Mode) headers
 
     @property
     def seed_position(self) -> tuple[int, int] | None:
