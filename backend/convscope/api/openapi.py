@@ -45,6 +45,7 @@ OPERATION_IDS: dict[str, str] = {
     "top_image": "get_top_image",
     "scan_image": "get_scan_image",
     "montage_png": "get_montage",
+    "visualization_png": "get_visualization_image",
 }
 
 TAGS: list[dict[str, str]] = [
@@ -59,6 +60,7 @@ TAGS: list[dict[str, str]] = [
     {"name": "scans", "description": "top-k dataset scans (paper Fig. 2)"},
     {"name": "analyses", "description": "invariance, correspondence and filter studies (paper Figs. 5, 6, 8)"},
     {"name": "studies", "description": "finished studies saved by the command line"},
+    {"name": "feature visualisation", "description": "images optimised to excite a unit, and the static unit atlas"},
 ]
 
 

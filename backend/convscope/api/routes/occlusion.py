@@ -14,6 +14,7 @@ from convscope.api.schemas import JobResponse, OcclusionRequest, OcclusionRespon
 from convscope.engine import Engine
 from convscope.engine.occlusion import occlude, occlusion_positions_total, occlusion_response
 from convscope.errors import InvalidRequestError
+from convscope.tasks import Task
 
 router = APIRouter(tags=["occlusion"])
 
@@ -25,6 +26,8 @@ def _positions(engine: Engine, request: OcclusionRequest) -> int:
         raise InvalidRequestError(f"target class {request.target} is out of range (0..{engine.model.num_classes - 1})")
     if request.layer is not None:
         engine.layer(request.layer)  # 404 for an unknown layer
+    if request.approx is not None and request.method == "dense":
+        raise InvalidRequestError("approx needs the incremental method (or auto), not dense")
     return positions
 
 
@@ -55,7 +58,7 @@ def occlusion(
             "use a larger stride or occluder"
         )
 
-    def run(progress: Any = None, should_stop: Any = None) -> dict[str, Any]:
+    def run(task: Task | None = None) -> dict[str, Any]:
         result = occlude(
             engine,
             prepared,
@@ -64,8 +67,10 @@ def occlusion(
             target=request.target,
             layer=request.layer,
             batch_size=settings.occlusion_batch_size,
-            progress=progress,
-            should_stop=should_stop,
+            method=request.method,
+            approx=request.approx,
+            adaptive=request.adaptive,
+            task=task,
         )
         return dict(occlusion_response(result))
 
@@ -73,7 +78,7 @@ def occlusion(
         return run()
 
     def work(job: Job) -> dict[str, Any]:
-        return run(progress=job.report, should_stop=job.should_stop)
+        return run(job)
 
     job = state.jobs.submit("occlusion", work, total=positions)
     return JSONResponse(job_response(job).model_dump(mode="json"), status_code=202, headers={"Location": job_url(job)})
