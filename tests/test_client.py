@@ -120,6 +120,9 @@ def test_projection_image_and_seed(api: Client) -> None:
     assert projection.seed_position == tuple(info["argmax"][channel])
     assert projection.seed_value == pytest.approx(info["max"][channel], rel=1e-4)
     assert {"X-Seed-Value", "X-Seed-Y", "X-Seed-X"} <= set(projection.headers)
+    assert projection.mode == "deconvnet"
+    auto = api.projection("chelsea", LAYER, channel, mode="auto")
+    assert auto.mode == "guided"  # EfficientNet has no max-pool switches: auto resolves to guided
 
     whole = api.projection("chelsea", LAYER, channel, mode="guided", select="map")
     assert whole.seed_position is None and whole.seed_value == pytest.approx(info["sum"][channel], rel=1e-3)
@@ -176,9 +179,21 @@ def test_scan_the_samples_then_read_a_channels_top_k(api: Client) -> None:
     top = api.top(scan_id, "conv_head", 5)
     values = [entry["value"] for entry in top["entries"]]
     assert len(values) == 3 and values == sorted(values, reverse=True)  # type: ignore[type-var]
+    assert top["mode"] == "deconvnet"
+    assert api.top(scan_id, "conv_head", 5, mode="auto")["mode"] == "guided"  # no max-pool switches below
     crop = api.top_image(scan_id, "conv_head", 5, rank=0, kind="crop")
     projection = api.top_image(scan_id, "conv_head", 5, rank=0)
-    assert crop.size == projection.size and crop.mode == projection.mode == "RGB"
+    guided = api.top_image(scan_id, "conv_head", 5, rank=0, mode="guided")
+    assert crop.size == projection.size == guided.size and crop.mode == projection.mode == "RGB"
+    assert np.asarray(guided).tolist() != np.asarray(projection).tolist()
+    resumed = api.wait_job(api.resume_scan(scan_id), timeout=300)
+    assert resumed["state"] == "succeeded" and api.scan(scan_id)["status"] == "complete"
+
+
+def test_scan_roots(api: Client) -> None:
+    roots = api.scan_roots()
+    assert [root["name"] for root in roots] == ["photos"]
+    assert "photos/empty" in roots[0]["folders"]
 
 
 def test_a_failed_job_raises_its_status_and_detail(api: Client) -> None:

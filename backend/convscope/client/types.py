@@ -169,7 +169,13 @@ class Top(TypedDict):
     layer: str
     channel: int
     top: int
+    mode: str
     entries: list[TopEntry]
+
+
+class ScanRoot(TypedDict):
+    name: str
+    folders: list[str]
 
 
 @dataclass
