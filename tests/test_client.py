@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+import uvicorn
 from PIL import Image
 
-from api.helpers import MODEL, free_port
+from api.helpers import MODEL, free_port, tiny_loader, tiny_settings
 from api.test_server import start_server, stop, wait_healthy
+from convscope.api import create_app
 from convscope.client import ApiError, Client
 from convscope.samples import get_sample
 from convscope.tasks import CallbackTask, Cancelled
@@ -249,23 +253,42 @@ def test_invalid_parameters_are_422_with_the_servers_detail_and_errors(api: Clie
     assert error.value.response is not None and error.value.response.status_code == 422
 
 
-def test_token_goes_out_as_a_bearer_header_and_cookies_are_kept() -> None:
-    """The header and the cookie jar are the client's own business: checked on the wire with
-    httpx's MockTransport (this server does not ask for a token)."""
-    seen: list[httpx.Request] = []
+@contextmanager
+def tiny_server(**settings: object) -> Iterator[str]:
+    """The real app and uvicorn, in a thread, over the tiny model (fast to start)."""
+    app = create_app(tiny_settings(**settings), loader=tiny_loader())
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        with Client(f"http://127.0.0.1:{port}") as probe:
+            probe.wait_ready(timeout=60, poll=0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
 
-    def answer(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(200, json=[], headers={"Set-Cookie": "convscope_session=abc; Path=/"})
 
-    with Client("http://convscope.test", token="s3cret", transport=httpx.MockTransport(answer)) as api:
-        assert api.samples() == []
-        assert api.jobs() == []
-    assert all(request.headers["Authorization"] == "Bearer s3cret" for request in seen)
-    assert "cookie" not in seen[0].headers and seen[1].headers["cookie"] == "convscope_session=abc"
+def test_the_token_goes_out_as_a_bearer_header_and_the_client_cookie_is_kept() -> None:
+    token = "s3cret-token-for-tests"
+    with tiny_server(token=token) as url:
+        with Client(url) as anonymous, pytest.raises(ApiError) as refused:
+            anonymous.models()
+        assert refused.value.status_code == 401 and "token" in refused.value.detail
+
+        with Client(url, token=token) as api, Client(url, token=token) as other:
+            assert [m["name"] for m in api.models()] == ["tiny"]
+            upload = api.upload(Image.new("RGB", (40, 40), (200, 30, 30)))
+            assert len(api.predictions(upload["id"], top=3)) == 3  # the client cookie names its owner
+            assert api.http.cookies.get("convscope_client")
+            with pytest.raises(ApiError) as hidden:
+                other.predictions(upload["id"])  # another client (another cookie) cannot see it
+            assert hidden.value.status_code == 404
 
 
 def test_non_json_error_bodies_still_surface() -> None:
+    """What a proxy in front of the server might answer (the server itself always sends JSON)."""
     with (
         Client(
             "http://convscope.test", transport=httpx.MockTransport(lambda _: httpx.Response(502, text="bad gateway"))
