@@ -119,6 +119,8 @@ export const urls = {
   image: (id, model) => `/api/images/${enc(id)}?${query({ model })}`,
   predictions: (model, id, top = 5) => `/api/models/${enc(model)}/images/${enc(id)}/predictions?${query({ top })}`,
   activations: (model, id, layer) => `/api/models/${enc(model)}/images/${enc(id)}/activations?${query({ layer })}`,
+  /** The activations sprite (its URL from the activations answer), signed for layers with negative values. */
+  sprite: (spriteUrl, signed = false) => (signed ? `${spriteUrl}&${query({ signed: true })}` : spriteUrl),
   projection: (model, id, { layer, channel, mode, select, y = null, x = null }) =>
     `/api/models/${enc(model)}/images/${enc(id)}/projection?${query({ layer, channel, mode, select, y, x })}`,
   occlusion: (model, id) => `/api/models/${enc(model)}/images/${enc(id)}/occlusion`,
