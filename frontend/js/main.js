@@ -96,6 +96,12 @@ installKeyboard({
   },
 });
 $('[data-role="help-open"]').addEventListener("click", () => help.showModal());
+// A map picked where the reconstruction is out of sight (a phone: one column): bring it into view.
+$('[data-panel="maps"]').addEventListener("map-picked", () => {
+  const stage = $('[data-role="projection-stage"]');
+  const box = stage.getBoundingClientRect();
+  if (box.top < 0 || box.bottom > window.innerHeight) stage.scrollIntoView({ block: "center" });
+});
 
 // ---- state routing --------------------------------------------------------------------
 /** The mode a projection of the state's layer is made in (auto resolved), null while the layers load. */

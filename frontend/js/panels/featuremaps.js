@@ -321,6 +321,7 @@ export function createMapsPanel({ root, store, tooltip }) {
     if (!el) return;
     store.set({ channel: Number(el.dataset.channel) });
     el.focus({ preventScroll: true });
+    root.dispatchEvent(new CustomEvent("map-picked", { bubbles: true })); // main.js: keep the reconstruction in view
   });
 
   // ---- navigation ---------------------------------------------------------------------------
