@@ -10,6 +10,7 @@ import { createLayersPanel, defaultLayer } from "./panels/layers.js";
 import { createMapsPanel } from "./panels/featuremaps.js";
 import { createPredictionsPanel } from "./panels/predictions.js";
 import { createReconPanel } from "./panels/reconstruction.js";
+import { createStartStrip } from "./panels/start.js";
 import { HASH_KEYS, parseHash, startHashSync, store } from "./state.js";
 import { createTabs } from "./tabs.js";
 import { createTop9Panel } from "./top9.js";
@@ -96,6 +97,7 @@ installKeyboard({
   },
 });
 $('[data-role="help-open"]').addEventListener("click", () => help.showModal());
+createStartStrip({ root: $('[data-role="start-strip"]'), store });
 // A map picked where the reconstruction is out of sight (a phone: one column): bring it into view.
 $('[data-panel="maps"]').addEventListener("map-picked", () => {
   const stage = $('[data-role="projection-stage"]');

@@ -150,3 +150,61 @@ def test_reconstruction_is_large_and_zooms(tab: Any, server_url: str, shoot: Any
     expect(zoom).to_have_attribute("data-view", "whole")
     tab.locator('[data-role="zoom-close"]').click()
     expect(zoom).to_be_hidden()
+
+
+def test_first_run_strip_layer_stages_and_uploads(tab: Any, server_url: str, tmp_path: Any, shoot: Any) -> None:
+    """The start strip until dismissed (then never again); the layer tree opens on the main stages;
+    uploads get thumbnails that bring them back; a tiny upload is accepted with a visible warning."""
+    import skimage.data
+    from PIL import Image
+
+    tab.set_viewport_size(DESKTOP)
+    tab.goto(f"{server_url}/#image=chelsea")
+    wait_projection(tab)
+    strip = tab.locator('[data-role="start-strip"]')
+    expect(strip).to_be_visible()
+    expect(strip).to_contain_text("click a feature map")
+    shoot("first-run")
+    tab.locator('[data-role="start-dismiss"]').click()
+    expect(strip).to_be_hidden()
+    tab.reload()
+    wait_projection(tab)
+    expect(strip).to_be_hidden()
+
+    # the layer tree: the main stages first, a stage's ▸ shows its parts
+    model = next(m["name"] for m in get_json(f"{server_url}/api/models") if m["default"])
+    layers = get_json(f"{server_url}/api/models/{model}/layers")
+    rows = tab.locator('[data-role="layer-list"] [data-layer]:not([hidden])')
+    shown = rows.count()
+    assert 5 <= shown <= 31 < len(layers)
+    stage = tab.locator('[data-role="layer-list"] li:not([hidden]):has(.twisty[aria-expanded="false"])').first
+    name = stage.get_attribute("data-layer")
+    parts = [layer["name"] for layer in layers if layer["name"].startswith(f"{name}.")]
+    stage.locator(".twisty").click()
+    expect(tab.locator(f'[data-role="layer-list"] [data-layer="{parts[0]}"]')).to_be_visible()
+    assert rows.count() > shown
+    assert tab.evaluate("location.hash").find(f"layer={name}&") < 0  # opening a stage does not select it
+
+    # uploads: a thumbnail each, the newest first; clicking one goes back to it
+    photo = tmp_path / "coffee.png"
+    Image.fromarray(skimage.data.coffee()).save(photo)
+    tiny = tmp_path / "tiny.png"
+    Image.new("RGB", (12, 9), (200, 40, 40)).save(tiny)
+    tab.set_input_files('[data-role="upload-input"]', str(photo))
+    first = tab.locator('[data-role="uploads"] [data-upload]')
+    expect(first).to_have_count(1)
+    coffee_id = first.get_attribute("data-upload")
+    tab.wait_for_function("id => location.hash.includes('image=' + id)", arg=coffee_id)
+    warning = tab.locator('[data-role="input-warning"]')
+    expect(warning).to_be_hidden()
+    tab.set_input_files('[data-role="upload-input"]', str(tiny))
+    expect(first).to_have_count(2)
+    tiny_id = tab.locator('[data-role="uploads"] [data-upload]').first.get_attribute("data-upload")
+    tab.wait_for_function("id => location.hash.includes('image=' + id)", arg=tiny_id)
+    expect(warning).to_be_visible()
+    expect(warning).to_contain_text("12×9")
+    expect(tab.locator('[data-role="predictions"] li')).to_have_count(5)  # accepted and classified
+    tab.locator(f'[data-role="uploads"] [data-upload="{coffee_id}"]').click()
+    tab.wait_for_function("id => location.hash.includes('image=' + id)", arg=coffee_id)
+    expect(tab.locator(f'[data-upload="{coffee_id}"]')).to_have_attribute("aria-pressed", "true")
+    expect(warning).to_be_hidden()
