@@ -118,11 +118,14 @@ const defaultSample = () => (input.samples.find((s) => s.id === "chelsea") || in
 async function loadLayers(model) {
   layersModel = null;
   layers.showError("");
+  const waking = currentModel()?.loaded === false; // offered, not loaded yet: the server loads it now
+  if (waking) $('[data-role="layers-count"]').textContent = `loading ${model} on the server…`;
   try {
     const rows = await busy($('[data-panel="layers"]'), api.layers(model, { slot: "layers" }));
     if (store.get().model !== model) return;
     layers.render(rows);
     layersModel = model;
+    if (waking) refreshModels();
     recon.syncControls(store.get()); // the no-switches hint depends on the layer kinds
     proceed(store.get(), new Set(HASH_KEYS));
   } catch (error) {
@@ -220,10 +223,29 @@ function renderModelInfo() {
   if (select.value !== model.name) select.value = model.name;
 }
 
+const modelLabel = (m) => m.name + (m.pretrained ? "" : " (random weights)") + (m.loaded === false ? " · loads when chosen" : "");
+
+function renderModelOptions() {
+  const select = $('[data-role="model-select"]');
+  select.replaceChildren(...models.map((m) => h("option", { value: m.name, title: m.description || m.name }, modelLabel(m))));
+  select.value = store.get().model || select.value;
+}
+
+/** The model list again (a model loaded since), for the switcher's labels. */
+async function refreshModels() {
+  try {
+    models = await api.models();
+    renderModelOptions();
+    renderModelInfo();
+  } catch {
+    /* the old list stays */
+  }
+}
+
 function setupModelPicker() {
   const picker = $('[data-role="model-picker"]');
   const select = $('[data-role="model-select"]');
-  select.replaceChildren(...models.map((m) => h("option", { value: m.name }, m.name + (m.pretrained ? "" : " (random weights)"))));
+  renderModelOptions();
   picker.hidden = models.length < 2;
   select.addEventListener("change", () => {
     quietFallback = true;

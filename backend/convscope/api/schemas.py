@@ -26,6 +26,7 @@ class ModelInfo(BaseModel):
     pretrained: bool
     input_size: int = Field(description="side S of the S×S model input")
     description: str = ""
+    loaded: bool = Field(default=True, description="false: offered, loaded by the first request that needs it")
 
 
 class ReceptiveFieldInfo(BaseModel):
