@@ -121,8 +121,9 @@ export const urls = {
   activations: (model, id, layer) => `/api/models/${enc(model)}/images/${enc(id)}/activations?${query({ layer })}`,
   /** The activations sprite (its URL from the activations answer), signed for layers with negative values. */
   sprite: (spriteUrl, signed = false) => (signed ? `${spriteUrl}&${query({ signed: true })}` : spriteUrl),
+  // a view without a mode of its own (an empty choice) gets the server's default
   projection: (model, id, { layer, channel, mode, select, y = null, x = null }) =>
-    `/api/models/${enc(model)}/images/${enc(id)}/projection?${query({ layer, channel, mode, select, y, x })}`,
+    `/api/models/${enc(model)}/images/${enc(id)}/projection?${query({ layer, channel, mode: mode || null, select, y, x })}`,
   occlusion: (model, id) => `/api/models/${enc(model)}/images/${enc(id)}/occlusion`,
   labels: (model) => `/api/models/${enc(model)}/labels`,
   filters: (model, layer = null) => `/api/models/${enc(model)}/filters${layer ? `?${query({ layer })}` : ""}`,

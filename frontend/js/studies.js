@@ -407,7 +407,7 @@ function renderTraining(doc) {
   ];
 }
 
-export async function mount(panel, context) {
+async function mount(panel, context) {
   ctx = context;
   root = panel;
   injectStyle("css-studies", CSS);
@@ -416,7 +416,12 @@ export async function mount(panel, context) {
   root.dataset.ready = "true";
 }
 
-export function show() {
+function show() {
   shown += 1;
   if (root && root.dataset.ready && shown > 1) load(); // the first show follows mount, which loaded
+}
+
+/** The view, as tabs.js takes it: createView({root, ctx}) → {ready, update, show}. */
+export function createView({ root, ctx: context }) {
+  return { ready: mount(root, context), show };
 }
