@@ -131,6 +131,7 @@ export const urls = {
   invariancePreview: (model, params) => `/api/models/${enc(model)}/analyses/invariance/preview.png?${params}`,
   studies: () => "/api/studies",
   study: (id) => `/api/studies/${enc(id)}`,
+  studyRun: (name) => `/api/studies/${enc(name)}`,
   withVersion: (url, version) => `${url}?${query({ v: version ?? "" })}`,
   scans: (model) => `/api/models/${enc(model)}/scans`,
   scanRoots: () => "/api/scan-roots",
