@@ -22,6 +22,7 @@ import { $, $$, busy, fmt, h, showError } from "../util.js";
 const CACHE_SIZE = 48;
 const PREFS_KEY = "convscope.recon";
 const CROP = 144; // canvas pixels of the patches (CSS scales them to the column)
+const OUTSIDE = "#6b717c"; // a patch's part outside the image
 const EMPTY_TEXT = "Click a feature map to project it into pixel space";
 
 export function createReconPanel({ root, store, maps, layerInfo, modeFor, describeImage, onImageMissing }) {
@@ -367,6 +368,21 @@ export function createReconPanel({ root, store, maps, layerInfo, modeFor, descri
     ctx.imageSmoothingEnabled = scale < 1;
     const k = img.naturalWidth / inputSize; // the images are S×S; stay robust if not
     ctx.drawImage(img, sx * k, sy * k, sw * k, sh * k, (sx - box.x0) * scale, (sy - box.y0) * scale, sw * scale, sh * scale);
+    if (sw < box.side || sh < box.side) {
+      // the part of the patch outside the image: a neutral grey, the image edge dashed (as in Top 9)
+      const [ix, iy, iw, ih] = [(sx - box.x0) * scale, (sy - box.y0) * scale, sw * scale, sh * scale];
+      ctx.save();
+      ctx.fillStyle = OUTSIDE;
+      ctx.beginPath();
+      ctx.rect(0, 0, size, size);
+      ctx.rect(ix, iy, iw, ih);
+      ctx.fill("evenodd");
+      ctx.setLineDash([4, 3]);
+      ctx.lineWidth = 1;
+      ctx.strokeStyle = "#f3f4f6";
+      ctx.strokeRect(ix + 0.5, iy + 0.5, iw - 1, ih - 1);
+      ctx.restore();
+    }
     if (box.context) {
       // the field itself, inside its context
       const x = (field.x0 - box.x0) * scale;
