@@ -24,6 +24,7 @@ export const TABS = [
   { id: "correspondence", label: "Correspondence", module: "./correspondence.js" },
   { id: "architecture", label: "Architecture", module: "./architecture.js" },
   { id: "studies", label: "Studies", module: "./studies.js" },
+  { id: "unit", label: "Unit", module: "./unit.js" },
 ];
 
 /** A view module's view: its createView, or the older mount/update/show exports wrapped alike. */

@@ -33,8 +33,9 @@ from convscope.engine import Engine, Seed
 from convscope.engine.render import contrast_normalise, png_bytes
 from convscope.engine.rules import Rule
 from convscope.errors import ConvscopeError, InvalidRequestError, NotFoundError
+from convscope.fileio import atomic_write_bytes
 from convscope.images import decode_image, prepare_image, resize_and_crop
-from convscope.scan.store import LayerSpec, Manifest, ScanStore, ScanStoreError, atomic_write_bytes
+from convscope.scan.store import LayerSpec, Manifest, ScanStore, ScanStoreError
 from convscope.scan.topk import Entry
 from convscope.scan.walk import sha256_bytes
 
