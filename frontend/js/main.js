@@ -109,7 +109,7 @@ $('[data-panel="maps"]').addEventListener("map-picked", () => {
 /** The mode a projection of the state's layer is made in (auto resolved), null while the layers load. */
 function modeFor(state) {
   const info = layersModel === state.model ? layers.layer(state.layer) : null;
-  return info ? { ...resolveMode(state.mode, info, layers.layers), uncovered: uncoveredRules(info) } : null;
+  return info ? { ...resolveMode(state.mode, info), uncovered: uncoveredRules(info) } : null;
 }
 
 const currentModel = () => models.find((m) => m.name === store.get().model) || null;

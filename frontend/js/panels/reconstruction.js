@@ -200,7 +200,7 @@ export function createReconPanel({ root, store, maps, layerInfo, modeFor, descri
       Object.assign(projImg.dataset, {
         projLayer: state.layer,
         projChannel: String(state.channel),
-        projMode: effectiveMode(state),
+        projMode: result.mode || effectiveMode(state), // the server's word on the rule it used
         projRequested: state.mode,
         projSelect: state.select,
         projUnit: state.unit || "",
