@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -68,8 +69,21 @@ def _log_tail(path: Path, lines: int = 40) -> str:
         return "(no server log)"
 
 
+# The server gives every client its own jobs and uploads (the `convscope_client` cookie). The tests'
+# own API calls (CLIENT) and their pages (share_client) are one client, so a test can check through
+# the API what its page started or uploaded.
+TEST_CLIENT_ID = secrets.token_urlsafe(24)
+CLIENT = urllib.request.build_opener()
+CLIENT.addheaders = [("Cookie", f"convscope_client={TEST_CLIENT_ID}")]
+
+
+def share_client(context: Any) -> None:
+    """Give a browser context the tests' client cookie (for every server on 127.0.0.1)."""
+    context.add_cookies([{"name": "convscope_client", "value": TEST_CLIENT_ID, "domain": "127.0.0.1", "path": "/"}])
+
+
 def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=60) as response:
+    with CLIENT.open(url, timeout=60) as response:
         return json.loads(response.read())
 
 
@@ -144,6 +158,7 @@ def open_page(chromium: Any) -> Iterator[Any]:
     """A fresh 1280×800 page (own context: no shared storage); fails on uncaught page errors."""
     context = chromium.new_context(viewport=VIEWPORT, device_scale_factor=1)
     context.set_default_timeout(60_000)
+    share_client(context)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from browser.conftest import get_json
+from browser.conftest import CLIENT, get_json
 
 pytestmark = pytest.mark.browser
 
@@ -28,7 +28,7 @@ def post_job(server_url: str, path: str, body: dict[str, Any], timeout: float = 
     request = urllib.request.Request(
         f"{server_url}{path}", data=json.dumps(body).encode(), headers={"content-type": "application/json"}
     )
-    with urllib.request.urlopen(request, timeout=60) as response:
+    with CLIENT.open(request, timeout=60) as response:
         assert response.status == 202
         job = json.loads(response.read())
     deadline = time.monotonic() + timeout

@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 import pytest
 from playwright.sync_api import expect
 
-from browser.conftest import chromium_path, get_json
+from browser.conftest import chromium_path, get_json, share_client
 
 pytestmark = pytest.mark.browser
 
@@ -392,6 +392,7 @@ def test_webcam_capture_and_live(chromium: Any, server_url: str, model: dict[str
     )
     try:
         context = browser.new_context(viewport={"width": 1280, "height": 800})
+        share_client(context)
         context.grant_permissions(["camera"], origin=server_url)
         page = context.new_page()
         page.goto(f"{server_url}/#image=chelsea")
