@@ -221,6 +221,7 @@ function renderModelInfo() {
   badge.title = model.description || "The model the server has loaded";
   const select = $('[data-role="model-select"]');
   if (select.value !== model.name) select.value = model.name;
+  select.title = `${model.name}: ${model.description || ""}`; // the full name where the select is narrow
 }
 
 const modelLabel = (m) => m.name + (m.pretrained ? "" : " (random weights)") + (m.loaded === false ? " · loads when chosen" : "");

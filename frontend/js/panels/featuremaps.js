@@ -226,6 +226,8 @@ export function createMapsPanel({ root, store, tooltip }) {
     sortTiles();
     legendBar.style.background = gradientCss(cmapOf(current));
     legend.dataset.signed = String(Boolean(current.signed));
+    cmapSelect.disabled = Boolean(current.signed); // a signed layer always gets the diverging map
+    cmapSelect.title = current.signed ? "This layer has negative values: its maps use a diverging colour map" : "Colour map (c)";
     legendMin.textContent = current.signed ? (prefs.scale === "map" ? "−each" : `−${fmt(current.bound)}`) : "0";
     legendMax.textContent = prefs.scale === "map" ? (current.signed ? "+each" : "each max") : `${current.signed ? "+" : ""}${fmt(current.bound)}`;
     legend.title = current.signed
