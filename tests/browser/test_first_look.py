@@ -75,7 +75,11 @@ def test_phone_opens_at_the_top_and_a_tap_shows_the_reconstruction(
 
     # a tooltip does not stay pinned: scrolling dismisses it
     tooltip = phone.locator('[data-role="tooltip"]')
-    phone.locator('[data-role="tile-grid"] .tile').nth(1).hover()
+    other = phone.locator('[data-role="tile-grid"] .tile').nth(1)
+    other.scroll_into_view_if_needed()
+    # the scroll's own events come a frame later (and dismiss tooltips): let them pass first
+    phone.evaluate("() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))")
+    other.hover()
     expect(tooltip).to_be_visible()
     phone.mouse.wheel(0, 300)
     expect(tooltip).to_be_hidden()
