@@ -69,21 +69,28 @@ def _log_tail(path: Path, lines: int = 40) -> str:
         return "(no server log)"
 
 
-# The server gives every client its own jobs and uploads (the `convscope_client` cookie). The tests'
-# own API calls (CLIENT) and their pages (share_client) are one client, so a test can check through
-# the API what its page started or uploaded.
-TEST_CLIENT_ID = secrets.token_urlsafe(24)
-CLIENT = urllib.request.build_opener()
-CLIENT.addheaders = [("Cookie", f"convscope_client={TEST_CLIENT_ID}")]
+# The server isolates clients by their `convscope_client` cookie (uploads and jobs are the
+# client's own). In these tests the pages and the tests' own HTTP requests are one client:
+# every `urllib.request.urlopen` here sends TEST_CLIENT's cookie, and `share_client(context)`
+# (done by `open_page`) gives a browser context the same cookie.
+TEST_CLIENT = secrets.token_urlsafe(24)
+_opener = urllib.request.build_opener()
+_opener.addheaders = [("Cookie", f"convscope_client={TEST_CLIENT}")]
+urllib.request.install_opener(_opener)
 
 
 def share_client(context: Any) -> None:
-    """Give a browser context the tests' client cookie (for every server on 127.0.0.1)."""
-    context.add_cookies([{"name": "convscope_client", "value": TEST_CLIENT_ID, "domain": "127.0.0.1", "path": "/"}])
+    """Make a Playwright browser context the tests' client (see TEST_CLIENT)."""
+    context.add_cookies(
+        [
+            {"name": "convscope_client", "value": TEST_CLIENT, "domain": host, "path": "/", "httpOnly": True}
+            for host in ("127.0.0.1", "localhost")
+        ]
+    )
 
 
 def get_json(url: str) -> Any:
-    with CLIENT.open(url, timeout=60) as response:
+    with urllib.request.urlopen(url, timeout=60) as response:
         return json.loads(response.read())
 
 
@@ -157,8 +164,8 @@ def chromium() -> Iterator[Any]:
 def open_page(chromium: Any) -> Iterator[Any]:
     """A fresh 1280×800 page (own context: no shared storage); fails on uncaught page errors."""
     context = chromium.new_context(viewport=VIEWPORT, device_scale_factor=1)
-    context.set_default_timeout(60_000)
     share_client(context)
+    context.set_default_timeout(60_000)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))

@@ -332,6 +332,7 @@ def test_state_in_the_hash_is_restored(tab: Any, server_url: str, layers: list[d
 
 def test_narrow_window_is_one_column(chromium: Any, server_url: str, screenshots: Path) -> None:
     context = chromium.new_context(viewport={"width": 420, "height": 860}, device_scale_factor=1)
+    share_client(context)
     try:
         page = context.new_page()
         page.goto(f"{server_url}/#image=chelsea")
