@@ -451,7 +451,7 @@ def montage_png(
     response_model=list[ScanRootInfo],
     summary="the folders this server may scan: each scan root and its subfolders (POST .../scans with folder)",
 )
-def scan_roots(request: Request) -> list[ScanRootInfo]:
+def list_scan_roots(request: Request) -> list[ScanRootInfo]:
     service = get_service(request)
     out = []
     for name, root in sorted(service.library.roots.items()):

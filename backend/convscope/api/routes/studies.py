@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 from convscope.api.caching import Rendered, etag_of, png_response
 from convscope.api.deps import StateDep
 from convscope.api.jobs import Job
+from convscope.api.openapi import body_examples
 from convscope.api.routes.common import errors, png
 from convscope.api.routes.jobs import job_response, job_url
 from convscope.api.schemas import ErrorResponse, JobResponse
@@ -153,6 +154,7 @@ DIGITS_RUN = "digits-run"
         403: {"model": ErrorResponse, "description": "no studies folder is configured"},
         **errors(422, 429),
     },
+    openapi_extra=body_examples(quick={"epochs": 5}, one_epoch={"epochs": 1}),
 )
 def run_digits(state: StateDep, body: Annotated[DigitsRunRequest | None, Body()] = None) -> JSONResponse:
     body = body or DigitsRunRequest()
