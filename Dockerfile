@@ -53,7 +53,16 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install --no-cache-dir -r /tmp/requirements.txt -c /tmp/constraints.txt \
     && rm /tmp/requirements.txt /tmp/constraints.txt
 
-# 3. The source and the static dashboard, then the package itself without dependencies (all installed above).
+# 3. torchvision's ImageNet weights for the dashboard's model switcher (CONVSCOPE_OFFER_MODELS), baked into
+#    TORCH_HOME when the build machine has internet; without it the build goes on and the switcher leaves them out.
+#    Skip with --build-arg TORCHVISION_WEIGHTS= (or name others: "alexnet vgg16 resnet50").
+ARG TORCHVISION_WEIGHTS="alexnet vgg16"
+RUN for name in ${TORCHVISION_WEIGHTS}; do \
+        python -c "import sys, torchvision.models as m; m.get_model_weights(sys.argv[1]).IMAGENET1K_V1.get_state_dict(progress=False)" "$name" \
+        || echo "convscope: the ImageNet weights of $name could not be downloaded; the dashboard will not offer it"; \
+    done && chown -R 10001:10001 /data/cache
+
+# 4. The source and the static dashboard, then the package itself without dependencies (all installed above).
 #    Editable, as in development (DESIGN §1): the server finds frontend/ beside backend/ exactly as in the repo.
 COPY backend ./backend
 COPY frontend ./frontend

@@ -149,8 +149,11 @@ export const urls = {
   image: (id, model) => `/api/images/${enc(id)}?${query({ model })}`,
   predictions: (model, id, top = 5) => `/api/models/${enc(model)}/images/${enc(id)}/predictions?${query({ top })}`,
   activations: (model, id, layer) => `/api/models/${enc(model)}/images/${enc(id)}/activations?${query({ layer })}`,
+  /** The activations sprite (its URL from the activations answer), signed for layers with negative values. */
+  sprite: (spriteUrl, signed = false) => (signed ? `${spriteUrl}&${query({ signed: true })}` : spriteUrl),
+  // a view without a mode of its own (an empty choice) gets auto, as the Explore view's default
   projection: (model, id, { layer, channel, mode, select, y = null, x = null }) =>
-    `/api/models/${enc(model)}/images/${enc(id)}/projection?${query({ layer, channel, mode, select, y, x })}`,
+    `/api/models/${enc(model)}/images/${enc(id)}/projection?${query({ layer, channel, mode: mode || "auto", select, y, x })}`,
   occlusion: (model, id) => `/api/models/${enc(model)}/images/${enc(id)}/occlusion`,
   labels: (model) => `/api/models/${enc(model)}/labels`,
   filters: (model, layer = null) => `/api/models/${enc(model)}/filters${layer ? `?${query({ layer })}` : ""}`,
@@ -158,6 +161,7 @@ export const urls = {
   invariancePreview: (model, params) => `/api/models/${enc(model)}/analyses/invariance/preview.png?${params}`,
   studies: () => "/api/studies",
   study: (id) => `/api/studies/${enc(id)}`,
+  studyRun: (name) => `/api/studies/${enc(name)}`,
   withVersion: (url, version) => `${url}?${query({ v: version ?? "" })}`,
   scans: (model) => `/api/models/${enc(model)}/scans`,
   scanRoots: () => "/api/scan-roots",
@@ -175,14 +179,15 @@ export const api = {
   activations: (model, id, layer, opts) => request(urls.activations(model, id, layer), opts),
   /** The S×S model input as a Blob. */
   image: (id, model, opts) => request(urls.image(id, model), { ...opts, as: "blob" }),
-  /** → {blob, seedValue, seedY, seedX} */
+  /** → {blob, mode, seedValue, seedY, seedX} */
   async projection(model, id, params, opts) {
     const { blob, headers } = await request(urls.projection(model, id, params), { ...opts, as: "blob" });
     const num = (name, fallback) => {
       const value = Number.parseFloat(headers.get(name));
       return Number.isFinite(value) ? value : fallback;
     };
-    return { blob, seedValue: num("X-Seed-Value", null), seedY: num("X-Seed-Y", -1), seedX: num("X-Seed-X", -1) };
+    const mode = headers.get("X-Mode"); // the rule the server used (auto resolved)
+    return { blob, mode, seedValue: num("X-Seed-Value", null), seedY: num("X-Seed-Y", -1), seedX: num("X-Seed-X", -1) };
   },
   /** Upload a File/Blob; → {id, width, height} */
   upload(file, filename = "image.png", opts = {}) {

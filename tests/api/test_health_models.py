@@ -6,7 +6,7 @@ import threading
 
 from fastapi.testclient import TestClient
 
-from api.helpers import MODEL, tiny_loader, tiny_settings, wait_ready
+from api.helpers import MODEL, tiny_loader, tiny_model, tiny_settings, wait_ready
 from convscope.api import create_app
 from convscope.engine import Engine
 from convscope.errors import WeightsUnavailableError
@@ -111,3 +111,41 @@ def test_a_model_name_never_imports_code(client: TestClient) -> None:
         response = client.get(f"/api/models/{name}/layers")
         assert response.status_code == 404, name
         assert "unknown model" in response.json()["detail"]
+
+
+def test_start_up_waits_only_for_the_default_model_and_others_load_on_first_use() -> None:
+    """Health is OK once the default model is loaded; another listed model loads behind it, and an
+    offered one (torchvision weights available) is listed as not loaded until a request needs it."""
+    import time
+
+    from convscope.api.pool import ModelPool
+
+    release = threading.Event()
+    loads: list[str] = []
+
+    def loader(name: str, settings: object) -> object:
+        if name != "tiny":
+            release.wait(30)
+        loads.append(name)
+        return tiny_model(name)
+
+    pool = ModelPool(tiny_settings(models=["tiny", "second"]), loader, offer=lambda settings: ["offered"])  # type: ignore[arg-type]
+    thread = threading.Thread(target=pool.load)
+    thread.start()
+    assert pool.wait(30) and pool.state == "ready"
+    assert loads == ["tiny"]  # "second" is still on its way: start-up did not wait for it
+    release.set()
+    thread.join(30)
+    deadline = time.monotonic() + 30
+    while "offered" not in pool.available() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    rows = {row.name: row.loaded for row in pool.summaries()}
+    assert rows == {"tiny": True, "second": True, "offered": False}
+    assert pool.get("offered").name == "offered" and loads == ["tiny", "second", "offered"]
+    assert {row.name: row.loaded for row in pool.summaries()}["offered"] is True
+    pool.get("offered")
+    assert loads.count("offered") == 1
+
+
+def test_models_says_which_are_loaded(client: TestClient) -> None:
+    assert [m["loaded"] for m in client.get("/api/models").json()] == [True]

@@ -106,7 +106,7 @@ def test_unit_page(chromium: Any, unit_server: str) -> None:
         "image": "chelsea",
         "layer": LAYER,
         "channel": str(CHANNEL),
-        "mode": "deconvnet",
+        "mode": "auto",  # the dashboard's default mode (resolved per layer)
         "select": "max",
         "tab": "unit",
     }

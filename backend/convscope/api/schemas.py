@@ -35,6 +35,7 @@ class ModelInfo(BaseModel):
     pretrained: bool
     input_size: int = Field(description="side S of the S×S model input")
     description: str = ""
+    loaded: bool = Field(default=True, description="false: offered, loaded by the first request that needs it")
 
 
 class ReceptiveFieldInfo(BaseModel):
@@ -101,6 +102,7 @@ class ActivationsResponse(BaseModel):
     height: int
     width: int
     max: list[float] = Field(description="per channel: largest activation")
+    min: list[float] | None = Field(default=None, description="per channel: smallest activation (may be negative)")
     sum: list[float] = Field(description="per channel: total activation")
     argmax: list[list[int]] = Field(description="per channel: [y, x] of the largest activation")
     sprite: SpriteInfo

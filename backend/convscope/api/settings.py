@@ -51,6 +51,11 @@ class Settings(BaseSettings):
         default_factory=lambda: [DEFAULT_MODEL],
         description="models to load, registry names or package.module:callable (comma-separated in the environment)",
     )
+    offer_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["alexnet", "vgg16"],
+        description="torchvision models the dashboard offers besides `models` when their ImageNet weights are cached "
+        "under TORCH_HOME or downloadable; each loads on first use (comma-separated in the environment)",
+    )
     pretrained: bool = Field(default=True, description="load pretrained weights (False: random weights, for tests)")
     input_size: int = Field(default=224, ge=16, le=1024, description="model input side S")
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -193,7 +198,7 @@ class Settings(BaseSettings):
             raise ValueError("scan roots are addressed by their folder names, which must be distinct and non-empty")
         return value
 
-    @field_validator("models", mode="before")
+    @field_validator("models", "offer_models", mode="before")
     @classmethod
     def _split_models(cls, value: object) -> object:
         if isinstance(value, str):

@@ -17,18 +17,24 @@ class LabelInfo(BaseModel):
     label: str
 
 
-@router.get("/models", response_model=list[ModelInfo], summary="the loaded models", responses=errors(503))
+@router.get(
+    "/models",
+    response_model=list[ModelInfo],
+    summary="the models on offer (loaded, or loaded on first use)",
+    responses=errors(503),
+)
 async def list_models(pool: PoolDep) -> list[ModelInfo]:
     return [
         ModelInfo(
-            name=engine.name,
-            default=engine.name == pool.default,
-            num_classes=engine.model.num_classes,
-            pretrained=engine.model.pretrained,
-            input_size=engine.input_size,
-            description=engine.model.description,
+            name=row.name,
+            default=row.name == pool.default,
+            num_classes=row.num_classes,
+            pretrained=row.pretrained,
+            input_size=row.input_size,
+            description=row.description,
+            loaded=row.loaded,
         )
-        for engine in pool.engines()
+        for row in pool.summaries()
     ]
 
 
