@@ -39,7 +39,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from convscope.engine.tracing import TracedModel, is_metadata_node, is_pointwise_module
+from convscope.engine.tracing import TracedModel, is_inplace, is_metadata_node, is_pointwise_module
 
 _POINTWISE_FUNCTIONS: set[Any] = {
     F.relu,
@@ -189,19 +189,6 @@ def _pair(value: Any) -> tuple[int, int]:
     if isinstance(value, (tuple, list)):
         return (int(value[0]), int(value[-1]))
     return (int(value), int(value))
-
-
-def _is_inplace(node: fx.Node, module: nn.Module | None) -> bool:
-    if module is not None and getattr(module, "inplace", False):
-        return True
-    if node.kwargs.get("inplace", False) is True:
-        return True
-    if node.op == "call_method" and isinstance(node.target, str):
-        return node.target.endswith("_") and not node.target.endswith("__")
-    if node.op == "call_function":
-        name = getattr(node.target, "__name__", "")
-        return name in ("iadd", "isub", "imul", "itruediv") or (name.endswith("_") and not name.endswith("__"))
-    return False
 
 
 def _map(value: Any, fn: Callable[[fx.Node], Any]) -> Any:
@@ -529,7 +516,7 @@ def _evaluate(
         return value
     args = _map(node.args, get)
     kwargs = _map(node.kwargs, get)
-    if _is_inplace(node, module) and args and isinstance(args[0], torch.Tensor):
+    if is_inplace(node, module) and args and isinstance(args[0], torch.Tensor):
         args = (args[0].clone(), *args[1:])
     if node.op == "call_module":
         assert module is not None

@@ -175,6 +175,36 @@ class _ConcreteTracer(fx.Tracer):
         raise TraceFailed("the model unpacks a traced value with **")
 
 
+def is_inplace(node: fx.Node, module: nn.Module | None) -> bool:
+    """Whether a node rewrites its first argument (`ReLU(inplace=True)`, `x.relu_()`, `F.relu(x, inplace=True)`)."""
+    if module is not None and getattr(module, "inplace", False) is True:
+        return True
+    if node.kwargs.get("inplace", False) is True:
+        return True
+    if node.op == "call_method" and isinstance(node.target, str):
+        return node.target.endswith("_") and not node.target.endswith("__")
+    if node.op == "call_function":
+        name = getattr(node.target, "__name__", "")
+        return name in ("iadd", "isub", "imul", "itruediv") or (name.endswith("_") and not name.endswith("__"))
+    return False
+
+
+def _functionalize_inplace(graph: fx.Graph, root: nn.Module) -> None:
+    """After `y.relu_()`, later readers of `y` read the in-place op's result (its node), so the graph
+    can be run with every in-place op on a copy and still compute what the model computes."""
+    order = {node: index for index, node in enumerate(graph.nodes)}
+    for node in list(graph.nodes):
+        if node.op not in ("call_module", "call_method", "call_function") or not node.args:
+            continue
+        module = root.get_submodule(str(node.target)) if node.op == "call_module" else None
+        source = node.args[0]
+        if not isinstance(source, fx.Node) or not is_inplace(node, module):
+            continue
+        for user in list(source.users):
+            if user is not node and order[user] > order[node]:
+                user.replace_input_with(source, node)
+
+
 _CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], TracedModel | str]] = weakref.WeakKeyDictionary()
 
 
@@ -201,6 +231,7 @@ def trace_model(module: nn.Module, example: torch.Tensor) -> TracedModel:
         reason = f"torch.fx cannot trace the model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
         per_module[key] = reason
         raise TraceFailed(reason) from None
+    _functionalize_inplace(graph, module)
     traced = TracedModel(graph, dict(tracer.module_outputs))
     per_module[key] = traced
     return traced
