@@ -68,7 +68,7 @@ def assert_exact(engine: Engine, image: PreparedImage, result: OcclusionResult) 
 
 
 def covers_borders(image_size: int, size: int, stride: int) -> str:
-    rows, _, positions = occlusion_grid(image_size, size, stride)
+    _, _, positions = occlusion_grid(image_size, size, stride)
     last = positions[-1][0]
     return "touches the far border" if last + size == image_size else f"leaves {image_size - last - size} px"
 
