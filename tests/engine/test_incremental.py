@@ -286,3 +286,13 @@ def test_adaptive_drill_down_is_labelled_and_exact_where_computed(
     np.testing.assert_allclose(
         result.probability[r : r + 2, c : c + 2], real_exact.probability[r : r + 2, c : c + 2], atol=1e-5
     )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_incremental_on_cuda_equals_dense_on_cuda() -> None:
+    torch.manual_seed(0)
+    engine = Engine(load_model("resnet50", pretrained=False, input_size=96), device_name="cuda")
+    image = engine.prepare(load_sample("coffee"))
+    result = occlude(engine, image, size=24, stride=14, batch_size=8, method="incremental")
+    assert_exact(engine, image, result)
