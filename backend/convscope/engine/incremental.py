@@ -671,8 +671,8 @@ class IncrementalRunner:
         padded = self._source(source, pads, pad_value)[0]
         device = padded.device
         top, _, left, _ = pads
-        windows = padded.unfold(1, size_y, 1).unfold(2, size_x, 1)  # M×…×…×size_y×size_x, a view
-        gathered = windows[:, _index(start_y + top, device), _index(start_x + left, device)]  # M×N×size_y×size_x
+        windows = padded.unfold(1, size_y, 1).unfold(2, size_x, 1).permute(1, 2, 0, 3, 4)  # …×…×M×size_y×size_x
+        gathered = windows[_index(start_y + top, device), _index(start_x + left, device)]  # N×M×size_y×size_x
         count = len(start_y)
         ly, lx = patch.value.shape[-2:]
         offset_y, offset_x = patch.lo_y - start_y, patch.lo_x - start_x
@@ -683,12 +683,12 @@ class IncrementalRunner:
         inside = offset_y.min() >= 0 and offset_y.max() + ly <= size_y
         inside = inside and offset_x.min() >= 0 and offset_x.max() + lx <= size_x
         if inside:
-            context = gathered.permute(1, 0, 2, 3).contiguous()
+            context = gathered.contiguous()
             context.permute(0, 2, 3, 1)[index, rows[:, :, None], cols[:, None, :]] = values
             return context
         # some of the patch falls outside the context: those rows and columns go to a spare one
-        spare = torch.empty((count, gathered.shape[0], size_y + 1, size_x + 1), dtype=gathered.dtype, device=device)
-        spare[:, :, :size_y, :size_x] = gathered.permute(1, 0, 2, 3)
+        spare = torch.empty((count, gathered.shape[1], size_y + 1, size_x + 1), dtype=gathered.dtype, device=device)
+        spare[:, :, :size_y, :size_x] = gathered
         rows = torch.where((rows >= 0) & (rows < size_y), rows, size_y)
         cols = torch.where((cols >= 0) & (cols < size_x), cols, size_x)
         spare.permute(0, 2, 3, 1)[index, rows[:, :, None], cols[:, None, :]] = values
