@@ -163,6 +163,16 @@ def test_every_layer_as_the_feature_map() -> None:
         assert_exact(engine, image, result)
 
 
+def test_a_layer_inside_a_fused_batch_norm_module() -> None:
+    """timm's BatchNormAct2d is traced whole, except when the feature map is its activation."""
+    torch.manual_seed(0)
+    engine = Engine(load_model("efficientnet_lite0", pretrained=False, input_size=64), device_name="cpu")
+    image = engine.prepare(load_sample("coffee"))
+    result = occlude(engine, image, size=24, stride=20, layer="blocks.2.1.bn2.act", method="incremental")
+    assert result.layer == "blocks.2.1.bn2.act"
+    assert_exact(engine, image, result)
+
+
 # ---- the plan -----------------------------------------------------------------------------------------
 
 

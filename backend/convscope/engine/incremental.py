@@ -432,7 +432,12 @@ def _plan_patch_node(
     flat_static = all(plans[n].kind == "static" and _spatially_flat(stored[n]) for n in others)
     if any((w.height, w.width) != (height, width) for w in patch_windows):
         return plain()
-    if _is_pointwise(node, module) and len(patch_windows) == 1 and first_window is not None and flat_static:
+    # F.batch_norm's static arguments are per-channel vectors: point-wise over space all the same
+    per_channel = node.op == "call_function" and node.target is F.batch_norm
+    static = all(plans[n].kind == "static" for n in others)
+    if _is_pointwise(node, module) and len(patch_windows) == 1 and first_window is not None:
+        if flat_static or (per_channel and static):
+            return patch("pointwise", first_window)
         return patch("pointwise", first_window)
     dim = _cat_dim(node)
     if dim is not None:

@@ -239,7 +239,7 @@ def _choose(
     module = engine.model.module
     try:
         with engine.lock, torch.no_grad():
-            traced = trace_model(module, base.to(engine.device))
+            traced = trace_model(module, base.to(engine.device), layer)
             plan = plan_incremental(traced, module, base.to(engine.device), positions, size, layer, tau)
     except (TraceFailed, NotIncremental) as exc:
         return _Choice("dense", None, None, f"incremental occlusion is not available for this model ({exc}); ran dense")
