@@ -162,16 +162,8 @@ class IncrementalPlan:
         incremental = sum(p.cost_incremental for p in self.plans.values())
         return incremental / dense if dense > 0 else 1.0
 
-    @property
-    def logits(self) -> torch.Tensor:
-        value = self.stored[self.output_node]
-        return value if isinstance(value, torch.Tensor) else value[0]
-
-    @property
-    def unoccluded_activity_map(self) -> torch.Tensor:
-        return self.stored[self.activity_node]
-
     def counts(self) -> dict[str, int]:
+        """How many graph nodes are static, patch or plain (dense) nodes."""
         counts: dict[str, int] = {}
         for plan in self.plans.values():
             counts[plan.kind] = counts.get(plan.kind, 0) + 1
