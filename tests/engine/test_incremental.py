@@ -239,6 +239,31 @@ def test_untraceable_model_falls_back_to_dense_with_a_note(method: str) -> None:
     np.testing.assert_array_equal(result.probability, dense.probability)
 
 
+class AliasingNet(nn.Module):
+    """Rewrites a feature map in place through a view: the traced graph, run op by op, cannot see that."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(7)
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        y.view(y.shape[0], -1).relu_()  # y itself is now rectified
+        return self.fc(y.mean(dim=(2, 3)))
+
+
+def test_a_graph_that_does_not_reproduce_the_model_falls_back() -> None:
+    engine = make_engine(AliasingNet().eval(), 32)
+    image = engine.prepare(load_sample("chelsea"))
+    result = occlude(engine, image, size=8, stride=8, method="incremental")
+    assert result.method == "dense"
+    assert result.note is not None and "does not reproduce the model's own output" in result.note
+    dense = occlude(engine, image, size=8, stride=8, method="dense")
+    np.testing.assert_array_equal(result.probability, dense.probability)
+
+
 # ---- approximate modes on the real default model and a real photo ----------------------------------------
 
 

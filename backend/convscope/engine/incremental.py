@@ -162,6 +162,12 @@ class IncrementalPlan:
         incremental = sum(p.cost_incremental for p in self.plans.values())
         return incremental / dense if dense > 0 else 1.0
 
+    @property
+    def reference_logits(self) -> Any:
+        """The graph's output for the unoccluded image (the model's logits, if it returns a tensor)."""
+        value = self.stored[self.output_node]
+        return value if isinstance(value, torch.Tensor) or not isinstance(value, (tuple, list)) else value[0]
+
     def counts(self) -> dict[str, int]:
         """How many graph nodes are static, patch or plain (dense) nodes."""
         counts: dict[str, int] = {}

@@ -216,6 +216,13 @@ class _IncrementalEvaluator:
         return probs[:, self.target].double(), probs.argmax(dim=1), activity
 
 
+def _close(a: Any, b: torch.Tensor) -> bool:
+    if not isinstance(a, torch.Tensor) or a.shape != b.shape:
+        return False
+    scale = max(1.0, float(b.detach().abs().max())) if b.numel() else 1.0
+    return bool((a.detach().float() - b.detach().float()).abs().max() <= 1e-4 * scale) if b.numel() else True
+
+
 @dataclass
 class _Choice:
     method: str  # what runs: "dense" | "incremental"
@@ -232,17 +239,33 @@ def _choose(
     layer: str,
     method: str,
     tau: float | None,
+    reference: tuple[torch.Tensor, torch.Tensor],
 ) -> _Choice:
-    """Trace and plan (unless dense was asked for) and decide which method runs."""
+    """Trace and plan (unless dense was asked for) and decide which method runs.
+
+    `reference` is the engine's own unoccluded logits and feature map: the traced graph
+    must reproduce them, or the run falls back to dense (with a note)."""
     if method == "dense":
         return _Choice("dense", None, None, None)
     module = engine.model.module
+
+    def fallback(reason: str) -> _Choice:
+        return _Choice(
+            "dense", None, None, f"incremental occlusion is not available for this model ({reason}); ran dense"
+        )
+
     try:
         with engine.lock, torch.no_grad():
             traced = trace_model(module, base.to(engine.device), layer)
             plan = plan_incremental(traced, module, base.to(engine.device), positions, size, layer, tau)
     except (TraceFailed, NotIncremental) as exc:
-        return _Choice("dense", None, None, f"incremental occlusion is not available for this model ({exc}); ran dense")
+        return fallback(str(exc))
+    except Exception as exc:  # an operation the planner could not run: dense still can
+        return fallback(f"planning failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+    logits, feature_map = reference
+    graph_logits, graph_map = plan.reference_logits, plan.stored[plan.activity_node]
+    if not (_close(graph_logits, logits) and _close(graph_map, feature_map[None])):
+        return fallback("the traced graph does not reproduce the model's own output")
     ratio = plan.ratio
     if method == "auto" and tau is None and ratio > AUTO_MAX_RATIO:
         return _Choice("dense", None, ratio, None)
@@ -305,6 +328,7 @@ def occlude(
     reference = torch.softmax(logits.float(), dim=1)[0]
     if reference.numel() != num_classes:
         raise InvalidRequestError(f"model {engine.name!r} gives {reference.numel()} scores for {num_classes} labels")
+    reference_outputs = (logits, outputs[layer_name][0])
     sums = outputs[layer_name][0].float().sum(dim=(1, 2))
     channel = int(torch.argmax(sums))
     unoccluded_top = int(torch.argmax(reference))
@@ -334,7 +358,7 @@ def occlude(
         if phase:
             counter.set_total(counter.done + len(indices))
         subset = [positions[i] for i in indices]
-        choice_here = _choose(engine, base, subset, size, layer_name, method, tau)
+        choice_here = _choose(engine, base, subset, size, layer_name, method, tau, reference_outputs)
         if choice is None:
             choice = choice_here
         if choice_here.method == "incremental" and choice_here.plan is not None:
@@ -344,6 +368,7 @@ def occlude(
         batches += _run_batches(evaluator, indices, batch_size, counter, probability, top_label, activity)
         del evaluator, choice_here
     assert choice is not None
+    del reference_outputs
     computed = counter.done
     if fraction is not None:
         _fill_from_coarse(rows, cols, computed_mask=counter.mask(total), maps=(probability, top_label, activity))
