@@ -125,6 +125,24 @@ def tiny_residual(classes: int = 10) -> nn.Module:
     return Net().eval()
 
 
+def shape_reader(classes: int = 10) -> nn.Module:
+    """Reads `x.shape`, `x.device`, `x.size(0)` of feature maps that are patches while it runs."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(8)
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.fc = nn.Linear(8, classes)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.relu(self.conv(x))
+            y = y + torch.ones(1, y.shape[1], 1, 1, device=y.device, dtype=y.dtype)
+            return self.fc(y.mean(dim=(2, 3)).view(y.size(0), -1))
+
+    return Net().eval()
+
+
 def lazy_alexnet_shaped(side: int = 96) -> nn.Module:
     net = alexnet_shaped()
     net(torch.zeros(1, 3, side, side))  # materialise the lazy classifier
@@ -138,6 +156,7 @@ FIXTURES = {
     "functional_relu": (lambda: FunctionalReLUNet(), 64, 16, 16),  # functional and in-place activations
     "reused_relu": (lambda: ReusedReLUNet(), 32, 8, 5),  # one in-place ReLU module called three times
     "tiny_residual": (tiny_residual, 48, 12, 9),
+    "shape_reader": (shape_reader, 32, 8, 6),
 }
 
 

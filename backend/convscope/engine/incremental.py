@@ -27,6 +27,7 @@ Plain Python: no web or command-line code here.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from collections.abc import Callable
@@ -590,8 +591,8 @@ class IncrementalRunner:
                     (count, *stored.shape[1:]), self.fill, dtype=stored.dtype, device=stored.device
                 )
             elif node_plan.kind == "plain":
-                get = (lambda n: self._meta(n, values, count)) if is_metadata_node(node) else dense
-                values[node] = _evaluate(node, self.root, module, get, None)
+                get = functools.partial(self._meta, values=values, count=count, shaped=_asks_shape(node))
+                values[node] = _evaluate(node, self.root, module, get if is_metadata_node(node) else dense, None)
             else:
                 values[node] = self._patch(node, node_plan, module, values, batch, count)
             if node is plan.activity_node:
@@ -607,13 +608,16 @@ class IncrementalRunner:
 
     # the pieces ------------------------------------------------------------------------------
 
-    def _meta(self, node: fx.Node, values: dict[fx.Node, Any], count: int) -> Any:
-        """What a metadata op (`x.shape`) sees: the value, or for a patch the shape a dense batch would have."""
+    def _meta(self, node: fx.Node, values: dict[fx.Node, Any], count: int, shaped: bool) -> Any:
+        """What a metadata op (`x.shape`, `x.device`) sees: the value; for a patch, the stored map, or for
+        its shape, a meta tensor shaped as a dense batch would be."""
         kind = self.plan.plans[node].kind
         if kind == "static":
             return self.plan.stored[node]
         if kind == "plain":
             return values[node]
+        if not shaped:
+            return self.plan.stored[node]
         stored = self.plan.stored[node]
         return torch.empty((count, *stored.shape[1:]), dtype=stored.dtype, device="meta")
 
@@ -752,6 +756,11 @@ class IncrementalRunner:
 
             return _Patch(_evaluate(node, self.root, module, over_union, None), lo_y, lo_x)
         raise NotIncremental(f"unknown patch rule {how!r}")
+
+
+def _asks_shape(node: fx.Node) -> bool:
+    """`x.shape` or `x.size()`: metadata that depends on the batch size."""
+    return bool(node.target == "size" or (len(node.args) > 1 and node.args[1] == "shape"))
 
 
 def _index(values: np.ndarray, device: torch.device) -> torch.Tensor:
