@@ -17,10 +17,11 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from convscope.engine import Engine
-from convscope.engine.incremental import Window, _axis_out
+from convscope.engine.incremental import Window, _axis_out, plan_incremental
 from convscope.engine.occlusion import OcclusionResult, occlude, occlusion_grid
 from convscope.engine.tracing import TraceFailed, trace_model
 from convscope.images import PreparedImage
@@ -208,6 +209,20 @@ def test_projective_field_of_a_convolution() -> None:
     capped, capped_length = _axis_out(lo, 8, 3, 2, 1, 18, 0.1)
     assert capped_length == 2 and all(0 <= c <= 16 for c in capped)
     assert Window(out, out, length, length, 18, 18).whole is False
+
+
+def test_functional_pools_are_window_operations() -> None:
+    """`F.max_pool2d(x, 3, 2, padding=1)` is recomputed on patches like `nn.MaxPool2d`, not densely."""
+    engine = make_engine(FunctionalReLUNet(), 64)
+    image = engine.prepare(load_sample("chelsea"))
+    module = engine.model.module
+    traced = trace_model(module, image.tensor)
+    _, _, positions = occlusion_grid(64, 8, 6)
+    plan = plan_incremental(traced, module, image.tensor, positions, 8, "conv7")
+    pools = [node for node in plan.nodes if node.op == "call_function" and node.target is F.max_pool2d]
+    assert len(pools) == 1
+    assert (plan.plans[pools[0]].kind, plan.plans[pools[0]].how) == ("patch", "window")
+    assert plan.plans[pools[0]].pads[0] == 1  # its padding of 1, as −∞, only where the context crosses the border
 
 
 def test_planned_ratio_and_auto() -> None:

@@ -206,8 +206,39 @@ def _ceil_div(a: np.ndarray, b: int) -> np.ndarray:
     return -np.floor_divide(-a, b)
 
 
+_FUNCTIONAL_POOLS: dict[Any, tuple[type[nn.Module], tuple[str, ...]]] = {
+    F.max_pool2d: (nn.MaxPool2d, ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")),
+    F.avg_pool2d: (
+        nn.AvgPool2d,
+        ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
+    ),
+}
+
+
+def _functional_pool(node: fx.Node) -> nn.Module | None:
+    """`F.max_pool2d(x, 3, 2, padding=1)` as the equivalent pooling module (its arguments are constants)."""
+    if node.op != "call_function" or node.target not in _FUNCTIONAL_POOLS:
+        return None
+    kind, names = _FUNCTIONAL_POOLS[node.target]
+    options = dict(zip(names, node.args[1:], strict=False)) | dict(node.kwargs)
+    if any(_nodes_in_value(value) for value in options.values()):
+        return None
+    try:
+        return kind(**options)
+    except TypeError:
+        return None
+
+
+def _nodes_in_value(value: Any) -> bool:
+    found: list[fx.Node] = []
+    fx.node.map_arg(value, found.append)
+    return bool(found)
+
+
 def _window_op(node: fx.Node, module: nn.Module | None, stored: dict[fx.Node, Any]) -> _WindowOp | None:
     """The window operation a node is, if it is a convolution or pool the engine can run on patches."""
+    if module is None:
+        module = _functional_pool(node)
     if module is None:
         return None
     source = stored[node.args[0]] if node.args and isinstance(node.args[0], fx.Node) else None
