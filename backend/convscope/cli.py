@@ -57,9 +57,11 @@ def cmd_layers(args: argparse.Namespace) -> int:
     else:
         for row in rows:
             field = row["receptive_field"]
+            uncovered = row["rules"]["uncovered"]  # type: ignore[index]
             print(
                 f"{row['name']:40s} {row['kind']:22s} {row['channels']:5d}×{row['height']}×{row['width']}"
-                f"  rf {field['size']}/{field['stride']}"
+                f"  rf {field['size']}/{field['stride']}  {'switches' if row['has_switches'] else 'no switches'}"
+                + (f"  NO RULE for {', '.join(uncovered)} (plain derivative in every mode)" if uncovered else "")
             )
     return 0
 
@@ -89,7 +91,7 @@ def cmd_project(args: argparse.Namespace) -> int:
     y, x = result.seed_position
     where = "whole map" if y < 0 else f"(y={y}, x={x})"
     print(
-        f"{args.layer} channel {args.channel} {args.mode}/{args.select}: seed {result.seed_value:.4g} at {where} -> {out}"
+        f"{args.layer} channel {args.channel} {result.mode}/{args.select}: seed {result.seed_value:.4g} at {where} -> {out}"
     )
     return 0
 
@@ -97,7 +99,7 @@ def cmd_project(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from convscope.api.server import run_server
 
-    return run_server(host=args.host, port=args.port, models=args.model, device=args.device)
+    return run_server(host=args.host, port=args.port, models=args.model, device=args.device, insecure=args.insecure)
 
 
 def cmd_occlude(args: argparse.Namespace) -> int:
@@ -201,6 +203,18 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return probe_main(args)
 
 
+def cmd_visualize(args: argparse.Namespace) -> int:
+    from convscope.featvis.commands import visualize_main
+
+    return visualize_main(args)
+
+
+def cmd_atlas(args: argparse.Namespace) -> int:
+    from convscope.featvis.commands import atlas_main
+
+    return atlas_main(args)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -233,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None)
     serve.add_argument("--model", action="append", default=None, help="a model to load (repeatable)")
     serve.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
+    serve.add_argument(
+        "--insecure", action="store_true", help="allow a non-loopback --host without CONVSCOPE_TOKEN (trusted networks)"
+    )
     serve.set_defaults(func=cmd_serve)
 
     predict = sub.add_parser("predict", help="top classes for an image")
@@ -247,7 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     project.add_argument("--image", required=True)
     project.add_argument("--layer", required=True)
     project.add_argument("--channel", type=int, required=True)
-    project.add_argument("--mode", default="deconvnet", choices=["deconvnet", "guided", "gradient"])
+    project.add_argument(
+        "--mode",
+        default="deconvnet",
+        choices=["deconvnet", "guided", "gradient", "auto"],
+        help="auto: deconvnet where max-pool switches lie below the layer, guided otherwise",
+    )
     project.add_argument("--select", default="max", choices=["max", "map"])
     project.add_argument("--size", type=_positive_int, default=224)
     project.add_argument("--out", required=True, help="PNG to write")
@@ -330,7 +352,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_analysis_parsers(sub)
     _add_study_parsers(sub)
+    _add_featvis_parsers(sub)
     return parser
+
+
+def _add_featvis_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """`visualize` and `atlas` (feature visualisation by optimisation, issue 17)."""
+    from convscope.featvis.commands import add_atlas_arguments, add_visualize_arguments
+
+    vis = sub.add_parser("visualize", help="an image that maximises one unit (feature visualisation by optimisation)")
+    _add_model(vis)
+    add_visualize_arguments(vis)
+    vis.set_defaults(func=cmd_visualize)
+
+    atlas = sub.add_parser("atlas", help="a static site (opens from file://): per unit its optimised image and top 9")
+    _add_model(atlas)
+    add_atlas_arguments(atlas)
+    atlas.set_defaults(func=cmd_atlas)
 
 
 def _add_analysis_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

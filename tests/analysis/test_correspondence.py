@@ -28,6 +28,7 @@ from convscope.analysis.features import extract_features, resolve_feature
 from convscope.engine import Engine
 from convscope.errors import InvalidRequestError, NotFoundError
 from convscope.samples import list_samples
+from convscope.tasks import CallbackTask
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +183,9 @@ def test_parts_outside_the_image_are_refused_before_any_pass(engine: Engine) -> 
     images = [("a", engine.prepare(noise(1))), ("b", engine.prepare(noise(2)))]
     passes: list[int] = []
     with pytest.raises(InvalidRequestError, match="part 'eye' in image 'b'") as caught:
-        correspondence(engine, images, {"eye": [(0, 0, 8, 8), (60, 60, 8, 8)]}, progress=lambda d, t: passes.append(d))
+        correspondence(
+            engine, images, {"eye": [(0, 0, 8, 8), (60, 60, 8, 8)]}, task=CallbackTask(lambda d, t: passes.append(d))
+        )
     assert caught.value.status_code == 422
     assert passes == []
     with pytest.raises(InvalidRequestError, match="draws"):

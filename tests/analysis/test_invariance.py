@@ -175,10 +175,12 @@ def test_penultimate_layer_moves_less_than_the_low_layer_under_translation(defau
 
 
 def test_cancelled_between_batches(circular: Engine) -> None:
-    from convscope.analysis.features import AnalysisCancelled
+    from convscope.tasks import CallbackTask, Cancelled
 
-    with pytest.raises(AnalysisCancelled):
-        invariance(circular, [("a", noise_image(6))], steps=9, batch_size=2, should_stop=lambda: True)
+    with pytest.raises(Cancelled):
+        invariance(
+            circular, [("a", noise_image(6))], steps=9, batch_size=2, task=CallbackTask(should_stop=lambda: True)
+        )
 
 
 def test_penultimate_feature_of_a_net_without_linear_is_its_last_map() -> None:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from convscope.errors import ConvscopeError, InvalidRequestError, NotFoundError
+from convscope.tasks import ConsoleTask
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -61,20 +61,6 @@ def _write_json(target: str, payload: dict[str, Any]) -> Any:
     return sys.stdout
 
 
-def _progress_bar(desc: str, total: int) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="pass", desc=desc, file=sys.stderr, delay=1.0, disable=None)
-
-
-def _updater(bar: Any) -> Callable[[int, int], None]:
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
-
-    return update
-
-
 # ---- invariance -------------------------------------------------------------------------------------
 def invariance_main(args: argparse.Namespace) -> int:
     from convscope.analysis.invariance import UNITS, invariance, invariance_response, plot_invariance
@@ -83,7 +69,7 @@ def invariance_main(args: argparse.Namespace) -> int:
         raise InvalidRequestError("name at least one image with --image (a file or a sample id)")
     images = [(text, source_image(text)) for text in args.images]
     engine = _engine(args)
-    with _progress_bar("invariance", 0) as bar:
+    with ConsoleTask("invariance", unit="pass") as task:
         result = invariance(
             engine,
             images,
@@ -96,7 +82,7 @@ def invariance_main(args: argparse.Namespace) -> int:
             edge=args.edge,
             target=args.target,
             batch_size=args.batch_size,
-            progress=_updater(bar),
+            task=task,
         )
     stream = _write_json(args.json_out, invariance_response(result))
     if args.plot:
@@ -148,7 +134,7 @@ def correspond_main(args: argparse.Namespace) -> int:
     prepared = [
         (name, engine.prepare(source_image(text, base))) for name, text in zip(image_names, sources, strict=True)
     ]
-    with _progress_bar("correspond", 0) as bar:
+    with ConsoleTask("correspond", unit="pass") as task:
         result = correspondence(
             engine,
             prepared,
@@ -157,7 +143,7 @@ def correspond_main(args: argparse.Namespace) -> int:
             draws=args.draws,
             seed=args.seed,
             batch_size=args.batch_size,
-            progress=_updater(bar),
+            task=task,
         )
     response = correspondence_response(result)
     stream = _write_json(args.json_out, response)
@@ -188,8 +174,8 @@ def filters_main(args: argparse.Namespace) -> int:
             tensors = [(text, engine.prepare(source_image(text)).tensor) for text in args.images]
         else:
             tensors = [(s.id, engine.prepare(load_sample(s.id)).tensor) for s in list_samples()]
-    with _progress_bar("filters", len(tensors or [])) as bar:
-        report = filters_report(engine, tensors, layer=name, batch_size=args.batch_size, progress=_updater(bar))
+    with ConsoleTask("filters", unit="img", total=len(tensors or [])) as task:
+        report = filters_report(engine, tensors, layer=name, batch_size=args.batch_size, task=task)
     if args.mosaic:
         try:
             filter_mosaic(conv.weight, scale=args.scale).save(args.mosaic)

@@ -32,13 +32,11 @@ import numpy as np
 import torch
 
 from convscope.analysis.features import (
-    AnalysisCancelled,
-    ProgressCallback,
-    StopCallback,
     extract_features,
     resolve_feature,
 )
 from convscope.errors import InvalidRequestError
+from convscope.tasks import Task, checkpoint
 
 if TYPE_CHECKING:
     from convscope.engine import Engine
@@ -305,8 +303,7 @@ def correspondence(
     draws: int = 5,
     seed: int = 0,
     batch_size: int = 16,
-    progress: ProgressCallback | None = None,
-    should_stop: StopCallback | None = None,
+    task: Task | None = None,
 ) -> CorrespondenceResult:
     """Δ per part and for random boxes at each layer (default: the last conv layer and the penultimate)."""
     began = time.perf_counter()
@@ -357,15 +354,12 @@ def correspondence(
             copies.append(occluded(tensor, box))
         rows: dict[str, list[torch.Tensor]] = {name: [] for name in layer_names}
         for begin in range(0, len(copies), batch_size):
-            if should_stop is not None and should_stop():
-                raise AnalysisCancelled(done, total)
             chunk = torch.cat(copies[begin : begin + batch_size])
             _, feats = extract_features(engine, chunk, specs)
             for name in layer_names:
                 rows[name].append(feats[name])
             done += len(chunk)
-            if progress is not None:
-                progress(done, total)
+            checkpoint(task, done, total, "correspondence")
         for name in layer_names:
             stacked = torch.cat(rows[name])
             for k, key in enumerate(occluders, start=1):

@@ -33,16 +33,14 @@ import torch
 from PIL import Image
 
 from convscope.analysis.features import (
-    AnalysisCancelled,
     FeatureSpec,
-    ProgressCallback,
-    StopCallback,
     extract_features,
     first_conv_layer,
     resolve_feature,
 )
 from convscope.errors import InvalidRequestError
 from convscope.images import normalise, resize_and_crop
+from convscope.tasks import Task, checkpoint
 
 if TYPE_CHECKING:
     from convscope.engine import Engine
@@ -201,8 +199,7 @@ def invariance(
     edge: str = "fill",
     target: int | None = None,
     batch_size: int = 16,
-    progress: ProgressCallback | None = None,
-    should_stop: StopCallback | None = None,
+    task: Task | None = None,
 ) -> InvarianceResult:
     """The Fig. 5 curves for each `(name, image)`; `values` overrides start/stop/steps."""
     began = time.perf_counter()
@@ -244,16 +241,13 @@ def invariance(
         high_rows: list[torch.Tensor] = []
         logit_rows: list[torch.Tensor] = []
         for begin in range(0, len(tensors), batch_size):
-            if should_stop is not None and should_stop():
-                raise AnalysisCancelled(done, total)
             chunk = torch.cat(tensors[begin : begin + batch_size])
             logits, feats = extract_features(engine, chunk, specs)
             logit_rows.append(logits)
             low_rows.append(feats[low.name])
             high_rows.append(feats[high.name])
             done += len(chunk)
-            if progress is not None:
-                progress(done, total)
+            checkpoint(task, done, total, "invariance")
         logits_all = torch.cat(logit_rows).double()
         probabilities = torch.softmax(logits_all, dim=1)
         class_index = int(probabilities[0].argmax()) if target is None else int(target)

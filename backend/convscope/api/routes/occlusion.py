@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 
 from convscope.api.deps import EngineDep, PreparedDep, StateDep
 from convscope.api.jobs import Job
+from convscope.api.openapi import body_examples
 from convscope.api.routes.common import errors
 from convscope.api.routes.jobs import job_response, job_url
 from convscope.api.schemas import JobResponse, OcclusionRequest, OcclusionResponse
@@ -38,6 +39,9 @@ def _positions(engine: Engine, request: OcclusionRequest) -> int:
         202: {"model": JobResponse, "description": "started as a job: poll its `url` (also in Location)"},
         **errors(400, 404, 422, 429, 503),
     },
+    openapi_extra=body_examples(
+        defaults={}, coarse={"size": 64, "stride": 32}, target_and_layer={"target": 281, "layer": "conv_head"}
+    ),
 )
 def occlusion(
     state: StateDep,
