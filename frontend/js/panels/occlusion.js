@@ -169,6 +169,7 @@ function build() {
   el.mode = h(
     "select",
     { "aria-label": "Projection mode", title: "Projection mode", dataset: { role: "occlusion-mode" }, onchange: () => loadProjection() },
+    h("option", { value: "auto", title: "deconvnet where max-pool switches lie below the layer, else guided (the server resolves it)" }, "auto"),
     ...["deconvnet", "guided", "gradient"].map((m) => h("option", { value: m }, m)),
   );
   el.contrast = h("input", { type: "checkbox", checked: true, onchange: () => loadProjection() });
@@ -463,7 +464,8 @@ function render() {
   }
   for (const svg of root.querySelectorAll(".occ-cursor")) svg.setAttribute("viewBox", `0 0 ${side} ${side}`);
   el.explore.disabled = false;
-  el.mode.value = ctx.store.get().mode || "deconvnet";
+  const mode = ctx.store.get().mode;
+  el.mode.value = [...el.mode.options].some((option) => option.value === mode) ? mode : "auto";
   markStale();
   setHover(null);
   loadProjection();
