@@ -357,8 +357,11 @@ def _union(windows: list[Window]) -> Window | None:
     )
 
 
-def _axis_out(lo: np.ndarray, length: int, op_k: int, op_s: int, op_p: int, size_out: int, tau: float | None):
-    """One axis of a window op's output window: (lo_out, length_out)."""
+def _axis_out(
+    lo: np.ndarray, length: int, op_k: int, op_s: int, op_p: int, size_out: int, tau: float | None
+) -> tuple[np.ndarray, int]:
+    """One axis of a window op's output window, (lo_out, length_out), for input windows `[lo, lo + length)`:
+    the output rows whose kernel (extent k, stride s, padding p) reaches a changed input row."""
     length_out = min(size_out, (length + op_k - 2) // op_s + 1)
     lo_out = _ceil_div(lo + op_p - op_k + 1, op_s)
     if tau is not None:
