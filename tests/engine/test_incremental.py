@@ -27,6 +27,7 @@ from convscope.engine.tracing import TraceFailed, trace_model
 from convscope.images import PreparedImage
 from convscope.models import load_model
 from convscope.samples import load_sample
+from convscope.tasks import CallbackTask
 from fixtures.nets import (
     FunctionalReLUNet,
     ReusedReLUNet,
@@ -340,8 +341,13 @@ def test_adaptive_drill_down_is_labelled_and_exact_where_computed(
     real: tuple[Engine, PreparedImage], real_exact: OcclusionResult
 ) -> None:
     engine, image = real
-    result = occlude(engine, image, size=48, stride=32, adaptive=0.25)
+    reports: list[tuple[int, int]] = []
+    task = CallbackTask(progress=lambda done, total: reports.append((done, total)))
+    result = occlude(engine, image, size=48, stride=32, adaptive=0.25, batch_size=4, task=task)
     assert result.approximate and result.adaptive == 0.25 and result.approx is None
+    dones = [done for done, _ in reports]
+    assert dones == sorted(dones) and reports[-1] == (18, 18)  # progress over both passes, ending exact
+    assert all(done <= total for done, total in reports)
     rows, cols = result.rows, result.cols
     coarse = np.zeros((rows, cols), dtype=bool)
     coarse[::2, ::2] = True
