@@ -220,7 +220,5 @@ def test_occlusion_job_shows_progress_and_cancels(tab: Any, server_url: str, mod
     expect(tab.locator(PANEL)).to_have_attribute("data-state", "cancelled", timeout=60_000)
     expect(tab.locator('[data-role="occlusion-error"]')).to_contain_text("Cancelled")
     expect(tab.locator('[data-role="occlusion-progress"]')).to_be_hidden()
-    # jobs are listed per client: ask as the page (its cookie), not as this test process
-    listed = tab.evaluate("fetch('/api/jobs').then(r => r.json())")
-    jobs = [job for job in listed if job["kind"] == "occlusion" and job["total"] == 2401]
+    jobs = [job for job in get_json(f"{server_url}/api/jobs") if job["kind"] == "occlusion" and job["total"] == 2401]
     assert jobs and jobs[-1]["state"] == "cancelled"
