@@ -57,9 +57,11 @@ def cmd_layers(args: argparse.Namespace) -> int:
     else:
         for row in rows:
             field = row["receptive_field"]
+            uncovered = row["rules"]["uncovered"]  # type: ignore[index]
             print(
                 f"{row['name']:40s} {row['kind']:22s} {row['channels']:5d}×{row['height']}×{row['width']}"
-                f"  rf {field['size']}/{field['stride']}"
+                f"  rf {field['size']}/{field['stride']}  {'switches' if row['has_switches'] else 'no switches'}"
+                + (f"  NO RULE for {', '.join(uncovered)} (plain derivative in every mode)" if uncovered else "")
             )
     return 0
 
@@ -89,7 +91,7 @@ def cmd_project(args: argparse.Namespace) -> int:
     y, x = result.seed_position
     where = "whole map" if y < 0 else f"(y={y}, x={x})"
     print(
-        f"{args.layer} channel {args.channel} {args.mode}/{args.select}: seed {result.seed_value:.4g} at {where} -> {out}"
+        f"{args.layer} channel {args.channel} {result.mode}/{args.select}: seed {result.seed_value:.4g} at {where} -> {out}"
     )
     return 0
 
@@ -97,22 +99,17 @@ def cmd_project(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from convscope.api.server import run_server
 
-    return run_server(host=args.host, port=args.port, models=args.model, device=args.device)
+    return run_server(host=args.host, port=args.port, models=args.model, device=args.device, insecure=args.insecure)
 
 
 def cmd_occlude(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from convscope.engine.occlusion import occlude, occlusion_grid, occlusion_response
+    from convscope.tasks import ConsoleTask
 
     engine = _load_engine(args)
     image = _load_image(args, engine)
     rows, cols, _ = occlusion_grid(engine.input_size, args.occluder_size, args.stride)  # bad sizes fail fast
-    with tqdm(total=rows * cols, unit="pos", desc="occlude", file=sys.stderr, delay=1.0, disable=None) as bar:
-
-        def progress(done: int, total: int) -> None:
-            bar.update(done - bar.n)
-
+    with ConsoleTask("occlude", unit="pos", total=rows * cols) as task:
         result = occlude(
             engine,
             image,
@@ -121,7 +118,10 @@ def cmd_occlude(args: argparse.Namespace) -> int:
             target=args.target,
             layer=args.layer,
             batch_size=args.batch_size,
-            progress=progress,
+            method=args.method,
+            approx=args.approx,
+            adaptive=args.adaptive,
+            task=task,
         )
     text = json.dumps(occlusion_response(result))
     if args.json_out == "-":
@@ -135,8 +135,12 @@ def cmd_occlude(args: argparse.Namespace) -> int:
         summary = sys.stdout
     flat = int(result.probability.argmin())
     y, x = result.positions[flat]
+    ratio = "" if result.planned_ratio is None else f", planned {result.planned_ratio:.2f} of dense"
+    how = f"{result.method}{' (approximate)' if result.approximate else ''}{ratio}"
+    if result.note:
+        print(f"note: {result.note}", file=sys.stderr)
     print(
-        f"{result.rows}×{result.cols} positions ({result.size}px/{result.stride}px) in {result.seconds:.1f}s; "
+        f"{result.rows}×{result.cols} positions ({result.size}px/{result.stride}px) in {result.seconds:.1f}s, {how}; "
         f"target {result.target} {result.target_label!r}: p={result.unoccluded_probability:.4f} unoccluded, "
         f"lowest {result.probability.flat[flat]:.4f} with the square at (y={y}, x={x}); "
         f"feature {result.layer} channel {result.channel}" + ("" if args.json_out == "-" else f" -> {args.json_out}"),
@@ -243,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None)
     serve.add_argument("--model", action="append", default=None, help="a model to load (repeatable)")
     serve.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
+    serve.add_argument(
+        "--insecure", action="store_true", help="allow a non-loopback --host without CONVSCOPE_TOKEN (trusted networks)"
+    )
     serve.set_defaults(func=cmd_serve)
 
     predict = sub.add_parser("predict", help="top classes for an image")
@@ -257,7 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     project.add_argument("--image", required=True)
     project.add_argument("--layer", required=True)
     project.add_argument("--channel", type=int, required=True)
-    project.add_argument("--mode", default="deconvnet", choices=["deconvnet", "guided", "gradient"])
+    project.add_argument(
+        "--mode",
+        default="deconvnet",
+        choices=["deconvnet", "guided", "gradient", "auto"],
+        help="auto: deconvnet where max-pool switches lie below the layer, guided otherwise",
+    )
     project.add_argument("--select", default="max", choices=["max", "map"])
     project.add_argument("--size", type=_positive_int, default=224)
     project.add_argument("--out", required=True, help="PNG to write")
@@ -275,6 +287,26 @@ def build_parser() -> argparse.ArgumentParser:
     occlude.add_argument("--target", type=int, default=None, help="class index (default: unoccluded top-1)")
     occlude.add_argument("--layer", default=None, help="feature-map layer (default: last conv layer)")
     occlude.add_argument("--batch-size", type=_positive_int, default=32, help="occluded copies per forward pass")
+    occlude.add_argument(
+        "--method",
+        default="auto",
+        choices=["auto", "dense", "incremental"],
+        help="incremental: rerun only what the occluder changes (exact); auto: incremental where it pays",
+    )
+    occlude.add_argument(
+        "--approx",
+        type=float,
+        default=None,
+        metavar="TAU",
+        help="approximate: cap each layer's patch at TAU of its map",
+    )
+    occlude.add_argument(
+        "--adaptive",
+        type=float,
+        default=None,
+        metavar="SHARE",
+        help="approximate: stride×2 first, then the stride only in this share of cells with the largest drop",
+    )
     occlude.add_argument(
         "--json", required=True, dest="json_out", help="file to write the JSON result to ('-' for stdout)"
     )
@@ -362,7 +394,12 @@ def _add_analysis_parsers(sub: argparse._SubParsersAction) -> None:  # type: ign
     cor = sub.add_parser("correspond", help="correspondence Δ of occluded parts against random boxes (Table 1)")
     _add_model(cor, required=False)
     add_image_arguments(cor, "image files or sample ids, in the order of the parts file's lists")
-    cor.add_argument("--parts", required=True, help="parts JSON ({'images': [...], 'parts': {name: boxes}}) or demo")
+    cor.add_argument(
+        "--parts",
+        required=True,
+        help="parts JSON ({'images': [...], 'parts': {name: boxes}}), demo (the sample photos with faces) "
+        "or faces (16 aligned LFW faces, images lfw:0 … lfw:15)",
+    )
     cor.add_argument("--layers", nargs="+", default=None, help="features (default: last conv layer, penultimate)")
     cor.add_argument("--draws", type=_positive_int, default=5, help="random-box draws")
     cor.add_argument("--seed", type=int, default=0)

@@ -86,26 +86,39 @@ class ConsoleTask:
     """The CLI's `Task`: a tqdm progress bar on stderr (hidden when not a terminal).
 
     Use as a context manager; Ctrl-C is not turned into `should_stop()` here (the
-    CLI lets KeyboardInterrupt end the process)."""
+    CLI lets KeyboardInterrupt end the process). `show=True` draws the bar even when
+    stderr is no terminal, `show=False` never draws it."""
 
-    def __init__(self, desc: str, unit: str = "step", total: int | None = None) -> None:
+    def __init__(self, desc: str, unit: str = "step", total: int | None = None, show: bool | None = None) -> None:
         self.desc = desc
         self.unit = unit
         self.total = total
+        self.show = show
         self.done = 0
         self._bar: Any = None
 
     def __enter__(self) -> ConsoleTask:
         from tqdm import tqdm
 
-        self._bar = tqdm(total=self.total, unit=self.unit, desc=self.desc, file=sys.stderr, delay=1.0, disable=None)
+        disable = None if self.show is None else not self.show
+        self._bar = tqdm(
+            total=self.total,
+            unit=self.unit,
+            desc=self.desc,
+            file=sys.stderr,
+            delay=1.0,
+            disable=disable,
+            dynamic_ncols=True,
+        )
         return self
 
     def report(self, done: int, total: int) -> None:
         self.done, self.total = done, total or self.total
         if self._bar is None:
             return
-        if total and self._bar.total != total:
+        if done < self._bar.n:  # a new round (the next run of an ablation): start the bar again
+            self._bar.reset(total=total or self._bar.total)
+        elif total and self._bar.total != total:
             self._bar.total = total
             self._bar.refresh()
         self._bar.update(max(0, done - self._bar.n))

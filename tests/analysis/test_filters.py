@@ -19,6 +19,7 @@ from convscope.analysis.filters import (
     white_reference,
 )
 from convscope.errors import InvalidRequestError, NotFoundError
+from convscope.tasks import CallbackTask
 
 K = 7
 
@@ -89,7 +90,9 @@ def test_forced_dead_channel_is_counted() -> None:
     calls: list[tuple[int, int]] = []
     layers = {
         row.layer: row
-        for row in dead_channels(engine, images, total=5, batch_size=2, progress=lambda d, t: calls.append((d, t)))
+        for row in dead_channels(
+            engine, images, total=5, batch_size=2, task=CallbackTask(lambda d, t: calls.append((d, t)))
+        )
     }
     assert layers["conv1"].dead == [2]
     assert layers["conv1"].measured_at == "relu1"

@@ -11,6 +11,7 @@ import pytest
 from convscope.engine import Engine
 from convscope.errors import InvalidRequestError
 from convscope.scan import ScanStore, ScanStoreError, folder_source, run_scan
+from convscope.tasks import CallbackTask, Cancelled
 from scan.conftest import SIZE, TINY, run_cli
 
 LAYERS = "relu1,relu2,relu3"
@@ -27,12 +28,12 @@ def rows(directory: Path) -> tuple[list[tuple[object, ...]], list[tuple[object, 
     return topk, images
 
 
-def stop_after(images: int, error: type[BaseException]) -> object:
+def stop_after(images: int, error: type[BaseException]) -> CallbackTask:
     def progress(done: int, total: int) -> None:
         if done >= images:
             raise error("stop")
 
-    return progress
+    return CallbackTask(progress)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,7 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_scan(
             top=5,
             batch_size=3,
             checkpoint_images=6,
-            progress=stop_after(9, error),  # raised after the 3rd batch, before its checkpoint
+            task=stop_after(9, error),  # raised after the 3rd batch, before its checkpoint
         )
     progress = ScanStore(out).progress()
     # a crash keeps the last checkpoint (6 images); Ctrl-C also saves the batches since (9)
@@ -92,7 +93,7 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_scan(
         top=5,
         batch_size=3,
         resume=True,
-        progress=lambda done, total: counted.append(done),
+        task=CallbackTask(lambda done, total: counted.append(done)),
     )
     assert result.status == "complete"
     assert result.scanned == 14 - progress.images_done  # no image read twice
@@ -169,9 +170,12 @@ def test_a_cancelled_scan_keeps_its_progress_and_resumes(
         return len(asked) >= 2  # at the second checkpoint
 
     options = {"layers": LAYERS, "top": 5, "batch_size": 3}
-    result = run_scan(tiny_engine, source, out, checkpoint_images=3, should_stop=should_stop, **options)
-    assert result.status == "cancelled" and result.scanned == 6
+    with pytest.raises(Cancelled) as stopped:
+        run_scan(tiny_engine, source, out, checkpoint_images=3, task=CallbackTask(should_stop=should_stop), **options)
+    assert (stopped.value.done, stopped.value.total) == (6, 14)
     assert ScanStore(out).progress().images_done == 6
+    assert ScanStore(out).manifest().status == "running"
+    assert not list(out.glob(".*.tmp"))  # no half-written file beside the checkpoint
     resumed = run_scan(tiny_engine, source, out, resume=True, **options)
     assert (resumed.status, resumed.scanned) == ("complete", 8)
     assert rows(out) == rows(reference)

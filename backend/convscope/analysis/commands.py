@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from convscope.errors import ConvscopeError, InvalidRequestError, NotFoundError
+from convscope.tasks import ConsoleTask
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -35,8 +35,10 @@ def _engine(args: argparse.Namespace) -> Engine:
 def source_image(text: str, base: Path | None = None) -> Image.Image:
     """An image file (relative to `base` when given and it exists there) or a bundled sample id."""
     from convscope.images import load_image_file
-    from convscope.samples import list_samples, load_sample
+    from convscope.samples import is_face_id, list_samples, load_face, load_sample
 
+    if is_face_id(text):
+        return load_face(text)
     for candidate in (Path(text), *((base / text,) if base is not None else ())):
         if candidate.is_file():
             return load_image_file(candidate)
@@ -59,20 +61,6 @@ def _write_json(target: str, payload: dict[str, Any]) -> Any:
     return sys.stdout
 
 
-def _progress_bar(desc: str, total: int) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="pass", desc=desc, file=sys.stderr, delay=1.0, disable=None)
-
-
-def _updater(bar: Any) -> Callable[[int, int], None]:
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
-
-    return update
-
-
 # ---- invariance -------------------------------------------------------------------------------------
 def invariance_main(args: argparse.Namespace) -> int:
     from convscope.analysis.invariance import UNITS, invariance, invariance_response, plot_invariance
@@ -81,7 +69,7 @@ def invariance_main(args: argparse.Namespace) -> int:
         raise InvalidRequestError("name at least one image with --image (a file or a sample id)")
     images = [(text, source_image(text)) for text in args.images]
     engine = _engine(args)
-    with _progress_bar("invariance", 0) as bar:
+    with ConsoleTask("invariance", unit="pass") as task:
         result = invariance(
             engine,
             images,
@@ -94,7 +82,7 @@ def invariance_main(args: argparse.Namespace) -> int:
             edge=args.edge,
             target=args.target,
             batch_size=args.batch_size,
-            progress=_updater(bar),
+            task=task,
         )
     stream = _write_json(args.json_out, invariance_response(result))
     if args.plot:
@@ -117,12 +105,15 @@ def invariance_main(args: argparse.Namespace) -> int:
             f"probability {min(curve.probability):.3f}…{max(curve.probability):.3f}",
             file=stream,
         )
+    if len(result.curves) > 1:
+        print(f"  n = {len(result.curves)} images; the JSON's summary has the mean ± std per step", file=stream)
     return 0
 
 
 # ---- correspondence ------------------------------------------------------------------------------------
 def correspond_main(args: argparse.Namespace) -> int:
     from convscope.analysis.correspondence import (
+        BUNDLED_ANNOTATIONS,
         correspondence,
         correspondence_response,
         format_table,
@@ -132,7 +123,7 @@ def correspond_main(args: argparse.Namespace) -> int:
 
     engine = _engine(args)
     annotation = load_annotation(args.parts)
-    base = None if args.parts == "demo" else Path(args.parts).parent
+    base = None if args.parts in BUNDLED_ANNOTATIONS else Path(args.parts).parent
     names = args.images or None
     if names is not None and isinstance(annotation.get("parts"), dict):
         # an {image: box} annotation may be keyed by the file's stem: map each argument to its key
@@ -143,7 +134,7 @@ def correspond_main(args: argparse.Namespace) -> int:
     prepared = [
         (name, engine.prepare(source_image(text, base))) for name, text in zip(image_names, sources, strict=True)
     ]
-    with _progress_bar("correspond", 0) as bar:
+    with ConsoleTask("correspond", unit="pass") as task:
         result = correspondence(
             engine,
             prepared,
@@ -152,7 +143,7 @@ def correspond_main(args: argparse.Namespace) -> int:
             draws=args.draws,
             seed=args.seed,
             batch_size=args.batch_size,
-            progress=_updater(bar),
+            task=task,
         )
     response = correspondence_response(result)
     stream = _write_json(args.json_out, response)
@@ -183,8 +174,8 @@ def filters_main(args: argparse.Namespace) -> int:
             tensors = [(text, engine.prepare(source_image(text)).tensor) for text in args.images]
         else:
             tensors = [(s.id, engine.prepare(load_sample(s.id)).tensor) for s in list_samples()]
-    with _progress_bar("filters", len(tensors or [])) as bar:
-        report = filters_report(engine, tensors, layer=name, batch_size=args.batch_size, progress=_updater(bar))
+    with ConsoleTask("filters", unit="img", total=len(tensors or [])) as task:
+        report = filters_report(engine, tensors, layer=name, batch_size=args.batch_size, task=task)
     if args.mosaic:
         try:
             filter_mosaic(conv.weight, scale=args.scale).save(args.mosaic)

@@ -34,6 +34,14 @@ class ReceptiveFieldInfo(BaseModel):
     offset: float = Field(description="centre of unit (0, 0) in input pixels")
 
 
+class RuleCoverage(BaseModel):
+    covered: list[str] = Field(description="element-wise activations below/at the layer that follow the mode's rule")
+    uncovered: list[str] = Field(
+        description="element-wise non-linearities below/at the layer the engine has no rule for: they keep their "
+        "plain derivative in every mode"
+    )
+
+
 class LayerResponse(BaseModel):
     name: str = Field(description="module name, as in model.named_modules()")
     kind: str = Field(description="module class name")
@@ -41,6 +49,11 @@ class LayerResponse(BaseModel):
     height: int
     width: int
     receptive_field: ReceptiveFieldInfo
+    has_switches: bool = Field(
+        description="a max-pool with switches lies below the layer: deconvnet projections depend on the image; "
+        "mode=auto resolves to deconvnet here, to guided elsewhere"
+    )
+    rules: RuleCoverage
 
 
 class SampleInfo(BaseModel):
@@ -84,10 +97,30 @@ class ActivationsResponse(BaseModel):
 class OcclusionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    size: int = Field(default=32, ge=1, description="occluder side in pixels")
-    stride: int = Field(default=16, ge=1, description="pixels between occluder positions")
-    target: int | None = Field(default=None, ge=0, description="class index (default: the unoccluded top-1)")
+    size: int = Field(default=32, ge=1, strict=True, description="occluder side in pixels")
+    stride: int = Field(default=16, ge=1, strict=True, description="pixels between occluder positions")
+    target: int | None = Field(
+        default=None, ge=0, strict=True, description="class index (default: the unoccluded top-1)"
+    )
     layer: str | None = Field(default=None, description="feature-map layer (default: the last convolutional layer)")
+    method: Literal["auto", "dense", "incremental"] = Field(
+        default="auto",
+        description="incremental: rerun only what the occluder can change (exact); auto: incremental where it "
+        "plans at most 2/3 of dense's arithmetic; a model torch.fx cannot trace runs dense (see `note`)",
+    )
+    approx: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="approximate: cap each layer's recomputed patch at this share tau of its map (not with dense)",
+    )
+    adaptive: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="approximate: occlude at twice the stride, then at the stride only in this share of cells "
+        "where the target's probability dropped most",
+    )
 
 
 class OcclusionFeature(BaseModel):
@@ -122,6 +155,17 @@ class OcclusionResponse(BaseModel):
         default=None, description="class index -> label for every class in top_label, the target and the top-1"
     )
     unoccluded: OcclusionReference | None = Field(default=None, description="the values without an occluder")
+    method: Literal["dense", "incremental"] | None = Field(default=None, description="the method that ran")
+    method_requested: Literal["auto", "dense", "incremental"] | None = None
+    planned_ratio: float | None = Field(
+        default=None, description="incremental's planned arithmetic over dense's (null: not planned)"
+    )
+    approximate: bool | None = Field(default=None, description="true when approx or adaptive made the maps approximate")
+    approx: float | None = Field(default=None, description="the projective-field cap tau, when it was applied")
+    adaptive: float | None = Field(default=None, description="the adaptive drill-down share, when adaptive")
+    positions_computed: int | None = Field(default=None, description="positions actually occluded")
+    seconds: float | None = Field(default=None, description="computing time on the server")
+    note: str | None = Field(default=None, description="why another method ran than the one asked for")
 
 
 class JobError(BaseModel):
@@ -168,7 +212,9 @@ class ScanProgress(BaseModel):
 class ScanInfo(BaseModel):
     id: str
     model: str
-    status: Literal["running", "complete"]
+    status: Literal["running", "complete", "interrupted"] = Field(
+        description="interrupted: unfinished and no job writes it (a restart); POST its resume_url to finish it"
+    )
     source: str = Field(description="'samples' (the bundled photos) or 'folder'")
     label: str = Field(description="what was scanned, in words")
     images: int = Field(description="image files listed")
@@ -180,6 +226,7 @@ class ScanInfo(BaseModel):
     finished_at: float | None
     job: str | None = Field(default=None, description="URL of the job scanning it, while it runs")
     url: str
+    resume_url: str | None = Field(default=None, description="when interrupted: POST here to resume it (a job)")
 
 
 class ScanRequest(BaseModel):
@@ -228,4 +275,10 @@ class TopResponse(BaseModel):
     layer: str
     channel: int
     top: int
+    mode: str = Field(default="deconvnet", description="the projection mode of projection_url (auto resolved)")
     entries: list[TopEntry]
+
+
+class ScanRootInfo(BaseModel):
+    name: str = Field(description="the root's name (its folder name), the first part of a scan's `folder`")
+    folders: list[str] = Field(description="the root itself and its subfolders, as `folder` values for a scan")

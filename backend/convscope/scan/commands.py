@@ -3,61 +3,41 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import contextlib
 from pathlib import Path
-from typing import Any
 
 from convscope.errors import ConvscopeError
+from convscope.tasks import ConsoleTask
 
 
 def scan_main(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from convscope.engine import Engine
     from convscope.models import load_model
     from convscope.scan.distributed import make_context
     from convscope.scan.scanner import folder_source, run_scan
 
     context = make_context(args.device)
-    bar: Any = None
     try:
         model = load_model(args.model, weights=args.weights, input_size=args.size)
         engine = Engine(model, device_name=context.device_name)
         source = folder_source(args.images)
-
-        def progress(done: int, total: int) -> None:
-            nonlocal bar
-            if not context.is_main:
-                return
-            if bar is None:
-                bar = tqdm(
-                    total=total,
-                    initial=done,
-                    unit="img",
-                    desc="scan",
-                    file=sys.stderr,
-                    dynamic_ncols=True,
-                    disable=None if not args.progress else False,
-                )
-            bar.update(done - bar.n)
-
-        result = run_scan(
-            engine,
-            source,
-            args.out,
-            layers=args.layers,
-            top=args.top,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            resume=args.resume,
-            weights=args.weights,
-            context=context,
-            progress=progress,
-            checkpoint_images=args.checkpoint_every,
-        )
+        console = ConsoleTask("scan", unit="img", show=True if args.progress else None)
+        with console if context.is_main else contextlib.nullcontext(None) as task:
+            result = run_scan(
+                engine,
+                source,
+                args.out,
+                layers=args.layers,
+                top=args.top,
+                batch_size=args.batch_size,
+                workers=args.workers,
+                resume=args.resume,
+                weights=args.weights,
+                context=context,
+                task=task,
+                checkpoint_images=args.checkpoint_every,
+            )
     finally:
-        if bar is not None:
-            bar.close()
         context.close()
     if context.is_main:
         where = Path(args.out)

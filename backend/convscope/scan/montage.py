@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
+from convscope.engine.rules import Rule
 from convscope.errors import InvalidRequestError
 from convscope.scan.render import Kind, ScanRenderer
 
@@ -60,8 +61,9 @@ def montage(
     *,
     tile: int = 64,
     columns: int | None = None,
+    mode: Rule = "deconvnet",
 ) -> Image.Image:
-    """The montage of `channels` of `layer` (renders what is not cached yet)."""
+    """The montage of `channels` of `layer`, projections in `mode` (renders what is not cached yet)."""
     if not 8 <= tile <= 512:
         raise InvalidRequestError("tile must be between 8 and 512 pixels")
     if not channels:
@@ -69,7 +71,7 @@ def montage(
     k = renderer.manifest.config.top
     grid = max(1, math.ceil(math.sqrt(k)))
     entries = {channel: renderer.entries(layer, channel) for channel in channels}
-    renderer.render(layer, [(c, rank) for c, found in entries.items() for rank in range(len(found))])
+    renderer.render(layer, [(c, rank) for c, found in entries.items() for rank in range(len(found))], mode=mode)
 
     block = grid * tile + (grid - 1) * GAP
     cell_w, cell_h = 2 * block + GUTTER, block + LABEL
@@ -89,7 +91,7 @@ def montage(
             for side, kind in enumerate(KINDS_LEFT_TO_RIGHT):
                 offset_x = x0 + side * (block + GUTTER) + gx * (tile + GAP)
                 if rank < len(entries[channel]):
-                    path = renderer.path(layer, channel, rank, kind)
+                    path = renderer.path(layer, channel, rank, kind, mode)
                     with Image.open(path) as image:
                         canvas.paste(_tile(image.convert("RGB"), tile), (offset_x, offset_y))
                 else:

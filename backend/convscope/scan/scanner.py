@@ -4,7 +4,10 @@
 the server's jobs and Python users. Work is cut into batches of the global image
 list; a process scans batch `next + round·world + rank` in each round, and every
 `checkpoint_images` images (and at the end) the processes merge their top-k and
-rank 0 commits a checkpoint to the store.
+rank 0 commits a checkpoint to the store. A `convscope.tasks.Task` sees progress
+(rank 0) and may stop the scan: at the next checkpoint the work so far is
+committed and `Cancelled` is raised; `resume=True` later continues from there to
+the same result an uninterrupted scan gives.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,10 +42,10 @@ from convscope.scan.store import (
 )
 from convscope.scan.topk import TopK
 from convscope.scan.walk import IMAGE_EXTENSIONS, list_images, sha256_bytes, sha256_file
+from convscope.tasks import Cancelled, Task, as_task
 
 log = logging.getLogger("convscope.scan")
 
-ProgressFn = Callable[[int, int], None]
 _PASS_THROUGH = ("Identity", "Dropout", "Dropout2d", "AlphaDropout", "DropPath", "Flatten")
 DEFAULT_MAX_LAYERS = 8
 
@@ -224,7 +227,7 @@ def _collate(items: list[_Item]) -> _Batch:
 @dataclass
 class ScanResult:
     directory: Path
-    status: str  # "complete", "unchanged" (was already complete) or "cancelled"
+    status: str  # "complete" or "unchanged" (was already complete); a stopped scan raises Cancelled
     images: int
     scanned: int  # images read by this run (all processes)
     skipped: int  # unreadable images in the whole scan
@@ -303,6 +306,31 @@ def _open_store(
     return manifest, _Plan("scan", 0, batch_size)
 
 
+def check_writable(store: ScanStore) -> None:
+    """Refuse an output the scan could not write (ScanStoreError naming the path)."""
+    import os
+    import tempfile
+
+    directory = store.directory
+    probe = directory
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent  # the folder that the scan would create its directory in
+    try:
+        if not probe.is_dir():
+            raise ScanStoreError(f"cannot write the scan to {directory}: {probe} is not a folder")
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+        for path in (store.manifest_path, store.database_path):
+            if path.exists():
+                with open(path, "r+b"):
+                    pass
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied", str(probe))
+    except OSError as exc:
+        where = exc.filename or probe
+        raise ScanStoreError(f"cannot write the scan to {directory}: {where}: {exc.strerror or exc}") from None
+
+
 def run_scan(
     engine: Engine,
     source: ImageSource,
@@ -315,8 +343,7 @@ def run_scan(
     resume: bool = False,
     weights: str | None = None,
     context: LocalContext | None = None,
-    progress: ProgressFn | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    task: Task | None = None,
     checkpoint_images: int = 1024,
     replace: bool = False,
     wait_lock: bool = False,
@@ -325,8 +352,9 @@ def run_scan(
     """Scan `source` into the store at `out` (see the module docstring); rank 0 reports progress.
 
     `replace=True` replaces a store made with other settings instead of refusing it
-    (the server does this for its own sample scans). `should_stop` lets a caller
-    cancel: the work done so far is checkpointed and can be resumed.
+    (the server does this for its own sample scans). When `task.should_stop()` turns
+    true the work done so far is checkpointed and `Cancelled` is raised; a later
+    `resume=True` run continues it.
     """
     if batch_size < 1:
         raise InvalidRequestError("--batch-size must be at least 1")
@@ -339,6 +367,8 @@ def run_scan(
         where = source.root or "the image list"
         raise InvalidRequestError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {where}")
     digest = source.digest()
+    if context.is_main:
+        check_writable(store)  # a read-only output fails now, naming the path, not after a batch
 
     lock = store.lock(wait=wait_lock) if context.is_main else None
     plan: _Plan
@@ -361,8 +391,8 @@ def run_scan(
             raise ScanStoreError("the processes see different image lists; is the folder changing?")
         total_images = len(source.paths)
         if plan.action == "done":
-            if progress is not None and context.is_main:
-                progress(plan.images_done, total_images)
+            if context.is_main:
+                as_task(task).report(plan.images_done, total_images)
             return ScanResult(
                 store.directory, "unchanged", total_images, 0, plan.skipped, time.perf_counter() - started, names
             )
@@ -376,8 +406,7 @@ def run_scan(
             top,
             workers,
             context,
-            progress,
-            should_stop,
+            task,
             checkpoint_images,
             started,
         )
@@ -396,8 +425,7 @@ def _scan(
     top: int,
     workers: int,
     context: LocalContext,
-    progress: ProgressFn | None,
-    should_stop: Callable[[], bool] | None,
+    task: Task | None,
     checkpoint_images: int,
     started: float,
 ) -> ScanResult:
@@ -437,8 +465,9 @@ def _scan(
     done_images, skipped, seconds_before = plan.images_done, plan.skipped, plan.seconds
     scanned_now = 0
     run_started = time.perf_counter()
-    if progress is not None and context.is_main:
-        progress(done_images, total_images)
+    reporter = as_task(task)
+    if context.is_main:
+        reporter.report(done_images, total_images)
 
     def checkpoint(next_batch: int) -> None:
         nonlocal skipped, done_images
@@ -478,11 +507,12 @@ def _scan(
                 last_done = mine[round_]
             first_next = plan.next_batch + (round_ + 1) * world
             scanned_now = images_before(min(first_next, total_batches)) - images_before(plan.next_batch)
-            if progress is not None and context.is_main:
-                progress(plan.images_done + scanned_now, total_images)
+            if context.is_main:
+                reporter.report(plan.images_done + scanned_now, total_images)
             last = round_ == rounds - 1
-            if last or (round_ + 1) % every == 0:
-                stop = context.any(bool(should_stop and should_stop()))
+            # asked to stop (cancel, shutdown): checkpoint after this batch, not at the next periodic one
+            stop = context.any(reporter.should_stop())
+            if last or stop or (round_ + 1) % every == 0:
                 checkpoint(min(first_next, total_batches))
                 if stop and not last:
                     stopped = True
@@ -498,8 +528,8 @@ def _scan(
     if rounds == 0:
         checkpoint(total_batches)
     seconds = time.perf_counter() - started
-    if stopped:
-        return ScanResult(store.directory, "cancelled", total_images, scanned_now, skipped, seconds, names)
+    if stopped:  # the checkpoint above holds everything scanned so far: resumable
+        raise Cancelled(done_images, total_images, "scan")
     if context.is_main and manifest is not None:
         store.finish(manifest, states)
     return ScanResult(store.directory, "complete", total_images, scanned_now, skipped, seconds, names)

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sqlite3
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,6 +31,7 @@ import torch
 
 from convscope import __version__
 from convscope.errors import ConvscopeError, InvalidRequestError, NotFoundError
+from convscope.fileio import atomic_write_bytes
 from convscope.scan.topk import Entry, TopK
 
 FORMAT = "convscope-scan/1"
@@ -251,22 +250,6 @@ class Manifest:
                 return layer
         scanned = ", ".join(layer.name for layer in self.config.layers)
         raise NotFoundError(f"layer {name!r} is not in this scan (scanned: {scanned})")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
 
 
 def _blob(tensor: torch.Tensor) -> bytes:

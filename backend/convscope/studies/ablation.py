@@ -26,6 +26,7 @@ from convscope.errors import InvalidRequestError
 from convscope.studies.data import ImageSet, dataset_id, load_dataset
 from convscope.studies.store import FORMAT_VERSION, markdown_table, mean_std, pct, write_json, write_text
 from convscope.studies.train import Echo, TrainConfig, train
+from convscope.tasks import Task
 
 DEFAULT_VARIANTS = "full;-7;-6,7;-3,4;-3,4,6,7;fc=x0.5;fc=x2;conv345=x1.33,x2.67,x2"
 
@@ -148,7 +149,7 @@ def ablate(
     *,
     seeds: int = 1,
     device: str = "auto",
-    progress: bool = False,
+    task: Task | None = None,
     echo: Echo | None = None,
     data: ImageSet | None = None,
 ) -> AblationResult:
@@ -170,7 +171,7 @@ def ablate(
             run_config = replace(config, seed=seed, checkpoint_epochs=str(config.epochs))
             run_dir = folder / "runs" / variant.slug / f"seed-{seed}"
             say(f"variant {variant.spec!r} seed {seed}: {run_dir}")
-            result = train(run_config, run_dir, device=device, progress=progress, echo=echo, data=images)
+            result = train(run_config, run_dir, device=device, task=task, echo=echo, data=images)
             final = result.final
             parameters = int(result.log["parameters"])
             runs.append(

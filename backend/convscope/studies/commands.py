@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from convscope.errors import ConvscopeError, InvalidRequestError
+from convscope.tasks import ConsoleTask
 
 
 def _echo(text: str) -> None:
@@ -64,7 +65,8 @@ def train_main(args: argparse.Namespace) -> int:
 
     _threads(args)
     config = train_config(args)
-    result = train(config, args.out, device=args.device, resume=not args.no_resume, progress=True, echo=_echo)
+    with ConsoleTask("train", unit="batch") as task:
+        result = train(config, args.out, device=args.device, resume=not args.no_resume, task=task, echo=_echo)
     final = result.final
     top5 = f", top-5 {final['val']['top5']:.3f}" if final["val"]["top5"] is not None else ""
     print(
@@ -83,8 +85,6 @@ def _output_pair(out: str, image_suffix: str = ".png") -> tuple[Path, Path]:
 
 
 def evolution_main(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from convscope.studies.checkpoints import list_checkpoints, run_metadata
     from convscope.studies.data import dataset_id, load_dataset, stratified_subset
     from convscope.studies.evolution import feature_evolution, parse_layers
@@ -107,7 +107,7 @@ def evolution_main(args: argparse.Namespace) -> int:
         images = images.subset(stratified_subset(images.labels, args.limit, seed=args.seed))
     json_path, png_path = _output_pair(args.out)
     title = f"Feature evolution (Fig. 4): {meta.get('arch', 'zfnet')} on {dataset_id(args.images)}"
-    with tqdm(total=len(checkpoints), unit="ckpt", desc="evolution", file=sys.stderr, disable=None) as bar:
+    with ConsoleTask("evolution", unit="ckpt", total=len(checkpoints)) as task:
         result = feature_evolution(
             checkpoints,
             images,
@@ -119,7 +119,7 @@ def evolution_main(args: argparse.Namespace) -> int:
             tile=args.tile,
             device=args.device,
             title=title,
-            progress=lambda done, total: bar.update(done - bar.n),
+            task=task,
         )
     document = result.document
     document["image"] = png_path.name
@@ -144,15 +144,14 @@ def ablate_main(args: argparse.Namespace) -> int:
     _threads(args)
     variants = parse_variants(args.variants)
     config = train_config(args)
-    result = ablate(config, variants, args.out, seeds=args.seeds, device=args.device, progress=True, echo=_echo)
+    with ConsoleTask("train", unit="batch") as task:
+        result = ablate(config, variants, args.out, seeds=args.seeds, device=args.device, task=task, echo=_echo)
     print(result.markdown, end="")
     print(f"-> {Path(args.out) / 'ablation.json'}, {Path(args.out) / 'ablation.md'}")
     return 0
 
 
 def probe_main(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from convscope.engine import Engine
     from convscope.studies.data import load_dataset, stratified_subset
     from convscope.studies.probe import CLASSIFIERS, load_probe_model, probe
@@ -169,7 +168,7 @@ def probe_main(args: argparse.Namespace) -> int:
     engine = Engine(load_probe_model(args.model, args.weights, args.size), device_name=args.device)
     layers = [name.strip() for name in args.layers.split(",") if name.strip()] if args.layers else None
     json_path, md_path = _output_pair(args.out, ".md")
-    with tqdm(total=len(images), unit="img", desc="features", file=sys.stderr, disable=None) as bar:
+    with ConsoleTask("features", unit="img", total=len(images)) as task:
         result = probe(
             engine,
             images,
@@ -183,7 +182,7 @@ def probe_main(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             model_name=args.model,
             weights=args.weights,
-            progress=lambda done, total: bar.update(done - bar.n),
+            task=task,
             echo=_echo,
         )
     result.document["markdown"] = md_path.name

@@ -12,7 +12,7 @@ normalised per tile.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,10 +26,10 @@ from convscope.errors import InvalidRequestError
 from convscope.studies.checkpoints import Checkpoint, load_checkpoint
 from convscope.studies.data import ImageSet
 from convscope.studies.store import FORMAT_VERSION
+from convscope.tasks import Task, checkpoint
 
 CROPS = ("rf", "full")
 COLORS = ("auto", "rgb", "gray")
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def feature_evolution(
     device: str = "auto",
     batch_size: int = 128,
     title: str | None = None,
-    progress: Progress | None = None,
+    task: Task | None = None,
 ) -> EvolutionResult:
     """Fig. 4 for a run's checkpoints: rows = feature maps, columns = checkpoints."""
     if not checkpoints:
@@ -175,8 +175,8 @@ def feature_evolution(
 
     columns: list[list[dict[str, Any]]] = []
     tiles: list[list[Image.Image]] = []
-    for step, checkpoint in enumerate(checkpoints):
-        engine = Engine(load_checkpoint(checkpoint.path), device_name=device, cache_size=2)
+    for step, run_checkpoint in enumerate(checkpoints):
+        engine = Engine(load_checkpoint(run_checkpoint.path), device_name=device, cache_size=2)
         size = engine.input_size
         strongest = _strongest(engine, images, rows, batch_size)
         column: list[dict[str, Any]] = []
@@ -192,7 +192,7 @@ def feature_evolution(
                 {
                     "layer": layer,
                     "channel": channel,
-                    "epoch": checkpoint.epoch,
+                    "epoch": run_checkpoint.epoch,
                     "image": index,
                     "label": images.classes[int(images.labels[index])],
                     "activation": value,
@@ -202,8 +202,7 @@ def feature_evolution(
             )
         columns.append(column)
         tiles.append(column_tiles)
-        if progress is not None:
-            progress(step + 1, len(checkpoints))
+        checkpoint(task, step + 1, len(checkpoints), "evolution")
         del engine
 
     montage, geometry = _montage(rows, [c.label for c in checkpoints], tiles, tile)

@@ -30,6 +30,7 @@ from convscope.errors import InvalidRequestError, NotFoundError
 from convscope.models.spec import LoadedModel
 from convscope.studies.data import ImageSet, stratified_folds
 from convscope.studies.store import FORMAT_VERSION, markdown_table, mean_std, pct
+from convscope.tasks import Cancelled, Task, checkpoint
 
 CLASSIFIERS = ("svm", "softmax")
 # Inverse regularisation per classifier. The SVM's is 0.1: on standardised features of
@@ -40,7 +41,6 @@ DEFAULT_C = {"svm": 0.1, "softmax": 1.0}
 POOL_MODES = ("avg", "max")
 MAX_DEFAULT_LAYERS = 10
 _SKIP_KINDS = ("Conv", "Linear", "Identity", "Dropout", "Flatten")
-Progress = Callable[[int, int], None]
 
 
 def load_probe_model(model: str, weights: str | None = None, input_size: int | None = None) -> LoadedModel:
@@ -115,51 +115,36 @@ def extract_features(
     pool: int = 2,
     pool_mode: str = "avg",
     batch_size: int = 32,
-    progress: Progress | None = None,
+    task: Task | None = None,
 ) -> dict[str, np.ndarray]:
     """N×D float32 features per layer: 4-D outputs pooled to pool×pool, 2-D ones as they are.
 
-    Each hook pools (and so copies) the output at once: an in-place ReLU further down
-    cannot change what was recorded."""
+    Through `Engine.infer`: each tap pools (and so copies) the output at once, so an
+    in-place ReLU further down cannot change what was recorded."""
     if pool < 1:
         raise InvalidRequestError("pool must be at least 1")
     if pool_mode not in POOL_MODES:
         raise InvalidRequestError(f"unknown pool mode {pool_mode!r}; use avg or max")
-    modules = _named_modules(engine.model.module)
+    from convscope.engine.capture import Tap
+
+    def pooled(value: torch.Tensor) -> torch.Tensor:
+        value = value.float()
+        if value.dim() == 4:
+            value = (F.adaptive_avg_pool2d if pool_mode == "avg" else F.adaptive_max_pool2d)(value, pool)
+        return value.flatten(1).cpu().clone()
+
+    taps = {name: Tap(name, reduce=pooled) for name in layers}
     chunks: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-    current: dict[str, torch.Tensor] = {}
-
-    def hook(name: str) -> Callable[..., None]:
-        def record(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            if name in current or not isinstance(output, torch.Tensor):
-                return
-            value = output.detach().float()
-            if value.dim() == 4:
-                value = (F.adaptive_avg_pool2d if pool_mode == "avg" else F.adaptive_max_pool2d)(value, pool)
-            current[name] = value.flatten(1).cpu().clone()
-
-        return record
-
     done = 0
     mean, std = engine.model.mean, engine.model.std
-    model = engine.model.module
-    with engine.lock:
-        model.eval()
-        handles = [modules[name].register_forward_hook(hook(name)) for name in layers]
-        try:
-            for batch in images.batches(engine.input_size, mean, std, batch_size):
-                current.clear()
-                model(batch.to(engine.device))
-                for name in layers:
-                    if name not in current:
-                        raise InvalidRequestError(f"layer {name!r} produced no tensor output")
-                    chunks[name].append(current[name])
-                done += len(batch)
-                if progress is not None:
-                    progress(done, len(images))
-        finally:
-            for handle in handles:
-                handle.remove()
+    for batch in images.batches(engine.input_size, mean, std, batch_size):  # prepared outside the lock
+        _, tapped = engine.infer(batch, taps.values())  # the engine's lock: this batch only
+        for name, tap in taps.items():
+            if tap not in tapped:
+                raise InvalidRequestError(f"layer {name!r} produced no tensor output")
+            chunks[name].append(tapped[tap])
+        done += len(batch)
+        checkpoint(task, done, len(images), "probe features")
     return {name: torch.cat(parts).numpy() for name, parts in chunks.items()}
 
 
@@ -218,7 +203,7 @@ def probe(
     title: str | None = None,
     model_name: str | None = None,
     weights: str | None = None,
-    progress: Progress | None = None,
+    task: Task | None = None,
     echo: Callable[[str], None] | None = None,
 ) -> ProbeResult:
     """Table 7 for one model and image set: k-fold accuracy per layer and classifier."""
@@ -232,12 +217,14 @@ def probe(
     split = stratified_folds(images.labels, folds, seed)
     began = time.perf_counter()
     features = extract_features(
-        engine, images, chosen, pool=pool, pool_mode=pool_mode, batch_size=batch_size, progress=progress
+        engine, images, chosen, pool=pool, pool_mode=pool_mode, batch_size=batch_size, task=task
     )
     feature_seconds = time.perf_counter() - began
     rows = []
     fit_began = time.perf_counter()
     for name in chosen:
+        if task is not None and task.should_stop():  # the fits can take long: stop between layers
+            raise Cancelled(len(images), len(images), "probe")
         row: dict[str, Any] = {"layer": name, "short": name.rsplit(".", 1)[-1], "dims": int(features[name].shape[1])}
         for kind in classifiers:
             scores = cross_validate(

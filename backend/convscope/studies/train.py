@@ -16,12 +16,15 @@ An output folder holds:
 
 Every epoch seeds its own random numbers (data order, crops, dropout) from the run's
 seed and the epoch number, so a resumed run takes the same path as an uninterrupted one.
+A `convscope.tasks.Task` sees progress in batches; a stop request ends the run at the
+next batch with `Cancelled`, leaving the folder as it was after the last finished
+epoch (early checkpoints of the unfinished epoch are removed), so resuming continues
+from there. Every file is written atomically (`convscope.fileio`).
 """
 
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -34,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from convscope.errors import InvalidRequestError
+from convscope.fileio import atomic_write
 from convscope.models.spec import IMAGENET_MEAN, IMAGENET_STD
 from convscope.models.zfnet import (
     CONFIG_FILE,
@@ -47,6 +51,7 @@ from convscope.models.zfnet import (
 )
 from convscope.studies.data import ImageSet, dataset_id, load_dataset, normalise_batch, split_indices
 from convscope.studies.store import FORMAT_VERSION, write_json
+from convscope.tasks import Cancelled, Task, as_task
 
 ARCHS = ("zfnet", "zfnet-small")
 INITS = ("kaiming", "paper", "torch")
@@ -355,13 +360,11 @@ def train(
     *,
     device: str = "auto",
     resume: bool = True,
-    progress: bool = False,
+    task: Task | None = None,
     echo: Echo | None = None,
     data: ImageSet | None = None,
 ) -> TrainResult:
     """Train (or continue training) into `out`; see the module docstring for what is written."""
-    from tqdm import tqdm
-
     from convscope.engine.engine import resolve_device
 
     say = echo or (lambda _text: None)
@@ -439,7 +442,8 @@ def train(
 
     def save_checkpoint(epoch: float) -> None:
         name = f"epoch-{epoch_label(epoch)}.pt"
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / name)
+        with atomic_write(folder / name) as file:
+            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, file)
         log["checkpoints"] = [c for c in log["checkpoints"] if c["epoch"] != epoch]
         log["checkpoints"].append({"epoch": epoch, "file": name})
         log["checkpoints"].sort(key=lambda c: c["epoch"])
@@ -451,6 +455,7 @@ def train(
     steps = max(1, math.ceil(n_train / config.batch_size))
     criterion = nn.CrossEntropyLoss()
     _swap_lrn(model, fast=True)
+    total_steps = steps * (config.epochs - start_epoch)
     for epoch in range(start_epoch + 1, config.epochs + 1):
         began = time.perf_counter()
         seed = _rng_seed(config.seed, epoch)
@@ -460,15 +465,12 @@ def train(
         early = {max(1, round((e - (epoch - 1)) * steps)): e for e in saved_epochs if epoch - 1 < e < epoch}
         model.train()
         loss_sum, correct, seen, rescaled = 0.0, 0, 0, 0
-        bar = tqdm(
-            total=steps,
-            desc=f"epoch {epoch}/{config.epochs}",
-            unit="batch",
-            leave=False,
-            file=sys.stderr,
-            disable=None if progress else True,
-        )
+        steps_before = steps * (epoch - 1 - start_epoch)
+        early_saved = list(log["checkpoints"])
         for step, index in enumerate(order.split(config.batch_size), start=1):
+            if task is not None and task.should_stop():
+                _drop_unfinished(folder, early_saved, log["checkpoints"])
+                raise Cancelled(steps_before + step - 1, total_steps, "training")
             index = index.to(torch_device)
             images = prepared.train.images[index]
             if config.augment:
@@ -480,11 +482,9 @@ def train(
             loss_sum += float(loss) * len(y)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", refresh=False)
             if step in early:
                 save_checkpoint(early[step])
-        bar.close()
+            as_task(task).report(steps_before + step, total_steps)
         val = evaluate(model, prepared.val, mean, std)
         scheduler.step(float(val["loss"] or 0.0))
         seconds = time.perf_counter() - began
@@ -503,15 +503,16 @@ def train(
         log["seconds"] = float(log["seconds"]) + seconds
         if float(epoch) in saved_epochs:
             save_checkpoint(float(epoch))
-        torch.save(
-            {
-                "epoch": epoch,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-            },
-            state_path,
-        )
+        with atomic_write(state_path) as file:
+            torch.save(
+                {
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                },
+                file,
+            )
         write_json(folder / LOG_FILE, log)
         trained.append(epoch)
         top5 = f" top-5 {row['val_top5']:.3f}" if row["val_top5"] is not None else ""
@@ -530,6 +531,15 @@ def train(
     write_json(folder / LOG_FILE, log)
     model.eval()
     return TrainResult(folder, model, log, resumed_from=start_epoch, trained_epochs=trained)
+
+
+def _drop_unfinished(folder: Path, before: list[dict[str, Any]], now: list[dict[str, Any]]) -> None:
+    """Remove the early checkpoints an unfinished (cancelled) epoch wrote: the log never listed them."""
+    kept = {c["file"] for c in before}
+    for entry in now:
+        if entry["file"] not in kept:
+            (folder / entry["file"]).unlink(missing_ok=True)
+    now[:] = before
 
 
 def _read_log(folder: Path) -> dict[str, Any] | None:

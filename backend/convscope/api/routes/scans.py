@@ -19,9 +19,11 @@ from urllib.parse import quote, urlencode
 from fastapi import APIRouter, Body, FastAPI, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from convscope.api.budget import check_scan_memory
 from convscope.api.caching import PUBLIC, Rendered, cache_key, etag_of, png_response
 from convscope.api.deps import EngineDep
 from convscope.api.jobs import Job
+from convscope.api.openapi import body_examples
 from convscope.api.routes.activations import LayerQuery
 from convscope.api.routes.common import errors, png
 from convscope.api.routes.jobs import job_response, job_url
@@ -34,6 +36,7 @@ from convscope.api.schemas import (
     ScanLayerInfo,
     ScanProgress,
     ScanRequest,
+    ScanRootInfo,
     TopEntry,
     TopResponse,
 )
@@ -41,8 +44,8 @@ from convscope.api.state import AppState
 from convscope.engine import Engine
 from convscope.engine.render import png_bytes
 from convscope.errors import ConvscopeError, InvalidRequestError
-from convscope.scan.library import SAMPLES_SCAN, ScanEntry, ScanLibrary
-from convscope.scan.render import ScanRenderer
+from convscope.scan.library import SAMPLES_SCAN, ScanEntry, ScanLibrary, normalise_folder
+from convscope.scan.render import ScanRenderer, resolve_mode
 
 log = logging.getLogger("convscope.api.scans")
 
@@ -51,11 +54,17 @@ router = APIRouter(tags=["scans"])
 ScanId = Annotated[
     str, Path(description="a scan id (see GET .../scans)", examples=[SAMPLES_SCAN], min_length=1, max_length=128)
 ]
-ChannelQuery = Annotated[int, Query(ge=0, description="channel of the layer", examples=[0])]
+ChannelQuery = Annotated[int, Query(ge=0, le=2**31 - 1, description="channel of the layer", examples=[0])]
 CONFLICT: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorResponse, "description": "the scan is unfinished, or was made with other weights"}
 }
 MONTAGE_MAX_CHANNELS = 64
+ModeQuery = Annotated[
+    Literal["auto", "deconvnet", "guided", "gradient"],
+    Query(description="projection mode; auto: deconvnet where max-pool switches lie below the layer, else guided"),
+]
+MODE_HEADER: dict[str, Any] = {"X-Mode": {"description": "the mode used (auto resolved)", "schema": {"type": "string"}}}
+FOLDERS_LISTED = 200
 
 
 class ScanService:
@@ -79,7 +88,7 @@ class ScanService:
             job = self._jobs.get((model, scan_id))
             if job is not None and not job.finished:
                 return job
-            job = self.state.jobs.submit("scan", work)
+            job = self.state.jobs.submit("scan", work, shared=True)  # scans are shared; any client may poll
             self._jobs[(model, scan_id)] = job
             return job
 
@@ -101,8 +110,7 @@ class ScanService:
                 batch_size=settings.scan_batch_size,
                 resume=True,
                 wait_lock=True,
-                progress=job.report,
-                should_stop=job.should_stop,
+                task=job,
                 **options,
             )
             data = result.to_dict()
@@ -162,10 +170,13 @@ def _scan_info(service: ScanService, engine: Engine, entry: ScanEntry) -> ScanIn
     progress = manifest.progress
     job = service.job_for(entry.model, entry.id)
     label = str(manifest.extra.get("label") or manifest.extra.get("folder") or config.source_kind)
+    status: Literal["running", "complete", "interrupted"] = "complete"
+    if not manifest.complete:
+        status = "running" if job is not None else "interrupted"  # no job behind it: a restart cut it short
     return ScanInfo(
         id=entry.id,
         model=entry.model,
-        status="complete" if manifest.complete else "running",
+        status=status,
         source=config.source_kind,
         label=label,
         images=config.image_count,
@@ -195,6 +206,7 @@ def _scan_info(service: ScanService, engine: Engine, entry: ScanEntry) -> ScanIn
         finished_at=manifest.finished_at,
         job=job_url(job) if job is not None else None,
         url=scan_url(entry.model, entry.id),
+        resume_url=f"{scan_url(entry.model, entry.id)}/resume" if status == "interrupted" else None,
     )
 
 
@@ -224,6 +236,9 @@ def list_scans(request: Request, engine: EngineDep) -> list[ScanInfo]:
         403: {"model": ErrorResponse, "description": "no scan roots, or the folder is outside them"},
         **errors(400, 404, 422, 429, 503),
     },
+    openapi_extra=body_examples(
+        samples={"samples": True, "layers": ["conv_head"], "top": 9}, folder={"folder": "photos/cats"}
+    ),
 )
 def start_scan(request: Request, engine: EngineDep, body: Annotated[ScanRequest, Body()]) -> JSONResponse:
     from convscope.scan.scanner import folder_source, resolve_layers, samples_source
@@ -234,9 +249,10 @@ def start_scan(request: Request, engine: EngineDep, body: Annotated[ScanRequest,
         layers = "all"
     if body.folder is not None:
         folder = service.library.resolve_folder(body.folder)
-        resolve_layers(engine, layers)  # unknown layers: 404 now, not in the job
+        infos = resolve_layers(engine, layers)  # unknown layers: 404 now, not in the job
+        check_scan_memory(service.state.settings, infos, service.state.settings.scan_batch_size)
         scan_id = service.library.folder_scan_id(body.folder, body.layers, body.top)
-        label = body.folder.strip().strip("/")
+        label = normalise_folder(body.folder)
         work = service.scan_job(
             engine.name,
             scan_id,
@@ -247,7 +263,8 @@ def start_scan(request: Request, engine: EngineDep, body: Annotated[ScanRequest,
             extra={"label": label, "folder": label},
         )
     else:
-        resolve_layers(engine, layers)
+        infos = resolve_layers(engine, layers)
+        check_scan_memory(service.state.settings, infos, service.state.settings.scan_batch_size)
         scan_id = service.library.samples_scan_id(body.layers, body.top)
         work = service.scan_job(
             engine.name,
@@ -258,6 +275,36 @@ def start_scan(request: Request, engine: EngineDep, body: Annotated[ScanRequest,
             replace=True,
             extra={"label": "the bundled sample photos"},
         )
+    job = service.submit(engine.name, scan_id, work)
+    return JSONResponse(job_response(job).model_dump(mode="json"), status_code=202, headers={"Location": job_url(job)})
+
+
+@router.post(
+    "/models/{model}/scans/{scan_id}/resume",
+    status_code=202,
+    response_model=JobResponse,
+    summary="finish an interrupted scan from its last checkpoint (a job; poll its url)",
+    responses={
+        403: {"model": ErrorResponse, "description": "the scanned folder is no longer inside a scan root"},
+        **errors(404, 422, 429, 503),
+    },
+)
+def resume_scan(request: Request, engine: EngineDep, scan_id: ScanId) -> JSONResponse:
+    from convscope.scan.scanner import folder_source, samples_source
+
+    service = get_service(request)
+    entry = service.library.get(engine.name, scan_id)
+    manifest = entry.manifest
+    options: dict[str, Any] = {
+        "layers": [layer.name for layer in manifest.config.layers],
+        "top": manifest.config.top,
+        "extra": dict(manifest.extra),
+    }
+    if manifest.config.source_kind == "folder":
+        folder = service.library.resolve_folder(str(manifest.extra.get("folder", "")))
+        work = service.scan_job(engine.name, scan_id, lambda: folder_source(folder, confine=True), **options)
+    else:
+        work = service.scan_job(engine.name, scan_id, samples_source, **options)
     job = service.submit(engine.name, scan_id, work)
     return JSONResponse(job_response(job).model_dump(mode="json"), status_code=202, headers={"Location": job_url(job)})
 
@@ -279,12 +326,21 @@ def get_scan(request: Request, engine: EngineDep, scan_id: ScanId) -> ScanInfo:
     summary="the top-k of one channel: values, source images, and URLs of their crops and projections",
     responses={**errors(404, 422, 503), **CONFLICT},
 )
-def top(request: Request, engine: EngineDep, scan_id: ScanId, layer: LayerQuery, channel: ChannelQuery) -> TopResponse:
+def top(
+    request: Request,
+    engine: EngineDep,
+    scan_id: ScanId,
+    layer: LayerQuery,
+    channel: ChannelQuery,
+    mode: ModeQuery = "deconvnet",
+) -> TopResponse:
     service = get_service(request)
     renderer = _renderer(service, engine, engine.name, scan_id)
     entries = renderer.entries(layer, channel)
+    resolved = resolve_mode(engine, layer, mode)
     base = scan_url(engine.name, scan_id)
     query = urlencode({"layer": layer, "channel": channel})
+    projection_query = urlencode({"layer": layer, "channel": channel, "mode": resolved})
     samples = renderer.manifest.config.source_kind == "samples"
     rows = []
     for rank, entry in enumerate(entries):
@@ -300,21 +356,27 @@ def top(request: Request, engine: EngineDep, scan_id: ScanId, layer: LayerQuery,
                 x=entry.x,
                 box=list(renderer.box(layer, entry)),
                 crop_url=f"{base}/top/{rank}/crop.png?{query}",
-                projection_url=f"{base}/top/{rank}/projection.png?{query}",
+                projection_url=f"{base}/top/{rank}/projection.png?{projection_query}",
             )
         )
-    return TopResponse(scan=scan_id, layer=layer, channel=channel, top=renderer.manifest.config.top, entries=rows)
+    return TopResponse(
+        scan=scan_id, layer=layer, channel=channel, top=renderer.manifest.config.top, mode=resolved, entries=rows
+    )
 
 
-def _png(request: Request, body: bytes) -> Response:
-    return png_response(request, Rendered(body, etag_of(body)), PUBLIC)
+def _png(request: Request, body: bytes, headers: dict[str, str] | None = None) -> Response:
+    return png_response(request, Rendered(body, etag_of(body), headers or {}), PUBLIC)
 
 
 @router.get(
     "/models/{model}/scans/{scan_id}/top/{rank}/{kind}.png",
     response_class=Response,
-    summary="the receptive-field crop (kind=crop) or the deconvnet projection (kind=projection) of one top-k entry",
-    responses={**png("RGB PNG, the size of the unit's receptive field"), **errors(404, 422, 503), **CONFLICT},
+    summary="the receptive-field crop (kind=crop) or the projection (kind=projection, in `mode`) of one top-k entry",
+    responses={
+        **png("RGB PNG, the size of the unit's receptive field", MODE_HEADER),
+        **errors(404, 422, 503),
+        **CONFLICT,
+    },
 )
 def top_image(
     request: Request,
@@ -324,9 +386,11 @@ def top_image(
     kind: Annotated[Literal["crop", "projection"], Path(description="crop or projection")],
     layer: LayerQuery,
     channel: ChannelQuery,
+    mode: ModeQuery = "deconvnet",
 ) -> Response:
     renderer = _renderer(get_service(request), engine, engine.name, scan_id)
-    return _png(request, renderer.png(layer, channel, rank, kind))
+    resolved = resolve_mode(engine, layer, mode)
+    return _png(request, renderer.png(layer, channel, rank, kind, resolved), {"X-Mode": resolved})
 
 
 @router.get(
@@ -339,7 +403,7 @@ def scan_image(
     request: Request,
     engine: EngineDep,
     scan_id: ScanId,
-    index: Annotated[int, Path(ge=0, description="image index in the scan")],
+    index: Annotated[int, Path(ge=0, le=2**53, description="image index in the scan")],
 ) -> Response:
     service = get_service(request)
     entry = service.library.get(engine.name, scan_id)
@@ -352,8 +416,8 @@ def scan_image(
 @router.get(
     "/models/{model}/scans/{scan_id}/montage.png",
     response_class=Response,
-    summary="a Fig. 2-style montage: per channel its top-k projections beside the image patches",
-    responses={**png("RGB PNG"), **errors(404, 422, 503), **CONFLICT},
+    summary="a Fig. 2-style montage: per channel its top-k projections (in `mode`) beside the image patches",
+    responses={**png("RGB PNG", MODE_HEADER), **errors(404, 422, 503), **CONFLICT},
 )
 def montage_png(
     request: Request,
@@ -365,6 +429,7 @@ def montage_png(
         Query(description="e.g. 0,1,5-8 (default: the first 16)", max_length=1000, examples=["0-3"]),
     ] = None,
     tile: Annotated[int, Query(ge=16, le=128, description="tile side in pixels")] = 48,
+    mode: ModeQuery = "deconvnet",
 ) -> Response:
     from convscope.scan.montage import montage, parse_channels
 
@@ -373,9 +438,32 @@ def montage_png(
     wanted = parse_channels(channels, renderer.manifest.layer(layer).channels)
     if len(wanted) > MONTAGE_MAX_CHANNELS:
         raise InvalidRequestError(f"at most {MONTAGE_MAX_CHANNELS} channels per montage")
-    key = cache_key("montage", engine.name, scan_id, renderer.manifest.updated_at, layer, tuple(wanted), tile)
-    item = service.state.responses.render(key, lambda: (png_bytes(montage(renderer, layer, wanted, tile=tile)), {}))
+    resolved = resolve_mode(engine, layer, mode)
+    key = cache_key("montage", engine.name, scan_id, renderer.manifest.updated_at, layer, tuple(wanted), tile, resolved)
+    item = service.state.responses.render(
+        key, lambda: (png_bytes(montage(renderer, layer, wanted, tile=tile, mode=resolved)), {"X-Mode": resolved})
+    )
     return png_response(request, item, PUBLIC)
+
+
+@router.get(
+    "/scan-roots",
+    response_model=list[ScanRootInfo],
+    summary="the folders this server may scan: each scan root and its subfolders (POST .../scans with folder)",
+)
+def scan_roots(request: Request) -> list[ScanRootInfo]:
+    service = get_service(request)
+    out = []
+    for name, root in sorted(service.library.roots.items()):
+        try:
+            children = sorted(
+                p.name for p in root.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
+            )
+        except OSError:
+            children = []
+        folders = [name] + [f"{name}/{child}" for child in children[:FOLDERS_LISTED]]
+        out.append(ScanRootInfo(name=name, folders=folders))
+    return out
 
 
 __all__ = ["ScanService", "install", "on_startup", "router"]

@@ -27,7 +27,8 @@ from pydantic import BaseModel, Field
 
 from convscope.api.caching import PUBLIC, Rendered, etag_of, png_response
 from convscope.api.deps import EngineDep, StateDep
-from convscope.api.jobs import Job
+from convscope.api.jobs import Job, current_client
+from convscope.api.openapi import body_examples
 from convscope.api.routes.common import MODEL_ERRORS, errors, png
 from convscope.api.routes.jobs import job_response, job_url
 from convscope.api.schemas import JobResponse
@@ -157,6 +158,10 @@ def _position(y: int | None, x: int | None) -> tuple[int, int] | None:
         202: {"model": JobResponse, "description": "started (or joined) a job: poll its `url`"},
         **errors(400, 404, 422, 429, 503),
     },
+    openapi_extra=body_examples(
+        three_channels={"layer": "blocks.4", "channels": [0, 1, 2], "steps": 128},
+        class_logit={"objective": "logit", "channels": [285], "steps": 128},
+    ),
 )
 def start_visualization(request: Request, engine: EngineDep, body: VisualizationRequest) -> JSONResponse:
     service = get_service(request)
@@ -187,7 +192,7 @@ def start_visualization(request: Request, engine: EngineDep, body: Visualization
             ],
         }
 
-    key = (engine.name, id(engine), target)
+    key = (current_client.get(), engine.name, id(engine), target)  # jobs belong to their client
     job = service.submit(key, work, total)
     return JSONResponse(job_response(job).model_dump(mode="json"), status_code=202, headers={"Location": job_url(job)})
 
