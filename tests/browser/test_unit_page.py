@@ -114,7 +114,7 @@ def test_unit_page(chromium: Any, unit_server: str) -> None:
         "image": "chelsea",
         "layer": LAYER,
         "channel": str(CHANNEL),
-        "mode": "deconvnet",
+        "mode": "auto",
         "select": "max",
         "tab": "unit",
     }
