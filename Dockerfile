@@ -16,7 +16,8 @@ ARG TORCHVISION_VERSION=0.29.1
 # TORCH_HOME: torch.hub's cache; torchvision's ImageNet weights are read from $TORCH_HOME/hub/checkpoints/.
 # HF_HOME: the Hugging Face cache (timm). Both live on the /data/cache volume, owned by the service user.
 # CONVSCOPE_FRONTEND_DIR: the dashboard copied below (explicit, so it does not depend on the install layout).
-# CONVSCOPE_SCAN_DIR / CONVSCOPE_STUDIES_DIR: top-9 scans and finished studies persist on the same volume.
+# CONVSCOPE_SCAN_DIR / CONVSCOPE_STUDIES_DIR / CONVSCOPE_FEATVIS_DIR: top-9 scans, finished studies and
+#   optimised unit images persist on the same volume.
 # MALLOC_ARENA_MAX=2: two glibc malloc arenas instead of one per thread; under mixed load the RSS then plateaus
 #   instead of climbing (issue 19: 4.2 GB against 8.1 GB after 3 minutes, same throughput).
 # No CONVSCOPE_TOKEN / CONVSCOPE_INSECURE here: the CMD listens on 0.0.0.0, so `convscope serve` refuses to start
@@ -29,7 +30,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HF_HOME=/data/cache/huggingface \
     CONVSCOPE_FRONTEND_DIR=/app/frontend \
     CONVSCOPE_SCAN_DIR=/data/cache/scans \
-    CONVSCOPE_STUDIES_DIR=/data/cache/studies
+    CONVSCOPE_STUDIES_DIR=/data/cache/studies \
+    CONVSCOPE_FEATVIS_DIR=/data/cache/featvis
 
 # The service user: fixed UID/GID 10001 so volume and bind-mount ownership is predictable across hosts.
 RUN groupadd --system --gid 10001 convscope \
