@@ -114,11 +114,7 @@ def test_unit_page(chromium: Any, unit_server: str) -> None:
         "image": "chelsea",
         "layer": LAYER,
         "channel": str(CHANNEL),
-<<<<<<< HEAD
         "mode": "auto",  # the dashboard's default mode (resolved per layer)
-=======
-        "mode": "auto",
->>>>>>> featvis
         "select": "max",
         "tab": "unit",
     }
