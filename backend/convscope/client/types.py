@@ -19,6 +19,7 @@ Select = Literal["max", "map"]
 class Health(TypedDict, total=False):
     status: Literal["ok", "loading", "failed"]
     detail: str
+    engines: list[dict[str, Any]]  # per model, once ready: its cache memory
 
 
 class ModelInfo(TypedDict):
