@@ -12,6 +12,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from convscope.errors import ConvscopeError
 
@@ -22,12 +23,26 @@ class CliError(ConvscopeError):
     """A bad command-line value found after parsing."""
 
 
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`load_model` keywords from the model flags: input size and preprocessing overrides."""
+    from convscope.models.preprocessing import parse_floats
+
+    mean, std = getattr(args, "mean", None), getattr(args, "std", None)
+    return {
+        "input_size": getattr(args, "input_size", None) or getattr(args, "size", None),
+        "preprocessing": {
+            "mean": parse_floats(mean, "--mean") if mean else None,
+            "std": parse_floats(std, "--std") if std else None,
+            "crop_pct": getattr(args, "crop_pct", None),
+        },
+    }
+
+
 def _load_engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from convscope.engine import Engine
     from convscope.models import load_model
 
-    size = getattr(args, "size", 224)
-    model = load_model(args.model, weights=args.weights, input_size=size)
+    model = load_model(args.model, weights=args.weights, **model_options(args))
     return Engine(model, device_name=getattr(args, "device", "auto"))
 
 
@@ -215,6 +230,13 @@ def _add_model(parser: argparse.ArgumentParser, required: bool = True) -> None:
     )
     parser.add_argument("--weights", default=None, help="state-dict file (torch.load weights_only=True)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    pre = parser.add_argument_group("preprocessing (default: the model's own, timm pretrained_cfg keys)")
+    pre.add_argument("--input-size", type=_positive_int, default=None, metavar="S", help="model input side S")
+    pre.add_argument("--mean", default=None, metavar="R,G,B", help="per-channel mean of x/255")
+    pre.add_argument("--std", default=None, metavar="R,G,B", help="per-channel std of x/255")
+    pre.add_argument(
+        "--crop-pct", type=float, default=None, help="resize the shorter side to S/crop_pct, then crop S×S (0.1..1)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     project.add_argument("--channel", type=int, required=True)
     project.add_argument("--mode", default="deconvnet", choices=["deconvnet", "guided", "gradient"])
     project.add_argument("--select", default="max", choices=["max", "map"])
-    project.add_argument("--size", type=_positive_int, default=224)
+    project.add_argument("--size", type=_positive_int, default=None, help="model input side S (default: the model's)")
     project.add_argument("--out", required=True, help="PNG to write")
     project.add_argument("--raw", default=None, help="NPZ with input, projection, seed_value, seed_position")
     project.set_defaults(func=cmd_project)
@@ -284,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--top", type=_positive_int, default=9, help="entries kept per channel")
     scan.add_argument("--batch-size", type=_positive_int, default=32)
     scan.add_argument("--workers", type=int, default=0, help="image-reading worker processes (per process)")
-    scan.add_argument("--size", type=_positive_int, default=224, help="model input side S")
+    scan.add_argument("--size", type=_positive_int, default=None, help="model input side S (default: the model's)")
     scan.add_argument("--resume", action="store_true", help="continue an interrupted scan in --out")
     scan.add_argument(
         "--checkpoint-every", type=_positive_int, default=1024, help="images between checkpoints (resume points)"

@@ -81,11 +81,12 @@ def load_image_file(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> I
     return decode_image(data, max_pixels=max_pixels)
 
 
-def resize_and_crop(image: Image.Image, size: int) -> Image.Image:
-    """Shorter side to `size`, then the central size×size square."""
+def resize_and_crop(image: Image.Image, size: int, crop_pct: float = 1.0) -> Image.Image:
+    """Shorter side to `round(size / crop_pct)`, then the central size×size square."""
     width, height = image.size
-    scale = size / min(width, height)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    short = max(size, round(size / crop_pct))
+    scale = short / min(width, height)
+    new_w, new_h = max(short, round(width * scale)), max(short, round(height * scale))
     resized = image.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=None)
     left, top = (new_w - size) // 2, (new_h - size) // 2
     return resized.crop((left, top, left + size, top + size))
@@ -100,9 +101,11 @@ def normalise(display: Image.Image, mean: tuple[float, ...], std: tuple[float, .
     return ((tensor - mean_t) / std_t).unsqueeze(0)
 
 
-def prepare_image(image: Image.Image, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> PreparedImage:
+def prepare_image(
+    image: Image.Image, size: int, mean: tuple[float, ...], std: tuple[float, ...], crop_pct: float = 1.0
+) -> PreparedImage:
     """Apply the preprocessing contract and key the result by its pixels and settings."""
-    display = resize_and_crop(image.convert("RGB"), size)
+    display = resize_and_crop(image.convert("RGB"), size, crop_pct)
     tensor = normalise(display, mean, std)
     digest = hashlib.sha256(display.tobytes())
     digest.update(repr((size, mean, std)).encode())

@@ -26,10 +26,11 @@ class OutputError(ConvscopeError):
 
 
 def _engine(args: argparse.Namespace) -> Engine:
+    from convscope.cli import model_options
     from convscope.engine import Engine
     from convscope.models import load_model
 
-    return Engine(load_model(args.model, weights=args.weights), device_name=args.device)
+    return Engine(load_model(args.model, weights=args.weights, **model_options(args)), device_name=args.device)
 
 
 def source_image(text: str, base: Path | None = None) -> Image.Image:

@@ -36,6 +36,7 @@ from torch import nn
 
 from convscope.analysis.features import first_conv_layer
 from convscope.errors import InvalidRequestError, NotFoundError
+from convscope.layer_names import resolve_name
 from convscope.tasks import Task, checkpoint
 
 if TYPE_CHECKING:
@@ -52,10 +53,9 @@ MAX_FOLDER_IMAGES = 1000
 # ---- the filters as images -------------------------------------------------------------------------
 def conv_weight(engine: Engine, layer: str | None = None) -> tuple[str, nn.Conv2d]:
     """The named (default: first) `nn.Conv2d` of the model."""
-    name = layer or first_conv_layer(engine)
-    module = dict(engine.model.module.named_modules()).get(name)
-    if module is None:
-        raise NotFoundError(f"model {engine.name!r} has no module {name!r}")
+    modules = dict(engine.model.module.named_modules())
+    name = resolve_name(layer, modules, model=engine.name, what="module") if layer else first_conv_layer(engine)
+    module = modules[name]
     if not isinstance(module, nn.Conv2d):
         raise InvalidRequestError(f"{name!r} is a {type(module).__name__}, not a Conv2d layer")
     return name, module

@@ -30,7 +30,12 @@ class ServiceUnavailableError(ConvscopeError):
 
 
 def default_loader(name: str, settings: Settings) -> LoadedModel:
-    return load_model(name, pretrained=settings.pretrained, input_size=settings.input_size)
+    return load_model(
+        name,
+        pretrained=settings.pretrained,
+        input_size=settings.input_size,
+        preprocessing=settings.preprocessing.get(name),
+    )
 
 
 class ModelPool:

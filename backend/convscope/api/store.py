@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
+from cachetools import LRUCache
 from PIL import Image
 
 from convscope.errors import NotFoundError, TooLargeError
@@ -36,8 +36,8 @@ class ImageStore:
             raise ValueError("the store needs room for at least one image")
         self.max_images = max_images
         self.max_bytes = max_bytes
-        self._items: OrderedDict[str, StoredImage] = OrderedDict()
-        self._bytes = 0
+        # least recently used first out, bounded by decoded bytes (and by count in `add`)
+        self._items: LRUCache[str, StoredImage] = LRUCache(maxsize=max_bytes, getsizeof=lambda item: item.nbytes)
         self._lock = threading.Lock()
 
     def add(self, image: Image.Image) -> StoredImage:
@@ -48,11 +48,9 @@ class ImageStore:
                 f"the decoded image needs {item.nbytes:,} bytes; the upload store holds {self.max_bytes:,}"
             )
         with self._lock:
-            while self._items and (len(self._items) >= self.max_images or self._bytes + item.nbytes > self.max_bytes):
-                _, evicted = self._items.popitem(last=False)
-                self._bytes -= evicted.nbytes
-            self._items[item.id] = item
-            self._bytes += item.nbytes
+            while len(self._items) >= self.max_images:
+                self._items.popitem()
+            self._items[item.id] = item  # evicts the least recently used beyond max_bytes
         return item
 
     def get(self, image_id: str) -> StoredImage:
@@ -60,7 +58,6 @@ class ImageStore:
             item = self._items.get(image_id)
             if item is None:
                 raise NotFoundError(f"unknown image {image_id!r} (not a sample, and no such upload is kept)")
-            self._items.move_to_end(image_id)
             return item
 
     def __contains__(self, image_id: object) -> bool:
@@ -74,4 +71,4 @@ class ImageStore:
     @property
     def nbytes(self) -> int:
         with self._lock:
-            return self._bytes
+            return int(self._items.currsize)

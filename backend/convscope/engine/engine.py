@@ -187,7 +187,7 @@ class Engine:
     # ---- forward passes -----------------------------------------------------------
     def prepare(self, image: Image.Image) -> PreparedImage:
         """Apply the model's preprocessing to a PIL image (DESIGN §2)."""
-        return prepare_image(image, self.input_size, self.model.mean, self.model.std)
+        return prepare_image(image, self.input_size, self.model.mean, self.model.std, self.model.crop_pct)
 
     def _record_tensor(self, tensor: torch.Tensor) -> _Record:
         box = RuleBox()

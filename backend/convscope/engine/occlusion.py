@@ -18,7 +18,6 @@ Plain Python: no web or command-line code here.
 
 from __future__ import annotations
 
-import math
 import operator
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from convscope.errors import InvalidRequestError
+from convscope.jsonvalues import finite_or_none as _finite
 
 if TYPE_CHECKING:
     from convscope.engine.engine import Engine
@@ -250,10 +250,6 @@ def occlude(
         forward_batches=batches + 1,
         seconds=time.perf_counter() - started,
     )
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 def _grid(values: np.ndarray) -> list[list[float | None]]:

@@ -11,6 +11,7 @@ from convscope.tasks import ConsoleTask
 
 
 def scan_main(args: argparse.Namespace) -> int:
+    from convscope.cli import model_options
     from convscope.engine import Engine
     from convscope.models import load_model
     from convscope.scan.distributed import make_context
@@ -18,7 +19,7 @@ def scan_main(args: argparse.Namespace) -> int:
 
     context = make_context(args.device)
     try:
-        model = load_model(args.model, weights=args.weights, input_size=args.size)
+        model = load_model(args.model, weights=args.weights, **model_options(args))
         engine = Engine(model, device_name=context.device_name)
         source = folder_source(args.images)
         console = ConsoleTask("scan", unit="img", show=True if args.progress else None)

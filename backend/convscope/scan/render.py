@@ -149,7 +149,7 @@ class ScanRenderer:
 
     def display(self, index: int) -> Image.Image:
         """The S×S image the model saw."""
-        return resize_and_crop(self.source_image(index), self.manifest.config.input_size)
+        return resize_and_crop(self.source_image(index), self.manifest.config.input_size, self.manifest.config.crop_pct)
 
     def engine(self) -> Engine:
         with self._lock:
@@ -181,7 +181,8 @@ class ScanRenderer:
         Projections are grouped by source image: one recorded forward pass per image,
         one backward pass per seed."""
         spec = self.manifest.layer(layer)
-        size = self.manifest.config.input_size
+        config = self.manifest.config
+        size = config.input_size
         todo: dict[int, list[tuple[int, int, Entry]]] = {}
         for channel, rank in wanted:
             entry = self.entry(layer, channel, rank)
@@ -189,14 +190,14 @@ class ScanRenderer:
                 todo.setdefault(entry.image, []).append((channel, rank, entry))
         for index, items in sorted(todo.items()):
             source = self.source_image(index)
-            display = resize_and_crop(source, size)
+            display = resize_and_crop(source, size, config.crop_pct)
             if "crop" in kinds:
                 for channel, rank, entry in items:
                     image = crop_image(display, crop_box(spec, entry.y, entry.x, size))
                     atomic_write_bytes(self.path(layer, channel, rank, "crop"), png_bytes(image))
             if "projection" in kinds:
                 engine = self.engine()
-                prepared = prepare_image(source, size, self.manifest.config.mean, self.manifest.config.std)
+                prepared = prepare_image(source, size, config.mean, config.std, config.crop_pct)
                 seeds = [Seed(channel, position=(entry.y, entry.x)) for channel, _, entry in items]
                 projections = engine.project_many(prepared, layer, seeds)
                 for (channel, rank, entry), result in zip(items, projections, strict=True):
@@ -234,7 +235,10 @@ def engine_for_scan(manifest: Manifest, device: str = "auto") -> Engine:
 
     config = manifest.config
     try:
-        model = load_model(config.model, weights=config.weights, input_size=config.input_size)
+        preprocessing = {"mean": config.mean, "std": config.std, "crop_pct": config.crop_pct}
+        model = load_model(
+            config.model, weights=config.weights, input_size=config.input_size, preprocessing=preprocessing
+        )
     except ConvscopeError as exc:
         raise ScanStoreError(f"cannot load the scan's model {config.model!r}: {exc}") from None
     return Engine(model, device_name=device)

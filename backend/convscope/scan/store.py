@@ -138,6 +138,7 @@ class ScanConfig:
     source_root: str | None
     image_count: int
     image_list_sha256: str
+    crop_pct: float = 1.0  # see convscope.models.preprocessing
 
     def identity(self) -> dict[str, Any]:
         data = asdict(self)
@@ -191,6 +192,7 @@ class Manifest:
                 "input_size": self.config.input_size,
                 "mean": list(self.config.mean),
                 "std": list(self.config.std),
+                "crop_pct": self.config.crop_pct,
             },
             "layers": config["layers"],
             "top": self.config.top,
@@ -228,6 +230,7 @@ class Manifest:
             source_root=images["root"],
             image_count=int(images["count"]),
             image_list_sha256=images["list_sha256"],
+            crop_pct=float(model.get("crop_pct", 1.0)),  # manifests from before crop_pct: 1
         )
         return cls(
             status=data["status"],

@@ -152,6 +152,7 @@ def ablate_main(args: argparse.Namespace) -> int:
 
 
 def probe_main(args: argparse.Namespace) -> int:
+    from convscope.cli import model_options
     from convscope.engine import Engine
     from convscope.studies.data import load_dataset, stratified_subset
     from convscope.studies.probe import CLASSIFIERS, load_probe_model, probe
@@ -165,7 +166,9 @@ def probe_main(args: argparse.Namespace) -> int:
     images = load_dataset(args.data)
     if args.limit:
         images = images.subset(stratified_subset(images.labels, args.limit, seed=args.seed))
-    engine = Engine(load_probe_model(args.model, args.weights, args.size), device_name=args.device)
+    options = model_options(args)
+    model = load_probe_model(args.model, args.weights, options["input_size"], options["preprocessing"])
+    engine = Engine(model, device_name=args.device)
     layers = [name.strip() for name in args.layers.split(",") if name.strip()] if args.layers else None
     json_path, md_path = _output_pair(args.out, ".md")
     with ConsoleTask("features", unit="img", total=len(images)) as task:

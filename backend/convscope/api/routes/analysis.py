@@ -162,7 +162,7 @@ def invariance_preview(
     def make() -> tuple[bytes, dict[str, str]]:
         mean = engine.model.mean
         fill = (round(255 * mean[0]), round(255 * mean[1]), round(255 * mean[2]))
-        copy = transformed_image(source.image, engine.input_size, transform, value, fill, edge)
+        copy = transformed_image(source.image, engine.input_size, transform, value, fill, edge, engine.model.crop_pct)
         return png_bytes(copy), {}
 
     key = cache_key("invariance-preview", engine.name, source.id, id(source.image), transform, value, edge)

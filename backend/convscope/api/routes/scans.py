@@ -11,7 +11,6 @@ the bundled sample photos for its default model in the background (a job), unles
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlencode
@@ -41,6 +40,7 @@ from convscope.api.state import AppState
 from convscope.engine import Engine
 from convscope.engine.render import png_bytes
 from convscope.errors import ConvscopeError, InvalidRequestError
+from convscope.jsonvalues import finite_or_none
 from convscope.scan.library import SAMPLES_SCAN, ScanEntry, ScanLibrary
 from convscope.scan.render import ScanRenderer
 
@@ -149,10 +149,6 @@ def get_service(request: Request) -> ScanService:
 
 def scan_url(model: str, scan_id: str) -> str:
     return f"/api/models/{quote(model, safe='')}/scans/{quote(scan_id, safe='')}"
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 def _scan_info(service: ScanService, engine: Engine, entry: ScanEntry) -> ScanInfo:
@@ -291,7 +287,7 @@ def top(request: Request, engine: EngineDep, scan_id: ScanId, layer: LayerQuery,
         rows.append(
             TopEntry(
                 rank=rank,
-                value=_finite(entry.value),
+                value=finite_or_none(entry.value),
                 image=ScanImageRef(
                     index=entry.image, id=image_id, sample=samples, url=f"{base}/images/{entry.image}.png"
                 ),
