@@ -12,7 +12,6 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from convscope.errors import ConvscopeError
 
@@ -23,24 +22,10 @@ class CliError(ConvscopeError):
     """A bad command-line value found after parsing."""
 
 
-def model_options(args: argparse.Namespace) -> dict[str, Any]:
-    """`load_model` keywords from the model flags: input size and preprocessing overrides."""
-    from convscope.models.preprocessing import parse_floats
-
-    mean, std = getattr(args, "mean", None), getattr(args, "std", None)
-    return {
-        "input_size": getattr(args, "input_size", None) or getattr(args, "size", None),
-        "preprocessing": {
-            "mean": parse_floats(mean, "--mean") if mean else None,
-            "std": parse_floats(std, "--std") if std else None,
-            "crop_pct": getattr(args, "crop_pct", None),
-        },
-    }
-
-
 def _load_engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from convscope.engine import Engine
     from convscope.models import load_model
+    from convscope.models.preprocessing import model_options
 
     model = load_model(args.model, weights=args.weights, **model_options(args))
     return Engine(model, device_name=getattr(args, "device", "auto"))

@@ -26,9 +26,9 @@ class OutputError(ConvscopeError):
 
 
 def _engine(args: argparse.Namespace) -> Engine:
-    from convscope.cli import model_options
     from convscope.engine import Engine
     from convscope.models import load_model
+    from convscope.models.preprocessing import model_options
 
     return Engine(load_model(args.model, weights=args.weights, **model_options(args)), device_name=args.device)
 

@@ -69,6 +69,19 @@ def model_cfg(*owners: object) -> dict[str, Any]:
     return {}
 
 
+def model_options(args: Any) -> dict[str, Any]:
+    """`load_model` keywords from the CLI's model flags (`--size`/`--input-size`, `--mean`, `--std`, `--crop-pct`)."""
+    mean, std = getattr(args, "mean", None), getattr(args, "std", None)
+    return {
+        "input_size": getattr(args, "input_size", None) or getattr(args, "size", None),
+        "preprocessing": {
+            "mean": parse_floats(mean, "--mean") if mean else None,
+            "std": parse_floats(std, "--std") if std else None,
+            "crop_pct": getattr(args, "crop_pct", None),
+        },
+    }
+
+
 def parse_floats(text: str, what: str) -> tuple[float, ...]:
     """`0.5,0.5,0.5` (commas or spaces) -> a tuple of floats, for CLI flags."""
     try:

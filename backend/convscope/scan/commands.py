@@ -11,9 +11,9 @@ from convscope.tasks import ConsoleTask
 
 
 def scan_main(args: argparse.Namespace) -> int:
-    from convscope.cli import model_options
     from convscope.engine import Engine
     from convscope.models import load_model
+    from convscope.models.preprocessing import model_options
     from convscope.scan.distributed import make_context
     from convscope.scan.scanner import folder_source, run_scan
 

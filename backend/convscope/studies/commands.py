@@ -152,8 +152,8 @@ def ablate_main(args: argparse.Namespace) -> int:
 
 
 def probe_main(args: argparse.Namespace) -> int:
-    from convscope.cli import model_options
     from convscope.engine import Engine
+    from convscope.models.preprocessing import model_options
     from convscope.studies.data import load_dataset, stratified_subset
     from convscope.studies.probe import CLASSIFIERS, load_probe_model, probe
     from convscope.studies.store import write_json, write_text
