@@ -1,4 +1,4 @@
-"""The `convscope` command line (DESIGN §5).
+"""The `convscope` command line (docs/architecture.md).
 
 Problems that are the user's (unknown model or layer, channel out of range,
 unreadable image, missing weights) exit with status 2 and one line naming the

@@ -1,6 +1,6 @@
 """Image decoding with limits, and the model-input preprocessing contract.
 
-DESIGN §2: the model sees exactly the image the user sees: shorter side resized
+docs/architecture.md "Preprocessing": the model sees exactly the image the user sees: shorter side resized
 to S, centre crop S×S, normalised with the model's mean/std.
 """
 

@@ -1,4 +1,4 @@
-// Long server work as jobs (DESIGN §6): POST starts one, GET /api/jobs/{id} polls it,
+// Long server work as jobs (docs/api.md): POST starts one, GET /api/jobs/{id} polls it,
 // DELETE cancels it. One place for the polling loop the analysis views share.
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));

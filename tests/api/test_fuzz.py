@@ -2,7 +2,7 @@
 
 Schemathesis drives the real app (default model, real weights) in process; the
 OpenAPI examples (model name, sample id, layer) let it reach the model code,
-not only the 404 paths. The DESIGN §6 endpoints' responses must also match their documentation;
+not only the 404 paths. The contract endpoints' (docs/api.md) responses must also match their documentation;
 every other endpoint (scans, analyses) must at least never answer 5xx.
 """
 
@@ -92,6 +92,6 @@ def _started() -> Iterator[None]:
 def test_no_server_errors(case: Any) -> None:
     response = case.call(timeout=120)  # a job started by an earlier case may hold the model for a while
     checks = [not_a_server_error]
-    if case.operation.path in CONTRACT_PATHS:  # DESIGN §6 and jobs: responses must match their documentation
+    if case.operation.path in CONTRACT_PATHS:  # docs/api.md and jobs: responses must match their documentation
         checks += [status_code_conformance, content_type_conformance, response_schema_conformance]
     case.validate_response(response, checks=checks)

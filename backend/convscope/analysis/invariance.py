@@ -6,7 +6,7 @@ by default the first convolution, and the penultimate layer), the Euclidean
 distance to the untransformed image's vector; and the softmax probability of a
 target class, by default the untransformed image's top-1.
 
-Transformed copies keep the S×S frame of DESIGN §2 and are cut from the original
+Transformed copies keep the S×S frame of docs/architecture.md "Preprocessing" and are cut from the original
 photo, not from the S×S crop, so a vertical shift of a portrait photo shows more
 of the photo rather than an empty border: the original is resized (antialiased)
 so that its shorter side is S·scale, then rotated about the crop centre and

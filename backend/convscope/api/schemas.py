@@ -105,7 +105,7 @@ class OcclusionReference(BaseModel):
 
 
 class OcclusionResponse(BaseModel):
-    """DESIGN §4/§6: one value per occluder position, rows × cols."""
+    """Occlusion (docs/architecture.md): one value per occluder position, rows × cols."""
 
     model_config = ConfigDict(extra="allow")
 

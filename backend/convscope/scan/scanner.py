@@ -173,7 +173,7 @@ class _Item:
 
 
 class _Images(Dataset[_Item]):
-    """Reads, hashes, decodes, resizes and crops one image (DESIGN §2); never raises for a bad file.
+    """Reads, hashes, decodes, resizes and crops one image (docs/architecture.md "Preprocessing"); never raises for a bad file.
 
     Items stay uint8 (a quarter of the bytes between reader processes and to the device);
     `model_input` normalises whole batches on the model's device."""

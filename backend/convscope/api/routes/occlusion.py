@@ -30,7 +30,7 @@ def _positions(engine: Engine, request: OcclusionRequest) -> int:
 @router.post(
     "/models/{model}/images/{image_id}/occlusion",
     response_model=OcclusionResponse,
-    summary="occlusion sensitivity (paper Fig. 7, DESIGN §4); many positions -> 202 and a job to poll",
+    summary="occlusion sensitivity (paper Fig. 7; definition: docs/architecture.md, Occlusion); many positions -> 202 and a job to poll",
     responses={
         202: {"model": JobResponse, "description": "started as a job: poll its `url` (also in Location)"},
         **errors(400, 404, 422, 429, 503),
