@@ -6,6 +6,7 @@ import argparse
 import contextlib
 from pathlib import Path
 
+from convscope.arguments import pick
 from convscope.errors import ConvscopeError
 from convscope.tasks import ConsoleTask
 
@@ -24,19 +25,9 @@ def scan_main(args: argparse.Namespace) -> int:
         source = folder_source(args.images)
         console = ConsoleTask("scan", unit="img", show=True if args.progress else None)
         with console if context.is_main else contextlib.nullcontext(None) as task:
+            flags = pick(args, "layers", "top", "batch_size", "workers", "resume", "weights")
             result = run_scan(
-                engine,
-                source,
-                args.out,
-                layers=args.layers,
-                top=args.top,
-                batch_size=args.batch_size,
-                workers=args.workers,
-                resume=args.resume,
-                weights=args.weights,
-                context=context,
-                task=task,
-                checkpoint_images=args.checkpoint_every,
+                engine, source, args.out, context=context, task=task, checkpoint_images=args.checkpoint_every, **flags
             )
     finally:
         context.close()
