@@ -7,6 +7,7 @@ import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from fastapi.testclient import TestClient
@@ -36,6 +37,17 @@ def decode(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.load()
     return image
+
+
+def poll_job(client: TestClient, url: str, timeout: float = 120.0, every: float = 0.05) -> dict[str, Any]:
+    """Poll a job's URL until it has finished (succeeded, failed or cancelled); its last state."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = client.get(url).json()
+        if job["state"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(every)
+    raise AssertionError(f"job {url} did not finish in {timeout} s")
 
 
 def wait_ready(client: TestClient, timeout: float = 180.0) -> None:

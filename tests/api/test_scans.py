@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from api.helpers import tiny_loader, tiny_settings, wait_ready
+from api.helpers import poll_job, tiny_loader, tiny_settings, wait_ready
 from convscope.api import create_app
 from convscope.engine import Engine
 from convscope.scan import ScanStore, folder_source, run_scan, samples_source
@@ -24,14 +23,7 @@ MODEL = "tiny"
 BASE = f"/api/models/{MODEL}/scans"
 
 
-def poll(client: TestClient, url: str, timeout: float = 120.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(url).json()
-        if job["state"] in ("succeeded", "failed", "cancelled"):
-            return job  # type: ignore[no-any-return]
-        time.sleep(0.05)
-    raise AssertionError(f"job {url} did not finish")
+poll = poll_job
 
 
 def image_of(data: bytes) -> Image.Image:
