@@ -336,7 +336,12 @@ def _add_analysis_parsers(sub: argparse._SubParsersAction) -> None:  # type: ign
     cor = sub.add_parser("correspond", help="correspondence Δ of occluded parts against random boxes (Table 1)")
     _add_model(cor, required=False)
     add_image_arguments(cor, "image files or sample ids, in the order of the parts file's lists")
-    cor.add_argument("--parts", required=True, help="parts JSON ({'images': [...], 'parts': {name: boxes}}) or demo")
+    cor.add_argument(
+        "--parts",
+        required=True,
+        help="parts JSON ({'images': [...], 'parts': {name: boxes}}), demo (the sample photos with faces) "
+        "or faces (16 aligned LFW faces, images lfw:0 … lfw:15)",
+    )
     cor.add_argument("--layers", nargs="+", default=None, help="features (default: last conv layer, penultimate)")
     cor.add_argument("--draws", type=_positive_int, default=5, help="random-box draws")
     cor.add_argument("--seed", type=int, default=0)

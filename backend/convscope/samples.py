@@ -64,6 +64,30 @@ def get_sample(sample_id: str) -> Sample:
     raise NotFoundError(f"unknown sample image {sample_id!r}")
 
 
+FACE_PREFIX = "lfw:"
+FACE_COUNT = 100  # lfw_subset: 100 faces, then 100 non-faces
+
+
+def is_face_id(text: str) -> bool:
+    return text.startswith(FACE_PREFIX)
+
+
+@lru_cache(maxsize=128)
+def load_face(image_id: str) -> Image.Image:
+    """`lfw:N`: face N (0-99) of scikit-image's aligned 25×25 `lfw_subset`, as an RGB image.
+
+    Not listed among the samples (they are tiny and would crowd the dashboard); the
+    correspondence study's `--parts faces` annotation uses them."""
+    index_text = image_id[len(FACE_PREFIX) :]
+    if not index_text.isdigit() or not 0 <= int(index_text) < FACE_COUNT:
+        raise NotFoundError(f"unknown face {image_id!r}: use lfw:0 … lfw:{FACE_COUNT - 1}")
+    import numpy as np
+    from skimage.data import lfw_subset
+
+    pixels = (lfw_subset()[int(index_text)] * 255).round().astype(np.uint8)
+    return Image.fromarray(pixels).convert("RGB")
+
+
 @lru_cache(maxsize=32)
 def load_sample(sample_id: str) -> Image.Image:
     """The sample photo as an RGB image (cached; treat as read-only)."""

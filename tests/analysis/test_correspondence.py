@@ -17,8 +17,10 @@ from convscope.analysis.correspondence import (
     format_table,
     hamming_matrix,
     load_annotation,
+    nonzero_sign_delta,
     occluded,
     parse_parts,
+    random_box_p_value,
     random_boxes,
     sign_hamming_delta,
 )
@@ -188,3 +190,69 @@ def test_parts_outside_the_image_are_refused_before_any_pass(engine: Engine) -> 
     assert passes == []
     with pytest.raises(InvalidRequestError, match="draws"):
         correspondence(engine, images, {"eye": [(0, 0, 8, 8)] * 2}, draws=0)
+
+
+# ---- statistics ------------------------------------------------------------------------------------------------
+def test_nonzero_delta_ignores_components_that_did_not_move_in_both() -> None:
+    eps = np.array(
+        [
+            [1.0, 0.0, -2.0, 0.0],  # + 0 - 0
+            [3.0, 0.0, -1.0, 5.0],  # + 0 - +
+            [-1.0, 2.0, 0.0, 0.0],  # - + 0 0
+        ]
+    )
+    # plain: H(0,1) 1/4, H(0,2) 3/4, H(1,2) 4/4; non-zero in both: (0,1) {0,2} -> 0, (0,2) {0} -> 1, (1,2) {0} -> 1
+    assert sign_hamming_delta(eps) == pytest.approx((0.25 + 0.75 + 1.0) / 3)
+    assert nonzero_sign_delta(eps) == pytest.approx((0.0 + 1.0 + 1.0) / 3)
+    assert np.isnan(nonzero_sign_delta(np.array([[1.0, 0.0], [0.0, 1.0]])))
+
+
+def test_random_box_p_value_follows_the_plus_one_rule() -> None:
+    assert random_box_p_value(0.5, [0.6, 0.7, 0.8]) == pytest.approx(1 / 4)  # lower than every draw
+    assert random_box_p_value(0.65, [0.6, 0.7, 0.8]) == pytest.approx(2 / 4)
+    assert random_box_p_value(0.9, [0.6, 0.7, 0.8]) == 1.0
+    assert random_box_p_value(0.6, [0.6, float("nan")]) == 1.0  # ties count against the part; NaN draws dropped
+    assert np.isnan(random_box_p_value(float("nan"), [0.5]))
+
+
+def test_p_values_are_in_range_and_deterministic_for_a_seed(engine: Engine) -> None:
+    images = [(f"n{i}", engine.prepare(noise(20 + i))) for i in range(3)]
+    parts = {"corner": [(0, 0, 12, 12)] * 3, "same": [(30, 30, 10, 10)] * 3}
+    runs = [correspondence(engine, images, parts, layers=["features.relu2"], draws=9, seed=5) for _ in range(2)]
+    bodies = [correspondence_response(run) for run in runs]
+    for part in bodies[0]["parts"]:
+        p = part["p_value"]["features.relu2"]
+        assert 1 / 10 <= p <= 1.0
+        assert part["p_value_nonzero"]["features.relu2"] is None or 0 < part["p_value_nonzero"]["features.relu2"] <= 1
+    assert [p["p_value"] for p in bodies[0]["parts"]] == [p["p_value"] for p in bodies[1]["parts"]]
+    assert [p["delta_nonzero"] for p in bodies[0]["parts"]] == [p["delta_nonzero"] for p in bodies[1]["parts"]]
+    assert bodies[0]["n"] == {"images": 3, "pairs": 3, "draws": 9}
+    assert "p " in format_table(bodies[0]) and "3 pairs" in format_table(bodies[0])
+    other = correspondence_response(correspondence(engine, images, parts, layers=["features.relu2"], draws=9, seed=6))
+    assert other["random"]["boxes"] != bodies[0]["random"]["boxes"]
+
+
+def test_faces_annotation_loads_aligned_lfw_faces() -> None:
+    from convscope.analysis.commands import source_image
+
+    annotation = load_annotation("faces")
+    names, parts = parse_parts(annotation, None, 224)
+    assert names == [f"lfw:{i}" for i in range(16)] and set(parts) == {"left_eye", "right_eye", "nose"}
+    assert parts["left_eye"][0] == (45, 81, 54, 27)  # [5, 9, 6, 3] in the 25×25 frame, ×8.96
+    image = source_image("lfw:3")
+    assert image.size == (25, 25) and image.mode == "RGB"
+    with pytest.raises(NotFoundError, match="lfw:0"):
+        source_image("lfw:100")
+
+
+def test_random_nonzero_summary_is_json_even_when_nothing_moved(engine: Engine) -> None:
+    import json
+
+    images = [(f"n{i}", engine.prepare(noise(30 + i))) for i in range(2)]
+    result = correspondence(engine, images, {"p": [(0, 0, 8, 8)] * 2}, layers=["features.relu2"], draws=3, seed=0)
+    body = correspondence_response(result)
+    summary = body["random"]["delta_nonzero"]["features.relu2"]
+    assert summary["values"] == [] or len(summary["values"]) == 3
+    json.dumps(body, allow_nan=False)
+    result.random_delta_nonzero = [{"p": {"features.relu2": float("nan")}} for _ in range(3)]
+    assert result.random_summary("features.relu2", nonzero=True)["mean"] is None

@@ -188,3 +188,19 @@ def test_penultimate_feature_of_a_net_without_linear_is_its_last_map() -> None:
     engine = engine_for(net, size=32)
     result = invariance(engine, [("a", noise_image(7))], "rotation", values=[0, 90])
     assert result.high_layer == "1"
+
+
+def test_summary_gives_n_and_the_spread_across_images(circular: Engine) -> None:
+    images = [("a", noise_image(4)), ("b", noise_image(5)), ("c", noise_image(6))]
+    body = invariance_response(invariance(circular, images, "rotation", steps=4, batch_size=4))
+    summary = body["summary"]
+    assert summary["n"] == 3
+    for step in range(4):
+        column = [image["probability"][step] for image in body["images"]]
+        assert summary["probability"]["mean"][step] == pytest.approx(np.mean(column))
+        assert summary["probability"]["std"][step] == pytest.approx(np.std(column, ddof=1))
+        assert summary["probability"]["min"][step] == min(column)
+        highs = [image["relative_distance"]["high"][step] for image in body["images"]]
+        assert summary["relative_distance"]["high"]["max"][step] == pytest.approx(max(highs))
+    one = invariance_response(invariance(circular, images[:1], "rotation", steps=2))
+    assert one["summary"]["n"] == 1 and one["summary"]["probability"]["std"] == [None, None]

@@ -37,8 +37,10 @@ def _engine(args: argparse.Namespace) -> Engine:
 def source_image(text: str, base: Path | None = None) -> Image.Image:
     """An image file (relative to `base` when given and it exists there) or a bundled sample id."""
     from convscope.images import load_image_file
-    from convscope.samples import list_samples, load_sample
+    from convscope.samples import is_face_id, list_samples, load_face, load_sample
 
+    if is_face_id(text):
+        return load_face(text)
     for candidate in (Path(text), *((base / text,) if base is not None else ())):
         if candidate.is_file():
             return load_image_file(candidate)
@@ -93,12 +95,15 @@ def invariance_main(args: argparse.Namespace) -> int:
             f"probability {min(curve.probability):.3f}…{max(curve.probability):.3f}",
             file=stream,
         )
+    if len(result.curves) > 1:
+        print(f"  n = {len(result.curves)} images; the JSON's summary has the mean ± std per step", file=stream)
     return 0
 
 
 # ---- correspondence ------------------------------------------------------------------------------------
 def correspond_main(args: argparse.Namespace) -> int:
     from convscope.analysis.correspondence import (
+        BUNDLED_ANNOTATIONS,
         correspondence,
         correspondence_response,
         format_table,
@@ -108,7 +113,7 @@ def correspond_main(args: argparse.Namespace) -> int:
 
     engine = _engine(args)
     annotation = load_annotation(args.parts)
-    base = None if args.parts == "demo" else Path(args.parts).parent
+    base = None if args.parts in BUNDLED_ANNOTATIONS else Path(args.parts).parent
     names = args.images or None
     if names is not None and isinstance(annotation.get("parts"), dict):
         # an {image: box} annotation may be keyed by the file's stem: map each argument to its key

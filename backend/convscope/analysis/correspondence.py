@@ -23,7 +23,7 @@ import json
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
 Box = tuple[int, int, int, int]  # x, y, width, height
 DEMO_ANNOTATION = Path(__file__).parent / "data" / "faces.json"
+FACES_ANNOTATION = Path(__file__).parent / "data" / "lfw_faces.json"
+BUNDLED_ANNOTATIONS = {"demo": DEMO_ANNOTATION, "faces": FACES_ANNOTATION}
 MAX_IMAGES = 16
 MAX_PARTS = 16
 MAX_DRAWS = 100
@@ -70,6 +72,39 @@ def sign_hamming_delta(eps: np.ndarray | torch.Tensor) -> float:
         raise InvalidRequestError("Δ needs at least two images (one pair)")
     matrix = hamming_matrix(eps)
     return float(matrix.sum() / (count * (count - 1)))
+
+
+def nonzero_sign_delta(eps: np.ndarray | torch.Tensor) -> float:
+    """Δ over the components that changed in both images of a pair (ε_i ≠ 0 and ε_j ≠ 0).
+
+    Plain Δ counts a component that moved in one image and not at all in the other (common
+    in rectified or pooled layers, where ε is exactly zero wherever a unit stays off) as a
+    sign difference; this variant asks only whether the components that did move moved the
+    same way. NaN when no pair shares a changed component."""
+    array = eps.detach().cpu().numpy() if isinstance(eps, torch.Tensor) else np.asarray(eps)
+    signs = np.sign(array.reshape(len(array), -1))
+    if len(signs) < 2:
+        raise InvalidRequestError("Δ needs at least two images (one pair)")
+    values = []
+    for i, j in combinations(range(len(signs)), 2):
+        both = (signs[i] != 0) & (signs[j] != 0)
+        if both.any():
+            values.append(float(np.mean(signs[i][both] != signs[j][both])))
+    return float(np.mean(values)) if values else float("nan")
+
+
+def random_box_p_value(observed: float, random_values: Sequence[float]) -> float:
+    """One-sided Monte Carlo p-value that a part's Δ is this low by chance.
+
+    The null hypothesis: occluding the part is no different from occluding a random box of
+    the same sizes. With D random draws, p = (1 + #{draws with Δ ≤ observed}) / (1 + D)
+    (Davison & Hinkley's +1 rule, so p is never 0 and is exact for exchangeable draws). The
+    smallest p D draws can give is 1 / (1 + D): 99 draws resolve p down to 0.01."""
+    finite = [v for v in random_values if math.isfinite(v)]
+    if not math.isfinite(observed) or not finite:
+        return float("nan")
+    below = sum(1 for v in finite if v <= observed)
+    return (1 + below) / (1 + len(finite))
 
 
 # ---- boxes --------------------------------------------------------------------------------------
@@ -128,10 +163,11 @@ def occluded(tensor: torch.Tensor, box: Box) -> torch.Tensor:
 
 # ---- annotations ------------------------------------------------------------------------------------
 def load_annotation(source: str | Path | Mapping[str, Any]) -> dict[str, Any]:
-    """A parts annotation from a JSON file, the word `demo`, or an already-parsed mapping."""
+    """A parts annotation from a JSON file, a bundled one (`demo`: the sample photos with faces;
+    `faces`: 16 aligned LFW faces), or an already-parsed mapping."""
     if isinstance(source, Mapping):
         return dict(source)
-    path = DEMO_ANNOTATION if str(source) == "demo" else Path(source)
+    path = BUNDLED_ANNOTATIONS.get(str(source), Path(source))
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -225,15 +261,30 @@ class CorrespondenceResult:
     seed: int
     forward_passes: int = 0
     seconds: float = 0.0
+    part_delta_nonzero: dict[str, dict[str, float]] = field(default_factory=dict)  # part -> layer -> Δ≠0
+    random_delta_nonzero: list[dict[str, dict[str, float]]] = field(default_factory=list)
 
-    def random_summary(self, layer: str, part: str | None = None) -> dict[str, Any]:
-        """Mean, spread (std over draws), min and max of the random Δ; per draw, the mean over parts
-        (or one part's same-size boxes)."""
+    @property
+    def pairs(self) -> int:
+        return len(self.images) * (len(self.images) - 1) // 2
+
+    def p_value(self, part: str, layer: str, nonzero: bool = False) -> float:
+        """How often random boxes of this part's sizes gave a Δ as low as the part's (see random_box_p_value)."""
+        observed = (self.part_delta_nonzero if nonzero else self.part_delta)[part][layer]
+        draws = self.random_delta_nonzero if nonzero else self.random_delta
+        return random_box_p_value(observed, [draw[part][layer] for draw in draws])
+
+    def random_summary(self, layer: str, part: str | None = None, nonzero: bool = False) -> dict[str, Any]:
+        """Mean, spread (std over draws), min and max of the random Δ (or Δ≠0); per draw, the mean
+        over parts (or one part's same-size boxes)."""
+        draws = self.random_delta_nonzero if nonzero else self.random_delta
         if part is None:
-            values = [float(np.mean([draw[p][layer] for p in self.parts])) for draw in self.random_delta]
+            values = [_finite_mean([draw[p][layer] for p in self.parts]) for draw in draws]
         else:
-            values = [draw[part][layer] for draw in self.random_delta]
-        array = np.asarray(values, dtype=np.float64)
+            values = [draw[part][layer] for draw in draws]
+        array = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
+        if not len(array):  # Δ≠0 where no pair shared a changed component
+            return {"mean": None, "std": None, "min": None, "max": None, "values": []}
         return {
             "mean": float(array.mean()),
             "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0,
@@ -325,6 +376,17 @@ def correspondence(
         }
         for draw in range(draws)
     ]
+    part_delta_nonzero = {
+        part: {name: nonzero_sign_delta(torch.stack(eps[name][(part, None)])) for name in layer_names}
+        for part in checked
+    }
+    random_delta_nonzero = [
+        {
+            part: {name: nonzero_sign_delta(torch.stack(eps[name][(part, draw)])) for name in layer_names}
+            for part in checked
+        }
+        for draw in range(draws)
+    ]
     return CorrespondenceResult(
         images=names,
         layers=layer_names,
@@ -337,6 +399,8 @@ def correspondence(
         seed=seed,
         forward_passes=total,
         seconds=time.perf_counter() - began,
+        part_delta_nonzero=part_delta_nonzero,
+        random_delta_nonzero=random_delta_nonzero,
     )
 
 
@@ -346,7 +410,10 @@ def correspondence_response(result: CorrespondenceResult) -> dict[str, Any]:
     table = [
         {
             "occlusion": part,
-            "delta": {layer: {"mean": result.part_delta[part][layer], "std": None} for layer in result.layers},
+            "delta": {
+                layer: {"mean": result.part_delta[part][layer], "std": None, "p_value": result.p_value(part, layer)}
+                for layer in result.layers
+            },
         }
         for part in result.parts
     ]
@@ -354,7 +421,8 @@ def correspondence_response(result: CorrespondenceResult) -> dict[str, Any]:
         {
             "occlusion": RANDOM,
             "delta": {
-                layer: {"mean": random_all[layer]["mean"], "std": random_all[layer]["std"]} for layer in result.layers
+                layer: {"mean": random_all[layer]["mean"], "std": random_all[layer]["std"], "p_value": None}
+                for layer in result.layers
             },
         }
     )
@@ -368,6 +436,13 @@ def correspondence_response(result: CorrespondenceResult) -> dict[str, Any]:
                 "boxes": [list(box) for box in boxes],
                 "delta": result.part_delta[part],
                 "random_same_size": {layer: result.random_summary(layer, part) for layer in result.layers},
+                "p_value": {layer: _json_float(result.p_value(part, layer)) for layer in result.layers},
+                "delta_nonzero": {
+                    layer: _json_float(result.part_delta_nonzero[part][layer]) for layer in result.layers
+                },
+                "p_value_nonzero": {
+                    layer: _json_float(result.p_value(part, layer, nonzero=True)) for layer in result.layers
+                },
             }
             for part, boxes in result.parts.items()
         ],
@@ -375,12 +450,24 @@ def correspondence_response(result: CorrespondenceResult) -> dict[str, Any]:
             "draws": result.draws,
             "seed": result.seed,
             "delta": random_all,
+            "delta_nonzero": {layer: result.random_summary(layer, nonzero=True) for layer in result.layers},
             "boxes": [{part: [list(b) for b in boxes] for part, boxes in draw.items()} for draw in result.random_boxes],
         },
         "table": table,
+        "n": {"images": len(result.images), "pairs": result.pairs, "draws": result.draws},
         "forward_passes": result.forward_passes,
         "seconds": round(result.seconds, 3),
     }
+
+
+def _finite_mean(values: Sequence[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def _json_float(value: float) -> float | None:
+    """NaN and infinities are not JSON: None instead."""
+    return value if math.isfinite(value) else None
 
 
 def format_table(response: Mapping[str, Any]) -> str:
@@ -388,12 +475,20 @@ def format_table(response: Mapping[str, Any]) -> str:
     layers = response["layers"]
     width = max(len("occlusion"), *(len(row["occlusion"]) for row in response["table"]))
     header = f"{'occlusion':{width}s}  " + "  ".join(f"{'Δ ' + layer:>24s}" for layer in layers)
+    count = response.get("n", {})
     lines = [header, "-" * len(header)]
     for row in response["table"]:
         cells = []
         for layer in layers:
             cell = row["delta"][layer]
             text = f"{cell['mean']:.4f}" + (f" ± {cell['std']:.4f}" if cell["std"] is not None else "")
+            if cell.get("p_value") is not None:
+                text += f" (p {cell['p_value']:.2f})"
             cells.append(f"{text:>24s}")
         lines.append(f"{row['occlusion']:{width}s}  " + "  ".join(cells))
+    if count:
+        lines.append(
+            f"n = {count['images']} images ({count['pairs']} pairs), {count['draws']} random draws; "
+            "p: share of random same-size boxes with a Δ as low as the part's (one-sided, +1 rule)"
+        )
     return "\n".join(lines)

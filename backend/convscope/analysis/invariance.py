@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -284,8 +284,32 @@ def invariance(
     )
 
 
+def _spread(rows: Sequence[Sequence[float | None]]) -> dict[str, list[float | None]]:
+    """Per step over images: mean, std (ddof 1; None for one image), min and max, skipping Nones."""
+    columns = [[v for v in column if v is not None] for column in zip(*rows, strict=True)]
+    return {
+        "mean": [float(np.mean(c)) if c else None for c in columns],
+        "std": [float(np.std(c, ddof=1)) if len(c) > 1 else None for c in columns],
+        "min": [float(min(c)) if c else None for c in columns],
+        "max": [float(max(c)) if c else None for c in columns],
+    }
+
+
+def invariance_summary(images: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The curves' spread across images at every step (each image's probability is of its own
+    untransformed top-1), with n: what a claim about "the" curve rests on."""
+    return {
+        "n": len(images),
+        "relative_distance": {
+            key: _spread([image["relative_distance"][key] for image in images]) for key in ("low", "high")
+        },
+        "probability": _spread([image["probability"] for image in images]),
+    }
+
+
 def invariance_response(result: InvarianceResult) -> dict[str, Any]:
     """The JSON of the CLI's `--json` and of the API's job result."""
+    images = [curve.to_dict(result.labels) for curve in result.curves]
     return {
         "transform": result.transform,
         "unit": UNITS[result.transform],
@@ -293,7 +317,8 @@ def invariance_response(result: InvarianceResult) -> dict[str, Any]:
         "edge": result.edge,
         "input_size": result.input_size,
         "layers": {"low": result.low_layer, "high": result.high_layer},
-        "images": [curve.to_dict(result.labels) for curve in result.curves],
+        "images": images,
+        "summary": invariance_summary(images),
         "forward_passes": result.forward_passes,
         "seconds": round(result.seconds, 3),
     }
