@@ -12,6 +12,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from convscope.errors import ConvscopeError
 
@@ -37,10 +38,19 @@ def _load_image(args: argparse.Namespace, engine):  # type: ignore[no-untyped-de
     return engine.prepare(load_image_file(args.image))
 
 
+def _json(model: Any) -> Any:
+    """The JSON value of an API schema object (or a list of them): the API's own serialisation."""
+    from pydantic import RootModel
+
+    return RootModel[Any](model).model_dump(mode="json")
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
+    from convscope.api.schemas import PredictionResponse
+
     engine = _load_engine(args)
     predictions = engine.predict(_load_image(args, engine), top=args.top)
-    rows = [{"index": p.index, "label": p.label, "probability": p.probability} for p in predictions]
+    rows = _json([PredictionResponse.from_prediction(p) for p in predictions])
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -50,8 +60,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
+    from convscope.api.schemas import LayerResponse
+
     engine = _load_engine(args)
-    rows = [info.to_dict() for info in engine.layers()]
+    rows = _json([LayerResponse.from_info(info) for info in engine.layers()])
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -101,6 +113,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_occlude(args: argparse.Namespace) -> int:
+    from convscope.api.schemas import OcclusionResponse
     from convscope.engine.occlusion import occlude, occlusion_grid, occlusion_response
     from convscope.tasks import ConsoleTask
 
@@ -118,7 +131,7 @@ def cmd_occlude(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             progress=task.report,
         )
-    text = json.dumps(occlusion_response(result))
+    text = json.dumps(_json(OcclusionResponse.model_validate(occlusion_response(result))))
     if args.json_out == "-":
         print(text)
         summary = sys.stderr

@@ -35,23 +35,7 @@ class LayerInfo:
     channels: int
     height: int
     width: int
-    receptive_field: ReceptiveField
-
-    def to_dict(self) -> dict[str, object]:
-        """The JSON shape of DESIGN §6 `GET .../layers` (plus the field's centre offset)."""
-        field_ = self.receptive_field
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "channels": self.channels,
-            "height": self.height,
-            "width": self.width,
-            "receptive_field": {
-                "size": round(field_.size, 3),
-                "stride": round(field_.stride, 3),
-                "offset": round(field_.offset, 3),
-            },
-        }
+    receptive_field: ReceptiveField  # its JSON: convscope.api.schemas.LayerResponse
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from convscope.engine import Engine, Seed
+from convscope.engine import Engine, LayerInfo, Seed
 from convscope.engine.render import contrast_normalise, png_bytes
 from convscope.errors import ConvscopeError, InvalidRequestError, NotFoundError
 from convscope.fileio import atomic_write_bytes
 from convscope.images import decode_image, prepare_image, resize_and_crop
-from convscope.scan.store import LayerSpec, Manifest, ScanStore, ScanStoreError
+from convscope.scan.store import Manifest, ScanStore, ScanStoreError
 from convscope.scan.topk import Entry
 from convscope.scan.walk import sha256_bytes
 
@@ -43,16 +43,17 @@ KINDS: tuple[Kind, ...] = ("crop", "projection")
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
-def crop_box(spec: LayerSpec, y: int, x: int, size: int) -> tuple[int, int, int, int]:
+def crop_box(info: LayerInfo, y: int, x: int, size: int) -> tuple[int, int, int, int]:
     """(top, left, bottom, right), half-open, of unit (y, x)'s receptive field in the S×S input.
 
     The engine's box, unclipped; a field wider than the image keeps its centre and is
     limited to S×S."""
-    top, left, bottom, right = spec.box(y, x, size)
+    field_ = info.receptive_field
+    top, left, bottom, right = field_.box(y, x, size)
     side = bottom - top
     if side <= size:
         return top, left, bottom, right
-    centre_y, centre_x = spec.rf_offset + y * spec.rf_stride, spec.rf_offset + x * spec.rf_stride
+    centre_y, centre_x = field_.offset + y * field_.stride, field_.offset + x * field_.stride
     top, left = round(centre_y - size / 2.0 + 0.5), round(centre_x - size / 2.0 + 0.5)
     return top, left, top + size, left + size
 

@@ -34,7 +34,6 @@ from convscope.scan.distributed import LocalContext
 from convscope.scan.store import (
     ImageRecord,
     ImageSource,
-    LayerSpec,
     Manifest,
     Progress,
     ScanConfig,
@@ -112,21 +111,6 @@ def resolve_layers(engine: Engine, layers: str | Sequence[str] | None) -> list[L
     return [engine.layer(resolve_name(name, known, model=engine.name)) for name in names]  # 404 for an unknown one
 
 
-def layer_spec(info: LayerInfo) -> LayerSpec:
-    field_ = info.receptive_field
-    return LayerSpec(
-        info.name,
-        info.kind,
-        info.channels,
-        info.height,
-        info.width,
-        float(field_.size),
-        float(field_.stride),
-        float(field_.offset),
-        bool(field_.global_),
-    )
-
-
 def model_fingerprint(module: torch.nn.Module) -> str:
     """A hash of every parameter and buffer (names, shapes, dtypes, bytes)."""
     digest = hashlib.sha256()
@@ -154,7 +138,7 @@ def scan_config(
         mean=tuple(float(v) for v in engine.model.mean),
         std=tuple(float(v) for v in engine.model.std),
         crop_pct=float(engine.model.crop_pct),
-        layers=tuple(layer_spec(info) for info in layers),
+        layers=tuple(layers),
         top=top,
         source_kind=source.kind,
         source_root=source.root,

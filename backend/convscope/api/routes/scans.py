@@ -27,10 +27,9 @@ from convscope.api.routes.jobs import job_response, job_url
 from convscope.api.schemas import (
     ErrorResponse,
     JobResponse,
-    ReceptiveFieldInfo,
+    LayerResponse,
     ScanImageRef,
     ScanInfo,
-    ScanLayerInfo,
     ScanProgress,
     ScanRequest,
     TopEntry,
@@ -165,19 +164,7 @@ def _scan_info(service: ScanService, engine: Engine, entry: ScanEntry) -> ScanIn
         label=label,
         images=config.image_count,
         top=config.top,
-        layers=[
-            ScanLayerInfo(
-                name=layer.name,
-                kind=layer.kind,
-                channels=layer.channels,
-                height=layer.height,
-                width=layer.width,
-                receptive_field=ReceptiveFieldInfo(
-                    size=round(layer.rf_size, 3), stride=round(layer.rf_stride, 3), offset=round(layer.rf_offset, 3)
-                ),
-            )
-            for layer in config.layers
-        ],
+        layers=[LayerResponse.from_info(layer) for layer in config.layers],
         progress=ScanProgress(
             images_done=progress.images_done,
             skipped=progress.skipped,

@@ -16,11 +16,11 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel, Field
 
 from convscope.api.caching import Rendered, etag_of, png_response
 from convscope.api.deps import StateDep
 from convscope.api.routes.common import errors, png
+from convscope.api.schemas import StudyList, StudySummary
 from convscope.api.state import AppState
 from convscope.errors import NotFoundError
 from convscope.studies.store import StudyFile, find_studies
@@ -33,21 +33,6 @@ StudyId = Annotated[
     str,
     Path(description="a study id from GET /api/studies", examples=["digits~ablation"], max_length=300),
 ]
-
-
-class StudySummary(BaseModel):
-    id: str = Field(description="path of the study's JSON below the studies folder, `~` for `/`, no `.json`")
-    kind: str = Field(description="training, evolution, ablation or probe")
-    title: str
-    modified: str = Field(description="when the study was written (ISO 8601, UTC)")
-    url: str = Field(description="the study document")
-    image_url: str | None = Field(default=None, description="its PNG (the evolution montage), if any")
-    table_url: str | None = Field(default=None, description="its Markdown table, if any")
-
-
-class StudyList(BaseModel):
-    studies_dir: str | None = Field(description="the folder searched (the studies_dir setting)")
-    studies: list[StudySummary]
 
 
 def _summary(study: StudyFile) -> StudySummary:
