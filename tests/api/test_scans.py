@@ -113,8 +113,22 @@ def test_crop_projection_and_image_pngs(client: TestClient, bundled: dict[str, A
         assert again.status_code == 304
     picture = client.get(entry["image"]["url"])
     assert picture.status_code == 200 and image_of(picture.content).size == (32, 32)
-    montage = client.get(f"{BASE}/samples/montage.png", params={"layer": "relu2", "channels": "0-2", "tile": 16})
+
+
+def test_the_montage_is_rendered_by_a_job(client: TestClient, bundled: dict[str, Any]) -> None:
+    params = {"layer": "relu2", "channels": "0-2", "tile": 16}
+    first = client.get(f"{BASE}/samples/montage.png", params=params)
+    assert first.status_code == 202, first.text  # not rendered yet: a job, never a long request
+    job = first.json()
+    assert first.headers["location"] == job["url"] and job["kind"] == "montage" and job["total"] == 3
+    again = client.get(f"{BASE}/samples/montage.png", params=params)
+    assert again.status_code == 200 or again.json()["id"] == job["id"]  # the same job, not a second one
+    done = poll(client, job["url"])
+    assert done["state"] == "succeeded" and done["done"] == 3, done
+    assert done["result"]["url"] == f"{BASE}/samples/montage.png?layer=relu2&channels=0-2&tile=16"
+    montage = client.get(done["result"]["url"])
     assert montage.status_code == 200 and image_of(montage.content).mode == "RGB"
+    assert client.get(done["result"]["url"], headers={"If-None-Match": montage.headers["etag"]}).status_code == 304
 
 
 def test_bad_scan_requests(client: TestClient, bundled: dict[str, Any]) -> None:

@@ -11,19 +11,19 @@ the bundled sample photos for its default model in the background (a job), unles
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Annotated, Any, Literal
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Body, FastAPI, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from convscope.api.caching import PUBLIC, Rendered, cache_key, etag_of, png_response
-from convscope.api.deps import EngineDep
+from convscope.api.deps import EngineDep, ScanServiceDep
 from convscope.api.jobs import Job
 from convscope.api.routes.activations import LayerQuery
 from convscope.api.routes.common import errors, png
 from convscope.api.routes.jobs import job_response, job_url
+from convscope.api.scans import ScanService, install, on_startup, scan_url
 from convscope.api.schemas import (
     ErrorResponse,
     JobResponse,
@@ -35,12 +35,11 @@ from convscope.api.schemas import (
     TopEntry,
     TopResponse,
 )
-from convscope.api.state import AppState
 from convscope.engine import Engine
 from convscope.engine.render import png_bytes
-from convscope.errors import ConvscopeError, InvalidRequestError
+from convscope.errors import InvalidRequestError
 from convscope.jsonvalues import finite_or_none
-from convscope.scan.library import SAMPLES_SCAN, ScanEntry, ScanLibrary
+from convscope.scan.library import SAMPLES_SCAN, ScanEntry
 from convscope.scan.render import ScanRenderer
 
 log = logging.getLogger("convscope.api.scans")
@@ -55,99 +54,6 @@ CONFLICT: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorResponse, "description": "the scan is unfinished, or was made with other weights"}
 }
 MONTAGE_MAX_CHANNELS = 64
-
-
-class ScanService:
-    """The app's scans: the library on disk and the jobs writing it."""
-
-    def __init__(self, state: AppState) -> None:
-        self.state = state
-        settings = state.settings
-        self.library = ScanLibrary(settings.scan_dir, settings.scan_roots)
-        self._jobs: dict[tuple[str, str], Job] = {}
-        self._lock = threading.Lock()
-
-    def job_for(self, model: str, scan_id: str) -> Job | None:
-        with self._lock:
-            job = self._jobs.get((model, scan_id))
-        return job if job is not None and not job.finished else None
-
-    def submit(self, model: str, scan_id: str, work: Any) -> Job:
-        """Start a scan job, or return the one already writing this scan."""
-        with self._lock:
-            job = self._jobs.get((model, scan_id))
-            if job is not None and not job.finished:
-                return job
-            job = self.state.jobs.submit("scan", work)
-            self._jobs[(model, scan_id)] = job
-            return job
-
-    def scan_job(self, model: str, scan_id: str, source_factory: Any, **options: Any) -> Any:
-        from convscope.scan.scanner import run_scan
-
-        library, pool, settings = self.library, self.state.pool, self.state.settings
-
-        def work(job: Job) -> dict[str, Any]:
-            while not pool.wait(0.5):
-                job.check_cancelled()
-            engine = pool.get(model)
-            source = source_factory()
-            job.report(0, len(source.paths))
-            result = run_scan(
-                engine,
-                source,
-                library.store(model, scan_id).directory,
-                batch_size=settings.scan_batch_size,
-                resume=True,
-                wait_lock=True,
-                task=job,
-                **options,
-            )
-            data = result.to_dict()
-            data.pop("directory", None)
-            return {"scan": scan_id, "model": model, "url": scan_url(model, scan_id), **data}
-
-        return work
-
-    def start_samples_scan(self) -> Job | None:
-        from convscope.scan.scanner import samples_source
-
-        model = self.state.settings.default_model
-        work = self.scan_job(
-            model,
-            SAMPLES_SCAN,
-            samples_source,
-            replace=True,
-            extra={"label": "the bundled sample photos"},
-        )
-        try:
-            return self.submit(model, SAMPLES_SCAN, work)
-        except ConvscopeError as exc:
-            log.warning("cannot start the sample scan: %s", exc)
-            return None
-
-
-def install(app: FastAPI, state: AppState) -> ScanService:
-    """Add the scan routes' service to the app (call from `create_app`)."""
-    service = ScanService(state)
-    app.state.scans = service
-    return service
-
-
-def on_startup(app: FastAPI) -> None:
-    """Start the background scan of the sample photos (call from the lifespan)."""
-    service: ScanService = app.state.scans
-    if service.state.settings.scan_on_startup:
-        service.start_samples_scan()
-
-
-def get_service(request: Request) -> ScanService:
-    service: ScanService = request.app.state.scans
-    return service
-
-
-def scan_url(model: str, scan_id: str) -> str:
-    return f"/api/models/{quote(model, safe='')}/scans/{quote(scan_id, safe='')}"
 
 
 def _scan_info(service: ScanService, engine: Engine, entry: ScanEntry) -> ScanInfo:
@@ -192,8 +98,7 @@ def _renderer(service: ScanService, engine: Engine, model: str, scan_id: str) ->
     summary="the model's top-k scans (the sample scan first), finished or running",
     responses=errors(404, 422, 503),
 )
-def list_scans(request: Request, engine: EngineDep) -> list[ScanInfo]:
-    service = get_service(request)
+def list_scans(service: ScanServiceDep, engine: EngineDep) -> list[ScanInfo]:
     return [_scan_info(service, engine, entry) for entry in service.library.list(engine.name)]
 
 
@@ -207,10 +112,9 @@ def list_scans(request: Request, engine: EngineDep) -> list[ScanInfo]:
         **errors(400, 404, 422, 429, 503),
     },
 )
-def start_scan(request: Request, engine: EngineDep, body: Annotated[ScanRequest, Body()]) -> JSONResponse:
+def start_scan(service: ScanServiceDep, engine: EngineDep, body: Annotated[ScanRequest, Body()]) -> JSONResponse:
     from convscope.scan.scanner import folder_source, resolve_layers, samples_source
 
-    service = get_service(request)
     layers: str | list[str] | None = body.layers
     if body.layers == ["all"]:
         layers = "all"
@@ -250,8 +154,7 @@ def start_scan(request: Request, engine: EngineDep, body: Annotated[ScanRequest,
     summary="one scan: what was scanned, its layers and progress",
     responses=errors(404, 422, 503),
 )
-def get_scan(request: Request, engine: EngineDep, scan_id: ScanId) -> ScanInfo:
-    service = get_service(request)
+def get_scan(service: ScanServiceDep, engine: EngineDep, scan_id: ScanId) -> ScanInfo:
     return _scan_info(service, engine, service.library.get(engine.name, scan_id))
 
 
@@ -261,8 +164,9 @@ def get_scan(request: Request, engine: EngineDep, scan_id: ScanId) -> ScanInfo:
     summary="the top-k of one channel: values, source images, and URLs of their crops and projections",
     responses={**errors(404, 422, 503), **CONFLICT},
 )
-def top(request: Request, engine: EngineDep, scan_id: ScanId, layer: LayerQuery, channel: ChannelQuery) -> TopResponse:
-    service = get_service(request)
+def top(
+    service: ScanServiceDep, engine: EngineDep, scan_id: ScanId, layer: LayerQuery, channel: ChannelQuery
+) -> TopResponse:
     renderer = _renderer(service, engine, engine.name, scan_id)
     entries = renderer.entries(layer, channel)
     base = scan_url(engine.name, scan_id)
@@ -300,6 +204,7 @@ def _png(request: Request, body: bytes) -> Response:
 )
 def top_image(
     request: Request,
+    service: ScanServiceDep,
     engine: EngineDep,
     scan_id: ScanId,
     rank: Annotated[int, Path(ge=0, le=10_000, description="0 = the strongest")],
@@ -307,7 +212,7 @@ def top_image(
     layer: LayerQuery,
     channel: ChannelQuery,
 ) -> Response:
-    renderer = _renderer(get_service(request), engine, engine.name, scan_id)
+    renderer = _renderer(service, engine, engine.name, scan_id)
     return _png(request, renderer.png(layer, channel, rank, kind))
 
 
@@ -319,11 +224,11 @@ def top_image(
 )
 def scan_image(
     request: Request,
+    service: ScanServiceDep,
     engine: EngineDep,
     scan_id: ScanId,
     index: Annotated[int, Path(ge=0, description="image index in the scan")],
 ) -> Response:
-    service = get_service(request)
     entry = service.library.get(engine.name, scan_id)
     renderer = ScanRenderer(entry.store)
     key = cache_key("scan-image", engine.name, scan_id, entry.manifest.created_at, index)
@@ -334,11 +239,18 @@ def scan_image(
 @router.get(
     "/models/{model}/scans/{scan_id}/montage.png",
     response_class=Response,
-    summary="a Fig. 2-style montage: per channel its top-k projections beside the image patches",
-    responses={**png("RGB PNG"), **errors(404, 422, 503), **CONFLICT},
+    summary="a Fig. 2-style montage: per channel its top-k projections beside the image patches; "
+    "202 and a job to poll (its result names this URL) until it has been rendered",
+    responses={
+        **png("RGB PNG"),
+        202: {"model": JobResponse, "description": "being rendered as a job: poll its `url`, then GET this again"},
+        **errors(404, 422, 429, 503),
+        **CONFLICT,
+    },
 )
 def montage_png(
     request: Request,
+    service: ScanServiceDep,
     engine: EngineDep,
     scan_id: ScanId,
     layer: LayerQuery,
@@ -350,14 +262,25 @@ def montage_png(
 ) -> Response:
     from convscope.scan.montage import montage, parse_channels
 
-    service = get_service(request)
     renderer = _renderer(service, engine, engine.name, scan_id)
     wanted = parse_channels(channels, renderer.manifest.layer(layer).channels)
     if len(wanted) > MONTAGE_MAX_CHANNELS:
         raise InvalidRequestError(f"at most {MONTAGE_MAX_CHANNELS} channels per montage")
     key = cache_key("montage", engine.name, scan_id, renderer.manifest.updated_at, layer, tuple(wanted), tile)
-    item = service.state.responses.render(key, lambda: (png_bytes(montage(renderer, layer, wanted, tile=tile)), {}))
-    return png_response(request, item, PUBLIC)
+    responses = service.state.responses
+    item = responses.get(key)
+    if item is not None:
+        return png_response(request, item, PUBLIC)
+    url = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+
+    def work(job: Job) -> dict[str, Any]:  # up to 64 × k projections: never in a request thread
+        body = png_bytes(montage(renderer, layer, wanted, tile=tile, task=job))
+        responses.put(key, Rendered(body, etag_of(body)))
+        return {"url": url, "layer": layer, "channels": wanted}
+
+    job = service.montage(key, work, len(wanted))
+    headers = {"Location": job_url(job), "Retry-After": "1"}
+    return JSONResponse(job_response(job).model_dump(mode="json"), status_code=202, headers=headers)
 
 
-__all__ = ["ScanService", "install", "on_startup", "router"]
+__all__ = ["ScanService", "install", "on_startup", "router", "scan_url"]
