@@ -114,6 +114,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_occlude(args: argparse.Namespace) -> int:
     from convscope.api.schemas import OcclusionResponse
+    from convscope.arguments import pick
     from convscope.engine.occlusion import occlude, occlusion_grid, occlusion_response
     from convscope.tasks import ConsoleTask
 
@@ -121,16 +122,8 @@ def cmd_occlude(args: argparse.Namespace) -> int:
     image = _load_image(args, engine)
     rows, cols, _ = occlusion_grid(engine.input_size, args.occluder_size, args.stride)  # bad sizes fail fast
     with ConsoleTask("occlude", unit="pos", total=rows * cols) as task:
-        result = occlude(
-            engine,
-            image,
-            size=args.occluder_size,
-            stride=args.stride,
-            target=args.target,
-            layer=args.layer,
-            batch_size=args.batch_size,
-            progress=task.report,
-        )
+        flags = pick(args, "stride", "target", "layer", "batch_size")
+        result = occlude(engine, image, size=args.occluder_size, progress=task.report, **flags)
     text = json.dumps(_json(OcclusionResponse.model_validate(occlusion_response(result))))
     if args.json_out == "-":
         print(text)

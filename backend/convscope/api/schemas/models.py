@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 if TYPE_CHECKING:
     from convscope.engine.engine import LayerInfo, Prediction
@@ -30,12 +30,21 @@ class ModelInfo(BaseModel):
 
 
 class ReceptiveFieldInfo(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     size: float = Field(description="side of the receptive field in input pixels")
     stride: float = Field(description="input pixels between neighbouring units")
     offset: float = Field(description="centre of unit (0, 0) in input pixels")
 
+    @field_validator("size", "stride", "offset")
+    @classmethod
+    def _rounded(cls, value: float) -> float:
+        return round(value, 3)
+
 
 class LayerResponse(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     name: str = Field(description="module name, as in model.named_modules()")
     kind: str = Field(description="module class name")
     channels: int
@@ -46,17 +55,7 @@ class LayerResponse(BaseModel):
     @classmethod
     def from_info(cls, info: LayerInfo) -> LayerResponse:
         """The API's (and `convscope layers --json`'s) description of an engine layer."""
-        field_ = info.receptive_field
-        return cls(
-            name=info.name,
-            kind=info.kind,
-            channels=info.channels,
-            height=info.height,
-            width=info.width,
-            receptive_field=ReceptiveFieldInfo(
-                size=round(field_.size, 3), stride=round(field_.stride, 3), offset=round(field_.offset, 3)
-            ),
-        )
+        return cls.model_validate(info)
 
 
 class LabelInfo(BaseModel):
@@ -65,10 +64,12 @@ class LabelInfo(BaseModel):
 
 
 class PredictionResponse(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     index: int
     label: str
     probability: float
 
     @classmethod
     def from_prediction(cls, prediction: Prediction) -> PredictionResponse:
-        return cls(index=prediction.index, label=prediction.label, probability=prediction.probability)
+        return cls.model_validate(prediction)
