@@ -13,8 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from api.helpers import poll_job, tiny_loader, tiny_settings, wait_ready
-from convscope.api import create_app
+from api.helpers import app_engine, poll_job, ready_client, tiny_loader, tiny_settings
 from convscope.engine import Engine
 from convscope.scan import ScanStore, folder_source, run_scan, samples_source
 from convscope.scan.render import crop_box
@@ -51,15 +50,13 @@ def client(tmp_path_factory: pytest.TempPathFactory, roots: Path) -> Iterator[Te
     settings = tiny_settings(
         scan_dir=str(tmp_path_factory.mktemp("scans")), scan_roots=str(roots), scan_on_startup=True
     )
-    with TestClient(create_app(settings, loader=tiny_loader())) as test_client:
-        wait_ready(test_client)
+    with ready_client(settings, loader=tiny_loader()) as test_client:
         yield test_client
 
 
 @pytest.fixture(scope="module")
 def engine(client: TestClient) -> Engine:
-    engine: Engine = client.app.state.convscope.pool.get(MODEL)  # type: ignore[attr-defined]
-    return engine
+    return app_engine(client, MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -220,8 +217,7 @@ def test_bad_scan_bodies(client: TestClient) -> None:
 
 def test_no_roots_and_no_start_up_scan(tmp_path: Path) -> None:
     settings = tiny_settings(scan_dir=str(tmp_path), scan_on_startup=False)
-    with TestClient(create_app(settings, loader=tiny_loader())) as client:
-        wait_ready(client)
+    with ready_client(settings, loader=tiny_loader()) as client:
         assert client.get(BASE).json() == []
         assert client.get("/api/jobs").json() == []
         response = client.post(BASE, json={"folder": "photos/set1"})

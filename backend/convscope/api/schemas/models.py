@@ -47,9 +47,9 @@ class LayerResponse(BaseModel):
 
     name: str = Field(description="module name, as in model.named_modules()")
     kind: str = Field(description="module class name")
-    channels: int
-    height: int
-    width: int
+    channels: int = Field(description="feature maps in the layer's output")
+    height: int = Field(description="rows of each map")
+    width: int = Field(description="columns of each map")
     receptive_field: ReceptiveFieldInfo
 
     @classmethod
@@ -66,9 +66,9 @@ class LabelInfo(BaseModel):
 class PredictionResponse(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
-    index: int
-    label: str
-    probability: float
+    index: int = Field(description="class index")
+    label: str = Field(description="class label")
+    probability: float = Field(description="softmax probability")
 
     @classmethod
     def from_prediction(cls, prediction: Prediction) -> PredictionResponse:

@@ -33,12 +33,12 @@ class OcclusionResponse(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    target: int
-    target_label: str
-    size: int
-    stride: int
-    rows: int
-    cols: int
+    target: int = Field(description="the class whose probability is mapped (default: the unoccluded top-1)")
+    target_label: str = Field(description="its label")
+    size: int = Field(description="occluder side in pixels of the S×S input")
+    stride: int = Field(description="pixels between occluder positions")
+    rows: int = Field(description="positions down (top-left corners 0, stride, … while the square fits)")
+    cols: int = Field(description="positions across")
     probability: list[list[float | None]] = Field(description="target-class probability; null if not finite")
     top_label: list[list[int]] = Field(description="most probable class index")
     feature: OcclusionFeature
