@@ -63,16 +63,14 @@ def cmd_layers(args: argparse.Namespace) -> int:
     from convscope.api.schemas import LayerResponse
 
     engine = _load_engine(args)
-    rows = _json([LayerResponse.from_info(info) for info in engine.layers()])
+    layers = [LayerResponse.from_info(info) for info in engine.layers()]
     if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        for row in rows:
-            field = row["receptive_field"]
-            print(
-                f"{row['name']:40s} {row['kind']:22s} {row['channels']:5d}×{row['height']}×{row['width']}"
-                f"  rf {field['size']}/{field['stride']}"
-            )
+        print(json.dumps(_json(layers), indent=2))
+        return 0
+    for layer in layers:
+        shape = f"{layer.channels:5d}×{layer.height}×{layer.width}"
+        rf = layer.receptive_field
+        print(f"{layer.name:40s} {layer.kind:22s} {shape}  rf {rf.size}/{rf.stride}")
     return 0
 
 
