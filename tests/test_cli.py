@@ -80,6 +80,8 @@ def test_layers_json() -> None:
     assert rows["features.conv1"]["channels"] == 96 and rows["features.conv1"]["height"] == 110
     assert rows["features.pool2"]["receptive_field"]["size"] == 43
     assert rows["features.pool5"]["receptive_field"]["stride"] == 32
+    assert rows["features.conv1"]["has_switches"] is False and rows["features.conv2"]["has_switches"] is True
+    assert rows["features.conv3"]["rules"] == {"covered": ["local_response_norm", "relu"], "uncovered": []}
 
 
 @pytest.mark.parametrize(

@@ -69,8 +69,10 @@ def cmd_layers(args: argparse.Namespace) -> int:
         return 0
     for layer in layers:
         shape = f"{layer.channels:5d}×{layer.height}×{layer.width}"
-        rf = layer.receptive_field
-        print(f"{layer.name:40s} {layer.kind:22s} {shape}  rf {rf.size}/{rf.stride}")
+        rf, uncovered = layer.receptive_field, layer.rules.uncovered
+        switches = "switches" if layer.has_switches else "no switches"
+        missing = f"  NO RULE for {', '.join(uncovered)} (plain derivative in every mode)" if uncovered else ""
+        print(f"{layer.name:40s} {layer.kind:22s} {shape}  rf {rf.size}/{rf.stride}  {switches}{missing}")
     return 0
 
 
@@ -99,7 +101,7 @@ def cmd_project(args: argparse.Namespace) -> int:
     y, x = result.seed_position
     where = "whole map" if y < 0 else f"(y={y}, x={x})"
     print(
-        f"{args.layer} channel {args.channel} {args.mode}/{args.select}: seed {result.seed_value:.4g} at {where} -> {out}"
+        f"{args.layer} channel {args.channel} {result.mode}/{args.select}: seed {result.seed_value:.4g} at {where} -> {out}"
     )
     return 0
 
@@ -107,7 +109,7 @@ def cmd_project(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from convscope.api.server import run_server
 
-    return run_server(host=args.host, port=args.port, models=args.model, device=args.device)
+    return run_server(host=args.host, port=args.port, models=args.model, device=args.device, insecure=args.insecure)
 
 
 def cmd_occlude(args: argparse.Namespace) -> int:
@@ -120,8 +122,8 @@ def cmd_occlude(args: argparse.Namespace) -> int:
     image = _load_image(args, engine)
     rows, cols, _ = occlusion_grid(engine.input_size, args.occluder_size, args.stride)  # bad sizes fail fast
     with ConsoleTask("occlude", unit="pos", total=rows * cols) as task:
-        flags = pick(args, "stride", "target", "layer", "batch_size")
-        result = occlude(engine, image, size=args.occluder_size, progress=task.report, **flags)
+        flags = pick(args, "stride", "target", "layer", "batch_size", "method", "approx", "adaptive")
+        result = occlude(engine, image, size=args.occluder_size, task=task, **flags)
     text = json.dumps(_json(OcclusionResponse.model_validate(occlusion_response(result))))
     if args.json_out == "-":
         print(text)
@@ -134,8 +136,12 @@ def cmd_occlude(args: argparse.Namespace) -> int:
         summary = sys.stdout
     flat = int(result.probability.argmin())
     y, x = result.positions[flat]
+    ratio = "" if result.planned_ratio is None else f", planned {result.planned_ratio:.2f} of dense"
+    how = f"{result.method}{' (approximate)' if result.approximate else ''}{ratio}"
+    if result.note:
+        print(f"note: {result.note}", file=sys.stderr)
     print(
-        f"{result.rows}×{result.cols} positions ({result.size}px/{result.stride}px) in {result.seconds:.1f}s; "
+        f"{result.rows}×{result.cols} positions ({result.size}px/{result.stride}px) in {result.seconds:.1f}s, {how}; "
         f"target {result.target} {result.target_label!r}: p={result.unoccluded_probability:.4f} unoccluded, "
         f"lowest {result.probability.flat[flat]:.4f} with the square at (y={y}, x={x}); "
         f"feature {result.layer} channel {result.channel}" + ("" if args.json_out == "-" else f" -> {args.json_out}"),
@@ -198,6 +204,18 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return probe_main(args)
 
 
+def cmd_visualize(args: argparse.Namespace) -> int:
+    from convscope.featvis.commands import visualize_main
+
+    return visualize_main(args)
+
+
+def cmd_atlas(args: argparse.Namespace) -> int:
+    from convscope.featvis.commands import atlas_main
+
+    return atlas_main(args)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -237,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None)
     serve.add_argument("--model", action="append", default=None, help="a model to load (repeatable)")
     serve.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
+    serve.add_argument(
+        "--insecure", action="store_true", help="allow a non-loopback --host without CONVSCOPE_TOKEN (trusted networks)"
+    )
     serve.set_defaults(func=cmd_serve)
 
     predict = sub.add_parser("predict", help="top classes for an image")
@@ -251,7 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     project.add_argument("--image", required=True)
     project.add_argument("--layer", required=True)
     project.add_argument("--channel", type=int, required=True)
-    project.add_argument("--mode", default="deconvnet", choices=["deconvnet", "guided", "gradient"])
+    project.add_argument(
+        "--mode",
+        default="deconvnet",
+        choices=["deconvnet", "guided", "gradient", "auto"],
+        help="auto: deconvnet where max-pool switches lie below the layer, guided otherwise",
+    )
     project.add_argument("--select", default="max", choices=["max", "map"])
     project.add_argument("--size", type=_positive_int, default=None, help="model input side S (default: the model's)")
     project.add_argument("--out", required=True, help="PNG to write")
@@ -269,6 +295,26 @@ def build_parser() -> argparse.ArgumentParser:
     occlude.add_argument("--target", type=int, default=None, help="class index (default: unoccluded top-1)")
     occlude.add_argument("--layer", default=None, help="feature-map layer (default: last conv layer)")
     occlude.add_argument("--batch-size", type=_positive_int, default=32, help="occluded copies per forward pass")
+    occlude.add_argument(
+        "--method",
+        default="auto",
+        choices=["auto", "dense", "incremental"],
+        help="incremental: rerun only what the occluder changes (exact); auto: incremental where it pays",
+    )
+    occlude.add_argument(
+        "--approx",
+        type=float,
+        default=None,
+        metavar="TAU",
+        help="approximate: cap each layer's patch at TAU of its map",
+    )
+    occlude.add_argument(
+        "--adaptive",
+        type=float,
+        default=None,
+        metavar="SHARE",
+        help="approximate: stride×2 first, then the stride only in this share of cells with the largest drop",
+    )
     occlude.add_argument(
         "--json", required=True, dest="json_out", help="file to write the JSON result to ('-' for stdout)"
     )
@@ -314,7 +360,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_analysis_parsers(sub)
     _add_study_parsers(sub)
+    _add_featvis_parsers(sub)
     return parser
+
+
+def _add_featvis_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """`visualize` and `atlas` (feature visualisation by optimisation, issue 17)."""
+    from convscope.featvis.commands import add_atlas_arguments, add_visualize_arguments
+
+    vis = sub.add_parser("visualize", help="an image that maximises one unit (feature visualisation by optimisation)")
+    _add_model(vis)
+    add_visualize_arguments(vis)
+    vis.set_defaults(func=cmd_visualize)
+
+    atlas = sub.add_parser("atlas", help="a static site (opens from file://): per unit its optimised image and top 9")
+    _add_model(atlas)
+    add_atlas_arguments(atlas)
+    atlas.set_defaults(func=cmd_atlas)
 
 
 def _add_analysis_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

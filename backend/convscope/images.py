@@ -17,6 +17,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_ASPECT = 20.0  # longer side / shorter side; beyond it the resize to S would be huge
+MAX_RESIZED_PIXELS = 24_000_000  # the resized image `resize_and_crop` makes before its crop (72 MB RGB)
 
 
 @dataclass(frozen=True)
@@ -32,13 +34,34 @@ class PreparedImage:
         return int(self.tensor.shape[-1])
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def check_shape(width: int, height: int, max_pixels: int, max_aspect: float = DEFAULT_MAX_ASPECT) -> None:
+    """Refuse an image by its size alone: too many pixels (413), or too elongated (422) to be
+    resized to S on its shorter side without a huge intermediate image."""
+    from convscope.errors import InvalidRequestError, TooLargeError
+
+    if width < 1 or height < 1:
+        raise InvalidRequestError(f"image is {width}×{height} pixels; it has no pixels")
+    if width * height > max_pixels:
+        raise TooLargeError(
+            f"image is {width}×{height} = {width * height:,} pixels; the limit is {max_pixels:,} pixels"
+        )
+    aspect = max(width, height) / min(width, height)
+    if aspect > max_aspect:
+        raise InvalidRequestError(
+            f"image is {width}×{height} pixels, an aspect ratio of {aspect:,.1f}:1; the limit is {max_aspect:g}:1"
+        )
+
+
+def decode_image(
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_aspect: float = DEFAULT_MAX_ASPECT
+) -> Image.Image:
     """Decode bytes into an RGB image; the first frame of an animation.
 
-    The pixel count is checked from the header, before any pixel is decoded, so a
-    small file that claims 20000×20000 pixels never reaches memory.
+    The pixel count and aspect ratio are checked from the header, before any pixel is
+    decoded, so a small file that claims 20000×20000 (or 40×1,000,000) pixels never
+    reaches memory.
     """
-    from convscope.errors import ImageDecodeError, TooLargeError
+    from convscope.errors import ImageDecodeError, InvalidRequestError, TooLargeError
 
     if not data:
         raise ImageDecodeError("the file is empty, not an image")
@@ -47,13 +70,10 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             width, height = image.size
-            if width * height > max_pixels:
-                raise TooLargeError(
-                    f"image is {width}×{height} = {width * height:,} pixels; the limit is {max_pixels:,} pixels"
-                )
+            check_shape(width, height, max_pixels, max_aspect)
             image.seek(0)
             image.load()
-    except (TooLargeError, ImageDecodeError):
+    except (TooLargeError, ImageDecodeError, InvalidRequestError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise TooLargeError(
@@ -81,12 +101,25 @@ def load_image_file(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> I
     return decode_image(data, max_pixels=max_pixels)
 
 
+def check_resized(image_size: tuple[int, int], size: int) -> tuple[int, int]:
+    """The size an image gets with its shorter side resized to `size`; 413 past MAX_RESIZED_PIXELS."""
+    from convscope.errors import TooLargeError
+
+    width, height = image_size
+    scale = size / min(width, height)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    if new_w * new_h > MAX_RESIZED_PIXELS:
+        raise TooLargeError(
+            f"a {width}×{height} image resized to {size} on its shorter side is {new_w}×{new_h} pixels; "
+            f"the limit is {MAX_RESIZED_PIXELS:,}"
+        )
+    return new_w, new_h
+
+
 def resize_and_crop(image: Image.Image, size: int, crop_pct: float = 1.0) -> Image.Image:
     """Shorter side to `round(size / crop_pct)`, then the central size×size square."""
-    width, height = image.size
     short = max(size, round(size / crop_pct))
-    scale = short / min(width, height)
-    new_w, new_h = max(short, round(width * scale)), max(short, round(height * scale))
+    new_w, new_h = check_resized(image.size, short)
     resized = image.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=None)
     left, top = (new_w - size) // 2, (new_h - size) // 2
     return resized.crop((left, top, left + size, top + size))

@@ -122,6 +122,18 @@ export const urls = {
   projection: (model, id, { layer, channel, mode, select, y = null, x = null }) =>
     `/api/models/${enc(model)}/images/${enc(id)}/projection?${query({ layer, channel, mode, select, y, x })}`,
   occlusion: (model, id) => `/api/models/${enc(model)}/images/${enc(id)}/occlusion`,
+  labels: (model) => `/api/models/${enc(model)}/labels`,
+  filters: (model, layer = null) => `/api/models/${enc(model)}/filters${layer ? `?${query({ layer })}` : ""}`,
+  analysis: (model, name) => `/api/models/${enc(model)}/analyses/${name}`,
+  invariancePreview: (model, params) => `/api/models/${enc(model)}/analyses/invariance/preview.png?${params}`,
+  studies: () => "/api/studies",
+  study: (id) => `/api/studies/${enc(id)}`,
+  withVersion: (url, version) => `${url}?${query({ v: version ?? "" })}`,
+  scans: (model) => `/api/models/${enc(model)}/scans`,
+  scanRoots: () => "/api/scan-roots",
+  /** A scan's top-k of one channel; `scanUrl` is the scan's own `url`. */
+  scanTop: (scanUrl, { layer, channel, mode }) => `${scanUrl}/top?${query({ layer, channel, mode })}`,
+  scanMontage: (scanUrl, { layer, channels, mode, tile }) => `${scanUrl}/montage.png?${query({ layer, channels, mode, tile })}`,
 };
 
 export const api = {

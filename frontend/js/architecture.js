@@ -8,7 +8,7 @@
 // as a job, the channels never positive over the sample photos.
 
 import { injectStyle, svg } from "./util.js";
-import { runJob } from "./jobs.js";
+import { startJob } from "./jobs.js";
 
 const BAND_COLOURS = ["#3ee0ff", "#f0b43c", "#ff7a6b"]; // low, mid, high
 
@@ -50,7 +50,6 @@ let deadModel = null;
 let running = null;
 const el = {};
 
-const enc = encodeURIComponent;
 const model = () => ctx.store.get().model;
 
 // ---- layout ---------------------------------------------------------------------------------------------
@@ -135,8 +134,7 @@ async function loadFilters(layer = null) {
   ctx.showError(el.filtersError, "");
   const m = model();
   try {
-    const query = layer ? `?layer=${enc(layer)}` : "";
-    const data = await ctx.request(`/api/models/${enc(m)}/filters${query}`);
+    const data = await ctx.request(ctx.urls.filters(m, layer));
     if (model() !== m) return;
     filters = data;
   } catch (error) {
@@ -232,7 +230,7 @@ async function runDead() {
   el.progress.value = 0;
   root.dataset.dead = "running";
   try {
-    const data = await runJob(ctx, `/api/models/${enc(m)}/analyses/dead-channels`, {}, (s) => (el.progress.value = s.progress), job);
+    const data = await startJob(ctx.urls.analysis(m, "dead-channels"), {}, { onProgress: (s) => (el.progress.value = s.progress), job });
     if (running !== job || model() !== m) return;
     dead = data;
     deadModel = m;

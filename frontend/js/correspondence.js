@@ -8,7 +8,7 @@
 // every image. POST /api/models/{m}/analyses/correspondence runs it as a job.
 
 import { injectStyle } from "./util.js";
-import { cancelJob, runJob } from "./jobs.js";
+import { cancelJob, startJob } from "./jobs.js";
 
 const PART_COLOURS = ["#ff7a6b", "#6fd08c", "#3ee0ff", "#f0b43c", "#c792ea", "#ff9edb", "#9fb4ff", "#e0e0e0"];
 const MAX_IMAGES = 16;
@@ -62,7 +62,6 @@ let size = 224;
 const pictures = new Map(); // image id -> HTMLImageElement
 const el = {};
 
-const enc = encodeURIComponent;
 
 const colourOf = (part) => PART_COLOURS[Math.max(0, parts.indexOf(part)) % PART_COLOURS.length];
 const model = () => ctx.store.get().model;
@@ -237,7 +236,7 @@ function clearBoxes() {
 
 async function loadDemo() {
   try {
-    demo = await ctx.request(`/api/models/${enc(model())}/analyses/correspondence/demo`);
+    demo = await ctx.request(ctx.urls.analysis(model(), "correspondence/demo"));
   } catch (error) {
     ctx.showError(el.error, `The demo annotation could not be loaded: ${error.message}`);
     return;
@@ -375,7 +374,7 @@ async function run() {
   el.progress.value = 0;
   root.dataset.state = "running";
   try {
-    const data = await runJob(ctx, `/api/models/${enc(model())}/analyses/correspondence`, body, (s) => (el.progress.value = s.progress), job);
+    const data = await startJob(ctx.urls.analysis(model(), "correspondence"), body, { onProgress: (s) => (el.progress.value = s.progress), job });
     if (running !== job) return;
     result = data;
     renderTable();
@@ -395,7 +394,7 @@ async function run() {
 }
 
 async function cancel() {
-  await cancelJob(ctx, running);
+  await cancelJob(running);
 }
 
 function renderTable() {

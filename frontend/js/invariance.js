@@ -8,7 +8,7 @@
 // reads out all images' values at that step and shows the transformed copy.
 
 import { injectStyle, svg } from "./util.js";
-import { cancelJob, runJob } from "./jobs.js";
+import { cancelJob, startJob } from "./jobs.js";
 
 const COLOURS = ["#f0b43c", "#3ee0ff", "#ff7a6b", "#6fd08c", "#c792ea", "#ff9edb", "#9fb4ff", "#e0e0e0"];
 const RANGES = {
@@ -62,7 +62,6 @@ let running = null; // { url, cancelled }
 let hoverIndex = null;
 const el = {};
 
-const enc = encodeURIComponent;
 
 function fmt(value) {
   if (value === null || value === undefined || Number.isNaN(value)) return "–";
@@ -241,7 +240,7 @@ async function run() {
   el.progress.value = 0;
   root.dataset.state = "running";
   try {
-    const data = await runJob(ctx, `/api/models/${enc(model)}/analyses/invariance`, body, (s) => (el.progress.value = s.progress), job);
+    const data = await startJob(ctx.urls.analysis(model, "invariance"), body, { onProgress: (s) => (el.progress.value = s.progress), job });
     if (running !== job) return;
     result = { ...data, model };
     hoverIndex = null;
@@ -262,7 +261,7 @@ async function run() {
 }
 
 async function cancel() {
-  await cancelJob(ctx, running);
+  await cancelJob(running);
 }
 
 // ---- charts ------------------------------------------------------------------------------------------
@@ -418,7 +417,7 @@ function hover(index, { sticky = false } = {}) {
   );
   const first = result.images[0];
   const params = new URLSearchParams({ image: first.image, transform: result.transform, value: String(value), edge: result.edge });
-  el.preview.src = `/api/models/${enc(result.model)}/analyses/invariance/preview.png?${params}`;
+  el.preview.src = ctx.urls.invariancePreview(result.model, params);
   el.preview.title = `${first.image}, ${result.transform} ${fmt(value)} ${unit}`;
   el.preview.hidden = false;
 }

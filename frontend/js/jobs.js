@@ -1,33 +1,54 @@
-// Long server work as jobs (docs/api.md): POST starts one, GET /api/jobs/{id} polls it,
-// DELETE cancels it. One place for the polling loop the analysis views share.
+// The one job runner: long server work is a job resource (docs/api.md). POST starts one
+// (202 → a job), GET {job.url} polls it (progress, done/total), DELETE cancels it. Every
+// long action of the dashboard (scans, occlusion, analyses, studies) goes through here.
+//
+// `job` is the caller's handle: `job.url` is set once the job exists; `cancelJob(job)`
+// sets `job.cancelled` (the last polls come quicker) and asks the server to stop. A
+// cancelled job rejects with `{aborted: true}`, a failed one with the server's message.
+
+import { ApiError, api, request } from "./api.js";
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const POLL_MS = 300;
+
+/** True for a job state that will not change any more. */
+export const isFinished = (state) => ["succeeded", "failed", "cancelled"].includes(state?.state);
 
 /**
- * POST `body` to `url`, then poll the job it starts until it ends; resolves to its result.
- * `job` is the caller's handle: `job.url` is set once the job exists, `job.cancelled`
- * (set by `cancelJob`) makes the last polls quicker. A cancelled job rejects with
- * `{aborted: true}`, a failed one with the server's message.
+ * Follow a job (its JSON, e.g. the POST's 202 body) until it ends; resolves to its result.
+ * `onProgress(state)` sees every poll, the first one included.
  */
-export async function runJob(ctx, url, body, onProgress, job) {
-  const started = await ctx.api.postJson(url, body);
+export async function followJob(started, { onProgress = () => {}, job = {}, failure = "the job failed on the server" } = {}) {
   job.url = started.url;
+  let state = started;
   for (;;) {
-    const state = await ctx.request(started.url);
     onProgress(state);
     if (state.state === "succeeded") return state.result;
-    if (state.state === "failed") throw new Error(state.error?.detail || "the study failed on the server");
-    if (state.state === "cancelled") throw Object.assign(new Error("cancelled"), { aborted: true });
-    await sleep(job.cancelled ? 100 : 300);
+    if (state.state === "failed") throw new ApiError(state.error?.detail || failure, { status: state.error?.status ?? 0 });
+    if (state.state === "cancelled") throw new ApiError("cancelled", { aborted: true });
+    await sleep(job.cancelled ? 100 : POLL_MS);
+    state = await request(job.url);
   }
 }
 
+/** POST `body` to `url`, then follow the job it starts (see followJob). */
+export async function startJob(url, body, options = {}) {
+  const job = options.job || {};
+  const started = await api.postJson(url, body);
+  if (job.cancelled) {
+    await cancelJob({ ...job, url: started.url });
+    throw new ApiError("cancelled", { aborted: true });
+  }
+  return followJob(started, { ...options, job });
+}
+
 /** Ask the server to cancel `job` (a no-op before it exists or after it ended). */
-export async function cancelJob(ctx, job) {
-  if (!job?.url) return;
+export async function cancelJob(job) {
+  if (!job) return;
   job.cancelled = true;
+  if (!job.url) return;
   try {
-    await ctx.request(job.url, { init: { method: "DELETE" } });
+    await request(job.url, { init: { method: "DELETE" } });
   } catch {
     /* already finished */
   }

@@ -4,6 +4,7 @@
 
 import { api, request, urls } from "./api.js";
 import { installKeyboard } from "./keyboard.js";
+import { resolveMode, uncoveredRules } from "./layermeta.js";
 import { createInputPanel } from "./panels/input.js";
 import { createLayersPanel, defaultLayer } from "./panels/layers.js";
 import { createMapsPanel } from "./panels/featuremaps.js";
@@ -56,8 +57,7 @@ const recon = createReconPanel({
   store,
   maps,
   layerInfo: (name) => (layersModel === store.get().model ? layers.layer(name) : null),
-  // null while the layer list is loading; false when no layer is a max-pool (no deconvnet switches)
-  hasSwitches: () => (layersModel === store.get().model ? layers.layers.some((row) => /MaxPool/.test(row.kind)) : null),
+  modeFor: (state) => modeFor(state),
   describeImage: (id) => input.describeImage(id),
   // an image id the server does not know (an old link to an upload): say so once, show a sample
   onImageMissing: (state, error) => {
@@ -75,7 +75,13 @@ const tabs = createTabs({
   ctx: { store, api, urls, request, busy, showError, h, layers: () => layers.layers, models: () => models },
 });
 maps.onData(() => recon.refreshGeometry());
-const top9 = createTop9Panel({ root: $('[data-panel="top9"]'), store, upload: (blob, name) => input.upload(blob, name) });
+const top9 = createTop9Panel({
+  root: $('[data-panel="top9"]'),
+  store,
+  upload: (blob, name) => input.upload(blob, name),
+  modeFor: (state) => modeFor(state),
+  inputSize: () => currentModel()?.input_size ?? 224,
+});
 
 installKeyboard({
   store,
@@ -92,6 +98,12 @@ installKeyboard({
 $('[data-role="help-open"]').addEventListener("click", () => help.showModal());
 
 // ---- state routing --------------------------------------------------------------------
+/** The mode a projection of the state's layer is made in (auto resolved), null while the layers load. */
+function modeFor(state) {
+  const info = layersModel === state.model ? layers.layer(state.layer) : null;
+  return info ? { ...resolveMode(state.mode, info, layers.layers), uncovered: uncoveredRules(info) } : null;
+}
+
 const currentModel = () => models.find((m) => m.name === store.get().model) || null;
 const defaultSample = () => (input.samples.find((s) => s.id === "chelsea") || input.samples[0])?.id || null;
 

@@ -1,6 +1,6 @@
 // The view state, mirrored in the URL hash so that a link restores the view.
 //
-//   #model=efficientnet_lite0&image=chelsea&layer=blocks.3.1&channel=17&mode=deconvnet&select=max&tab=explore
+//   #model=efficientnet_lite0&image=chelsea&layer=blocks.3.1&channel=17&mode=auto&select=max&tab=explore
 //
 // `unit=y,x` (optional) seeds the projection with that one unit of the channel's
 // map instead of its strongest activation or the whole map.
@@ -8,7 +8,8 @@
 // Panels read `store.get()` and call `store.set({...})`; subscribers get the new
 // state and the set of keys that changed.
 
-export const MODES = ["deconvnet", "guided", "gradient"];
+// `auto` (the default) resolves per layer: see layermeta.resolveMode
+export const MODES = ["auto", "deconvnet", "guided", "gradient"];
 export const SELECTS = ["max", "map"];
 export const HASH_KEYS = ["model", "image", "layer", "channel", "mode", "select", "unit", "tab"];
 
@@ -17,7 +18,7 @@ const DEFAULTS = {
   image: null,
   layer: null,
   channel: null,
-  mode: "deconvnet",
+  mode: "auto",
   select: "max",
   unit: null,
   tab: "explore",
@@ -53,7 +54,7 @@ export function formatHash(state) {
   for (const key of HASH_KEYS) {
     const value = state[key];
     if (value === null || value === undefined || value === "") continue;
-    if (key === "tab" && value === DEFAULTS.tab) continue;
+    if ((key === "tab" || key === "mode") && value === DEFAULTS[key]) continue;
     params.set(key, String(value));
   }
   // URLSearchParams encodes "." and "_" as-is, which keeps layer names readable.
@@ -106,7 +107,9 @@ export function startHashSync() {
     const current = store.get();
     const patch = {};
     for (const key of HASH_KEYS) {
-      const value = key in wanted ? wanted[key] : key === "channel" || key === "unit" ? null : current[key];
+      // keys a hash leaves out: no channel/unit; the default mode and tab (formatHash omits those)
+      const absent = key === "channel" || key === "unit" ? null : key === "mode" || key === "tab" ? DEFAULTS[key] : current[key];
+      const value = key in wanted ? wanted[key] : absent;
       if (value !== current[key]) patch[key] = value;
     }
     store.set(patch);

@@ -63,7 +63,6 @@ let current = null; // id of the study on show
 let shown = 0;
 const el = {};
 
-const enc = encodeURIComponent;
 const pct = (value) => (value === null || value === undefined || Number.isNaN(value) ? "–" : (100 * value).toFixed(1));
 
 /** "97.2 ± 0.4" for a {mean, std, n} of fractions; `error` shows 100 − accuracy. */
@@ -123,7 +122,7 @@ async function load() {
   ctx.showError(el.error, "");
   let body;
   try {
-    body = await ctx.request("/api/studies", { slot: "studies-list" });
+    body = await ctx.request(ctx.urls.studies(), { slot: "studies-list" });
   } catch (error) {
     if (!error.aborted) ctx.showError(el.error, error.message);
     return;
@@ -176,7 +175,7 @@ async function open(id) {
   ctx.showError(el.error, "");
   let doc;
   try {
-    doc = await ctx.busy(el.view, ctx.request(`/api/studies/${enc(id)}`, { slot: "study" }));
+    doc = await ctx.busy(el.view, ctx.request(ctx.urls.study(id), { slot: "study" }));
   } catch (error) {
     if (!error.aborted) ctx.showError(el.error, error.message);
     return;
@@ -337,7 +336,7 @@ function renderEvolution(doc) {
       draw();
     }
   });
-  image.src = `${doc.image_url}?v=${enc(doc.seconds ?? "")}`;
+  image.src = ctx.urls.withVersion(doc.image_url, doc.seconds);
   draw();
 
   return [

@@ -23,6 +23,7 @@ export const TABS = [
   { id: "correspondence", label: "Correspondence", module: "./correspondence.js" },
   { id: "architecture", label: "Architecture", module: "./architecture.js" },
   { id: "studies", label: "Studies", module: "./studies.js" },
+  { id: "unit", label: "Unit", module: "./unit.js" },
 ];
 
 export function createTabs({ nav, main, store, ctx }) {

@@ -1,24 +1,28 @@
 // "Top 9" panel (paper Fig. 2): for the selected channel, the nine strongest
-// activations across a scanned dataset (by default the bundled sample photos, which
-// the server scans at start-up). Left: the deconvnet projection of each activation,
-// cropped to its receptive field; right: the image patch under it. Hover shows the
-// value; click opens that image in the main view at the same layer and channel.
+// activations across a dataset — the bundled sample photos (scanned by the server at
+// start-up) or any folder scanned under the server's scan roots. Each activation is a
+// pair: its projection (in the current mode, auto resolved) beside the image patch
+// under its receptive field. Patches that reach past the image border keep their true
+// position; the part outside the image is drawn in a neutral hatch with the image edge
+// marked. Tiles show a placeholder until their picture arrives; a click enlarges a pair
+// to the full receptive field, with a button that opens the image in the Explore view.
 //
-// It owns its DOM (built inside the `[data-panel="top9"]` section) and reads the
-// view state only; main.js calls `sync(state, changed)` on every change.
+// It owns its DOM (built inside the `[data-panel="top9"]` section) and reads the view
+// state only; main.js calls `sync(state, changed)` on every change. Scans are jobs,
+// followed with the shared job runner (jobs.js).
 
-import { api, isAbort, request } from "./api.js";
-import { busy, fmt, h, showError } from "./util.js";
+import { isAbort, request, urls } from "./api.js";
+import { cancelJob, followJob, isFinished, startJob } from "./jobs.js";
+import { busy, fmt, h, showError, svg } from "./util.js";
 
-const enc = encodeURIComponent;
 const DEBOUNCE_MS = 120; // keyboard walks through channels: fetch the one the user stops at
-const POLL_MS = 1000; // while a scan runs
+const SAMPLES_LABEL = "the bundled sample photos";
+const SCAN_FOLDER = "\u0000scan-folder"; // the picker's "Scan a folder…" entry
 
-const scansUrl = (model) => `/api/models/${enc(model)}/scans`;
-
-export function createTop9Panel({ root, store, upload }) {
+export function createTop9Panel({ root, store, upload, modeFor, inputSize }) {
   if (!root) return { sync() {} };
   const note = h("span", { class: "panel-note top9-note", dataset: { role: "top9-note" } });
+  const picker = h("select", { class: "top9-dataset", "aria-label": "Dataset of the top 9", title: "Which scanned images to take the top 9 from", dataset: { role: "top9-dataset" } });
   const montageLink = h("a", {
     class: "top9-montage",
     target: "_blank",
@@ -27,34 +31,54 @@ export function createTop9Panel({ root, store, upload }) {
     hidden: true,
     dataset: { role: "top9-montage" },
   }, "montage ↗");
-  const projections = h("div", { class: "top9-grid", role: "list", "aria-label": "Projections of the top activations", dataset: { role: "top9-projections" } });
-  const crops = h("div", { class: "top9-grid", role: "list", "aria-label": "Image patches of the top activations", dataset: { role: "top9-crops" } });
+  // folder scans
+  const folderSelect = h("select", { "aria-label": "Folder to scan", dataset: { role: "top9-folder" } });
+  const scanButton = h("button", { type: "button", class: "btn", dataset: { role: "top9-scan-start" } }, "Scan");
+  const scanCancel = h("button", { type: "button", class: "btn", hidden: true, dataset: { role: "top9-scan-cancel" } }, "Cancel");
+  const scanProgress = h("progress", { max: 1, value: 0, hidden: true, "aria-label": "Scan progress", dataset: { role: "top9-scan-progress" } });
+  const scanText = h("span", { class: "top9-scan-text", "aria-live": "polite", dataset: { role: "top9-scan-text" } });
+  const folderForm = h("div", { class: "top9-folder", hidden: true, dataset: { role: "top9-folder-form" } },
+    h("span", { class: "top9-folder-label" }, "Scan a folder"), folderSelect, scanButton, scanCancel, scanProgress, scanText);
+  // tiles: two lists (hooks for scripts), laid out as projection | patch pairs by CSS
+  const projections = h("div", { class: "top9-list", role: "list", "aria-label": "Projections of the top activations", dataset: { role: "top9-projections" } });
+  const crops = h("div", { class: "top9-list", role: "list", "aria-label": "Image patches of the top activations", dataset: { role: "top9-crops" } });
+  const grid = h("div", { class: "top9-grid", dataset: { role: "top9-grid" } }, projections, crops);
+  const progressLine = h("div", { class: "top9-loading", "aria-live": "polite", dataset: { role: "top9-progress" } });
   const hover = h("div", { class: "top9-hover", "aria-live": "polite", dataset: { role: "top9-hover" } });
   const message = h("div", { class: "top9-message", dataset: { role: "top9-message" }, hidden: true });
   const errorBox = h("div", { class: "error", role: "alert", dataset: { role: "top9-error" }, hidden: true });
+  const zoom = createZoom();
   root.replaceChildren(
-    h("header", { class: "panel-head" }, h("h2", { id: "top9-title" }, "Top 9"), note, montageLink),
-    h("div", { class: "top9-pair" },
-      h("figure", {}, projections, h("figcaption", {}, "projections")),
-      h("figure", {}, crops, h("figcaption", {}, "image patches"))),
+    h("header", { class: "panel-head" }, h("h2", { id: "top9-title" }, "Top 9"), picker, note, montageLink),
+    folderForm,
+    grid,
+    progressLine,
     hover,
     message,
     errorBox,
+    zoom.dialog,
   );
   root.setAttribute("aria-labelledby", "top9-title");
   root.closest(".explore")?.classList.add("has-top9");
 
   const scans = new Map(); // model -> the list of its scans
-  const started = new Map(); // "model|layer" -> job url of the sample scan started for it, "starting", "done" or "failed"
+  const following = new Map(); // job url -> promise of its end (one follower per job)
+  const started = new Map(); // "model|layer" -> "started" | "failed": sample scans started on demand
+  let dataset = SAMPLES_LABEL; // the label of the scans the top 9 come from
+  let folderJob = null; // {url, cancelled} of the folder scan started here
+  let roots = null; // the server's scan roots (loaded when the form opens)
   let timer = null;
-  let poller = null;
   let shownKey = null;
   let generation = 0;
+
+  const resolvedMode = (state) => modeFor(state)?.mode ?? state.mode; // the server resolves auto too
 
   function clearTiles() {
     projections.replaceChildren();
     crops.replaceChildren();
     hover.textContent = "";
+    progressLine.textContent = "";
+    root.dataset.tilesLoading = "0";
   }
 
   function say(text, nodes = []) {
@@ -65,40 +89,137 @@ export function createTop9Panel({ root, store, upload }) {
     message.hidden = !text;
   }
 
+  // ---- datasets ----------------------------------------------------------------------------------
   async function listScans(model, { fresh = false } = {}) {
     const known = scans.get(model);
     if (known && !fresh) return known;
-    const list = await request(scansUrl(model), { slot: "top9-scans" });
+    const list = await request(urls.scans(model), { slot: "top9-scans" });
     scans.set(model, list);
+    renderPicker(list);
     return list;
   }
 
-  function pollUntilDone(model) {
-    if (poller) return;
-    poller = setTimeout(async () => {
-      poller = null;
-      try {
-        await listScans(model, { fresh: true });
-      } catch (error) {
-        if (!isAbort(error)) showError(errorBox, `The scans could not be listed: ${error.message}`);
-      }
-      const state = store.get();
-      if (state.model === model) refresh(state, { force: true });
-    }, POLL_MS);
+  function renderPicker(list) {
+    const labels = [...new Set(list.filter((s) => s.weights_match).map((s) => s.label))];
+    if (!labels.includes(SAMPLES_LABEL)) labels.unshift(SAMPLES_LABEL);
+    const images = (label) => Math.max(0, ...list.filter((s) => s.label === label).map((s) => s.images));
+    picker.replaceChildren(
+      ...labels.map((label) =>
+        h("option", { value: label, title: label }, label === SAMPLES_LABEL ? "sample photos" : label, images(label) ? ` · ${images(label)} images` : ""),
+      ),
+      h("option", { value: SCAN_FOLDER }, "Scan a folder…"),
+    );
+    picker.value = folderForm.hidden ? dataset : SCAN_FOLDER;
+  }
+
+  picker.addEventListener("change", () => {
+    if (picker.value === SCAN_FOLDER) {
+      openFolderForm();
+      return;
+    }
+    folderForm.hidden = Boolean(!folderJob);
+    dataset = picker.value;
+    shownKey = null;
+    refresh(store.get());
+  });
+
+  async function openFolderForm() {
+    folderForm.hidden = false;
+    showError(errorBox, "");
+    try {
+      roots = await request(urls.scanRoots(), { slot: "top9-roots" });
+    } catch (error) {
+      if (!isAbort(error)) showError(errorBox, `The scan roots could not be listed: ${error.message}`);
+      return;
+    }
+    const folders = roots.flatMap((r) => r.folders);
+    folderSelect.replaceChildren(...folders.map((f) => h("option", { value: f }, f)));
+    folderSelect.disabled = scanButton.disabled = !folders.length || Boolean(folderJob);
+    if (!folders.length) {
+      scanText.textContent = "This server has no scan roots: start it with CONVSCOPE_SCAN_ROOTS=/path/to/photos (see the README).";
+    } else if (!folderJob) {
+      scanText.textContent = "";
+    }
+  }
+
+  async function scanFolder(folder, layer) {
+    const state = store.get();
+    if (!folder || folderJob) return;
+    const job = { url: null, cancelled: false };
+    folderJob = job;
+    folderForm.hidden = false;
+    scanButton.disabled = folderSelect.disabled = true;
+    scanCancel.hidden = false;
+    scanProgress.hidden = false;
+    scanProgress.value = 0;
+    scanText.textContent = `Scanning ${folder}…`;
+    root.dataset.scan = "running";
+    try {
+      const result = await startJob(urls.scans(state.model), { folder, layers: [layer] }, {
+        job,
+        onProgress: (s) => {
+          scanProgress.value = s.progress || 0;
+          scanText.textContent = s.total ? `Scanning ${folder}: ${s.done} of ${s.total} images` : `Scanning ${folder}… (queued)`;
+        },
+      });
+      scanText.textContent = `Scanned ${folder}: ${result.images ?? ""} images.`;
+      root.dataset.scan = "done";
+      dataset = folder;
+      await listScans(state.model, { fresh: true });
+      folderForm.hidden = true;
+      picker.value = dataset;
+      shownKey = null;
+      refresh(store.get());
+    } catch (error) {
+      root.dataset.scan = error.aborted ? "cancelled" : "failed";
+      scanText.textContent = error.aborted ? "Scan cancelled." : "";
+      if (!error.aborted) showError(errorBox, `${folder} could not be scanned: ${error.message}`);
+    } finally {
+      folderJob = null;
+      scanButton.disabled = folderSelect.disabled = false;
+      scanCancel.hidden = true;
+      scanProgress.hidden = true;
+    }
+  }
+
+  scanButton.addEventListener("click", () => scanFolder(folderSelect.value, store.get().layer));
+  scanCancel.addEventListener("click", () => cancelJob(folderJob));
+
+  /** Follow a running scan's job to its end (once per job), then look at the list again. */
+  function follow(model, jobUrl, what) {
+    if (!following.has(jobUrl)) {
+      const done = request(jobUrl)
+        .then((first) => followJob(first, { onProgress: (s) => showScanning(what, s) }))
+        .catch(() => null) // a failed or vanished job: the list says what there is
+        .finally(() => following.delete(jobUrl));
+      following.set(jobUrl, done);
+      done.then(() => {
+        const state = store.get();
+        if (state.model === model) refresh(state, { force: true });
+      });
+    }
+  }
+
+  function showScanning(what, job) {
+    if (shownKey !== null || isFinished(job)) return;
+    const progress = job.total ? ` ${job.done} of ${job.total} images.` : " (queued)";
+    message.replaceChildren(`Scanning ${what}…${progress}`);
+    message.hidden = false;
   }
 
   function pick(list, layer) {
-    const usable = list.filter((s) => s.weights_match);
+    const usable = list.filter((s) => s.weights_match && s.label === dataset);
     const done = usable.find((s) => s.status === "complete" && s.layers.some((l) => l.name === layer));
     if (done) return { scan: done };
     const running = usable.find((s) => s.status === "running" && s.layers.some((l) => l.name === layer));
     if (running) return { running };
-    const other = usable.find((s) => s.status === "complete");
-    return { other, anyRunning: usable.some((s) => s.status === "running") };
+    return { other: usable.find((s) => s.status === "complete") };
   }
 
+  // ---- tiles ----------------------------------------------------------------------------------------
   function open(entry, state) {
     const patch = { channel: state.channel, unit: null };
+    zoom.close();
     if (entry.image.sample) {
       store.set({ ...patch, image: entry.image.id });
       return;
@@ -112,52 +233,83 @@ export function createTop9Panel({ root, store, upload }) {
       });
   }
 
-  function tile(entry, url, kind, state, scan) {
+  /** The parts of an entry's box outside the S×S image, and the image edge, over a tile. */
+  function borderOverlay(box) {
+    const S = inputSize();
+    const [top, left, bottom, right] = box;
+    const w = right - left;
+    const hgt = bottom - top;
+    if (top >= 0 && left >= 0 && bottom <= S && right <= S) return null;
+    const ix = Math.max(0, -left);
+    const iy = Math.max(0, -top);
+    const iw = Math.min(S, right) - Math.max(0, left);
+    const ih = Math.min(S, bottom) - Math.max(0, top);
+    return svg(
+      "svg",
+      { class: "top9-border", viewBox: `0 0 ${w} ${hgt}`, preserveAspectRatio: "none", "aria-hidden": "true" },
+      // the whole box minus the image part (even-odd), so corners are drawn once
+      svg("path", { class: "top9-outside", "fill-rule": "evenodd", d: `M0 0H${w}V${hgt}H0Z M${ix} ${iy}V${iy + ih}H${ix + iw}V${iy}Z` }),
+      svg("rect", { class: "top9-edge", x: ix, y: iy, width: iw, height: ih }),
+    );
+  }
+
+  function tile(entry, url, kind, state, scan, onSettled) {
     const label = `#${entry.rank + 1} ${entry.image.id}: ${fmt(entry.value)} at (${entry.y}, ${entry.x})`;
-    const img = h("img", {
-      src: url,
-      alt: `${kind} ${entry.rank + 1}: ${entry.image.id}`,
-      loading: "eager",
-      decoding: "async",
-      draggable: false,
-    });
-    img.addEventListener("error", () => button.classList.add("is-broken"), { once: true });
+    const img = h("img", { alt: `${kind} ${entry.rank + 1}: ${entry.image.id}`, decoding: "async", draggable: false });
+    const border = borderOverlay(entry.box);
     const button = h("button", {
       type: "button",
-      class: "top9-tile",
+      class: "top9-tile is-loading",
       role: "listitem",
-      title: `${label}\nclick: open ${entry.image.sample ? "this sample" : "this image"} at channel ${state.channel}`,
-      "aria-label": `${kind} ${entry.rank + 1}, value ${fmt(entry.value)}, ${entry.image.id}: open it`,
-      dataset: { rank: String(entry.rank), value: String(entry.value), image: entry.image.id, kind },
-      onmouseenter: () => {
-        hover.textContent = `${label} · ${scan.label}`;
-      },
-      onfocus: () => {
-        hover.textContent = `${label} · ${scan.label}`;
-      },
-      onclick: () => open(entry, store.get()),
-    }, img);
+      title: `${label}\nclick: enlarge`,
+      "aria-label": `${kind} ${entry.rank + 1}, value ${fmt(entry.value)}, ${entry.image.id}: enlarge`,
+      style: { order: String(entry.rank * 2 + (kind === "patch" ? 1 : 0)) },
+      dataset: { rank: String(entry.rank), value: String(entry.value), image: entry.image.id, kind, state: "loading", outside: border ? "true" : "false" },
+      onmouseenter: () => (hover.textContent = `${label} · ${scan.label}`),
+      onfocus: () => (hover.textContent = `${label} · ${scan.label}`),
+      onclick: () => zoom.show(entry, state, scan),
+    }, img, border);
+    const settle = (ok) => {
+      button.classList.remove("is-loading");
+      button.classList.toggle("is-broken", !ok);
+      button.dataset.state = ok ? "ready" : "broken";
+      onSettled();
+    };
+    img.addEventListener("load", () => settle(true), { once: true });
+    img.addEventListener("error", () => settle(false), { once: true });
+    img.src = url;
     return button;
   }
 
   async function show(state, scan) {
-    const key = `${state.model}|${scan.id}|${state.layer}|${state.channel}`;
+    const mode = resolvedMode(state);
+    const key = `${state.model}|${scan.id}|${state.layer}|${state.channel}|${mode}`;
     if (key === shownKey) return;
     const mine = ++generation;
-    const url = `${scan.url}/top?layer=${enc(state.layer)}&channel=${state.channel}`;
     try {
-      const body = await busy(root, request(url, { slot: "top9" }));
+      const body = await busy(root, request(urls.scanTop(scan.url, { layer: state.layer, channel: state.channel, mode }), { slot: "top9" }));
       if (mine !== generation) return;
       showError(errorBox, "");
       message.hidden = true;
       shownKey = key;
-      projections.replaceChildren(...body.entries.map((e) => tile(e, e.projection_url, "projection", state, scan)));
-      crops.replaceChildren(...body.entries.map((e) => tile(e, e.crop_url, "patch", state, scan)));
+      const total = body.entries.length * 2;
+      let settled = 0;
+      const onSettled = () => {
+        settled += 1;
+        root.dataset.tilesLoading = String(total - settled);
+        progressLine.textContent = settled < total ? `loading ${settled} of ${total} pictures…` : "";
+      };
+      root.dataset.tilesLoading = String(total);
+      root.dataset.mode = body.mode;
+      progressLine.textContent = total ? `loading 0 of ${total} pictures…` : "";
+      projections.replaceChildren(...body.entries.map((e) => tile(e, e.projection_url, "projection", state, scan, onSettled)));
+      crops.replaceChildren(...body.entries.map((e) => tile(e, e.crop_url, "patch", state, scan, onSettled)));
       hover.textContent = body.entries.length ? "" : "No activations were recorded for this channel.";
-      note.textContent = `${scan.label} · ${scan.images} images`;
+      note.textContent = `${body.mode} · ${scan.images} images`;
+      note.title = `${scan.label}: projections in ${body.mode} mode`;
       const layerInfo = scan.layers.find((l) => l.name === state.layer);
       const last = Math.min((layerInfo?.channels ?? state.channel + 1) - 1, state.channel + 7);
-      montageLink.href = `${scan.url}/montage.png?layer=${enc(state.layer)}&channels=${state.channel}-${last}`;
+      montageLink.href = urls.scanMontage(scan.url, { layer: state.layer, channels: `${state.channel}-${last}`, mode: body.mode });
       montageLink.hidden = false;
     } catch (error) {
       if (isAbort(error) || mine !== generation) return;
@@ -183,67 +335,38 @@ export function createTop9Panel({ root, store, upload }) {
     }
     if (mine !== generation) return;
     showError(errorBox, "");
-    const { scan, running, other, anyRunning } = pick(list, state.layer);
+    const { scan, running, other } = pick(list, state.layer);
     if (scan) return show(state, scan);
+    const what = dataset === SAMPLES_LABEL ? "the sample photos" : dataset;
     if (running) {
-      const { images_done: done } = running.progress;
-      note.textContent = running.label;
-      say(`Scanning ${running.label}… ${done} of ${running.images} images.`);
-      pollUntilDone(state.model);
+      say(`Scanning ${what}… ${running.progress.images_done} of ${running.images} images.`);
+      if (running.job) follow(state.model, running.job, what);
       return;
     }
-    // No scan has this layer yet: scan the sample photos for it (once per page and layer).
     const key = `${state.model}|${state.layer}`;
-    if (!started.has(key)) {
-      started.set(key, "starting");
-      note.textContent = "";
+    if (dataset === SAMPLES_LABEL && !started.has(key)) {
+      // No scan of the samples has this layer yet: scan them for it (once per page and layer).
+      started.set(key, "started");
       say(`Scanning the sample photos for ${state.layer}…`);
-      try {
-        const job = await api.postJson(scansUrl(state.model), { samples: true, layers: [state.layer] });
-        started.set(key, job.url);
-      } catch (error) {
-        started.set(key, "failed");
-        if (mine !== generation) return;
-        say(other ? `${state.layer} is not in the scan of ${other.label}. Scanned layers: ` : "", other ? layerButtons(other) : []);
-        showError(errorBox, `The sample photos could not be scanned for ${state.layer}: ${error.message}`);
-        return;
-      }
-      pollUntilDone(state.model);
+      startJob(urls.scans(state.model), { samples: true, layers: [state.layer] }, { onProgress: (s) => showScanning(what, s) })
+        .then(() => {
+          const now = store.get();
+          if (now.model === state.model) refresh(now, { force: true });
+        })
+        .catch((error) => {
+          started.set(key, "failed");
+          if (store.get().layer === state.layer) showError(errorBox, `The sample photos could not be scanned for ${state.layer}: ${error.message}`);
+        });
       return;
     }
-    const jobUrl = started.get(key);
-    if (!["failed", "starting", "done"].includes(jobUrl)) {
-      let job = null;
-      try {
-        job = await request(jobUrl, { slot: "top9-job" });
-      } catch (error) {
-        if (isAbort(error)) return;
-      }
-      if (mine !== generation) return;
-      if (job && !["succeeded", "failed", "cancelled"].includes(job.state)) {
-        const progress = job.total ? ` ${job.done} of ${job.total} images.` : " (queued)";
-        say(`Scanning the sample photos for ${state.layer}…${progress}`);
-        pollUntilDone(state.model);
-        return;
-      }
-      if (job && job.state === "succeeded") {
-        started.set(key, "done");
-        pollUntilDone(state.model); // list the new scan
-        return;
-      }
-      started.set(key, "failed");
-      const reason = job?.error?.detail || job?.state || "the job is gone";
-      showError(errorBox, `The sample photos could not be scanned for ${state.layer}: ${reason}`);
-    } else if (jobUrl === "starting" || anyRunning) {
-      pollUntilDone(state.model);
-      return;
-    }
+    if (dataset === SAMPLES_LABEL && started.get(key) === "started") return; // its job is being followed
     if (other) {
-      note.textContent = other.label;
-      say(`${state.layer} is not in the scan of ${other.label}. Scanned layers: `, layerButtons(other));
+      const rescan = other.source === "folder"
+        ? [" · ", h("button", { type: "button", class: "linkish", dataset: { role: "top9-rescan" }, onclick: () => scanFolder(other.label, state.layer) }, `scan ${other.label} for ${state.layer}`)]
+        : [];
+      say(`${state.layer} is not in the scan of ${other.label}. Scanned layers: `, [...layerButtons(other), ...rescan]);
       return;
     }
-    note.textContent = "";
     say("No scan of this model yet: run `convscope scan` (see docs/scan.md).");
   }
 
@@ -253,9 +376,47 @@ export function createTop9Panel({ root, store, upload }) {
     );
   }
 
+  // ---- the enlarged pair -------------------------------------------------------------------------
+  function createZoom() {
+    const projImg = h("img", { alt: "Projection, enlarged", dataset: { role: "top9-zoom-projection" } });
+    const cropImg = h("img", { alt: "Image patch, enlarged", dataset: { role: "top9-zoom-patch" } });
+    const projFig = h("figure", {}, h("div", { class: "top9-zoom-stage" }, projImg), h("figcaption", {}, "projection"));
+    const cropFig = h("figure", {}, h("div", { class: "top9-zoom-stage" }, cropImg), h("figcaption", {}, "image patch (receptive field)"));
+    const caption = h("p", { class: "top9-zoom-caption", dataset: { role: "top9-zoom-caption" } });
+    const openButton = h("button", { type: "button", class: "btn", dataset: { role: "top9-open" } }, "Open this image in Explore");
+    const closeButton = h("button", { type: "button", class: "btn", "aria-label": "Close", dataset: { role: "top9-zoom-close" } }, "Close");
+    const dialog = h("dialog", { class: "top9-zoom", "aria-label": "Top 9 activation, enlarged", dataset: { role: "top9-zoom" } },
+      h("div", { class: "top9-zoom-pair" }, projFig, cropFig), caption, h("div", { class: "top9-zoom-tools" }, openButton, closeButton));
+    let current = null;
+    openButton.addEventListener("click", () => current && open(current.entry, current.state));
+    closeButton.addEventListener("click", () => dialog.close());
+    dialog.addEventListener("click", (event) => {
+      if (event.target === dialog) dialog.close(); // a click on the backdrop
+    });
+    return {
+      dialog,
+      show(entry, state, scan) {
+        current = { entry, state };
+        const [top, left, bottom, right] = entry.box;
+        for (const [img, url] of [[projImg, entry.projection_url], [cropImg, entry.crop_url]]) {
+          img.src = url;
+          img.parentElement.querySelector(".top9-border")?.remove();
+          const border = borderOverlay(entry.box);
+          if (border) img.parentElement.append(border);
+        }
+        caption.textContent = `#${entry.rank + 1} of ${scan.label}: ${entry.image.id}, value ${fmt(entry.value)} at (y ${entry.y}, x ${entry.x}) · field ${bottom - top}×${right - left} px at (${top}, ${left})`;
+        if (!dialog.open) dialog.showModal();
+      },
+      close: () => dialog.open && dialog.close(),
+    };
+  }
+
   function sync(state, changed) {
-    if (!["model", "layer", "channel"].some((k) => changed.has(k))) return;
-    if (changed.has("model")) shownKey = null;
+    if (!["model", "layer", "channel", "mode"].some((k) => changed.has(k))) return;
+    if (changed.has("model")) {
+      shownKey = null;
+      dataset = SAMPLES_LABEL;
+    }
     clearTimeout(timer);
     timer = setTimeout(() => refresh(store.get()), changed.has("channel") && !changed.has("layer") ? DEBOUNCE_MS : 0);
   }

@@ -126,3 +126,17 @@ export function svg(tag, attrs = {}, ...children) {
   for (const child of children) if (child) node.append(child);
   return node;
 }
+
+/**
+ * Scroll `container` (only it, never the page) so that `el` is in view, like
+ * scrollIntoView({block: "nearest"}); a page opened on a phone stays at its top.
+ */
+export function scrollWithin(container, el) {
+  if (!container || !el) return;
+  const box = container.getBoundingClientRect();
+  const item = el.getBoundingClientRect();
+  if (item.top < box.top) container.scrollTop -= box.top - item.top;
+  else if (item.bottom > box.bottom) container.scrollTop += Math.min(item.bottom - box.bottom, item.top - box.top);
+  if (item.left < box.left) container.scrollLeft -= box.left - item.left;
+  else if (item.right > box.right) container.scrollLeft += Math.min(item.right - box.right, item.left - box.left);
+}

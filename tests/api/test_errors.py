@@ -92,7 +92,8 @@ def test_every_endpoint_is_in_the_openapi_document(client: TestClient) -> None:
     for path, operations in expected.items():
         assert operations <= documented.get(path, set()), path
     projection = paths["/api/models/{model}/images/{image_id}/projection"]["get"]
-    assert set(projection["responses"]["200"]["content"]) == {"image/png"}
+    # image/png, and the same bytes as application/octet-stream for client generators (api/openapi.py)
+    assert set(projection["responses"]["200"]["content"]) == {"image/png", "application/octet-stream"}
     assert {"X-Seed-Value", "X-Seed-Y", "X-Seed-X", "ETag"} <= set(projection["responses"]["200"]["headers"])
     assert projection["responses"]["404"]["content"]["application/json"]
     activations = paths["/api/models/{model}/images/{image_id}/activations"]["get"]

@@ -63,6 +63,34 @@ def test_target_and_layer_are_honoured(client: TestClient) -> None:
     assert body["feature"]["layer"] == "blocks.5.0.conv_pw"
 
 
+@pytest.mark.parametrize("method", ["dense", "incremental"])
+def test_method_is_honoured_and_reported(client: TestClient, engine: Engine, method: str) -> None:
+    response = client.post(URL, json={"size": 112, "stride": 56, "method": method})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["method"] == body["method_requested"] == method
+    assert body["approximate"] is False and body["note"] is None
+    assert body["positions_computed"] == 9 and body["seconds"] > 0
+    if method == "incremental":
+        assert 0 < body["planned_ratio"] < 1
+    else:
+        assert body["planned_ratio"] is None
+    assert_same_maps(body, expected(engine, 112, 56))
+
+
+def test_approximate_and_adaptive_are_labelled(client: TestClient, engine: Engine) -> None:
+    response = client.post(URL, json={"size": 112, "stride": 56, "approx": 0.5})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["method"] == "incremental" and body["approximate"] is True and body["approx"] == 0.5
+    response = client.post(URL, json={"size": 128, "stride": 32, "adaptive": 0.25, "method": "dense"})
+    assert response.status_code == 200, response.text  # 4×4 positions on the grid
+    body = response.json()
+    assert body["approximate"] is True and body["adaptive"] == 0.25 and body["approx"] is None
+    assert body["method"] == "dense" and (body["rows"], body["cols"]) == (4, 4)
+    assert body["positions_computed"] == 4 + 3  # the 2×2 coarse grid, then the rest of one cell
+
+
 def test_large_request_runs_as_a_job(client: TestClient, engine: Engine) -> None:
     size, stride = 64, 32  # 6×6 = 36 positions > the threshold
     assert JOB_THRESHOLD < 36
@@ -105,6 +133,13 @@ def test_a_job_can_be_cancelled(client: TestClient) -> None:
         ({"layer": "no.such.layer"}, 404, "no.such.layer"),
         ({"size": "big"}, 422, "size"),
         ({"unknown": 1}, 422, "unknown"),
+        ({"method": "fast"}, 422, "method"),
+        ({"approx": 0}, 422, "approx"),
+        ({"approx": 1.5}, 422, "approx"),
+        ({"approx": "half"}, 422, "approx"),
+        ({"approx": 0.5, "method": "dense"}, 422, "approx needs the incremental method"),
+        ({"adaptive": 0}, 422, "adaptive"),
+        ({"adaptive": 2}, 422, "adaptive"),
     ],
 )
 def test_bad_requests(client: TestClient, body: dict, status: int, word: str) -> None:  # type: ignore[type-arg]

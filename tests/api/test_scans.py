@@ -128,6 +128,37 @@ def test_the_montage_is_rendered_by_a_job(client: TestClient, bundled: dict[str,
     assert client.get(done["result"]["url"], headers={"If-None-Match": montage.headers["etag"]}).status_code == 304
 
 
+def test_top_k_projections_follow_the_mode(client: TestClient, bundled: dict[str, Any]) -> None:
+    """The top-k API, its PNGs and the montage take `mode`; `auto` is guided below the first
+    max-pool (relu1) and the deconvnet above it (relu2), and the PNG says which in X-Mode."""
+    pngs: dict[str, bytes] = {}
+    for mode in ("deconvnet", "guided"):
+        body = client.get(f"{BASE}/samples/top", params={"layer": "relu2", "channel": 1, "mode": mode}).json()
+        assert body["mode"] == mode
+        entry = body["entries"][0]
+        assert f"mode={mode}" in entry["projection_url"]
+        response = client.get(entry["projection_url"])
+        assert response.status_code == 200 and response.headers["x-mode"] == mode
+        pngs[mode] = response.content
+    assert pngs["deconvnet"] != pngs["guided"]
+    auto = {
+        layer: client.get(f"{BASE}/samples/top", params={"layer": layer, "channel": 0, "mode": "auto"}).json()["mode"]
+        for layer in ("relu1", "relu2")
+    }
+    assert auto == {"relu1": "guided", "relu2": "deconvnet"}
+    montage = client.get(
+        f"{BASE}/samples/montage.png", params={"layer": "relu2", "channels": "0-1", "tile": 16, "mode": "guided"}
+    )
+    assert montage.status_code == 200 and montage.headers["x-mode"] == "guided"
+    assert client.get(f"{BASE}/samples/top", params={"layer": "relu2", "channel": 0, "mode": "nope"}).status_code == 422
+
+
+def test_scan_roots_lists_the_folders_a_client_may_scan(client: TestClient, roots: Path) -> None:
+    listed = client.get("/api/scan-roots").json()
+    # the symlink out of the root is not offered (a scan of it is refused)
+    assert listed == [{"name": roots.name, "folders": [roots.name, f"{roots.name}/set1"]}]
+
+
 def test_bad_scan_requests(client: TestClient, bundled: dict[str, Any]) -> None:
     assert client.get(f"{BASE}/nope").status_code == 404
     assert client.get(f"{BASE}/.hidden").status_code == 404

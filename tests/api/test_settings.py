@@ -42,9 +42,11 @@ def test_cli_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("CONVSCOPE_PORT", "9000")
     monkeypatch.setenv("CONVSCOPE_MODELS", "zfnet")
     args = build_parser().parse_args(
-        ["serve", "--model", "efficientnet_lite0", "--model", "zfnet", "--host", "0.0.0.0"]
+        ["serve", "--model", "efficientnet_lite0", "--model", "zfnet", "--host", "0.0.0.0", "--insecure"]
     )
-    settings = build_settings(host=args.host, port=args.port, models=args.model, device=args.device)
+    settings = build_settings(
+        host=args.host, port=args.port, models=args.model, device=args.device, insecure=args.insecure
+    )
     assert settings.models == ["efficientnet_lite0", "zfnet"]
     assert settings.host == "0.0.0.0" and settings.port == 9000  # no --port: the environment's
     assert build_settings(port=8123).port == 8123

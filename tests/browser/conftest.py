@@ -28,8 +28,17 @@ CHROMIUM = Path(os.environ.get("CONVSCOPE_CHROMIUM", "/usr/bin/chromium"))
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 SCREENSHOTS = ARTIFACTS / "screenshots"
+SCAN_ROOT = ARTIFACTS / "scan-root" / "photos"  # the browser server's scan root
 STARTUP_TIMEOUT_S = 180.0
+# conditions, not sleeps: a loaded machine (a shared CI box) only makes them take longer
+EXPECT_TIMEOUT_MS = 30_000
 VIEWPORT = {"width": 1280, "height": 800}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -102,7 +111,10 @@ def running_server(settings: dict[str, str], log_path: Path) -> Iterator[str]:
 def server_url() -> Iterator[str]:
     """Base URL of a real `convscope serve` subprocess (killed at the end of the session)."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    SCAN_ROOT.mkdir(parents=True, exist_ok=True)
     settings = {
+        # folders under this root may be scanned from the page (the Top 9 panel's "Scan a folder")
+        "CONVSCOPE_SCAN_ROOTS": str(SCAN_ROOT),
         "CONVSCOPE_DEVICE": os.environ.get("CONVSCOPE_DEVICE", "cpu"),
         # a second model (the paper's architecture, random weights: loads in a second) for the model picker
         "CONVSCOPE_MODELS": "efficientnet_lite0,zfnet",

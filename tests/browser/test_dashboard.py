@@ -42,6 +42,13 @@ def wait_projection(tab: Any, **want: Any) -> None:
     )
 
 
+def choose_layer(tab: Any, name: str) -> None:
+    """Select a layer in the list, wherever it sits in the tree: filter for it, click it, clear the filter."""
+    tab.fill('[data-role="layer-filter"]', name)
+    tab.locator(f'[data-role="layer-list"] [data-layer="{name}"]').click()
+    tab.fill('[data-role="layer-filter"]', "")
+
+
 def projection_digest(tab: Any) -> str:
     """A digest of the projection's pixels as the browser decoded them."""
     return tab.evaluate(
@@ -106,8 +113,9 @@ def test_explore_click_a_feature_map_and_walk_with_arrows(
 
     # choose a layer: one tile per channel
     layer = pick_layer(layers)
-    tab.locator(f'[data-layer="{layer["name"]}"]').click()
+    choose_layer(tab, layer["name"])
     expect(tab.locator(f'[data-layer="{layer["name"]}"]')).to_have_attribute("aria-selected", "true")
+    expect(tab.locator(f'[data-layer="{layer["name"]}"]')).to_be_visible()  # in the tree, its stages opened
     expect(tab.locator(TILES)).to_have_count(layer["channels"])
     assert hash_state(tab)["layer"] == layer["name"]
 
@@ -151,7 +159,7 @@ def test_explore_click_a_feature_map_and_walk_with_arrows(
     wait_projection(tab, channel=expected + 1)
 
     # mode and select switches re-project the same channel
-    tab.locator('[data-role="mode-group"] label', has_text="guided").click()
+    tab.locator('[data-role="mode-group"] label').filter(has=tab.locator('input[value="guided"]')).click()
     wait_projection(tab, channel=expected + 1, mode="guided", select="max")
     tab.keyboard.press("s")
     wait_projection(tab, channel=expected + 1, mode="guided", select="map")
@@ -207,20 +215,26 @@ def test_a_newer_click_wins_over_stale_requests(tab: Any, server_url: str, layer
     tab.evaluate("window.__slow = {1: 2500, 2: 50}")
     tab.locator('[data-role="tile-grid"] [data-channel="1"]').click()
     expect(recon).to_have_attribute("aria-busy", "true")  # the loading indicator, after ~150 ms
+    slow = int(recon.get_attribute("data-request-wanted") or 0)
     tab.locator('[data-role="tile-grid"] [data-channel="2"]').click()
     wait_projection(tab, layer=layer["name"], channel=2)
-    tab.wait_for_timeout(3000)  # well past channel 1's answer
+    # every request has settled (channel 1's late one too): the newest answer is still the one shown
+    expect(recon).to_have_attribute("data-projections-pending", "0")
     wait_projection(tab, layer=layer["name"], channel=2)
+    newest = int(recon.get_attribute("data-request-wanted") or 0)
+    assert newest > slow
+    assert recon.get_attribute("data-request-shown") == str(newest)
     assert hash_state(tab)["channel"] == "2"
     expect(recon).not_to_have_attribute("aria-busy", "true")
 
-    # a burst of clicks: the last one wins
-    tab.evaluate("window.__slow = {}")
+    # a burst of clicks: the last one wins, once all of them have settled
+    tab.evaluate("window.__slow = {3: 600, 4: 400, 5: 200}")
     for channel in (3, 4, 5, 6):
         tab.locator(f'[data-role="tile-grid"] [data-channel="{channel}"]').click()
     wait_projection(tab, layer=layer["name"], channel=6)
-    tab.wait_for_timeout(1000)
+    expect(recon).to_have_attribute("data-projections-pending", "0")
     wait_projection(tab, layer=layer["name"], channel=6)
+    assert recon.get_attribute("data-request-shown") == recon.get_attribute("data-request-wanted")
     assert hash_state(tab)["channel"] == "6"
 
 
@@ -461,17 +475,36 @@ def test_every_control_has_an_accessible_name(tab: Any, server_url: str) -> None
     expect(tab.locator('[data-tab-panel="explore"]')).to_be_visible()
 
 
-def test_switchless_model_explains_its_deconvnet(tab: Any, server_url: str) -> None:
-    """EfficientNet has no max-pool: in deconvnet mode the page says why its projections look
-    image-independent; guided mode hides the note, and the ZF net (which has switches) never shows it."""
-    hidden = "document.querySelector('[data-role=\"mode-hint\"]').hidden === {}"
-    tab.goto(f"{server_url}/#model=efficientnet_lite0&image=chelsea&layer=blocks.3&channel=2&mode=deconvnet")
+def test_auto_mode_resolves_per_layer(tab: Any, server_url: str, shoot: Any) -> None:
+    """`auto` (the default) is guided backprop on EfficientNet-Lite0 (no max-pool anywhere) and on the
+    ZF net's first conv (below its first pool), the deconvnet above a max-pool; the reason is one
+    click away, and a deconvnet on a switchless layer says plainly that its picture ignores the image."""
+    auto = tab.locator('[data-role="mode-group"] label').filter(has=tab.locator('input[value="auto"]'))
     hint = tab.locator('[data-role="mode-hint"]')
-    hint.wait_for(state="visible", timeout=30_000)
-    assert "no max-pooling" in hint.inner_text()
-    tab.locator('[data-role="mode-group"] input[value="guided"]').check(force=True)
-    tab.wait_for_function(hidden.format("true"), timeout=30_000)
-    tab.goto(f"{server_url}/#model=zfnet&image=chelsea&layer=features.conv2&channel=1&mode=deconvnet")
-    tab.reload()
-    tab.locator('[data-layer="features.conv2"]').wait_for(timeout=30_000)
-    tab.wait_for_function(hidden.format("true"), timeout=30_000)
+    tab.goto(f"{server_url}/#model=efficientnet_lite0&image=chelsea&layer=blocks.3&channel=2")
+    wait_projection(tab, layer="blocks.3", channel=2, mode="guided", requested="auto")
+    expect(tab.locator('[data-role="mode-group"] input[value="auto"]')).to_be_checked()
+    expect(auto).to_have_text("auto · guided")
+    expect(hint).to_be_hidden()
+    reason = tab.locator('[data-role="mode-reason"]')
+    expect(reason).to_be_hidden()
+    tab.locator('[data-role="mode-why"]').click()
+    expect(reason).to_contain_text("no max-pool")
+
+    # deconvnet chosen by hand (a label click, as a person does): exactly the paper's, with a plain warning
+    tab.locator('[data-role="mode-group"] label').filter(has=tab.locator('input[value="deconvnet"]')).click()
+    wait_projection(tab, layer="blocks.3", channel=2, mode="deconvnet", requested="deconvnet")
+    expect(hint).to_be_visible()
+    expect(hint).to_contain_text("does not depend on the image")
+    assert hash_state(tab)["mode"] == "deconvnet"
+    shoot("auto-mode-deconvnet-warning")
+
+    # a net with max-pools: auto resolves per layer
+    tab.goto("about:blank")
+    tab.goto(f"{server_url}/#model=zfnet&image=chelsea&layer=features.conv2&channel=1")
+    wait_projection(tab, layer="features.conv2", channel=1, mode="deconvnet", requested="auto")
+    expect(auto).to_have_text("auto · deconvnet")
+    expect(hint).to_be_hidden()
+    choose_layer(tab, "features.conv1")
+    wait_projection(tab, layer="features.conv1", mode="guided", requested="auto")
+    expect(auto).to_have_text("auto · guided")

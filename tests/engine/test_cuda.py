@@ -32,14 +32,25 @@ def test_cuda_matches_cpu(mode: str) -> None:
     assert [p.index for p in gpu.predict(image)] == [p.index for p in cpu.predict(image)]
 
 
+def test_cuda_engine_leaves_the_process_tf32_flags_alone() -> None:
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    for tf32 in (False, True):
+        engine = Engine(load_model("zfnet", pretrained=False), device_name="cuda", tf32=tf32)
+        engine.project(engine.prepare(load_sample("chelsea")), "features.conv2", 0)
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+
+
 def test_cuda_engine_computes_in_float32_unless_asked_for_tf32() -> None:
-    Engine(load_model("zfnet", pretrained=False), device_name="cuda")
-    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
-    try:
-        Engine(load_model("zfnet", pretrained=False), device_name="cuda", tf32=True)
-        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
-    finally:
-        Engine(load_model("zfnet", pretrained=False), device_name="cuda")
+    cpu = Engine(load_model(), device_name="cpu")
+    exact = Engine(load_model(), device_name="cuda")
+    fast = Engine(load_model(), device_name="cuda", tf32=True)
+    image = cpu.prepare(load_sample("chelsea"))
+    expected = cpu.project(image, "blocks.3", 5, mode="gradient").projection
+    scale = float(expected.abs().max())
+    exact_error = float((exact.project(image, "blocks.3", 5, mode="gradient").projection - expected).abs().max())
+    fast_error = float((fast.project(image, "blocks.3", 5, mode="gradient").projection - expected).abs().max())
+    assert exact_error <= 1e-3 * scale
+    assert fast_error > exact_error  # TF32 was in effect inside the engine's own computations
 
 
 def test_occlusion_on_cuda_matches_the_cpu() -> None:

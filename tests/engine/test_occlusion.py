@@ -23,6 +23,7 @@ from convscope.errors import InvalidRequestError, NotFoundError
 from convscope.images import PreparedImage
 from convscope.models.spec import LoadedModel
 from convscope.samples import load_sample
+from convscope.tasks import Cancelled
 
 TINY_SIZE = 32
 TINY_CLASSES = 10
@@ -169,7 +170,7 @@ def test_each_copy_is_occluded_exactly_in_its_square(engine: Engine, image: Prep
 
     engine.forward_batch = recording  # type: ignore[method-assign]
     try:
-        result = occlude(engine, image, size=size, stride=stride, batch_size=5)
+        result = occlude(engine, image, size=size, stride=stride, batch_size=5, method="dense")
     finally:
         del engine.forward_batch
     copies = torch.cat(seen[1:])  # the first pass is the unoccluded reference
@@ -186,11 +187,13 @@ def test_each_copy_is_occluded_exactly_in_its_square(engine: Engine, image: Prep
 # ---- exactness against single forward passes ----------------------------------------------------
 
 
+@pytest.mark.parametrize("method", ["dense", "incremental"])
 @pytest.mark.parametrize(("size", "stride", "batch_size"), [(8, 4, 7), (5, 3, 64), (12, 12, 1)])
 def test_batched_maps_equal_single_passes(
-    engine: Engine, image: PreparedImage, size: int, stride: int, batch_size: int
+    engine: Engine, image: PreparedImage, size: int, stride: int, batch_size: int, method: str
 ) -> None:
-    result = occlude(engine, image, size=size, stride=stride, batch_size=batch_size)
+    result = occlude(engine, image, size=size, stride=stride, batch_size=batch_size, method=method)
+    assert result.method == method
     assert result.layer == "features.conv3" == engine.last_conv_layer()
     _assert_matches_oracle(engine, image, result, target=None)
 
@@ -204,18 +207,21 @@ def test_explicit_target_and_layer(engine: Engine, image: PreparedImage) -> None
     _assert_matches_oracle(engine, image, result, target=target)
 
 
-def test_real_architecture_random_weights() -> None:
+@pytest.mark.parametrize("method", ["dense", "incremental"])
+def test_real_architecture_random_weights(method: str) -> None:
     """BatchNorm, ReLU6, depthwise convolutions and residual blocks (EfficientNet-Lite0, random weights)."""
     from convscope.models import load_model
 
     torch.manual_seed(0)
     engine = Engine(load_model("efficientnet_lite0", pretrained=False, input_size=64), device_name="cpu")
     image = engine.prepare(load_sample("coffee"))
-    result = occlude(engine, image, size=24, stride=20, batch_size=3)  # 3×3 positions, batches 3
+    result = occlude(engine, image, size=24, stride=20, batch_size=3, method=method)  # 3×3 positions, batches 3
+    assert result.method == method
     _assert_matches_oracle(engine, image, result, target=None)
 
 
-def test_activity_is_the_layer_output_even_before_an_inplace_relu() -> None:
+@pytest.mark.parametrize("method", ["dense", "incremental"])
+def test_activity_is_the_layer_output_even_before_an_inplace_relu(method: str) -> None:
     engine = tiny_engine(inplace_last=True)
     conv3 = engine.model.module.get_submodule("features.conv3")
     assert isinstance(conv3, nn.Conv2d) and conv3.bias is not None
@@ -225,7 +231,8 @@ def test_activity_is_the_layer_output_even_before_an_inplace_relu() -> None:
     image = engine.prepare(load_sample("chelsea"))
     maps = engine.activations(image, "features.conv3")
     assert int(maps.sum(dim=(1, 2)).argmax()) == 0 and maps[0].min() < 0 < maps[0].max()
-    result = occlude(engine, image, size=8, stride=8)
+    result = occlude(engine, image, size=8, stride=8, method=method)
+    assert result.method == method
     _assert_matches_oracle(engine, image, result, target=None)
 
 
@@ -267,7 +274,7 @@ def test_batches_never_exceed_batch_size(engine: Engine, image: PreparedImage) -
 
     engine.forward_batch = counting  # type: ignore[method-assign]
     try:
-        result = occlude(engine, image, size=4, stride=2, batch_size=16)  # 15×15 = 225 positions
+        result = occlude(engine, image, size=4, stride=2, batch_size=16, method="dense")  # 15×15 = 225 positions
     finally:
         del engine.forward_batch
     assert result.rows * result.cols == 225
@@ -276,30 +283,34 @@ def test_batches_never_exceed_batch_size(engine: Engine, image: PreparedImage) -
     assert result.forward_batches == len(sizes)
 
 
-def test_progress_and_cancellation(engine: Engine, image: PreparedImage) -> None:
-    calls: list[tuple[int, int]] = []
-    occlude(engine, image, size=8, stride=4, batch_size=10, progress=lambda d, t: calls.append((d, t)))
-    assert calls == [(10, 49), (20, 49), (30, 49), (40, 49), (49, 49)]
+class RecordingTask:
+    """A `convscope.tasks.Task` that records progress and asks to stop after `stop_after` questions."""
 
-    asked: list[int] = []
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.calls: list[tuple[int, int]] = []
+        self.asked = 0
+        self.stop_after = stop_after
 
-    def stop_after_two_batches() -> bool:
-        asked.append(1)
-        return len(asked) > 2
+    def report(self, done: int, total: int) -> None:
+        self.calls.append((done, total))
 
-    calls.clear()
+    def should_stop(self) -> bool:
+        self.asked += 1
+        return self.stop_after is not None and self.asked > self.stop_after
+
+
+@pytest.mark.parametrize("method", ["dense", "incremental"])
+def test_progress_and_cancellation(engine: Engine, image: PreparedImage, method: str) -> None:
+    task = RecordingTask()
+    occlude(engine, image, size=8, stride=4, batch_size=10, method=method, task=task)
+    assert task.calls == [(10, 49), (20, 49), (30, 49), (40, 49), (49, 49)]
+
+    task = RecordingTask(stop_after=2)
     with pytest.raises(OcclusionCancelled) as info:
-        occlude(
-            engine,
-            image,
-            size=8,
-            stride=4,
-            batch_size=10,
-            progress=lambda d, t: calls.append((d, t)),
-            should_stop=stop_after_two_batches,
-        )
+        occlude(engine, image, size=8, stride=4, batch_size=10, method=method, task=task)
+    assert isinstance(info.value, Cancelled)
     assert (info.value.done, info.value.total) == (20, 49)
-    assert calls == [(10, 49), (20, 49)]
+    assert task.calls == [(10, 49), (20, 49)]
 
 
 # ---- bad input ----------------------------------------------------------------------------------
@@ -355,7 +366,14 @@ def test_response_shape(engine: Engine, image: PreparedImage) -> None:
     result = occlude(engine, image, size=10, stride=6)  # 22 / 6 is not whole: 4×4
     response = json.loads(json.dumps(occlusion_response(result)))
     contract = {"target", "target_label", "size", "stride", "rows", "cols", "probability", "top_label", "feature"}
-    assert set(response) == contract | {"top_label_names", "unoccluded"}
+    how = {"method", "method_requested", "planned_ratio", "approximate", "approx", "adaptive", "positions_computed"}
+    assert set(response) == contract | {"top_label_names", "unoccluded", "seconds", "note"} | how
+    assert response["method_requested"] == "auto" and response["method"] in ("dense", "incremental")
+    assert response["method"] == result.method and response["planned_ratio"] == result.planned_ratio
+    assert 0 < response["planned_ratio"] <= 1  # auto plans before choosing
+    assert response["approximate"] is False and response["approx"] is None and response["adaptive"] is None
+    assert response["positions_computed"] == 16 and response["note"] is None
+    assert response["seconds"] == pytest.approx(result.seconds, abs=1e-3)
     assert set(response["feature"]) == {"layer", "channel", "activity"}
     assert set(response["unoccluded"]) == {"probability", "top_label", "activity"}
     assert (response["size"], response["stride"], response["rows"], response["cols"]) == (10, 6, 4, 4)

@@ -10,17 +10,17 @@ A feature is named by a string:
 - `penultimate`: the input of the model's last `nn.Linear` (its classifier); a
   model without one falls back to the output of its last 4-D layer.
 
-`extract_features` runs one batch through `Engine.forward_batch` with a forward
-hook on each named module, registered under the engine's lock and always removed.
-Every captured tensor is copied at once, so a later in-place operation (ReLU with
-`inplace=True`) cannot rewrite it, and flattened to N×D float32 on the CPU.
+`extract_features` runs one batch through `Engine.infer` with a tap on each named
+module (the engine owns the hooks and its lock, for this batch only). Every captured
+tensor is copied at once, so a later in-place operation (ReLU with `inplace=True`)
+cannot rewrite it, and flattened to N×D float32 on the CPU.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -82,29 +82,16 @@ def extract_features(
     engine: Engine, batch: torch.Tensor, features: Sequence[FeatureSpec]
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Logits (N×classes) and each feature as an N×D float32 CPU tensor, from one forward pass."""
-    modules = _modules(engine)
-    captured: dict[str, torch.Tensor] = {}
+    from convscope.engine.capture import Tap
+
     size = int(batch.shape[0])
-
-    def hook_for(spec: FeatureSpec) -> Callable[..., None]:
-        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            if spec.name in captured:
-                return  # a module called twice in one pass: its first call counts
-            value = inputs[0] if spec.use_input and inputs else output
-            if isinstance(value, torch.Tensor) and value.dim() >= 1 and int(value.shape[0]) == size:
-                captured[spec.name] = value.detach().reshape(size, -1).float().cpu().clone()
-
-        return hook
-
-    with engine.lock:
-        handles = []
-        try:
-            for spec in dict.fromkeys(features):
-                handles.append(modules[spec.module].register_forward_hook(hook_for(spec)))
-            logits, _ = engine.forward_batch(batch)
-        finally:
-            for handle in handles:
-                handle.remove()
+    taps = {spec: Tap(spec.module, input=spec.use_input) for spec in dict.fromkeys(features)}
+    logits, tapped = engine.infer(batch, taps.values())
+    captured: dict[str, torch.Tensor] = {}
+    for spec, tap in taps.items():
+        value = tapped.get(tap)
+        if value is not None and value.dim() >= 1 and int(value.shape[0]) == size:
+            captured[spec.name] = value.reshape(size, -1).float().cpu()
     missing = [spec.name for spec in features if spec.name not in captured]
     if missing:
         raise InvalidRequestError(

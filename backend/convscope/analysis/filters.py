@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from cachetools import LRUCache
 from PIL import Image
 from torch import nn
 
@@ -45,6 +47,9 @@ if TYPE_CHECKING:
 BAND_NAMES = ("low", "mid", "high")
 BAND_EDGES = (1 / 3, 2 / 3)
 SPECTRUM_SIZE = 64
+MAX_SPECTRUM_SIZE = 256  # larger kernels are refused: their spectra would not be bounded
+FFT_CHUNK_BYTES = 8 * 1024 * 1024  # working memory of one chunk of `band_energies`
+QUADRATIC_MAX_TAPS = 256  # kernels up to 16×16 taps: exact quadratic form, larger: chunked FFT
 ACTIVATION_KINDS = frozenset({"ReLU", "ReLU6", "Hardtanh", "LeakyReLU", "PReLU", "RReLU", "CELU", "ELU", "SELU"})
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 MAX_FOLDER_IMAGES = 1000
@@ -102,16 +107,62 @@ def _radial(size: int) -> np.ndarray:
     return np.sqrt(freq[:, None] ** 2 + freq[None, :] ** 2) / 0.5
 
 
-def band_energies(weight: torch.Tensor | np.ndarray, size: int = SPECTRUM_SIZE) -> np.ndarray:
-    """Out×3 fractions of each filter's spectral energy in the low / mid / high bands (rows add to 1)."""
-    array = weight.detach().float().cpu().numpy() if isinstance(weight, torch.Tensor) else np.asarray(weight, float)
+def _band_masks(size: int) -> np.ndarray:
+    rho = _radial(size)
+    return np.stack([rho < BAND_EDGES[0], (rho >= BAND_EDGES[0]) & (rho < BAND_EDGES[1]), rho >= BAND_EDGES[1]])
+
+
+def _band_forms(size: int, kh: int, kw: int) -> np.ndarray:
+    """3×(kh·kw)×(kh·kw): the band energy of a kernel w is vec(w)ᵀ·M_b·vec(w).
+
+    Σ_{f in band} |DFT(w)(f)|² = Σ_{p,q} w_p w_q C_b(p − q), where C_b = DFT(mask_b) is real
+    (the bands are symmetric under f → −f), so no spectrum of any kernel is ever formed."""
+    kernels = np.real(np.fft.fft2(_band_masks(size).astype(np.float64)))  # 3×size×size
+    y, x = np.mgrid[0:kh, 0:kw]
+    dy = (y.reshape(-1, 1) - y.reshape(1, -1)) % size
+    dx = (x.reshape(-1, 1) - x.reshape(1, -1)) % size
+    return kernels[:, dy, dx]
+
+
+def band_energies(
+    weight: torch.Tensor | np.ndarray, size: int = SPECTRUM_SIZE, chunk_bytes: int = FFT_CHUNK_BYTES
+) -> np.ndarray:
+    """Out×3 fractions of each filter's spectral energy in the low / mid / high bands (rows add to 1).
+
+    Bounded memory whatever out × in: kernels up to QUADRATIC_MAX_TAPS taps use the exact
+    quadratic form of `_band_forms` (no spectra at all); larger ones are transformed in float32
+    (complex64), a chunk of (filter, input channel) pairs at a time (at most `chunk_bytes` of
+    spectra), each chunk reduced to its three band sums at once. Kernels larger than
+    MAX_SPECTRUM_SIZE are refused (422)."""
+    array: np.ndarray = (
+        weight.detach().float().cpu().numpy() if isinstance(weight, torch.Tensor) else np.asarray(weight, float)
+    )
     if array.ndim != 4:
         raise InvalidRequestError(f"a conv weight is out×in×kh×kw, got shape {array.shape}")
-    size = max(size, array.shape[2], array.shape[3])
-    power = (np.abs(np.fft.fft2(array.astype(np.float64), s=(size, size))) ** 2).sum(axis=1)  # out×size×size
-    rho = _radial(size)
-    masks = [rho < BAND_EDGES[0], (rho >= BAND_EDGES[0]) & (rho < BAND_EDGES[1]), rho >= BAND_EDGES[1]]
-    energy = np.stack([power[:, mask].sum(axis=1) for mask in masks], axis=1)
+    out, inputs, kh, kw = array.shape
+    size = max(size, kh, kw)
+    if size > MAX_SPECTRUM_SIZE:
+        raise InvalidRequestError(f"a {kh}×{kw} kernel is larger than the {MAX_SPECTRUM_SIZE}-point spectrum limit")
+    rows = array.reshape(out * inputs, kh * kw)
+    energy = np.zeros((out, 3), np.float64)
+    if kh * kw <= QUADRATIC_MAX_TAPS:
+        forms = _band_forms(size, kh, kw)
+        per_chunk = max(1, chunk_bytes // (kh * kw * 8 * 2))
+        for start in range(0, len(rows), per_chunk):
+            part = rows[start : start + per_chunk].astype(np.float64)
+            bands = np.stack([np.einsum("rp,pq,rq->r", part, form, part) for form in forms], axis=1)
+            np.add.at(energy, np.arange(start, start + len(part)) // inputs, bands)
+    else:
+        masks = _band_masks(size).reshape(3, -1).astype(np.float32)
+        kernels = rows.reshape(-1, kh, kw).astype(np.float32, copy=False)
+        per_chunk = max(1, chunk_bytes // (size * size * 8))
+        for start in range(0, len(kernels), per_chunk):
+            chunk = kernels[start : start + per_chunk]
+            spectrum = np.fft.fft2(chunk, s=(size, size)).astype(np.complex64, copy=False)
+            power = (spectrum.real**2 + spectrum.imag**2).reshape(len(chunk), -1)
+            owners = np.arange(start, start + len(chunk)) // inputs
+            np.add.at(energy, owners, (power @ masks.T).astype(np.float64))
+    energy = np.maximum(energy, 0.0)  # the quadratic form can round to a tiny negative
     total = energy.sum(axis=1, keepdims=True)
     return np.where(total > 0, energy / np.where(total > 0, total, 1.0), 0.0)
 
@@ -147,13 +198,27 @@ class FrequencyCoverage:
         }
 
 
+_COVERAGE_CACHE: LRUCache[tuple[int, int, int, str], FrequencyCoverage] = LRUCache(maxsize=128)
+_COVERAGE_LOCK = threading.Lock()
+
+
 def frequency_coverage(engine: Engine, layer: str | None = None) -> FrequencyCoverage:
+    """The layer's band energies; cached per weight tensor (keyed by its storage and version)."""
     name, conv = conv_weight(engine, layer)
+    weight = conv.weight
+    key = (id(conv), weight.data_ptr(), int(weight._version), name)
+    with _COVERAGE_LOCK:
+        cached = _COVERAGE_CACHE.get(key)
+        if cached is not None:
+            return cached
     kernel = conv.kernel_size if isinstance(conv.kernel_size, tuple) else (conv.kernel_size, conv.kernel_size)
     stride = conv.stride if isinstance(conv.stride, tuple) else (conv.stride, conv.stride)
-    return FrequencyCoverage(
-        name, (int(kernel[0]), int(kernel[1])), (int(stride[0]), int(stride[1])), band_energies(conv.weight)
+    coverage = FrequencyCoverage(
+        name, (int(kernel[0]), int(kernel[1])), (int(stride[0]), int(stride[1])), band_energies(weight)
     )
+    with _COVERAGE_LOCK:
+        _COVERAGE_CACHE[key] = coverage
+    return coverage
 
 
 # ---- dead channels ------------------------------------------------------------------------------------
@@ -216,20 +281,11 @@ def dead_channels(
     points = measurement_points(engine)
     if not points:
         raise InvalidRequestError(f"model {engine.name!r} has no Conv2d layer with a 4-D output")
-    modules = dict(engine.model.module.named_modules())
+    from convscope.engine.capture import Tap
+
     wanted = sorted({measured for _, measured, _ in points})
+    taps = [Tap(name, reduce="max") for name in wanted]  # per image, each channel's spatial peak
     running: dict[str, torch.Tensor] = {}
-    seen_this_pass: set[str] = set()
-
-    def hook_for(name: str) -> Any:
-        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            if name in seen_this_pass or not isinstance(output, torch.Tensor) or output.dim() != 4:
-                return  # a module called again in the same pass: its first call counts
-            seen_this_pass.add(name)
-            peak = output.detach().float().amax(dim=(0, 2, 3)).cpu()
-            running[name] = peak if name not in running else torch.maximum(running[name], peak)
-
-        return hook
 
     done = 0
     batch: list[torch.Tensor] = []
@@ -238,25 +294,21 @@ def dead_channels(
         nonlocal done
         if not batch:
             return
-        seen_this_pass.clear()
-        engine.forward_batch(torch.cat(batch))
+        _, tapped = engine.infer(torch.cat(batch), taps)  # the engine's lock: this batch only
+        for tap, value in tapped.items():
+            if value.dim() != 2:
+                continue
+            peak = value.float().amax(dim=0).cpu()
+            running[tap.module] = peak if tap.module not in running else torch.maximum(running[tap.module], peak)
         done += len(batch)
         batch.clear()
         checkpoint(task, done, total or done, "dead channels")
 
-    with engine.lock:
-        handles = []
-        try:
-            for name in wanted:
-                handles.append(modules[name].register_forward_hook(hook_for(name)))
-            for tensor in images:
-                batch.append(tensor)
-                if len(batch) >= batch_size:
-                    flush()
+    for tensor in images:  # images are prepared here, outside the engine's lock
+        batch.append(tensor)
+        if len(batch) >= batch_size:
             flush()
-        finally:
-            for handle in handles:
-                handle.remove()
+    flush()
     if done == 0:
         raise InvalidRequestError("no images to measure dead channels on")
     results = []

@@ -10,15 +10,19 @@ from typing import Any
 import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from convscope import __version__
-from convscope.api import errors
+from convscope.api import errors, openapi
 from convscope.api.limits import BodyLimitMiddleware
 from convscope.api.pool import ModelLoader, ModelPool, default_loader
+from convscope.api.priority import InteractiveMiddleware
 from convscope.api.routes import api_router
 from convscope.api.routes import scans as scan_routes
-from convscope.api.settings import Settings
+from convscope.api.security import SecurityMiddleware
+from convscope.api.settings import Settings, trusted_hosts
 from convscope.api.state import AppState
+from convscope.api.timeouts import BodyTimeoutMiddleware
 
 log = logging.getLogger("convscope.api")
 
@@ -70,20 +74,32 @@ def create_app(settings: Settings | None = None, *, loader: ModelLoader = defaul
         finally:
             await anyio.to_thread.run_sync(state.stop)
 
-    app = FastAPI(
+    # /docs and /redoc load Swagger UI and ReDoc from the fastapi-offline package, not a CDN
+    app = FastAPIOffline(
         title="convscope",
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        generate_unique_id_function=openapi.operation_id,
     )
     app.state.convscope = state
     errors.install(app)
+    if state.jobs.gate is not None:
+        app.add_middleware(InteractiveMiddleware, gate=state.jobs.gate)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodyTimeoutMiddleware, body_timeout=settings.body_timeout)
+    app.add_middleware(  # outermost: Host, token and client id before anything else
+        SecurityMiddleware,
+        trusted_hosts=trusted_hosts(settings),
+        token=settings.api_token(),
+        openapi=lambda: app.openapi(),
+    )
     app.include_router(api_router)
     scan_routes.install(app, state)
     app.include_router(scan_routes.router, prefix="/api")
 
     _document_validation_errors(app)
+    openapi.install(app)
 
     frontend = settings.frontend_dir
     if frontend is not None and frontend.is_dir():

@@ -11,6 +11,7 @@ from PIL import Image
 from convscope.api.caching import PRIVATE, PUBLIC
 from convscope.api.pool import ModelPool
 from convscope.api.scans import ScanService
+from convscope.api.security import client_of
 from convscope.api.state import AppState
 from convscope.engine import Engine
 from convscope.images import PreparedImage
@@ -39,6 +40,14 @@ async def get_pool(state: StateDep) -> ModelPool:
 
 
 PoolDep = Annotated[ModelPool, Depends(get_pool)]
+
+
+async def get_client(request: Request) -> str | None:
+    """The requesting client's opaque id (see api/security.py)."""
+    return client_of(request.scope)
+
+
+ClientDep = Annotated[str | None, Depends(get_client)]
 
 ModelName = Annotated[
     str,
@@ -72,15 +81,17 @@ class SourceImage:
         return PRIVATE if self.is_upload else PUBLIC
 
 
-def resolve_image(state: AppState, image_id: str) -> SourceImage:
-    if image_id in state.store:
-        return SourceImage(image_id, state.store.get(image_id).image, True)
+def resolve_image(state: AppState, image_id: str, client: str | None) -> SourceImage:
+    """A sample (shared), or one of this client's uploads; 404 otherwise."""
+    upload = state.store.find(image_id, client)
+    if upload is not None:
+        return SourceImage(image_id, upload.image, True)
     sample = get_sample(image_id)  # 404 when unknown
     return SourceImage(sample.id, load_sample(sample.id), False)
 
 
-def get_image(image_id: ImageId, state: StateDep) -> SourceImage:
-    return resolve_image(state, image_id)
+def get_image(image_id: ImageId, state: StateDep, client: ClientDep) -> SourceImage:
+    return resolve_image(state, image_id, client)
 
 
 ImageDep = Annotated[SourceImage, Depends(get_image)]

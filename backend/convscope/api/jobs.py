@@ -15,9 +15,10 @@ import logging
 import secrets
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -25,6 +26,11 @@ from convscope.errors import ConvscopeError, NotFoundError
 from convscope.tasks import Cancelled
 
 log = logging.getLogger("convscope.api.jobs")
+
+# The client whose request is running (set by the API's security middleware); a job submitted
+# without an explicit owner belongs to it. None outside a request: the server's own jobs.
+current_client: ContextVar[str | None] = ContextVar("convscope_client", default=None)
+_FROM_CONTEXT: Any = object()
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINISHED: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
@@ -34,6 +40,12 @@ class TooManyJobsError(ConvscopeError):
     """Too many unfinished jobs; the client should retry later."""
 
     status_code = 429
+
+
+class ForbiddenJobError(ConvscopeError):
+    """A client may read a shared job but not cancel it."""
+
+    status_code = 403
 
 
 @dataclass
@@ -53,14 +65,20 @@ class Job:
     error: str | None = None
     error_status: int | None = None
     cancel_requested: bool = False
+    owner: str | None = None  # the client that started it (None: the server itself)
+    shared: bool = False  # readable by every client (scans of shared folders); cancellable by its owner only
+    _gate: InteractiveGate | None = field(default=None, repr=False)
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _future: Future[None] | None = field(default=None, repr=False)
+    _ended: threading.Event = field(default_factory=threading.Event, repr=False)
 
     # ---- for the job function -------------------------------------------------------
     def report(self, done: int, total: int | None = None) -> None:
         if total is not None:
             self.total = int(total)
         self.done = int(done)
+        if self._gate is not None and not self._cancel.is_set():
+            self._gate.yield_to_interactive()  # between two batches: let waiting clicks run first
 
     def should_stop(self) -> bool:
         return self._cancel.is_set()
@@ -84,13 +102,68 @@ class Job:
         return min(1.0, self.done / self.total)
 
 
+class InteractiveGate:
+    """Interactive requests in flight; jobs wait for them between their batches (at most `max_wait` s).
+
+    `holding_model` tells whether the calling thread holds a model lock: a job inside one
+    does not wait (the interactive request could not run before it lets go anyway)."""
+
+    def __init__(self, max_wait: float = 5.0, holding_model: Callable[[], bool] | None = None) -> None:
+        self.max_wait = max_wait
+        self.holding_model = holding_model
+        self._busy = 0
+        self._cond = threading.Condition()
+
+    def enter(self) -> None:
+        with self._cond:
+            self._busy += 1
+
+    def leave(self) -> None:
+        with self._cond:
+            self._busy = max(0, self._busy - 1)
+            if self._busy == 0:
+                self._cond.notify_all()
+
+    @property
+    def busy(self) -> int:
+        return self._busy
+
+    def yield_to_interactive(self) -> None:
+        if self._busy == 0 or self.max_wait <= 0:
+            return
+        if self.holding_model is not None and self.holding_model():
+            return
+        deadline = time.monotonic() + self.max_wait
+        with self._cond:
+            while self._busy > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._cond.wait(left)
+
+
 class JobManager:
-    def __init__(self, workers: int = 1, max_active: int = 8, max_finished: int = 64) -> None:
+    def __init__(
+        self,
+        workers: int = 1,
+        max_active: int = 8,
+        max_finished: int = 64,
+        *,
+        client_max_jobs: int | None = None,
+        client_max_running: int | None = None,
+        gate: InteractiveGate | None = None,
+    ) -> None:
         self.workers = workers
         self.max_active = max_active
         self.max_finished = max_finished
+        self.client_max_jobs = client_max_jobs
+        self.client_max_running = client_max_running
+        self.gate = gate
         self._executor = self._new_executor()
         self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._queues: OrderedDict[str | None, deque[Job]] = OrderedDict()  # queued jobs per owner
+        self._served: dict[str | None, int] = {}  # owner -> the turn its last job started in
+        self._turn = 0
         self._lock = threading.Lock()
         self._closed = False
 
@@ -104,20 +177,109 @@ class JobManager:
                 self._executor = self._new_executor()
                 self._closed = False
 
-    def submit(self, kind: str, fn: Callable[[Job], Any], total: int = 0) -> Job:
+    def submit(
+        self,
+        kind: str,
+        fn: Callable[[Job], Any],
+        total: int = 0,
+        *,
+        owner: str | None = _FROM_CONTEXT,
+        shared: bool = False,
+    ) -> Job:
+        if owner is _FROM_CONTEXT:
+            owner = current_client.get()
         with self._lock:
             if self._closed:
                 raise TooManyJobsError("the server is shutting down")
-            active = sum(1 for job in self._jobs.values() if not job.finished)
-            if active >= self.max_active:
-                raise TooManyJobsError(
-                    f"{active} jobs are already queued or running (the limit is {self.max_active}); retry later"
-                )
-            job = Job(id=secrets.token_urlsafe(12), kind=kind, fn=fn, total=total)
+            self._check_caps(owner)
+            job = Job(id=secrets.token_urlsafe(12), kind=kind, fn=fn, total=total, owner=owner, shared=shared)
+            job._gate = self.gate
             self._jobs[job.id] = job
             self._forget_old()
-            job._future = self._executor.submit(self._run, job)
+            self._queues.setdefault(owner, deque()).append(job)
+            job._future = self._executor.submit(self._run_next)
         return job
+
+    # ---- per-client caps and fair order (issue 19) --------------------------------------------------
+    def _check_caps(self, owner: str | None) -> None:
+        """429 past the server's cap, or past this client's own (lock held)."""
+        active = [job for job in self._jobs.values() if not job.finished]
+        if len(active) >= self.max_active:
+            raise TooManyJobsError(
+                f"{len(active)} jobs are already queued or running (the limit is {self.max_active}); retry later"
+            )
+        if owner is not None and self.client_max_jobs is not None:
+            mine = sum(1 for job in active if job.owner == owner)
+            if mine >= self.client_max_jobs:
+                raise TooManyJobsError(
+                    f"you already have {mine} jobs queued or running (the limit per client is "
+                    f"{self.client_max_jobs}); wait for one to finish or cancel one"
+                )
+
+    def _pick(self) -> Job | None:
+        """The next queued job: the owner served least recently first (never served: in arrival order),
+        skipping owners at their running cap (lock held)."""
+        running: dict[str | None, int] = {}
+        for job in self._jobs.values():
+            if job.state == "running":
+                running[job.owner] = running.get(job.owner, 0) + 1
+        best: str | None = None
+        best_turn: int | None = None
+        for owner in list(self._queues):
+            queue = self._queues[owner]
+            while queue and queue[0].finished:
+                queue.popleft()  # cancelled while queued
+            if not queue:
+                del self._queues[owner]
+                continue
+            limit = self.client_max_running
+            if owner is not None and limit is not None and running.get(owner, 0) >= limit:
+                continue
+            turn = self._served.get(owner, -1)
+            if best_turn is None or turn < best_turn:
+                best, best_turn = owner, turn
+        if best_turn is None:
+            return None
+        job = self._queues[best].popleft()
+        if not self._queues[best]:
+            del self._queues[best]
+        self._turn += 1
+        self._served[best] = self._turn
+        if len(self._served) > 4096:  # forget owners with nothing queued
+            self._served = {owner: turn for owner, turn in self._served.items() if owner in self._queues}
+        job.state = "running"
+        return job
+
+    def _run_next(self) -> None:
+        with self._lock:
+            job = self._pick()
+        if job is not None:
+            self._run(job)
+            with self._lock:  # an owner held back by its running cap may have queued work now
+                waiting = any(self._queues.values()) and not self._closed
+            if waiting:
+                with contextlib.suppress(RuntimeError):  # the executor is shutting down
+                    self._executor.submit(self._run_next)
+
+    def visible(self, job: Job, client: str | None) -> bool:
+        return job.shared or job.owner is None or job.owner == client
+
+    def get_for(self, job_id: str, client: str | None) -> Job:
+        """A job this client may read (another client's job is answered as unknown)."""
+        job = self.get(job_id)
+        if not self.visible(job, client):
+            raise NotFoundError(f"unknown job {job_id!r}")
+        return job
+
+    def list_for(self, client: str | None) -> list[Job]:
+        """This client's jobs, and the server's own (the start-up scan)."""
+        return [job for job in self.list() if job.owner == client or job.owner is None]
+
+    def cancel_for(self, job_id: str, client: str | None) -> Job:
+        job = self.get_for(job_id, client)
+        if job.owner != client:
+            raise ForbiddenJobError(f"job {job_id!r} was started by another client or the server; only it may cancel")
+        return self.cancel(job_id)
 
     def _run(self, job: Job) -> None:
         if job.should_stop():
@@ -149,6 +311,7 @@ class JobManager:
             job.finished_at = time.time()
             job.state = state
             self._forget_old()
+        job._ended.set()
 
     def _forget_old(self) -> None:
         """Keep the newest `max_finished` finished jobs (call with the lock held)."""
@@ -174,17 +337,15 @@ class JobManager:
             return job
         job.cancel_requested = True
         job._cancel.set()
-        future = job._future
-        if future is not None and future.cancel():
+        with self._lock:
+            queued = job.state == "queued"
+        if queued:  # its executor slot then runs the next job in turn, or nothing
             self._finish(job, "cancelled")
         return job
 
     def wait(self, job_id: str, timeout: float | None = None) -> Job:
         job = self.get(job_id)
-        future = job._future
-        if future is not None:
-            with contextlib.suppress(Exception):  # cancelled futures raise CancelledError
-                future.result(timeout)
+        job._ended.wait(timeout)
         return job
 
     def shutdown(self) -> None:

@@ -100,6 +100,10 @@ class ModelPool:
             raise NotFoundError(f"unknown model {name!r}; this server has {', '.join(self.names)}")
         return engine
 
+    def holds_a_model_lock(self) -> bool:
+        """True when the calling thread holds a model's lock (then it must not wait for others)."""
+        return any(engine.lock._is_owned() for engine in list(self._engines.values()))  # type: ignore[attr-defined]
+
     def engines(self) -> list[Engine]:
         self.check_ready()
         return [self._engines[name] for name in self.names]

@@ -42,7 +42,7 @@ class ScanService:
         with self._lock:
             job = self._montages.get(key)
             if job is None or job.finished:
-                job = self._montages[key] = self.state.jobs.submit("montage", work, total=channels)
+                job = self._montages[key] = self.state.jobs.submit("montage", work, total=channels, shared=True)
             return job
 
     def job_for(self, model: str, scan_id: str) -> Job | None:
@@ -56,7 +56,7 @@ class ScanService:
             job = self._jobs.get((model, scan_id))
             if job is not None and not job.finished:
                 return job
-            job = self.state.jobs.submit("scan", work)
+            job = self.state.jobs.submit("scan", work, shared=True)  # scans are shared; any client may poll
             self._jobs[(model, scan_id)] = job
             return job
 

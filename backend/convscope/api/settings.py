@@ -15,6 +15,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from convscope.models import DEFAULT_MODEL
 
 MiB = 1024 * 1024
+# `testserver` is the name Starlette's in-process TestClient sends; a dotless name cannot be
+# registered in public DNS, so it cannot be used for DNS rebinding.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "testserver")
 
 
 def _default_scan_dir() -> Path:
@@ -116,6 +119,60 @@ class Settings(BaseSettings):
         default_factory=_default_studies_dir, description="folder searched for finished study JSON files"
     )
 
+    # hardening (issue 19): memory, network exposure, clients, timeouts. See docs/deploy.md.
+    max_aspect_ratio: float = Field(
+        default=20.0, ge=1.0, le=1000.0, description="most elongated image accepted (longer / shorter side)"
+    )
+    request_memory_mb: int = Field(
+        default=2048, ge=16, description="estimated working memory one scan or analysis may need, in MiB"
+    )
+    token: str | None = Field(
+        default=None, min_length=8, description="when set, every /api request needs `Authorization: Bearer <token>`"
+    )
+    token_file: Path | None = Field(default=None, description="a file holding the token (its first line)")
+    insecure: bool = Field(default=False, description="allow a non-loopback host without a token")
+    trusted_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(LOOPBACK_HOSTS),
+        description="Host header names answered (comma-separated; `*`: any); others get 400",
+    )
+    timeout_keep_alive: float = Field(default=5.0, gt=0, description="seconds an idle keep-alive connection is kept")
+    header_timeout: float = Field(default=10.0, gt=0, description="seconds to receive a request's headers")
+    body_timeout: float = Field(default=10.0, gt=0, description="seconds the request body may stall between chunks")
+    client_max_jobs: int = Field(default=6, ge=1, description="queued and running jobs per client before 429")
+    client_max_running_jobs: int = Field(default=2, ge=1, description="jobs of one client running at once")
+    interactive_wait_s: float = Field(
+        default=5.0, ge=0, description="longest a job waits between batches for interactive requests to finish"
+    )
+
+    @field_validator("trusted_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    def api_token(self) -> str | None:
+        """The token from `token`, else the first line of `token_file`."""
+        if self.token:
+            return self.token
+        if self.token_file is not None:
+            try:
+                text = self.token_file.read_text().strip().splitlines()
+            except OSError as exc:
+                raise ValueError(f"cannot read the token file {self.token_file}: {exc.strerror}") from None
+            if not text or len(text[0].strip()) < 8:
+                raise ValueError(f"the token file {self.token_file} holds no token of at least 8 characters")
+            return text[0].strip()
+        return None
+
+    # feature visualisation (issue 17): optimised images cached on disk; a `convscope atlas` folder to serve
+    featvis_dir: Path | None = Field(
+        default=None, description="feature-visualisation cache (default: $XDG_CACHE_HOME/convscope/featvis)"
+    )
+    atlas_dir: Path | None = Field(
+        default=None, description="a folder written by `convscope atlas`, served read-only under /api/atlas/"
+    )
+
     @field_validator("scan_roots", mode="before")
     @classmethod
     def _split_roots(cls, value: object) -> object:
@@ -154,3 +211,11 @@ class Settings(BaseSettings):
     @property
     def default_model(self) -> str:
         return self.models[0]
+
+
+def trusted_hosts(settings: Settings) -> list[str]:
+    """The configured Host names, plus the address the server binds to when it is a specific one."""
+    hosts = list(settings.trusted_hosts)
+    if settings.host not in ("0.0.0.0", "::", "") and settings.host not in hosts:
+        hosts.append(settings.host)
+    return hosts

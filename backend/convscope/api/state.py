@@ -10,7 +10,7 @@ from typing import Generic, TypeVar
 from cachetools import LRUCache
 
 from convscope.api.caching import ResponseCache
-from convscope.api.jobs import JobManager
+from convscope.api.jobs import InteractiveGate, JobManager
 from convscope.api.pool import ModelPool
 from convscope.api.settings import Settings
 from convscope.api.store import ImageStore
@@ -77,7 +77,14 @@ class AppState:
             settings=settings,
             pool=pool,
             store=ImageStore(settings.store_max_images, settings.store_max_bytes),
-            jobs=JobManager(settings.job_workers, settings.max_active_jobs, settings.max_finished_jobs),
+            jobs=JobManager(
+                settings.job_workers,
+                settings.max_active_jobs,
+                settings.max_finished_jobs,
+                client_max_jobs=settings.client_max_jobs,
+                client_max_running=settings.client_max_running_jobs,
+                gate=InteractiveGate(settings.interactive_wait_s, holding_model=pool.holds_a_model_lock),
+            ),
             responses=ResponseCache(settings.response_cache_entries),
             prepared=LRU(settings.prepared_cache_entries),
         )

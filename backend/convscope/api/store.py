@@ -1,6 +1,7 @@
 """A bounded in-memory store of uploaded images.
 
-Ids are random and unguessable (`secrets`); the store holds at most
+Ids are random and unguessable (`secrets`), and each upload belongs to the client that
+sent it (another client's id is answered as unknown); the store holds at most
 `max_images` images and `max_bytes` decoded RGB bytes, evicting the least
 recently used. Nothing touches the file system.
 """
@@ -23,6 +24,7 @@ ID_BYTES = 16  # 128 random bits -> 22 URL-safe characters
 class StoredImage:
     id: str
     image: Image.Image  # decoded RGB, treat as read-only
+    owner: str | None = None  # the client that uploaded it; only it can use the id
 
     @property
     def nbytes(self) -> int:
@@ -40,9 +42,10 @@ class ImageStore:
         self._items: LRUCache[str, StoredImage] = LRUCache(maxsize=max_bytes, getsizeof=lambda item: item.nbytes)
         self._lock = threading.Lock()
 
-    def add(self, image: Image.Image) -> StoredImage:
+    def add(self, image: Image.Image, owner: str | None = None) -> StoredImage:
         """Keep an image; evict the least recently used ones to stay within the limits."""
-        item = StoredImage(secrets.token_urlsafe(ID_BYTES), image if image.mode == "RGB" else image.convert("RGB"))
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        item = StoredImage(secrets.token_urlsafe(ID_BYTES), rgb, owner)
         if item.nbytes > self.max_bytes:
             raise TooLargeError(
                 f"the decoded image needs {item.nbytes:,} bytes; the upload store holds {self.max_bytes:,}"
@@ -53,10 +56,18 @@ class ImageStore:
             self._items[item.id] = item  # evicts the least recently used beyond max_bytes
         return item
 
-    def get(self, image_id: str) -> StoredImage:
+    def find(self, image_id: str, owner: str | None) -> StoredImage | None:
+        """The upload, if it exists and belongs to `owner` (another client's upload is not found)."""
         with self._lock:
             item = self._items.get(image_id)
-            if item is None:
+            if item is None or item.owner != owner:
+                return None
+            return item  # the lookup made it the most recently used
+
+    def get(self, image_id: str, owner: str | None = None) -> StoredImage:
+        with self._lock:
+            item = self._items.get(image_id)
+            if item is None or item.owner != owner:
                 raise NotFoundError(f"unknown image {image_id!r} (not a sample, and no such upload is kept)")
             return item
 

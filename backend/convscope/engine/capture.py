@@ -1,42 +1,105 @@
-"""Recording the 4-D outputs of named modules during one forward pass.
+"""Forward hooks, owned in one place: recording 4-D layer outputs and tapping modules.
 
-`LayerCapture` owns all the hooks it registers and removes them on exit, even on
-error. Each hooked module's output is kept as it was produced: with a graph, the
-original is kept and a clone passed on; without one, a copy is kept. Either way
-in-place operations further down (`out += identity`, in-place activations) never
-rewrite a recorded output or its autograd history.
+`LayerCapture` registers its hooks on enter and removes them on exit, even on
+error, and only acts on calls made in the thread that entered it (so two threads'
+passes through one model never see each other's captures). It does two things:
+
+- `names`: record the first 4-D output each named module produces (for the
+  recorded forward pass of a projection). With a graph, the original output is
+  kept and a clone passed on where a later in-place operation could rewrite it;
+  without one, a copy is kept.
+- `taps`: capture a module's output or first input (`Tap`), optionally reduced at
+  once (spatial mean/sum/max, or any function), detached; a tap's first call counts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+Reduction = Literal["mean", "sum", "max"]
+_SPATIAL = (2, 3)
+
+
+@dataclass(frozen=True)
+class Tap:
+    """What to capture at one module during a no-grad pass (`Engine.infer`).
+
+    `reduce`: None keeps the tensor (copied); "mean", "sum" or "max" reduce a 4-D
+    tensor over its spatial dimensions (N×C×H×W -> N×C; a call whose tensor is not
+    4-D is passed over); a function is applied to the detached tensor as produced
+    (its result is kept; copy it if it is a view)."""
+
+    module: str
+    input: bool = False  # the module's first input instead of its output
+    reduce: Reduction | Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.module}:input" if self.input else self.module
+
+    def apply(self, value: torch.Tensor) -> torch.Tensor | None:
+        """What this tap keeps of `value`; None when a spatial reduction does not apply."""
+        value = value.detach()
+        if self.reduce is None:
+            return value.clone()
+        if callable(self.reduce):
+            return self.reduce(value)
+        if value.dim() != 4:
+            return None
+        if self.reduce == "mean":
+            return value.mean(dim=_SPATIAL)
+        if self.reduce == "sum":
+            return value.sum(dim=_SPATIAL)
+        return value.amax(dim=_SPATIAL)
+
 
 class LayerCapture:
-    """Context manager: `outputs[name]` is the first 4-D output each named module produced."""
+    """Context manager: `outputs[name]` is the first 4-D output each named module produced
+    (all modules when `names` is None); `tapped[tap]` what each tap captured."""
 
-    def __init__(self, model: nn.Module, names: Iterable[str] | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        names: Iterable[str] | None = None,
+        *,
+        taps: Iterable[Tap] = (),
+        keep_original: Collection[str] | None = None,
+    ) -> None:
         self.model = model
-        wanted = None if names is None else set(names)
-        self._modules = [
-            (name, module) for name, module in model.named_modules() if name and (wanted is None or name in wanted)
-        ]
+        modules = dict(model.named_modules())
+        self.taps = list(dict.fromkeys(taps))
+        wanted: set[str] | None = None if names is None else set(names)
+        if names is None and self.taps:
+            wanted = set()  # taps only
+        self._layers = [(n, m) for n, m in modules.items() if n and (wanted is None or n in wanted)]
+        self._tapped_modules = [(tap, modules[tap.module]) for tap in self.taps]
+        # recorded outputs that no in-place op can rewrite: kept as they are, not cloned
+        self._keep_original = keep_original
         self.outputs: dict[str, torch.Tensor] = {}
-        self.kinds: dict[str, str] = {}
+        self.tapped: dict[Tap, torch.Tensor] = {}
+        self.originals: dict[str, torch.Tensor] = {}  # outputs kept uncloned, to check their versions
         self._handles: list[RemovableHandle] = []
+        self._thread: int | None = None
 
-    def _hook(self, name: str) -> Any:
+    def _layer_hook(self, name: str) -> Any:
         def hook(module: nn.Module, inputs: Any, output: Any) -> Any:
+            if threading.get_ident() != self._thread:
+                return None
             if not (isinstance(output, torch.Tensor) and output.dim() == 4) or name in self.outputs:
                 return None
-            self.kinds[name] = type(module).__name__
             if output.requires_grad:
+                if self._keep_original is not None and name in self._keep_original:
+                    self.outputs[name] = output
+                    self.originals[name] = output
+                    return None
                 # keep the original (and its graph); the network goes on with a copy
                 self.outputs[name] = output
                 return output.clone()
@@ -46,10 +109,23 @@ class LayerCapture:
 
         return hook
 
+    def _tap_hook(self, tap: Tap) -> Any:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            if threading.get_ident() != self._thread or tap in self.tapped:
+                return
+            value = (inputs[0] if inputs else None) if tap.input else output
+            if isinstance(value, torch.Tensor) and (kept := tap.apply(value)) is not None:
+                self.tapped[tap] = kept
+
+        return hook
+
     def __enter__(self) -> LayerCapture:
+        self._thread = threading.get_ident()
         try:
-            for name, module in self._modules:
-                self._handles.append(module.register_forward_hook(self._hook(name)))
+            for name, module in self._layers:
+                self._handles.append(module.register_forward_hook(self._layer_hook(name)))
+            for tap, module in self._tapped_modules:
+                self._handles.append(module.register_forward_hook(self._tap_hook(tap)))
         except BaseException:
             self.remove()
             raise

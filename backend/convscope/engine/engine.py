@@ -1,25 +1,30 @@
 """The engine: one object per loaded model that predicts, records and projects.
 
 It owns the model, the device, the list of probe-able layers (with receptive
-fields) and an LRU cache of recorded forward passes, so a second projection of
-the same image costs only the backward part. Every computation is serialised
-by the engine's lock, so one engine can be shared by many threads.
+fields and rule coverage) and an LRU cache of recorded forward passes, so a second
+projection of the same image costs only the backward part. `infer` is the one
+no-grad inference entry point (logits and taps at any module). The engine's lock
+is held for one forward pass or one backward call at a time, never across a job,
+so one engine can be shared by many threads.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from PIL import Image
 
-from convscope.engine.capture import LayerCapture
+from convscope.engine import cone
+from convscope.engine.capture import LayerCapture, Tap
+from convscope.engine.graph import path_facts
 from convscope.engine.receptive_field import ReceptiveField, receptive_field
-from convscope.engine.rules import RULES, Rule, RuleBox, RuleMode
+from convscope.engine.rules import MODES, Mode, Rule, RuleBox, RuleMode
 from convscope.errors import InvalidRequestError, NotFoundError
 from convscope.images import PreparedImage, prepare_image
 from convscope.models.spec import LoadedModel
@@ -35,7 +40,16 @@ class LayerInfo:
     channels: int
     height: int
     width: int
-    receptive_field: ReceptiveField  # its JSON: convscope.api.schemas.LayerResponse
+    receptive_field: ReceptiveField
+    has_switches: bool = False  # a max-pool with switches lies below (on a path from the input)
+    rules_covered: tuple[str, ...] = ()  # element-wise activations below/at the layer with an engine rule
+    rules_uncovered: tuple[str, ...] = ()  # ... and those without one (plain derivative in every mode)
+
+    @property
+    def auto_mode(self) -> Rule:
+        """What `mode="auto"` resolves to here: the paper's deconvnet where max-pool switches
+        carry the image into the projection, guided backprop where nothing would."""
+        return "deconvnet" if self.has_switches else "guided"
 
 
 @dataclass(frozen=True)
@@ -59,7 +73,7 @@ class Seed:
 class Projection:
     layer: str
     channel: int
-    mode: Rule
+    mode: Rule  # the rule used (`auto` resolved for the layer)
     select: str
     seed_value: float
     seed_position: tuple[int, int]  # (y, x), or (-1, -1) for the whole map
@@ -78,21 +92,40 @@ class _Record:
 
 @dataclass
 class EngineStats:
+    """Counters since the engine was made."""
+
     forward_passes: int = 0
     backward_passes: int = 0
+    cone_passes: int = 0  # backward passes that ran over the seed's receptive field only
     cache_hits: int = 0
 
 
 def set_cuda_tf32(allowed: bool) -> None:
-    """Process-wide: whether CUDA convolutions and matrix products may use TF32.
+    """Set PyTorch's (process-wide) flags: may CUDA convolutions and matrix products use TF32."""
+    torch.backends.cudnn.allow_tf32 = allowed
+    torch.backends.cuda.matmul.allow_tf32 = allowed
+
+
+_CUDA_PRECISION_LOCK = threading.RLock()
+
+
+@contextmanager
+def cuda_precision(tf32: bool) -> Iterator[None]:
+    """TF32 allowed or not for the computations inside the block, restored after it.
 
     PyTorch lets cuDNN convolutions use TF32 by default; with it, projections on a GPU
     differ from the CPU's by up to 42 % of their peak (measured on an H200, gradient mode,
-    EfficientNet-Lite0): a forward pass ~1e-3 off flips ReLU masks near zero. convscope
-    therefore computes in full float32 unless asked for TF32. The flag is global in
-    PyTorch, so the last engine created decides for the whole process."""
-    torch.backends.cudnn.allow_tf32 = allowed
-    torch.backends.cuda.matmul.allow_tf32 = allowed
+    EfficientNet-Lite0): a forward pass ~1e-3 off flips ReLU masks near zero. The engine
+    therefore computes in full float32 unless asked for TF32. PyTorch's flags are global,
+    so the engine sets them only around its own CUDA work, under one process-wide lock
+    (CUDA engines of one process take turns), and puts the caller's values back after."""
+    with _CUDA_PRECISION_LOCK:
+        before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+        set_cuda_tf32(tf32)
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def resolve_device(device: str) -> torch.device:
@@ -105,27 +138,42 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-@dataclass
 class Engine:
-    """Inspection and deconvnet projections for one model (DESIGN §3)."""
+    """Inspection, inference and deconvnet projections for one model (DESIGN §3).
 
-    model: LoadedModel
-    device_name: str = "auto"
-    cache_size: int = 8
-    tf32: bool = False  # CUDA only: let convolutions use TF32 (faster, ~1e-3 off; see set_cuda_tf32)
-    stats: EngineStats = field(default_factory=EngineStats)
+    What the engine does to the model it is given: it moves the module to the device
+    and switches it to eval mode, once, here. It never changes its parameters or their
+    `requires_grad` flags, and its forward hooks live only for one pass (`LayerCapture`).
+    A plain class: engines compare and hash by identity."""
 
-    def __post_init__(self) -> None:
-        self.device = resolve_device(self.device_name)
-        if self.device.type == "cuda":
-            set_cuda_tf32(self.tf32)
+    def __init__(
+        self,
+        model: LoadedModel,
+        device_name: str = "auto",
+        cache_size: int = 8,
+        tf32: bool = False,
+    ) -> None:
+        self.model = model
+        self.device_name = device_name
+        self.cache_size = cache_size
+        self.tf32 = tf32  # CUDA only: let convolutions use TF32 (faster, ~1e-3 off; see cuda_precision)
+        self.stats = EngineStats()
+        self.device = resolve_device(device_name)
         self.model.module.to(self.device).eval()
-        for parameter in self.model.module.parameters():
-            parameter.requires_grad_(False)
         self._lock = threading.RLock()
         self._cache: OrderedDict[str, _Record] = OrderedDict()
         self._layers = self._inspect_layers()
         self._layer_index = {info.name: info for info in self._layers}
+
+    def __repr__(self) -> str:
+        return f"Engine({self.name!r}, device={str(self.device)!r})"
+
+    @contextmanager
+    def _computing(self) -> Iterator[None]:
+        """Held around each of the engine's own passes: its lock, and its CUDA precision."""
+        precision = cuda_precision(self.tf32) if self.device.type == "cuda" else nullcontext()
+        with self._lock, precision:
+            yield
 
     # ---- metadata ---------------------------------------------------------------
     @property
@@ -158,14 +206,28 @@ class Engine:
     def _inspect_layers(self) -> list[LayerInfo]:
         size = self.input_size
         image = torch.zeros(1, 3, size, size, device=self.device, requires_grad=True)
-        with self._lock:
-            record = self._record_tensor(image)
-        order = {name: index for index, (name, _) in enumerate(self.model.module.named_modules())}
+        record = self._record_tensor(image)
+        modules = dict(self.model.module.named_modules())
+        order = {name: index for index, name in enumerate(modules)}
+        facts = path_facts(record.outputs, record.image)
         infos = []
         for name, output in sorted(record.outputs.items(), key=lambda item: order[item[0]]):
             _, channels, height, width = output.shape
             field_ = receptive_field(output, record.image, size)
-            infos.append(LayerInfo(name, self._kinds[name], int(channels), int(height), int(width), field_))
+            here = facts[name]
+            infos.append(
+                LayerInfo(
+                    name,
+                    type(modules[name]).__name__,
+                    int(channels),
+                    int(height),
+                    int(width),
+                    field_,
+                    has_switches=here.has_switches,
+                    rules_covered=tuple(sorted(here.covered)),
+                    rules_uncovered=tuple(sorted(here.uncovered)),
+                )
+            )
         return infos
 
     # ---- forward passes -----------------------------------------------------------
@@ -176,10 +238,9 @@ class Engine:
     def _record_tensor(self, tensor: torch.Tensor) -> _Record:
         box = RuleBox()
         image = tensor.detach().to(self.device).requires_grad_(True)
-        with torch.enable_grad(), LayerCapture(self.model.module) as capture, RuleMode(box):
+        with self._computing(), torch.enable_grad(), LayerCapture(self.model.module) as capture, RuleMode(box):
             logits = self.model.module(image)
         self.stats.forward_passes += 1
-        self._kinds = capture.kinds
         return _Record(image, logits.detach(), capture.outputs, box)
 
     def _record(self, image: PreparedImage) -> _Record:
@@ -200,18 +261,32 @@ class Engine:
 
     @property
     def lock(self) -> threading.RLock:
-        """Held during every model computation; hold it to run your own passes safely."""
+        """The lock the engine holds for each of its passes (one batch, one backward call)."""
         return self._lock
+
+    def infer(self, batch: torch.Tensor, taps: Iterable[Tap] = ()) -> tuple[torch.Tensor, dict[Tap, torch.Tensor]]:
+        """One no-grad forward pass of an N×3×S×S batch: the logits and what each tap captured
+        (on the engine's device; a tap whose module was not reached is absent). The lock is
+        held for this batch only; prepare the batch before calling."""
+        taps = list(dict.fromkeys(taps))
+        modules = dict(self.model.module.named_modules())
+        for tap in taps:
+            if not tap.module or tap.module not in modules:
+                raise NotFoundError(f"model {self.name!r} has no module {tap.module!r}")
+        batch = batch.to(self.device)
+        with self._computing(), torch.no_grad(), LayerCapture(self.model.module, taps=taps) as capture:
+            logits = self.model.module(batch)
+        return logits, capture.tapped
 
     def forward_batch(
         self, batch: torch.Tensor, layers: Sequence[str] = ()
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Plain inference (no graph) on an N×3×S×S batch: logits and the named layers' outputs."""
+        """`infer` with a tap on each named layer's output (4-D layers only), keyed by name."""
         for name in layers:
             self.layer(name)
-        with self._lock, torch.no_grad(), LayerCapture(self.model.module, layers) as capture:
-            logits = self.model.module(batch.to(self.device))
-        return logits, {name: capture.outputs[name] for name in layers}
+        taps = {name: Tap(name) for name in layers}
+        logits, tapped = self.infer(batch, taps.values())
+        return logits, {name: tapped[tap] for name, tap in taps.items()}
 
     # ---- predictions and activations ----------------------------------------------
     def probabilities(self, image: PreparedImage) -> torch.Tensor:
@@ -235,10 +310,17 @@ class Engine:
             return self._record(image).outputs[layer][0].detach().float().cpu()
 
     # ---- projections ----------------------------------------------------------------
-    def _validate(self, layer: str, mode: str, seeds: Sequence[Seed]) -> LayerInfo:
+    def resolve_mode(self, layer: str, mode: str) -> Rule:
+        """The rule a projection of `layer` uses for `mode` (`auto`: see `LayerInfo.auto_mode`)."""
         info = self.layer(layer)
-        if mode not in RULES:
-            raise InvalidRequestError(f"unknown mode {mode!r}; use one of {', '.join(RULES)}")
+        if mode not in MODES:
+            raise InvalidRequestError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+        if mode == "auto":
+            return info.auto_mode
+        return mode  # type: ignore[return-value]
+
+    def _validate(self, layer: str, seeds: Sequence[Seed]) -> LayerInfo:
+        info = self.layer(layer)
         if not seeds:
             raise InvalidRequestError("no seeds to project")
         for seed in seeds:
@@ -261,7 +343,7 @@ class Engine:
         image: PreparedImage,
         layer: str,
         channel: int,
-        mode: Rule = "deconvnet",
+        mode: Mode = "deconvnet",
         select: Select = "max",
         position: tuple[int, int] | None = None,
     ) -> Projection:
@@ -269,32 +351,40 @@ class Engine:
         return self.project_many(image, layer, [Seed(channel, select, position)], mode)[0]
 
     def project_many(
-        self, image: PreparedImage, layer: str, seeds: Sequence[Seed], mode: Rule = "deconvnet"
+        self, image: PreparedImage, layer: str, seeds: Sequence[Seed], mode: Mode = "deconvnet"
     ) -> list[Projection]:
         """Project many seeds of one image in one backward pass; one projection per seed."""
-        self._validate(layer, mode, seeds)
+        rule = self.resolve_mode(layer, mode)
+        self._validate(layer, seeds)
         with self._lock:
             record = self._record(image)
             output = record.outputs[layer]
             grads, values, positions = self._seed_tensor(output, seeds)
-            record.box.rule = mode
-            projections = self._backward(output, record.image, grads).float().cpu()
+            record.box.rule = rule
+            with self._computing():
+                projections = self._backward(output, record.image, grads, rule).float().cpu()
         return [
-            Projection(layer, seed.channel, mode, "position" if seed.position else seed.select, value, pos, proj)
+            Projection(layer, seed.channel, rule, "position" if seed.position else seed.select, value, pos, proj)
             for seed, value, pos, proj in zip(seeds, values, positions, projections, strict=True)
         ]
 
-    def _backward(self, output: torch.Tensor, image: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    def _backward(self, output: torch.Tensor, image: torch.Tensor, grads: torch.Tensor, rule: Rule) -> torch.Tensor:
         """K seeds -> K×3×S×S. On CUDA one vmapped backward pass over the recorded graph;
         on the CPU, where the transposed convolutions are compute-bound and batching
-        them gains nothing (measured), one backward pass per seed over the same graph."""
+        them gains nothing (measured), one backward pass per seed over the same graph,
+        over the seed's receptive field only where that is at most half the work (cone.py)."""
         if len(grads) > 1 and image.device.type == "cuda":
             (result,) = torch.autograd.grad(output, image, grads, retain_graph=True, is_grads_batched=True)
             self.stats.backward_passes += 1
             return result.reshape(len(grads), *image.shape[1:])
         results = []
         for grad in grads:
-            (result,) = torch.autograd.grad(output, image, grad, retain_graph=True)
+            cropped = cone.backward_if_cheaper(output, image, grad, rule)  # None: dense is cheaper
+            if cropped is None:
+                (result,) = torch.autograd.grad(output, image, grad, retain_graph=True)
+            else:
+                result = cropped
+                self.stats.cone_passes += 1
             results.append(result[0])
             self.stats.backward_passes += 1
         return torch.stack(results)

@@ -2,8 +2,8 @@
 
 A grey square — the model's mean colour, which is zero after normalisation — is
 slid over the S×S model input; top-left positions are 0, stride, 2·stride, …
-while the square fits. Every occluded copy goes through the model once, and the
-same forward pass gives all three maps:
+while the square fits. Every occluded copy is evaluated once, and the same pass
+gives all three maps:
 
 - `probability`: the softmax probability of the target class (by default the
   unoccluded top-1);
@@ -11,13 +11,19 @@ same forward pass gives all three maps:
 - `feature.activity`: the spatial sum of one feature map of a layer (by default
   the last convolution's channel with the largest sum on the unoccluded image).
 
-Occluded copies are built and evaluated `batch_size` at a time into one reused
-buffer, so memory is bounded by the batch, whatever the image size and stride.
+Positions are evaluated `batch_size` at a time, so memory is bounded by the batch,
+whatever the image size and stride. Two methods give the same maps (to float
+rounding): *dense* runs each occluded copy through the whole model; *incremental*
+(`convscope.engine.incremental`) recomputes only the patch of each layer the
+occluder can change. `auto` picks incremental where it plans to save at least a
+third of the arithmetic. Opt-in approximations, labelled in the result: a
+projective-field cap (`approx`) and adaptive drill-down (`adaptive`).
 Plain Python: no web or command-line code here.
 """
 
 from __future__ import annotations
 
+import math
 import operator
 import time
 from collections.abc import Callable
@@ -27,24 +33,23 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from convscope.engine.incremental import IncrementalPlan, IncrementalRunner, NotIncremental, plan_incremental
+from convscope.engine.tracing import TraceFailed, trace_model
 from convscope.errors import InvalidRequestError
 from convscope.jsonvalues import finite_or_none as _finite
+from convscope.tasks import Cancelled, Task, as_task
 
 if TYPE_CHECKING:
     from convscope.engine.engine import Engine
     from convscope.images import PreparedImage
 
-ProgressCallback = Callable[[int, int], None]
-StopCallback = Callable[[], bool]
 
-
-class OcclusionCancelled(Exception):
-    """Raised by `occlude` when `should_stop()` answered true between two batches."""
+class OcclusionCancelled(Cancelled):
+    """Raised by `occlude` when the task's `should_stop()` answered true between two batches."""
 
     def __init__(self, done: int, total: int) -> None:
-        super().__init__(f"occlusion cancelled after {done} of {total} positions")
-        self.done = done
-        self.total = total
+        super().__init__(done, total, "occlusion")
+        self.args = (f"occlusion cancelled after {done} of {total} positions",)
 
 
 @dataclass
@@ -70,6 +75,17 @@ class OcclusionResult:
     batch_size: int = 32
     forward_batches: int = 0
     seconds: float = 0.0
+    method: str = "dense"  # what ran: "dense" | "incremental"
+    method_requested: str = "dense"  # "auto" | "dense" | "incremental"
+    planned_ratio: float | None = None  # incremental's planned arithmetic / dense's (None: not planned)
+    approx: float | None = None  # the projective-field cap tau, when the incremental run was approximate
+    adaptive: float | None = None  # the drill-down share, when adaptive (approximate)
+    positions_computed: int = 0  # positions actually occluded (fewer than rows·cols when adaptive)
+    note: str | None = None  # why the method that ran is not the one asked for, if it is not
+
+    @property
+    def approximate(self) -> bool:
+        return self.approx is not None or self.adaptive is not None
 
 
 def _as_int(value: Any, name: str) -> int:
@@ -128,6 +144,112 @@ def _check_target(target: Any, num_classes: int) -> int:
     return target
 
 
+METHODS = ("auto", "dense", "incremental")
+AUTO_MAX_RATIO = 2 / 3  # `auto` runs incremental when its planned arithmetic is at most this share of dense
+ADAPTIVE_FACTOR = 2  # adaptive drill-down: the coarse pass uses this many times the stride
+
+
+def _check_options(method: Any, approx: Any, adaptive: Any) -> tuple[str, float | None, float | None]:
+    if method not in METHODS:
+        raise InvalidRequestError(f"unknown occlusion method {method!r}; use one of {', '.join(METHODS)}")
+    tau = None
+    if approx is not None:
+        if isinstance(approx, bool) or not isinstance(approx, (int, float)) or not 0 < approx <= 1:
+            raise InvalidRequestError(
+                f"approx (the projective-field cap tau) must be a number in (0, 1], got {approx!r}"
+            )
+        if method == "dense":
+            raise InvalidRequestError("approx needs the incremental method (or auto), not dense")
+        tau = float(approx)
+    fraction = None
+    if adaptive is not None:
+        if isinstance(adaptive, bool) or not isinstance(adaptive, (int, float)) or not 0 < adaptive <= 1:
+            raise InvalidRequestError(
+                f"adaptive (the share of coarse cells to drill into) must be a number in (0, 1], got {adaptive!r}"
+            )
+        fraction = float(adaptive)
+    return str(method), tau, fraction
+
+
+Evaluator = Callable[[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+class _DenseEvaluator:
+    """Every occluded copy through the whole model, `batch_size` at a time into one reused buffer."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        base: torch.Tensor,
+        positions: list[tuple[int, int]],
+        size: int,
+        layer: str,
+        target: int,
+        channel: int,
+        batch_size: int,
+    ) -> None:
+        self.engine, self.layer, self.target, self.channel = engine, layer, target, channel
+        self.base = base.to(engine.device)
+        count = min(batch_size, len(positions))
+        self.buffer = torch.empty((count, *base.shape[1:]), dtype=base.dtype, device=engine.device)
+        self.occluders = _Occluders(positions, size, base.shape[-2], base.shape[-1], engine.device)
+
+    def __call__(self, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch = self.buffer[: end - start]
+        batch.copy_(self.base.expand_as(batch)).masked_fill_(self.occluders.masks(start, end), 0.0)
+        logits, outputs = self.engine.forward_batch(batch, [self.layer])
+        probs = torch.softmax(logits.float(), dim=1)
+        activity = outputs[self.layer][:, self.channel].double().sum(dim=(1, 2))
+        return probs[:, self.target].double(), probs.argmax(dim=1), activity
+
+
+class _IncrementalEvaluator:
+    """Only the patches an occluder can change, through a torch.fx plan of the model."""
+
+    def __init__(self, engine: Engine, plan: IncrementalPlan, target: int, channel: int) -> None:
+        self.engine, self.target = engine, target
+        self.runner = IncrementalRunner(plan, engine.model.module, channel)
+
+    def __call__(self, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with self.engine.lock, torch.no_grad():
+            logits, activity = self.runner.run(start, end)
+        probs = torch.softmax(logits.float(), dim=1)
+        return probs[:, self.target].double(), probs.argmax(dim=1), activity
+
+
+@dataclass
+class _Choice:
+    method: str  # what runs: "dense" | "incremental"
+    plan: IncrementalPlan | None
+    ratio: float | None
+    note: str | None
+
+
+def _choose(
+    engine: Engine,
+    base: torch.Tensor,
+    positions: list[tuple[int, int]],
+    size: int,
+    layer: str,
+    method: str,
+    tau: float | None,
+) -> _Choice:
+    """Trace and plan (unless dense was asked for) and decide which method runs."""
+    if method == "dense":
+        return _Choice("dense", None, None, None)
+    module = engine.model.module
+    try:
+        with engine.lock, torch.no_grad():
+            traced = trace_model(module, base.to(engine.device))
+            plan = plan_incremental(traced, module, base.to(engine.device), positions, size, layer, tau)
+    except (TraceFailed, NotIncremental) as exc:
+        return _Choice("dense", None, None, f"incremental occlusion is not available for this model ({exc}); ran dense")
+    ratio = plan.ratio
+    if method == "auto" and tau is None and ratio > AUTO_MAX_RATIO:
+        return _Choice("dense", None, ratio, None)
+    return _Choice("incremental", plan, ratio, None)
+
+
 def occlude(
     engine: Engine,
     image: PreparedImage,
@@ -136,20 +258,33 @@ def occlude(
     target: int | None = None,
     layer: str | None = None,
     batch_size: int = 32,
-    progress: ProgressCallback | None = None,
-    should_stop: StopCallback | None = None,
+    method: str = "auto",
+    approx: float | None = None,
+    adaptive: float | None = None,
+    task: Task | None = None,
 ) -> OcclusionResult:
     """Occlusion maps of one image (DESIGN §4), evaluated `batch_size` positions at a time.
 
-    `progress(done, total)` is called after every batch (positions done, positions
-    in all); `should_stop()` is asked before every batch and a true answer raises
-    `OcclusionCancelled`. Bad values raise `InvalidRequestError`; an unknown
+    `method`: "dense" reruns the whole model per position; "incremental" reruns only
+    what the occluder can change (exact, `convscope.engine.incremental`); "auto"
+    (default) runs incremental when its planned arithmetic is at most 2/3 of dense.
+    A model torch.fx cannot trace runs dense, with a note in the result.
+    `approx` (tau in (0, 1]) caps each layer's recomputed window at tau of its map:
+    approximate. `adaptive` (a share in (0, 1]) first occludes at twice the stride,
+    then at the stride only inside that share of coarse cells where the target's
+    probability dropped most; the other cells take their coarse value: approximate.
+
+    `task.report(done, total)` is called after every batch; `task.should_stop()` is
+    asked before every batch and a true answer raises `OcclusionCancelled` (a
+    `convscope.tasks.Cancelled`). Bad values raise `InvalidRequestError`; an unknown
     layer raises `NotFoundError` — both before any forward pass.
     """
     started = time.perf_counter()
+    task = as_task(task)
     batch_size = _as_int(batch_size, "batch size")
     if batch_size < 1:
         raise InvalidRequestError(f"batch size must be at least 1, got {batch_size}")
+    method, tau, fraction = _check_options(method, approx, adaptive)
     base = image.tensor
     if base.dim() != 4 or base.shape[0] != 1 or base.shape[1] != 3 or base.shape[2] != base.shape[3]:
         raise InvalidRequestError(f"expected a prepared 1×3×S×S image, got shape {tuple(base.shape)}")
@@ -184,47 +319,36 @@ def occlude(
     probability = torch.empty(total, dtype=torch.float64)
     top_label = torch.empty(total, dtype=torch.int64)
     activity = torch.empty(total, dtype=torch.float64)
-    device_base = base.to(engine.device)
-    buffer = torch.empty((min(batch_size, total), *base.shape[1:]), dtype=base.dtype, device=engine.device)
-    occluders = _Occluders(positions, size, base.shape[-2], base.shape[-1], engine.device)
-    # One batch stays in flight: batch i's results are fetched only once batch i+1 has been
-    # queued, and progress is at most one batch ahead of what has been computed. (On CUDA a
-    # plain `.cpu()` copy is stream-ordered, so it still waits for batch i+1 as well; the
-    # overlap this buys there is partial. On the CPU everything simply runs in order.)
-    pending: tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-
-    def collect(start: int, end: int, p: torch.Tensor, label: torch.Tensor, act: torch.Tensor) -> None:
-        probability[start:end] = p.cpu()
-        top_label[start:end] = label.cpu()
-        activity[start:end] = act.cpu()
-        if progress is not None:
-            progress(end, total)
-
+    if fraction is None:
+        phases = [np.arange(total)]
+    else:
+        coarse = [
+            i
+            for i, (r, c) in enumerate(np.ndindex(rows, cols))
+            if r % ADAPTIVE_FACTOR == 0 and c % ADAPTIVE_FACTOR == 0
+        ]
+        phases = [np.asarray(coarse, dtype=np.int64)]
+    counter = _Progress(task, int(len(phases[0]) if fraction is None else _adaptive_estimate(rows, cols, fraction)))
+    choice: _Choice | None = None
     batches = 0
-    for start in range(0, total, batch_size):
-        if should_stop is not None and should_stop():
-            if pending is not None:
-                collect(*pending)  # what was computed is reported before giving up
-            raise OcclusionCancelled(start, total)
-        end = min(start + batch_size, total)
-        batch = buffer[: end - start]
-        batch.copy_(device_base.expand_as(batch)).masked_fill_(occluders.masks(start, end), 0.0)
-        logits, outputs = engine.forward_batch(batch, [layer_name])
-        probs = torch.softmax(logits.float(), dim=1)
-        current = (
-            start,
-            end,
-            probs[:, target].double(),
-            probs.argmax(dim=1),
-            outputs[layer_name][:, channel].double().sum(dim=(1, 2)),
-        )
-        del logits, outputs, probs
-        batches += 1
-        if pending is not None:
-            collect(*pending)
-        pending = current
-    if pending is not None:
-        collect(*pending)
+    for phase, indices in enumerate(_phases(phases, rows, cols, fraction, probability, unoccluded_probability)):
+        if phase:
+            counter.set_total(counter.done + len(indices))
+        subset = [positions[i] for i in indices]
+        choice_here = _choose(engine, base, subset, size, layer_name, method, tau)
+        if choice is None:
+            choice = choice_here
+        if choice_here.method == "incremental" and choice_here.plan is not None:
+            evaluator: Evaluator = _IncrementalEvaluator(engine, choice_here.plan, target, channel)
+        else:
+            evaluator = _DenseEvaluator(engine, base, subset, size, layer_name, target, channel, batch_size)
+        batches += _run_batches(evaluator, indices, batch_size, counter, probability, top_label, activity)
+        del evaluator, choice_here
+    assert choice is not None
+    computed = counter.done
+    if fraction is not None:
+        _fill_from_coarse(rows, cols, computed_mask=counter.mask(total), maps=(probability, top_label, activity))
+    counter.finish()
 
     top_map = top_label.reshape(rows, cols).numpy()
     occurring = {int(i) for i in np.unique(top_map)} | {unoccluded_top, target}
@@ -249,7 +373,139 @@ def occlude(
         batch_size=batch_size,
         forward_batches=batches + 1,
         seconds=time.perf_counter() - started,
+        method=choice.method,
+        method_requested=method,
+        planned_ratio=choice.ratio,
+        approx=tau if choice.method == "incremental" else None,
+        adaptive=fraction,
+        positions_computed=computed,
+        note=choice.note,
     )
+
+
+class _Progress:
+    """Positions done (over all phases), reported to the task, and which ones were computed."""
+
+    def __init__(self, task: Task, total: int) -> None:
+        self.task, self.total, self.done = task, total, 0
+        self.indices: list[np.ndarray] = []
+
+    def check(self) -> None:
+        if self.task.should_stop():
+            raise OcclusionCancelled(self.done, self.total)
+
+    def add(self, indices: np.ndarray) -> None:
+        self.indices.append(indices)
+        self.done += len(indices)
+        self.total = max(self.total, self.done)
+        self.task.report(self.done, self.total)
+
+    def set_total(self, total: int) -> None:
+        self.total = max(total, self.done)
+
+    def finish(self) -> None:
+        if self.total != self.done:
+            self.total = self.done
+            self.task.report(self.done, self.total)
+
+    def mask(self, total: int) -> np.ndarray:
+        mask = np.zeros(total, dtype=bool)
+        for indices in self.indices:
+            mask[indices] = True
+        return mask
+
+
+def _run_batches(
+    evaluator: Evaluator,
+    indices: np.ndarray,
+    batch_size: int,
+    counter: _Progress,
+    probability: torch.Tensor,
+    top_label: torch.Tensor,
+    activity: torch.Tensor,
+) -> int:
+    """Evaluate positions `indices` (the evaluator's own 0…n−1) in batches into the maps; the number of batches.
+
+    One batch stays in flight: batch i's results are fetched only once batch i+1 has been
+    queued, and progress is at most one batch ahead of what has been computed. (On CUDA a
+    plain `.cpu()` copy is stream-ordered, so it still waits for batch i+1 as well; the
+    overlap this buys there is partial. On the CPU everything simply runs in order.)"""
+    pending: tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def collect(where: np.ndarray, p: torch.Tensor, label: torch.Tensor, act: torch.Tensor) -> None:
+        at = torch.as_tensor(where)
+        probability[at] = p.cpu()
+        top_label[at] = label.cpu()
+        activity[at] = act.cpu()
+        counter.add(where)
+
+    batches = 0
+    for start in range(0, len(indices), batch_size):
+        try:
+            counter.check()
+        except OcclusionCancelled:
+            if pending is not None:
+                collect(*pending)  # what was computed is reported before giving up
+            raise OcclusionCancelled(counter.done, counter.total) from None
+        end = min(start + batch_size, len(indices))
+        current = (indices[start:end], *evaluator(start, end))
+        batches += 1
+        if pending is not None:
+            collect(*pending)
+        pending = current
+    if pending is not None:
+        collect(*pending)
+    return batches
+
+
+def _adaptive_estimate(rows: int, cols: int, fraction: float) -> int:
+    """Positions an adaptive run computes: the coarse grid, then its share of the remaining ones."""
+    coarse_rows, coarse_cols = -(-rows // ADAPTIVE_FACTOR), -(-cols // ADAPTIVE_FACTOR)
+    cells = coarse_rows * coarse_cols
+    chosen = max(1, math.ceil(fraction * cells))
+    per_cell = ADAPTIVE_FACTOR * ADAPTIVE_FACTOR - 1
+    return cells + min(chosen * per_cell, rows * cols - cells)
+
+
+def _phases(
+    phases: list[np.ndarray],
+    rows: int,
+    cols: int,
+    fraction: float | None,
+    probability: torch.Tensor,
+    unoccluded: float,
+) -> Any:
+    """The index sets to evaluate: all positions, or (adaptive) the coarse grid, then the drill-down."""
+    yield phases[0]
+    if fraction is None:
+        return
+    factor = ADAPTIVE_FACTOR
+    coarse_rows, coarse_cols = -(-rows // factor), -(-cols // factor)
+    drop = unoccluded - probability.reshape(rows, cols)[::factor, ::factor].numpy()
+    chosen = max(1, math.ceil(fraction * coarse_rows * coarse_cols))
+    order = np.argsort(-drop.reshape(-1), kind="stable")[:chosen]
+    refine = []
+    for cell in order:
+        cr, cc = divmod(int(cell), coarse_cols)
+        for r in range(cr * factor, min(rows, (cr + 1) * factor)):
+            for c in range(cc * factor, min(cols, (cc + 1) * factor)):
+                if r % factor or c % factor:
+                    refine.append(r * cols + c)
+    if refine:
+        yield np.asarray(sorted(refine), dtype=np.int64)
+
+
+def _fill_from_coarse(rows: int, cols: int, computed_mask: np.ndarray, maps: tuple[torch.Tensor, ...]) -> None:
+    """Adaptive runs: every position not computed takes the value of its cell's coarse position."""
+    factor = ADAPTIVE_FACTOR
+    r, c = np.divmod(np.arange(rows * cols), cols)
+    source = (r - r % factor) * cols + (c - c % factor)
+    missing = np.flatnonzero(~computed_mask)
+    if missing.size == 0:
+        return
+    at, src = torch.as_tensor(missing), torch.as_tensor(source[missing])
+    for values in maps:
+        values[at] = values[src]
 
 
 def _grid(values: np.ndarray) -> list[list[float | None]]:
@@ -259,9 +515,15 @@ def _grid(values: np.ndarray) -> list[list[float | None]]:
 def occlusion_response(result: OcclusionResult) -> dict[str, Any]:
     """The JSON of DESIGN §6 `POST .../occlusion`, shared by the API and `convscope occlude --json`.
 
-    Contract keys, then two additive ones: `top_label_names` (class index as a
+    Contract keys, then additive ones: `top_label_names` (class index as a
     string -> label, for every class in `top_label` plus the unoccluded top-1 and
-    the target) and `unoccluded` (the reference values without an occluder).
+    the target), `unoccluded` (the reference values without an occluder), and how
+    the maps were computed: `method` (what ran: dense | incremental),
+    `method_requested` (auto | dense | incremental), `planned_ratio` (incremental's
+    planned arithmetic over dense's, null when not planned), `approximate` (true
+    when `approx` — the projective-field cap tau — or `adaptive` — the drill-down
+    share — made the maps approximate), `positions_computed`, `seconds` and `note`
+    (why another method ran than the one asked for, else null).
     Non-finite numbers (a diverging random-weight model) become null.
     """
     return {
@@ -280,6 +542,15 @@ def occlusion_response(result: OcclusionResult) -> dict[str, Any]:
             "top_label": result.unoccluded_top_label,
             "activity": _finite(result.unoccluded_activity),
         },
+        "method": result.method,
+        "method_requested": result.method_requested,
+        "planned_ratio": result.planned_ratio,
+        "approximate": result.approximate,
+        "approx": result.approx,
+        "adaptive": result.adaptive,
+        "positions_computed": result.positions_computed,
+        "seconds": round(result.seconds, 4),
+        "note": result.note,
     }
 
 

@@ -1,4 +1,4 @@
-"""Backward rules for ReLU-like activations, applied per forward pass, per thread.
+"""Backward rules for element-wise activations, applied per forward pass, per thread.
 
 DESIGN §3: the deconvnet rectifies the signal going down (`relu(signal)`), guided
 backprop also applies the forward mask, plain gradient applies only the mask.
@@ -9,6 +9,16 @@ goes through `_Rectifier`, whose backward reads the rule from a `RuleBox` owned
 by that forward pass. Local response normalisation is routed through
 `_RuleSwitch`, so the deconvnet passes the signal through it unchanged while the
 other modes use its true gradient. Nothing global is patched.
+
+The other element-wise activations — SiLU/Swish, GELU (exact and tanh), LeakyReLU,
+ELU, Hardswish, Mish, as modules or functions, in place or not — go through
+`_Activation`, with the paper's rule generalised: the deconvnet rectifies the signal
+and ignores the forward input (`relu(signal)`), guided backprop rectifies the signal
+and multiplies it by the activation's derivative f'(x) where that is positive
+(`relu(signal) · f'(x) · [f'(x) > 0]`), the gradient uses the true derivative
+(`signal · f'(x)`, PyTorch's own backward formula). For ReLU these are exactly the
+rules above. Any other element-wise non-linearity keeps its plain derivative in every
+mode and is reported per layer as uncovered (`engine/graph.py`).
 """
 
 from __future__ import annotations
@@ -22,6 +32,10 @@ from torch.overrides import TorchFunctionMode
 
 Rule = Literal["deconvnet", "guided", "gradient"]
 RULES: tuple[Rule, ...] = ("deconvnet", "guided", "gradient")
+# What a caller may ask for: a rule, or `auto` (deconvnet where max-pool switches lie below
+# the layer, guided otherwise; `Engine.resolve_mode`).
+Mode = Literal["auto", "deconvnet", "guided", "gradient"]
+MODES: tuple[Mode, ...] = ("auto", "deconvnet", "guided", "gradient")
 
 
 @dataclass
@@ -48,6 +62,7 @@ class _Rectifier(torch.autograd.Function):
             mask = mask & (x < upper)
         ctx.save_for_backward(mask)
         ctx.box = box
+        ctx.convscope_op = "relu" if upper is None else ("relu6" if upper == 6.0 else "hardtanh")
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:  # type: ignore[override]
@@ -73,12 +88,87 @@ class _RuleSwitch(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
         ctx.box = inputs[2]
+        ctx.convscope_op = "local_response_norm"
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:  # type: ignore[override]
         if ctx.box.rule == "deconvnet":
             return None, grad, None
         return grad, None, None
+
+
+def _silu_backward(grad: torch.Tensor, x: torch.Tensor, params: tuple[Any, ...]) -> torch.Tensor:
+    return torch.ops.aten.silu_backward(grad, x)
+
+
+def _gelu_backward(grad: torch.Tensor, x: torch.Tensor, params: tuple[Any, ...]) -> torch.Tensor:
+    return torch.ops.aten.gelu_backward(grad, x, approximate=params[0])
+
+
+def _leaky_relu_backward(grad: torch.Tensor, x: torch.Tensor, params: tuple[Any, ...]) -> torch.Tensor:
+    return torch.ops.aten.leaky_relu_backward(grad, x, params[0], False)
+
+
+def _elu_backward(grad: torch.Tensor, x: torch.Tensor, params: tuple[Any, ...]) -> torch.Tensor:
+    return torch.ops.aten.elu_backward(grad, params[0], 1.0, 1.0, False, x)
+
+
+def _hardswish_backward(grad: torch.Tensor, x: torch.Tensor, params: tuple[Any, ...]) -> torch.Tensor:
+    return torch.ops.aten.hardswish_backward(grad, x)
+
+
+def _mish_backward(grad: torch.Tensor, x: torch.Tensor, params: tuple[Any, ...]) -> torch.Tensor:
+    return torch.ops.aten.mish_backward(grad, x)
+
+
+# name -> (forward f(x, *params), signal·f'(x) as PyTorch computes it)
+_ACTIVATIONS: dict[str, tuple[Any, Any]] = {
+    "silu": (lambda x, p: F.silu(x), _silu_backward),
+    "gelu": (lambda x, p: F.gelu(x, approximate=p[0]), _gelu_backward),
+    "leaky_relu": (lambda x, p: F.leaky_relu(x, p[0]), _leaky_relu_backward),
+    "elu": (lambda x, p: F.elu(x, p[0]), _elu_backward),
+    "hardswish": (lambda x, p: F.hardswish(x), _hardswish_backward),
+    "mish": (lambda x, p: F.mish(x), _mish_backward),
+}
+
+
+class _Activation(torch.autograd.Function):
+    """f(x) forward for one of `_ACTIVATIONS`; the box's generalised rule backward."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor, name: str, params: tuple[Any, ...], box: RuleBox) -> torch.Tensor:  # type: ignore[override]
+        result: torch.Tensor = _ACTIVATIONS[name][0](x, params)
+        return result
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        x, name, params, box = inputs
+        ctx.save_for_backward(x)
+        ctx.name, ctx.params, ctx.box = name, params, box
+        ctx.convscope_op = name
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        rule = ctx.box.rule
+        if rule == "deconvnet":
+            return grad.clamp(min=0), None, None, None
+        derivative = _ACTIVATIONS[ctx.name][1]
+        if rule == "guided":
+            # relu(signal) ≥ 0, so the product's sign is f'(x)'s: clamping keeps it where f'(x) > 0
+            return derivative(grad.clamp(min=0), x, ctx.params).clamp(min=0), None, None, None
+        return derivative(grad, x, ctx.params), None, None, None
+
+
+def _activate(x: torch.Tensor, name: str, params: tuple[Any, ...], box: RuleBox, inplace: bool) -> torch.Tensor:
+    if inplace and not (x.is_leaf and x.requires_grad):
+        # the backward needs x as it was: keep a copy of it, then rewrite x as the caller expects
+        out: torch.Tensor = _Activation.apply(x.clone(), name, params, box)
+        return x.copy_(out)
+    result: torch.Tensor = _Activation.apply(x, name, params, box)
+    return result
 
 
 def _rectify(x: torch.Tensor, lower: float, upper: float | None, box: RuleBox, inplace: bool) -> torch.Tensor:
@@ -100,10 +190,29 @@ _RELU_OUT_OF_PLACE = {F.relu, torch.relu, torch.Tensor.relu}
 _RELU_IN_PLACE = {torch.relu_, torch.Tensor.relu_, F.relu_}
 _RELU6 = {F.relu6}
 _HARDTANH = {F.hardtanh, F.hardtanh_}
+# function -> (activation name, its parameters from (args, kwargs), whether it works in place)
+_INPLACE_ARG: dict[Any, tuple[int, str]] = {
+    F.silu: (1, "inplace"),
+    F.hardswish: (1, "inplace"),
+    F.mish: (1, "inplace"),
+    F.leaky_relu: (2, "inplace"),
+    F.elu: (2, "inplace"),
+}
+_ACTIVATION_CALLS: dict[Any, tuple[str, Any]] = {
+    F.silu: ("silu", lambda a, k: ()),
+    F.gelu: ("gelu", lambda a, k: (str(_arg(a, k, 1, "approximate", "none")),)),
+    F.leaky_relu: ("leaky_relu", lambda a, k: (float(_arg(a, k, 1, "negative_slope", 0.01)),)),
+    F.leaky_relu_: ("leaky_relu", lambda a, k: (float(_arg(a, k, 1, "negative_slope", 0.01)),)),
+    F.elu: ("elu", lambda a, k: (float(_arg(a, k, 1, "alpha", 1.0)),)),
+    F.elu_: ("elu", lambda a, k: (float(_arg(a, k, 1, "alpha", 1.0)),)),
+    F.hardswish: ("hardswish", lambda a, k: ()),
+    F.mish: ("mish", lambda a, k: ()),
+}
+_ALWAYS_IN_PLACE = {F.leaky_relu_, F.elu_}
 
 
 class RuleMode(TorchFunctionMode):
-    """Route ReLU-like calls and LRN through rule-aware autograd functions (this thread only)."""
+    """Route element-wise activations and LRN through rule-aware autograd functions (this thread only)."""
 
     def __init__(self, box: RuleBox) -> None:
         super().__init__()
@@ -126,6 +235,15 @@ class RuleMode(TorchFunctionMode):
             if low == 0.0:
                 inplace = func is F.hardtanh_ or bool(_arg(args, kwargs, 3, "inplace", False))
                 return _rectify(args[0], 0.0, high, self.box, inplace)
+        if func in _ACTIVATION_CALLS:
+            name, params = _ACTIVATION_CALLS[func]
+            if func in _ALWAYS_IN_PLACE:
+                inplace = True
+            elif func in _INPLACE_ARG:
+                inplace = bool(_arg(args, kwargs, *_INPLACE_ARG[func], False))
+            else:
+                inplace = False
+            return _activate(args[0], name, params(args, kwargs), self.box, inplace)
         if func is F.local_response_norm:
             x = args[0]
             exact = func(*args, **kwargs)

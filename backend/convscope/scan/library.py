@@ -41,6 +41,12 @@ def slug(text: str, limit: int = 60) -> str:
     return cleaned
 
 
+def normalise_folder(folder: str) -> str:
+    """`photos/./small/` and `photos//small` -> `photos/small`: one name, so one store, per folder."""
+    parts = folder.strip().replace("\\", "/").split("/")
+    return "/".join(part for part in parts if part not in ("", "."))
+
+
 def check_scan_id(scan_id: str) -> str:
     if not _ID.match(scan_id):
         raise NotFoundError(f"unknown scan {scan_id!r}")
@@ -146,6 +152,8 @@ class ScanLibrary:
             return safe_subfolder(root, rest)
         except InvalidRequestError as exc:
             raise ForbiddenError(str(exc)) from None
+        except OSError as exc:  # e.g. a name component over 255 bytes
+            raise InvalidRequestError(f"folder {folder!r} cannot be used: {exc.strerror or exc}") from None
 
     def samples_scan_id(self, layers: Sequence[str] | None, top: int) -> str:
         """`samples` for the default layers and k = 9 (the start-up scan), else `samples-<hash>`."""
@@ -155,6 +163,6 @@ class ScanLibrary:
         return f"{SAMPLES_SCAN}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
     def folder_scan_id(self, folder: str, layers: Sequence[str] | None, top: int) -> str:
-        name = folder.strip().strip("/")
+        name = normalise_folder(folder)
         key = repr((name, list(layers) if layers else None, top))
         return f"{slug(name.replace('/', '--'), 40)}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
+from convscope.engine.rules import Rule
 from convscope.errors import InvalidRequestError
 from convscope.scan.render import Kind, ScanRenderer
 from convscope.tasks import Task, checkpoint
@@ -61,9 +62,11 @@ def montage(
     *,
     tile: int = 64,
     columns: int | None = None,
+    mode: Rule = "deconvnet",
     task: Task | None = None,
 ) -> Image.Image:
-    """The montage of `channels` of `layer` (renders what is not cached yet; one task step per channel)."""
+    """The montage of `channels` of `layer`, projections in `mode` (renders what is not cached yet;
+    one task step per channel)."""
     if not 8 <= tile <= 512:
         raise InvalidRequestError("tile must be between 8 and 512 pixels")
     if not channels:
@@ -72,7 +75,7 @@ def montage(
     grid = max(1, math.ceil(math.sqrt(k)))
     entries = {channel: renderer.entries(layer, channel) for channel in channels}
     for done, (channel, found) in enumerate(entries.items(), start=1):
-        renderer.render(layer, [(channel, rank) for rank in range(len(found))])
+        renderer.render(layer, [(channel, rank) for rank in range(len(found))], mode=mode)
         checkpoint(task, done, len(entries), "montage")
 
     block = grid * tile + (grid - 1) * GAP
@@ -93,7 +96,7 @@ def montage(
             for side, kind in enumerate(KINDS_LEFT_TO_RIGHT):
                 offset_x = x0 + side * (block + GUTTER) + gx * (tile + GAP)
                 if rank < len(entries[channel]):
-                    path = renderer.path(layer, channel, rank, kind)
+                    path = renderer.path(layer, channel, rank, kind, mode)
                     with Image.open(path) as image:
                         canvas.paste(_tile(image.convert("RGB"), tile), (offset_x, offset_y))
                 else:

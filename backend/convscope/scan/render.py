@@ -4,11 +4,13 @@ For an entry (layer, channel, rank) = (value, image, y, x):
 - the *crop* is the receptive field of unit (y, x) in the S×S model input (the image
   exactly as the model saw it), zero-padded (black) where the field extends past the
   border. Fields larger than the image are limited to S×S around the unit's centre.
-- the *projection* is the deconvnet projection of that single activation
-  (`Engine.project(..., position=(y, x))`), cropped the same way (zero outside the
-  image) and then contrast-normalised to 0..255 as in the paper.
+- the *projection* is the projection of that single activation in a mode (deconvnet by
+  default, or guided / gradient: `Engine.project(..., position=(y, x), mode=...)`),
+  cropped the same way (zero outside the image) and then contrast-normalised to 0..255
+  as in the paper.
 
-Both are PNGs under `<scan>/cache/<layer>/<channel>/<rank>-{crop,projection}.png`.
+Both are PNGs under `<scan>/cache/<layer>/<channel>/<rank>-{crop,projection}.png`
+(`<rank>-projection-<mode>.png` for a mode other than the deconvnet).
 A crop needs no model; a projection needs an engine whose weights match the scan's
 fingerprint. Source files are checked against the content hash recorded by the scan.
 """
@@ -29,6 +31,7 @@ from PIL import Image
 
 from convscope.engine import Engine, LayerInfo, Seed
 from convscope.engine.render import contrast_normalise, png_bytes
+from convscope.engine.rules import Rule
 from convscope.errors import ConvscopeError, InvalidRequestError, NotFoundError
 from convscope.fileio import atomic_write_bytes
 from convscope.images import decode_image, prepare_image, resize_and_crop
@@ -129,8 +132,9 @@ class ScanRenderer:
     def box(self, layer: str, entry: Entry) -> tuple[int, int, int, int]:
         return crop_box(self.manifest.layer(layer), entry.y, entry.x, self.manifest.config.input_size)
 
-    def path(self, layer: str, channel: int, rank: int, kind: Kind) -> Path:
-        return self.store.cache_dir / layer_dirname(layer) / str(channel) / f"{rank}-{kind}.png"
+    def path(self, layer: str, channel: int, rank: int, kind: Kind, mode: Rule = "deconvnet") -> Path:
+        suffix = f"-{mode}" if kind == "projection" and mode != "deconvnet" else ""
+        return self.store.cache_dir / layer_dirname(layer) / str(channel) / f"{rank}-{kind}{suffix}.png"
 
     # ---- sources ------------------------------------------------------------------------------
     def source_image(self, index: int) -> Image.Image:
@@ -164,20 +168,26 @@ class ScanRenderer:
             return self._engine
 
     # ---- rendering ------------------------------------------------------------------------------
-    def png(self, layer: str, channel: int, rank: int, kind: Kind) -> bytes:
+    def png(self, layer: str, channel: int, rank: int, kind: Kind, mode: Rule = "deconvnet") -> bytes:
         """The cached PNG of one entry, rendering it first when needed."""
         if kind not in KINDS:
             raise InvalidRequestError(f"unknown kind {kind!r}; use crop or projection")
-        path = self.path(layer, channel, rank, kind)
+        path = self.path(layer, channel, rank, kind, mode)
         try:
             return path.read_bytes()
         except FileNotFoundError:
             pass
-        self.render(layer, [(channel, rank)], kinds=(kind,))
+        self.render(layer, [(channel, rank)], kinds=(kind,), mode=mode)
         return path.read_bytes()
 
-    def render(self, layer: str, wanted: Iterable[tuple[int, int]], kinds: Sequence[Kind] = KINDS) -> None:
-        """Render the missing crops/projections of (channel, rank) pairs of one layer.
+    def render(
+        self,
+        layer: str,
+        wanted: Iterable[tuple[int, int]],
+        kinds: Sequence[Kind] = KINDS,
+        mode: Rule = "deconvnet",
+    ) -> None:
+        """Render the missing crops/projections (in `mode`) of (channel, rank) pairs of one layer.
 
         Projections are grouped by source image: one recorded forward pass per image,
         one backward pass per seed."""
@@ -187,7 +197,7 @@ class ScanRenderer:
         todo: dict[int, list[tuple[int, int, Entry]]] = {}
         for channel, rank in wanted:
             entry = self.entry(layer, channel, rank)
-            if any(not self.path(layer, channel, rank, kind).is_file() for kind in kinds):
+            if any(not self.path(layer, channel, rank, kind, mode).is_file() for kind in kinds):
                 todo.setdefault(entry.image, []).append((channel, rank, entry))
         for index, items in sorted(todo.items()):
             source = self.source_image(index)
@@ -200,7 +210,7 @@ class ScanRenderer:
                 engine = self.engine()
                 prepared = prepare_image(source, size, config.mean, config.std, config.crop_pct)
                 seeds = [Seed(channel, position=(entry.y, entry.x)) for channel, _, entry in items]
-                projections = engine.project_many(prepared, layer, seeds)
+                projections = engine.project_many(prepared, layer, seeds, mode=mode)
                 for (channel, rank, entry), result in zip(items, projections, strict=True):
                     if not np.isclose(result.seed_value, entry.value, rtol=1e-3, atol=1e-4):
                         log.warning(
@@ -212,7 +222,7 @@ class ScanRenderer:
                             entry.value,
                         )
                     image = crop_projection(result.projection, crop_box(spec, entry.y, entry.x, size))
-                    atomic_write_bytes(self.path(layer, channel, rank, "projection"), png_bytes(image))
+                    atomic_write_bytes(self.path(layer, channel, rank, "projection", mode), png_bytes(image))
 
 
 def check_engine(engine: Engine, manifest: Manifest) -> None:
@@ -243,3 +253,20 @@ def engine_for_scan(manifest: Manifest, device: str = "auto") -> Engine:
     except ConvscopeError as exc:
         raise ScanStoreError(f"cannot load the scan's model {config.model!r}: {exc}") from None
     return Engine(model, device_name=device)
+
+
+def resolve_mode(engine: Engine, layer: str, mode: str) -> Rule:
+    """`auto` -> the deconvnet where max-pool switches lie below `layer`, guided backprop otherwise
+    (the deconvnet of a switchless layer reads nothing of the image); other modes unchanged."""
+    if mode != "auto":
+        return mode  # type: ignore[return-value]
+    module = engine.model.module
+    names = [name for name, _ in module.named_modules()]
+    engine.layer(layer)  # unknown layer: the engine's 404
+    at = names.index(layer)
+    pools = (torch.nn.MaxPool1d, torch.nn.MaxPool2d, torch.nn.MaxPool3d, torch.nn.AdaptiveMaxPool2d)
+    for index, (name, child) in enumerate(module.named_modules()):
+        below = index <= at or name.startswith(f"{layer}.")
+        if below and isinstance(child, pools):
+            return "deconvnet"
+    return "guided"

@@ -293,6 +293,31 @@ def _open_store(
     return manifest, _Plan("scan", 0, batch_size)
 
 
+def check_writable(store: ScanStore) -> None:
+    """Refuse an output the scan could not write (ScanStoreError naming the path)."""
+    import os
+    import tempfile
+
+    directory = store.directory
+    probe = directory
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent  # the folder that the scan would create its directory in
+    try:
+        if not probe.is_dir():
+            raise ScanStoreError(f"cannot write the scan to {directory}: {probe} is not a folder")
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+        for path in (store.manifest_path, store.database_path):
+            if path.exists():
+                with open(path, "r+b"):
+                    pass
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied", str(probe))
+    except OSError as exc:
+        where = exc.filename or probe
+        raise ScanStoreError(f"cannot write the scan to {directory}: {where}: {exc.strerror or exc}") from None
+
+
 def run_scan(
     engine: Engine,
     source: ImageSource,
@@ -329,6 +354,8 @@ def run_scan(
         where = source.root or "the image list"
         raise InvalidRequestError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {where}")
     digest = source.digest()
+    if context.is_main:
+        check_writable(store)  # a read-only output fails now, naming the path, not after a batch
 
     lock = store.lock(wait=wait_lock) if context.is_main else None
     plan: _Plan
@@ -470,8 +497,9 @@ def _scan(
             if context.is_main:
                 reporter.report(plan.images_done + scanned_now, total_images)
             last = round_ == rounds - 1
-            if last or (round_ + 1) % every == 0:
-                stop = context.any(reporter.should_stop())
+            # asked to stop (cancel, shutdown): checkpoint after this batch, not at the next periodic one
+            stop = context.any(reporter.should_stop())
+            if last or stop or (round_ + 1) % every == 0:
                 checkpoint(min(first_next, total_batches))
                 if stop and not last:
                     stopped = True

@@ -117,46 +117,32 @@ def extract_features(
 ) -> dict[str, np.ndarray]:
     """N×D float32 features per layer: 4-D outputs pooled to pool×pool, 2-D ones as they are.
 
-    Each hook pools (and so copies) the output at once: an in-place ReLU further down
-    cannot change what was recorded."""
+    Through `Engine.infer`: each tap pools (and so copies) the output at once, so an
+    in-place ReLU further down cannot change what was recorded."""
     if pool < 1:
         raise InvalidRequestError("pool must be at least 1")
     if pool_mode not in POOL_MODES:
         raise InvalidRequestError(f"unknown pool mode {pool_mode!r}; use avg or max")
-    modules = _named_modules(engine.model.module)
+    from convscope.engine.capture import Tap
+
+    def pooled(value: torch.Tensor) -> torch.Tensor:
+        value = value.float()
+        if value.dim() == 4:
+            value = (F.adaptive_avg_pool2d if pool_mode == "avg" else F.adaptive_max_pool2d)(value, pool)
+        return value.flatten(1).cpu().clone()
+
+    taps = {name: Tap(name, reduce=pooled) for name in layers}
     chunks: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-    current: dict[str, torch.Tensor] = {}
-
-    def hook(name: str) -> Callable[..., None]:
-        def record(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            if name in current or not isinstance(output, torch.Tensor):
-                return
-            value = output.detach().float()
-            if value.dim() == 4:
-                value = (F.adaptive_avg_pool2d if pool_mode == "avg" else F.adaptive_max_pool2d)(value, pool)
-            current[name] = value.flatten(1).cpu().clone()
-
-        return record
-
     done = 0
     mean, std = engine.model.mean, engine.model.std
-    model = engine.model.module
-    with engine.lock:
-        model.eval()
-        handles = [modules[name].register_forward_hook(hook(name)) for name in layers]
-        try:
-            for batch in images.batches(engine.input_size, mean, std, batch_size):
-                current.clear()
-                model(batch.to(engine.device))
-                for name in layers:
-                    if name not in current:
-                        raise InvalidRequestError(f"layer {name!r} produced no tensor output")
-                    chunks[name].append(current[name])
-                done += len(batch)
-                checkpoint(task, done, len(images), "probe features")
-        finally:
-            for handle in handles:
-                handle.remove()
+    for batch in images.batches(engine.input_size, mean, std, batch_size):  # prepared outside the lock
+        _, tapped = engine.infer(batch, taps.values())  # the engine's lock: this batch only
+        for name, tap in taps.items():
+            if tap not in tapped:
+                raise InvalidRequestError(f"layer {name!r} produced no tensor output")
+            chunks[name].append(tapped[tap])
+        done += len(batch)
+        checkpoint(task, done, len(images), "probe features")
     return {name: torch.cat(parts).numpy() for name, parts in chunks.items()}
 
 

@@ -5,7 +5,7 @@
 
 import { api, isAbort, request } from "../api.js";
 import { COLORMAPS, applyColormap, gradientCss } from "../colormap.js";
-import { $, busy, fmt, h, showError } from "../util.js";
+import { $, busy, fmt, h, scrollWithin, showError } from "../util.js";
 
 const PREFS_KEY = "convscope.maps";
 const CACHE_SIZE = 10;
@@ -239,7 +239,7 @@ export function createMapsPanel({ root, store, tooltip }) {
     if (el) {
       el.setAttribute("aria-selected", "true");
       el.tabIndex = 0;
-      if (scroll) el.scrollIntoView({ block: "nearest", inline: "nearest" });
+      if (scroll) scrollWithin(scroller, el);
     } else if (tiles[order[0]]) {
       tiles[order[0]].tabIndex = 0;
     }
@@ -296,6 +296,11 @@ export function createMapsPanel({ root, store, tooltip }) {
   });
   grid.addEventListener("focusout", () => (tooltip.hidden = true));
   scroller.addEventListener("scroll", () => (tooltip.hidden = true), { passive: true });
+  // a tooltip never stays pinned: the page scrolling, or a tap anywhere but a tile, dismisses it
+  window.addEventListener("scroll", () => (tooltip.hidden = true), { passive: true, capture: true });
+  document.addEventListener("pointerdown", (event) => {
+    if (!event.target.closest?.(".tile")) tooltip.hidden = true;
+  });
   grid.addEventListener("click", (event) => {
     const el = event.target.closest(".tile");
     if (!el) return;

@@ -1,12 +1,15 @@
 // Layer list: every probe-able layer in network order, indented by dotted depth,
 // with a filter box, shape and receptive field. A listbox: click, or ↑/↓ when focused.
+// The tree opens on the network's main stages (as many levels as fit about 30 rows);
+// a stage's ▸ shows its parts, "expand all" the whole tree; a filter lists matches flat.
 
-import { $, h, showError } from "../util.js";
+import { isPassThrough } from "../layermeta.js";
+import { $, h, scrollWithin, showError } from "../util.js";
 
-const PASS_THROUGH = /^(Identity|Dropout\d?d?|DropPath|Flatten)$/;
+const MAIN_ROWS = 30; // the opening tree shows whole levels while they fit this many rows
 
 export const depthOf = (name) => (name.match(/\./g) || []).length;
-export const isPassThrough = (layer) => PASS_THROUGH.test(layer.kind);
+export { isPassThrough };
 const isConv = (layer) => /conv/i.test(layer.kind);
 const isAct = (layer) => /relu|act|gelu|silu|swish|sigmoid|tanh|hardtanh/i.test(layer.kind);
 
@@ -55,10 +58,63 @@ export function createLayersPanel({ root, store }) {
   let visible = []; // names in display order
   let matched = []; // names that match the filter (visible minus the forced selected one)
   let active = null; // the keyboard cursor (aria-activedescendant)
+  let parents = new Map(); // name -> nearest listed ancestor (or null)
+  let withChildren = new Set(); // names with listed parts
+  let levels = new Map(); // name -> depth in the listed tree
+  let expanded = new Set(); // names whose parts are shown
+  let expandAll = false;
+  const expandButton = $('[data-role="layer-expand-all"]', root);
+
+  /** The nearest listed ancestor of each layer, and which layers have listed parts. */
+  function buildTree() {
+    const names = new Set(layers.map((l) => l.name));
+    parents = new Map();
+    withChildren = new Set();
+    for (const layer of layers) {
+      let name = layer.name;
+      let parent = null;
+      while (name.includes(".")) {
+        name = name.slice(0, name.lastIndexOf("."));
+        if (names.has(name)) {
+          parent = name;
+          break;
+        }
+      }
+      parents.set(layer.name, parent);
+      if (parent) withChildren.add(parent);
+    }
+    // open whole levels while they fit MAIN_ROWS rows (at least the top level)
+    const level = (l) => {
+      let d = 0;
+      for (let p = parents.get(l.name); p; p = parents.get(p)) d++;
+      return d;
+    };
+    levels = new Map(layers.map((l) => [l.name, level(l)]));
+    let open = 0;
+    const deepest = Math.max(0, ...levels.values());
+    while (open < deepest && layers.filter((l) => levels.get(l.name) <= open + 1).length <= MAIN_ROWS) open++;
+    expanded = new Set(layers.filter((l) => levels.get(l.name) < open && withChildren.has(l.name)).map((l) => l.name));
+  }
+
+  function shownInTree(name) {
+    if (expandAll) return true;
+    for (let p = parents.get(name); p; p = parents.get(p)) if (!expanded.has(p)) return false;
+    return true;
+  }
+
+  function toggle(name, open = !expanded.has(name)) {
+    if (open) expanded.add(name);
+    else expanded.delete(name);
+    const li = items.get(name);
+    li?.querySelector(".twisty")?.setAttribute("aria-expanded", String(open));
+    li?.classList.toggle("is-open", open);
+    applyFilter();
+  }
 
   function render(newLayers) {
     layers = newLayers;
     items = new Map();
+    buildTree();
     const nodes = layers.map((layer, index) => {
       const depth = depthOf(layer.name);
       const dot = layer.name.lastIndexOf(".");
@@ -80,6 +136,20 @@ export function createLayersPanel({ root, store }) {
         h(
           "span",
           { class: "lname" },
+          withChildren.has(layer.name)
+            ? h("button", {
+                type: "button",
+                class: "twisty",
+                tabindex: "-1",
+                "aria-expanded": String(expanded.has(layer.name)),
+                "aria-label": `Show the parts of ${layer.name}`,
+                title: `Show or hide the parts of ${layer.name}`,
+                onclick: (event) => {
+                  event.stopPropagation();
+                  toggle(layer.name);
+                },
+              })
+            : h("span", { class: "twisty-space", "aria-hidden": "true" }),
           h("span", { class: "lprefix" }, prefix),
           h("b", {}, leaf),
           numericLeaf || depth === 0 ? h("span", { class: "kind" }, layer.kind) : null,
@@ -111,12 +181,13 @@ export function createLayersPanel({ root, store }) {
     matched = [];
     for (const layer of layers) {
       const match = matches(layer, tokens) && !(hide && isPassThrough(layer));
-      const show = match || layer.name === selected;
+      const show = (match && (tokens.length > 0 || shownInTree(layer.name))) || layer.name === selected;
       items.get(layer.name).hidden = !show;
       if (show) visible.push(layer.name);
       if (match) matched.push(layer.name);
     }
     countLabel.textContent = visible.length === layers.length ? `${layers.length}` : `${visible.length} of ${layers.length}`;
+    countLabel.title = `${visible.length} rows shown of the model's ${layers.length} layers`;
     let empty = list.querySelector(".layer-empty");
     if (!visible.length) {
       if (!empty) list.append((empty = h("li", { class: "layer-empty", role: "presentation" }, "No layer matches the filter.")));
@@ -132,7 +203,7 @@ export function createLayersPanel({ root, store }) {
     if (li) {
       li.classList.add("is-active-descendant");
       list.setAttribute("aria-activedescendant", li.id);
-      if (scroll) li.scrollIntoView({ block: "nearest" });
+      if (scroll) scrollWithin(list, li);
     } else {
       list.removeAttribute("aria-activedescendant");
     }
@@ -146,7 +217,18 @@ export function createLayersPanel({ root, store }) {
 
   function sync(state) {
     for (const [name, li] of items) li.setAttribute("aria-selected", String(name === state.layer));
-    if (state.layer && items.get(state.layer)?.hidden) applyFilter();
+    if (state.layer && items.has(state.layer)) {
+      // the selected layer's stages open, so that it sits in its place in the tree
+      let opened = false;
+      for (let p = parents.get(state.layer); p; p = parents.get(p)) {
+        if (!expanded.has(p)) {
+          expanded.add(p);
+          items.get(p)?.querySelector(".twisty")?.setAttribute("aria-expanded", "true");
+          opened = true;
+        }
+      }
+      if (opened || items.get(state.layer).hidden) applyFilter();
+    }
     if (state.layer) setActive(state.layer);
   }
 
@@ -161,7 +243,9 @@ export function createLayersPanel({ root, store }) {
   list.addEventListener("keydown", (event) => {
     const page = Math.max(1, Math.floor(list.clientHeight / 22) - 1);
     const moves = { ArrowDown: 1, ArrowUp: -1, PageDown: page, PageUp: -page };
+    const at = active ?? store.get().layer;
     if (event.key in moves) step(moves[event.key]);
+    else if ((event.key === "ArrowRight" || event.key === "ArrowLeft") && withChildren.has(at)) toggle(at, event.key === "ArrowRight");
     else if (event.key === "Home") choose(visible[0]);
     else if (event.key === "End") choose(visible[visible.length - 1]);
     else return;
@@ -169,7 +253,20 @@ export function createLayersPanel({ root, store }) {
     event.stopPropagation();
   });
 
-  filterInput.addEventListener("input", () => applyFilter());
+  /** Re-filter, then bring the selected layer back into the list's view. */
+  function refilter() {
+    applyFilter();
+    const li = items.get(store.get().layer);
+    if (li && !li.hidden) scrollWithin(list, li);
+  }
+
+  filterInput.addEventListener("input", () => refilter());
+  expandButton?.addEventListener("click", () => {
+    expandAll = !expandAll;
+    expandButton.setAttribute("aria-pressed", String(expandAll));
+    expandButton.textContent = expandAll ? "main stages" : "expand all";
+    refilter();
+  });
   filterInput.addEventListener("keydown", (event) => {
     if (event.key === "ArrowDown" || event.key === "Enter") {
       event.preventDefault();
@@ -178,11 +275,11 @@ export function createLayersPanel({ root, store }) {
       list.focus();
     } else if (event.key === "Escape") {
       filterInput.value = "";
-      applyFilter();
+      refilter();
       list.focus();
     }
   });
-  hideBox.addEventListener("change", () => applyFilter());
+  hideBox.addEventListener("change", () => refilter());
 
   return {
     render,

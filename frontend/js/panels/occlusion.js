@@ -16,6 +16,7 @@
 
 import { gradientCss, lut } from "../colormap.js";
 import { autoContrast } from "../imageops.js";
+import { followJob } from "../jobs.js";
 import { fmt } from "../util.js";
 
 const CMAP = { probability: "inferno", activity: "viridis" };
@@ -39,7 +40,6 @@ const el = {};
 const maps = {}; // name -> {figure, stage, canvas, cursor, legend}
 
 const enc = encodeURIComponent;
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const shortLabel = (label) => String(label ?? "").split(",")[0].trim();
 
 function inputSize() {
@@ -321,7 +321,7 @@ async function run() {
       if (isJob) ctx.request(data.url, { init: { method: "DELETE" } }).catch(() => {});
       throw Object.assign(new Error("cancelled"), { aborted: true });
     }
-    if (isJob) data = await poll(job, data);
+    if (isJob) data = await followJob(data, { job, onProgress: showProgress, failure: "The occlusion job failed on the server." });
     if (running !== job) return;
     result = { ...data, model, image, request: body };
     hover = null;
@@ -343,20 +343,6 @@ function finish(state, message) {
   setRunning(false);
   root.dataset.state = state;
   ctx.showError(el.error, state === "cancelled" ? "Cancelled; the maps were not computed." : message);
-}
-
-/** Poll a job until it ends; → its result. */
-async function poll(job, started) {
-  job.url = started.url;
-  showProgress(started);
-  for (;;) {
-    await sleep(job.cancelled ? 120 : 300);
-    const state = await ctx.request(job.url);
-    showProgress(state);
-    if (state.state === "succeeded") return state.result;
-    if (state.state === "failed") throw new Error(state.error?.detail || "The occlusion job failed on the server.");
-    if (state.state === "cancelled") throw Object.assign(new Error("cancelled"), { aborted: true });
-  }
 }
 
 function showProgress(state) {

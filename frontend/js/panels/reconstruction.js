@@ -5,6 +5,15 @@
 // Projections are fetched with fetch() + AbortController and shown through
 // object URLs; a small cache makes flipping back and forth instant, and while
 // the user walks channels with the keyboard the next one is fetched ahead.
+//
+// Every projection request gets an id; the panel exposes `data-request-wanted` (the
+// newest request asked for), `data-request-shown` (the one whose answer is on screen)
+// and `data-projections-pending` (requests not yet settled), so that a test (or a
+// script) can wait for a condition instead of a fixed time.
+//
+// The mode `auto` is resolved per layer by `modeFor(state)` (layermeta.resolveMode):
+// the control reads "auto · guided", its reason is one click away, and a deconvnet on
+// a layer without switches says plainly that its picture does not depend on the image.
 
 import { api, isAbort } from "../api.js";
 import { autoContrast } from "../imageops.js";
@@ -15,7 +24,7 @@ const PREFS_KEY = "convscope.recon";
 const CROP = 144; // canvas pixels of the patches (CSS scales them to the column)
 const EMPTY_TEXT = "Click a feature map to project it into pixel space";
 
-export function createReconPanel({ root, store, maps, layerInfo, hasSwitches, describeImage, onImageMissing }) {
+export function createReconPanel({ root, store, maps, layerInfo, modeFor, describeImage, onImageMissing }) {
   const inputImg = $('[data-role="input-image"]', root);
   const projImg = $('[data-role="projection"]', root);
   const projEmpty = $('[data-role="projection-empty"]', root);
@@ -35,6 +44,10 @@ export function createReconPanel({ root, store, maps, layerInfo, hasSwitches, de
   const inputStage = $('[data-role="input-stage"]', root);
   const unitChip = $('[data-role="unit-chip"]', root);
   const modeHint = $('[data-role="mode-hint"]', root);
+  const modeResolved = $('[data-role="mode-resolved"]', root);
+  const modeWhy = $('[data-role="mode-why"]', root);
+  const modeReason = $('[data-role="mode-reason"]', root);
+  const rulesNote = $('[data-role="rules-note"]', root);
 
   let prefs = { overlay: false, contrast: "auto" };
   try {
@@ -58,9 +71,17 @@ export function createReconPanel({ root, store, maps, layerInfo, hasSwitches, de
   let inputGeneration = 0;
   let shown = null; // {key, result} of the projection on screen
   let wanted = null; // key the user asked for last
-  const cache = new Map(); // key -> {promise, controller, result?}
+  const cache = new Map(); // key -> {id, promise, controller, result?}
+  let requests = 0; // ids of projection requests
+  let pending = 0;
 
-  const projKey = (s) => `${s.model}|${s.image}|${s.layer}|${s.channel}|${s.mode}|${s.unit ? `@${s.unit}` : s.select}`;
+  /** The mode a projection of state's layer is made in (auto resolved; null while the layers load). */
+  const effectiveMode = (s) => modeFor(s)?.mode ?? (s.mode === "auto" ? null : s.mode);
+  const projKey = (s) => `${s.model}|${s.image}|${s.layer}|${s.channel}|${effectiveMode(s)}|${s.unit ? `@${s.unit}` : s.select}`;
+  const setPending = (delta) => {
+    pending += delta;
+    root.dataset.projectionsPending = String(pending);
+  };
   const parseUnit = (unit) => (unit ? unit.split(",").map(Number) : null);
 
   // ---- the input image -------------------------------------------------------------
@@ -101,7 +122,8 @@ export function createReconPanel({ root, store, maps, layerInfo, hasSwitches, de
     const key = projKey(state);
     const controller = new AbortController();
     const t0 = performance.now();
-    const entry = { key, controller, result: null, promise: null };
+    const entry = { id: ++requests, key, controller, result: null, promise: null };
+    setPending(1);
     entry.promise = api
       .projection(
         state.model,
@@ -109,7 +131,7 @@ export function createReconPanel({ root, store, maps, layerInfo, hasSwitches, de
         {
           layer: state.layer,
           channel: state.channel,
-          mode: state.mode,
+          mode: effectiveMode(state) ?? "auto",
           select: state.select,
           y: state.unit ? parseUnit(state.unit)[0] : null,
           x: state.unit ? parseUnit(state.unit)[1] : null,
@@ -122,9 +144,10 @@ export function createReconPanel({ root, store, maps, layerInfo, hasSwitches, de
         return entry.result;
       })
       .catch((error) => {
-        cache.delete(key);
+        if (cache.get(key) === entry) cache.delete(key);
         throw error;
-      });
+      })
+      .finally(() => setPending(-1));
     cache.set(key, entry);
     return entry;
   }
@@ -162,6 +185,7 @@ export function createReconPanel({ root, store, maps, layerInfo, hasSwitches, de
     cancelOthers([key]);
     projStage.classList.add("is-stale");
     const entry = cache.get(key) || start(state);
+    root.dataset.requestWanted = String(entry.id);
     try {
       const result = entry.result || (await busy(root, entry.promise));
       if (wanted !== key) return;
@@ -170,11 +194,13 @@ export function createReconPanel({ root, store, maps, layerInfo, hasSwitches, de
       await decode(projImg, url);
       if (wanted !== key) return;
       shown = { key, state, result };
+      root.dataset.requestShown = String(entry.id);
       // what the image shows, for people and tests (data-proj-*; data-channel is the tiles' hook)
       Object.assign(projImg.dataset, {
         projLayer: state.layer,
         projChannel: String(state.channel),
-        projMode: state.mode,
+        projMode: effectiveMode(state),
+        projRequested: state.mode,
         projSelect: state.select,
         projUnit: state.unit || "",
         projSeed: String(result.seedValue),
@@ -184,9 +210,9 @@ export function createReconPanel({ root, store, maps, layerInfo, hasSwitches, de
       projEmpty.hidden = true;
       projEmpty.textContent = EMPTY_TEXT;
       projStage.classList.remove("is-stale");
-      projImg.alt = `${state.mode} projection of ${state.layer} channel ${state.channel} (${seedWords(state)})`;
+      projImg.alt = `${effectiveMode(state)} projection of ${state.layer} channel ${state.channel} (${seedWords(state)})`;
       projCaption.replaceChildren(
-        h("b", {}, state.mode),
+        h("b", {}, state.mode === "auto" ? `auto · ${effectiveMode(state)}` : state.mode),
         ` · ${seedWords(state)} · ${prefs.contrast === "auto" ? "auto contrast" : "min–max"} · ${Math.round(result.ms)} ms`,
       );
       refreshGeometry();
@@ -375,25 +401,26 @@ export function createReconPanel({ root, store, maps, layerInfo, hasSwitches, de
     }
   }
 
+  // The same six rows always ("–" until known), so the controls below never move.
   function drawFacts(state, info, data, peak, box) {
     const rows = [];
-    const add = (term, ...value) => rows.push(h("dt", {}, term), h("dd", {}, ...value));
-    if (data && state.channel !== null && state.channel < data.channels) {
-      add("channel", `${state.channel} of ${data.channels}`);
-      const [my, mx] = data.argmax?.[state.channel] ?? [null, null];
-      add("max", fmt(data.max[state.channel]), my !== null ? ` at (y ${my}, x ${mx})` : "");
-      add("sum", fmt(data.sum[state.channel]));
-    }
-    if (shown && shown.key === projKey(state)) {
-      const seed = shown.result.seedValue;
-      add("seed", state.unit || state.select === "max" ? `${fmt(seed)} (one unit)` : `${fmt(seed)} (whole map)`);
-    }
-    if (info) {
-      const field = info.receptive_field || {};
-      add("field", `${Math.round(field.size)} px, stride ${Math.round(field.stride)}`);
-      if (box && box.whole) add("patch", "whole input");
-      else if (box) add("patch", `centre (y ${Math.round(box.cy)}, x ${Math.round(box.cx)}) px${patchBox(box).context ? ", with context" : ""}`);
-    }
+    const add = (term, ...value) => {
+      const text = value.filter((v) => v !== "").join("");
+      rows.push(h("dt", {}, term), h("dd", { title: text || null }, ...(value.length && text ? value : ["–"])));
+    };
+    const known = data && state.channel !== null && state.channel < data.channels;
+    const [my, mx] = known ? (data.argmax?.[state.channel] ?? [null, null]) : [null, null];
+    add("channel", known ? `${state.channel} of ${data.channels}` : "");
+    add("max", known ? fmt(data.max[state.channel]) : "", known && my !== null ? ` at (y ${my}, x ${mx})` : "");
+    add("sum", known ? fmt(data.sum[state.channel]) : "");
+    const seed = shown && shown.key === projKey(state) ? shown.result.seedValue : null;
+    add("seed", seed === null ? "" : state.unit || state.select === "max" ? `${fmt(seed)} (one unit)` : `${fmt(seed)} (whole map)`);
+    const field = info?.receptive_field || null;
+    add("field", field ? `${Math.round(field.size)} px, stride ${Math.round(field.stride)}` : "");
+    let patch = "";
+    if (box && box.whole) patch = "whole input";
+    else if (box) patch = `centre (y ${Math.round(box.cy)}, x ${Math.round(box.cx)}) px${patchBox(box).context ? ", with context" : ""}`;
+    add("patch", patch);
     facts.replaceChildren(...rows);
   }
 
@@ -476,6 +503,22 @@ export function createReconPanel({ root, store, maps, layerInfo, hasSwitches, de
   }
   overlayToggle.addEventListener("change", () => setOverlay(overlayToggle.checked));
 
+  function modeReasonFor(resolved, state) {
+    if (resolved.mode === "deconvnet") {
+      return resolved.switches === false
+        ? `deconvnet chosen: ${state.layer} has no max-pool switches below it, so the picture is the same for every image.`
+        : `deconvnet chosen: max-pool switches below ${state.layer} carry this image down (Zeiler & Fergus).`;
+    }
+    if (resolved.mode === "guided") return "guided backprop chosen: the deconvnet's rectified signal, also masked by the forward ReLUs.";
+    return "gradient chosen: plain backprop, the forward ReLU masks only.";
+  }
+
+  function setReasonOpen(open) {
+    modeWhy.setAttribute("aria-expanded", String(open));
+    modeReason.hidden = !open || !modeReason.textContent;
+  }
+  modeWhy.addEventListener("click", () => setReasonOpen(modeWhy.getAttribute("aria-expanded") !== "true"));
+
   function setOverlay(on) {
     prefs.overlay = on;
     overlayToggle.checked = on;
@@ -484,8 +527,27 @@ export function createReconPanel({ root, store, maps, layerInfo, hasSwitches, de
   }
 
   function syncControls(state) {
-    // a deconvnet without max-pool switches carries little of the image (say so, once per view)
-    modeHint.hidden = !(state.mode === "deconvnet" && hasSwitches && hasSwitches() === false);
+    const resolved = modeFor(state); // null while the layer list loads
+    modeResolved.textContent = resolved && state.mode === "auto" ? ` · ${resolved.mode}` : resolved ? "" : " · …";
+    const reason = resolved?.reason ?? (resolved ? modeReasonFor(resolved, state) : "");
+    modeReason.textContent = reason;
+    modeWhy.disabled = !reason;
+    if (!reason) setReasonOpen(false);
+    modeReason.hidden = !reason || modeWhy.getAttribute("aria-expanded") !== "true";
+    // a deconvnet without max-pool switches below the layer reads nothing of the image: say so plainly
+    const blind = Boolean(resolved && resolved.mode === "deconvnet" && resolved.switches === false);
+    modeHint.hidden = !blind;
+    if (blind) {
+      modeHint.textContent =
+        `This picture does not depend on the image: no max-pooling lies below ${state.layer}, so the deconvnet ` +
+        "has no switches to carry the image down, and every photo gives the same projection of this unit " +
+        "(only its position follows the image; Mahendran & Vedaldi, 2016). Guided backprop (or auto) shows the image's structure.";
+    }
+    const uncovered = resolved?.uncovered ?? [];
+    rulesNote.hidden = !uncovered.length;
+    rulesNote.textContent = uncovered.length
+      ? `Not covered by the ${effectiveMode(state)} rules at ${state.layer}: ${uncovered.join(", ")}; these layers pass the signal through with their plain gradient, so read the picture with care.`
+      : "";
     for (const radio of $$('input[name="mode"]', root)) radio.checked = radio.value === state.mode;
     for (const radio of $$('input[name="select"]', root)) radio.checked = !state.unit && radio.value === state.select;
     unitChip.hidden = !state.unit;

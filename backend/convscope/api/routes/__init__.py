@@ -13,11 +13,13 @@ from convscope.api.routes import (
     projections,
     samples,
     studies,
+    visualize,
 )
 
 api_router = APIRouter(prefix="/api")
 for module in (health, models, samples, images, activations, projections, occlusion, jobs, analysis):
     api_router.include_router(module.router)
 api_router.include_router(studies.router)
+api_router.include_router(visualize.router)
 
 __all__ = ["api_router"]

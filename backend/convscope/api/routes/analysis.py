@@ -15,9 +15,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from convscope.api.budget import check_analysis_memory
 from convscope.api.caching import cache_key, png_response
-from convscope.api.deps import EngineDep, StateDep, prepare, resolve_image
+from convscope.api.deps import ClientDep, EngineDep, StateDep, prepare, resolve_image
 from convscope.api.jobs import Job
+from convscope.api.openapi import body_examples
 from convscope.api.routes.common import MODEL_ERRORS, errors, png
 from convscope.api.routes.jobs import job_response, job_url
 from convscope.api.schemas import CorrespondenceRequest, DeadChannelsRequest, InvarianceRequest, JobResponse
@@ -57,8 +59,14 @@ def _batch(state: AppState) -> int:
     response_model=JobResponse,
     summary="invariance curves (paper Fig. 5) for one or more images, as a job",
     responses=JOB_RESPONSES,
+    openapi_extra=body_examples(
+        translation={"images": ["chelsea"], "transform": "translation", "steps": 7},
+        rotation={"images": ["chelsea", "coffee"], "transform": "rotation", "start": 0, "stop": 350, "steps": 36},
+    ),
 )
-def invariance_job(state: StateDep, engine: EngineDep, body: InvarianceRequest | None = None) -> JSONResponse:
+def invariance_job(
+    state: StateDep, engine: EngineDep, client: ClientDep, body: InvarianceRequest | None = None
+) -> JSONResponse:
     from convscope.analysis.features import first_conv_layer, resolve_feature
     from convscope.analysis.invariance import invariance, invariance_response, transform_values
 
@@ -70,7 +78,9 @@ def invariance_job(state: StateDep, engine: EngineDep, body: InvarianceRequest |
         raise InvalidRequestError(f"target class {request.target} is out of range (0..{engine.model.num_classes - 1})")
     resolve_feature(engine, request.low_layer, default=first_conv_layer(engine))
     resolve_feature(engine, request.high_layer)
-    sources = [resolve_image(state, image_id) for image_id in request.images]
+    low = request.low_layer or first_conv_layer(engine)
+    check_analysis_memory(state.settings, engine, [low, request.high_layer or "penultimate"], _batch(state))
+    sources = [resolve_image(state, image_id, client) for image_id in request.images]
     total = len(sources) * (len(values) + 1)
     _check_passes(total)
 
@@ -102,6 +112,7 @@ def invariance_preview(
     request: Request,
     state: StateDep,
     engine: EngineDep,
+    client: ClientDep,
     image: Annotated[str, Query(max_length=200, description="sample id or upload id")],
     transform: Annotated[Literal["translation", "scale", "rotation"], Query()] = "translation",
     value: Annotated[float, Query(ge=-10_000, le=10_000)] = 0.0,
@@ -109,7 +120,7 @@ def invariance_preview(
 ) -> Response:
     from convscope.analysis.invariance import transform_values, transformed_image
 
-    source = resolve_image(state, image)
+    source = resolve_image(state, image, client)
     transform_values(transform, value, value, 1)  # the same checks as the study
 
     def make() -> tuple[bytes, dict[str, str]]:
@@ -140,8 +151,13 @@ def correspondence_demo(engine: EngineDep) -> dict[str, Any]:
     response_model=JobResponse,
     summary="correspondence Δ per part and for random boxes (paper Fig. 8 / Table 1), as a job",
     responses=JOB_RESPONSES,
+    openapi_extra=body_examples(
+        eyes={"images": ["chelsea", "coffee"], "parts": {"left_eye": [[81, 39, 14, 9], [84, 56, 24, 14]]}}
+    ),
 )
-def correspondence_job(state: StateDep, engine: EngineDep, body: CorrespondenceRequest) -> JSONResponse:
+def correspondence_job(
+    state: StateDep, engine: EngineDep, client: ClientDep, body: CorrespondenceRequest
+) -> JSONResponse:
     from convscope.analysis.correspondence import correspondence, correspondence_response, parse_parts
     from convscope.analysis.features import resolve_feature
 
@@ -150,7 +166,8 @@ def correspondence_job(state: StateDep, engine: EngineDep, body: CorrespondenceR
     layers = body.layers or [engine.last_conv_layer(), "penultimate"]
     for layer in layers:
         resolve_feature(engine, layer)
-    sources = [resolve_image(state, image_id) for image_id in names]
+    check_analysis_memory(state.settings, engine, layers, _batch(state))
+    sources = [resolve_image(state, image_id, client) for image_id in names]
     total = len(sources) * (1 + len(parts) * (1 + body.draws))
     _check_passes(total)
 
@@ -229,8 +246,11 @@ def filter_mosaic_png(
     response_model=JobResponse,
     summary="channels of every conv layer that are never positive over a set of images (Fig. 6), as a job",
     responses=JOB_RESPONSES,
+    openapi_extra=body_examples(every_sample={}, two_images={"images": ["chelsea", "coffee"]}),
 )
-def dead_channels_job(state: StateDep, engine: EngineDep, body: DeadChannelsRequest | None = None) -> JSONResponse:
+def dead_channels_job(
+    state: StateDep, engine: EngineDep, client: ClientDep, body: DeadChannelsRequest | None = None
+) -> JSONResponse:
     from convscope.analysis.filters import dead_channels, dead_response, measurement_points
     from convscope.samples import list_samples
 
@@ -239,7 +259,7 @@ def dead_channels_job(state: StateDep, engine: EngineDep, body: DeadChannelsRequ
         raise InvalidRequestError("no images to measure dead channels on")
     if not measurement_points(engine):
         raise InvalidRequestError(f"model {engine.name!r} has no Conv2d layer with a 4-D output")
-    sources = [resolve_image(state, image_id) for image_id in ids]
+    sources = [resolve_image(state, image_id, client) for image_id in ids]
     _check_passes(len(sources))
 
     def work(job: Job) -> dict[str, Any]:

@@ -5,12 +5,12 @@ from typing import Annotated
 from fastapi import APIRouter, File, Query, Request, Response, UploadFile
 
 from convscope.api.caching import cache_key, png_response
-from convscope.api.deps import ImageDep, StateDep, prepare
+from convscope.api.deps import ClientDep, ImageDep, StateDep, prepare
 from convscope.api.routes.common import errors, png
 from convscope.api.schemas import UploadResponse
 from convscope.engine.render import png_bytes
 from convscope.errors import TooLargeError
-from convscope.images import decode_image
+from convscope.images import check_resized, decode_image
 
 router = APIRouter(tags=["images"])
 
@@ -24,6 +24,7 @@ router = APIRouter(tags=["images"])
 )
 def upload_image(
     state: StateDep,
+    client: ClientDep,
     response: Response,
     file: Annotated[UploadFile, File(description="PNG, JPEG, GIF (first frame), WebP, BMP, TIFF...")],
 ) -> UploadResponse:
@@ -31,8 +32,11 @@ def upload_image(
     data = file.file.read(limit + 1)  # the body limit already holds; this is belt and braces
     if len(data) > limit:
         raise TooLargeError(f"the file is larger than the limit of {limit:,} bytes")
-    image = decode_image(data, max_pixels=state.settings.max_pixels)
-    item = state.store.add(image)
+    settings = state.settings
+    image = decode_image(data, max_pixels=settings.max_pixels, max_aspect=settings.max_aspect_ratio)
+    # the largest input side a loaded model may resize it to (every model's own unless one is set)
+    check_resized(image.size, settings.input_size or max(engine.input_size for engine in state.pool.engines()))
+    item = state.store.add(image, owner=client)
     response.headers["Location"] = f"/api/images/{item.id}"
     width, height = image.size
     return UploadResponse(id=item.id, width=width, height=height)

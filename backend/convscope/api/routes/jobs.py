@@ -4,10 +4,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from convscope.api.deps import StateDep
+from convscope.api.deps import ClientDep, StateDep
 from convscope.api.jobs import Job
 from convscope.api.routes.common import errors
-from convscope.api.schemas import JobError, JobResponse
+from convscope.api.schemas import ErrorResponse, JobError, JobResponse
 
 router = APIRouter(tags=["jobs"])
 
@@ -39,9 +39,9 @@ def job_response(job: Job) -> JobResponse:
     )
 
 
-@router.get("/jobs", response_model=list[JobResponse], summary="jobs kept by the server, oldest first")
-async def list_jobs(state: StateDep) -> list[JobResponse]:
-    return [job_response(job) for job in state.jobs.list()]
+@router.get("/jobs", response_model=list[JobResponse], summary="your jobs kept by the server, oldest first")
+async def list_jobs(state: StateDep, client: ClientDep) -> list[JobResponse]:
+    return [job_response(job) for job in state.jobs.list_for(client)]
 
 
 @router.get(
@@ -50,15 +50,15 @@ async def list_jobs(state: StateDep) -> list[JobResponse]:
     summary="state, progress and (once succeeded) result of a job",
     responses=errors(404, 422),
 )
-async def get_job(state: StateDep, job_id: JobId) -> JobResponse:
-    return job_response(state.jobs.get(job_id))
+async def get_job(state: StateDep, client: ClientDep, job_id: JobId) -> JobResponse:
+    return job_response(state.jobs.get_for(job_id, client))
 
 
 @router.delete(
     "/jobs/{job_id}",
     response_model=JobResponse,
-    summary="cancel a job: a queued one at once, a running one at its next progress step",
-    responses=errors(404, 422),
+    summary="cancel one of your jobs: a queued one at once, a running one at its next progress step",
+    responses={**errors(404, 422), 403: {"model": ErrorResponse, "description": "a shared job you did not start"}},
 )
-async def cancel_job(state: StateDep, job_id: JobId) -> JobResponse:
-    return job_response(state.jobs.cancel(job_id))
+async def cancel_job(state: StateDep, client: ClientDep, job_id: JobId) -> JobResponse:
+    return job_response(state.jobs.cancel_for(job_id, client))

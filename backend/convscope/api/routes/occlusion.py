@@ -7,12 +7,14 @@ from fastapi.responses import JSONResponse
 
 from convscope.api.deps import EngineDep, PreparedDep, StateDep
 from convscope.api.jobs import Job
+from convscope.api.openapi import body_examples
 from convscope.api.routes.common import errors
 from convscope.api.routes.jobs import job_response, job_url
 from convscope.api.schemas import JobResponse, OcclusionRequest, OcclusionResponse
 from convscope.engine import Engine
 from convscope.engine.occlusion import occlude, occlusion_positions_total, occlusion_response
 from convscope.errors import InvalidRequestError
+from convscope.tasks import Task
 
 router = APIRouter(tags=["occlusion"])
 
@@ -24,6 +26,8 @@ def _positions(engine: Engine, request: OcclusionRequest) -> int:
         raise InvalidRequestError(f"target class {request.target} is out of range (0..{engine.model.num_classes - 1})")
     if request.layer is not None:
         engine.layer(request.layer)  # 404 for an unknown layer
+    if request.approx is not None and request.method == "dense":
+        raise InvalidRequestError("approx needs the incremental method (or auto), not dense")
     return positions
 
 
@@ -35,6 +39,9 @@ def _positions(engine: Engine, request: OcclusionRequest) -> int:
         202: {"model": JobResponse, "description": "started as a job: poll its `url` (also in Location)"},
         **errors(400, 404, 422, 429, 503),
     },
+    openapi_extra=body_examples(
+        defaults={}, coarse={"size": 64, "stride": 32}, target_and_layer={"target": 281, "layer": "conv_head"}
+    ),
 )
 def occlusion(
     state: StateDep,
@@ -51,7 +58,7 @@ def occlusion(
             "use a larger stride or occluder"
         )
 
-    def run(progress: Any = None, should_stop: Any = None) -> dict[str, Any]:
+    def run(task: Task | None = None) -> dict[str, Any]:
         result = occlude(
             engine,
             prepared,
@@ -60,8 +67,10 @@ def occlusion(
             target=request.target,
             layer=request.layer,
             batch_size=settings.occlusion_batch_size,
-            progress=progress,
-            should_stop=should_stop,
+            method=request.method,
+            approx=request.approx,
+            adaptive=request.adaptive,
+            task=task,
         )
         return dict(occlusion_response(result))
 
@@ -69,7 +78,7 @@ def occlusion(
         return run()
 
     def work(job: Job) -> dict[str, Any]:
-        return run(progress=job.report, should_stop=job.should_stop)
+        return run(job)
 
     job = state.jobs.submit("occlusion", work, total=positions)
     return JSONResponse(job_response(job).model_dump(mode="json"), status_code=202, headers={"Location": job_url(job)})

@@ -10,7 +10,7 @@ from convscope.api.routes.activations import LayerQuery
 from convscope.api.routes.common import MODEL_ERRORS, png
 from convscope.engine.engine import Select
 from convscope.engine.render import png_bytes, projection_image
-from convscope.engine.rules import Rule
+from convscope.engine.rules import Mode
 from convscope.errors import InvalidRequestError
 
 router = APIRouter(tags=["projections"])
@@ -24,6 +24,10 @@ SEED_HEADERS: dict[str, Any] = {
     "X-Seed-X": {
         "description": "column of the seed in the layer's map, -1 for select=map",
         "schema": {"type": "integer"},
+    },
+    "X-Mode": {
+        "description": "the rule used: deconvnet, guided or gradient (mode=auto resolved for the layer)",
+        "schema": {"type": "string"},
     },
 }
 
@@ -42,7 +46,13 @@ def projection(
     prepared: PreparedDep,
     layer: LayerQuery,
     channel: Annotated[int, Query(ge=0, description="channel of the layer", examples=[0])],
-    mode: Annotated[Rule, Query(description="deconvnet, guided (backprop) or gradient")] = "deconvnet",
+    mode: Annotated[
+        Mode,
+        Query(
+            description="deconvnet, guided (backprop), gradient, or auto: deconvnet where max-pool switches lie "
+            "below the layer, guided otherwise (the rule used is in X-Mode)"
+        ),
+    ] = "deconvnet",
     select: Annotated[Select, Query(description="max: the strongest activation; map: the whole map")] = "max",
     y: Annotated[int | None, Query(ge=0, description="seed row (with x: project this unit instead)")] = None,
     x: Annotated[int | None, Query(ge=0, description="seed column (with y)")] = None,
@@ -50,14 +60,19 @@ def projection(
     if (y is None) != (x is None):
         raise InvalidRequestError("give both y and x for a seed position, or neither")
     position = (y, x) if y is not None and x is not None else None
-    engine.layer(layer)
+    rule = engine.resolve_mode(layer, mode)
 
     def make() -> tuple[bytes, dict[str, str]]:
-        result = engine.project(prepared, layer, channel, mode=mode, select=select, position=position)
+        result = engine.project(prepared, layer, channel, mode=rule, select=select, position=position)
         seed_y, seed_x = result.seed_position
-        headers = {"X-Seed-Value": repr(float(result.seed_value)), "X-Seed-Y": str(seed_y), "X-Seed-X": str(seed_x)}
+        headers = {
+            "X-Seed-Value": repr(float(result.seed_value)),
+            "X-Seed-Y": str(seed_y),
+            "X-Seed-X": str(seed_x),
+            "X-Mode": result.mode,
+        }
         return png_bytes(projection_image(result.projection)), headers
 
-    key = cache_key("projection", engine.name, prepared.key, layer, channel, mode, select, position)
+    key = cache_key("projection", engine.name, prepared.key, layer, channel, rule, select, position)
     item = state.responses.render(key, make)
     return png_response(request, item, image.cache_control)

@@ -10,16 +10,18 @@ the bundled sample photos for its default model in the background (a job), unles
 
 from __future__ import annotations
 
-import logging
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Body, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from convscope.api.budget import check_scan_memory
 from convscope.api.caching import PUBLIC, Rendered, cache_key, etag_of, png_response
 from convscope.api.deps import EngineDep, ScanServiceDep
 from convscope.api.jobs import Job
+from convscope.api.openapi import body_examples
 from convscope.api.routes.activations import LayerQuery
 from convscope.api.routes.common import errors, png
 from convscope.api.routes.jobs import job_response, job_url
@@ -32,28 +34,47 @@ from convscope.api.schemas import (
     ScanInfo,
     ScanProgress,
     ScanRequest,
+    ScanRootInfo,
     TopEntry,
     TopResponse,
 )
-from convscope.engine import Engine
+from convscope.engine import Engine, LayerInfo
 from convscope.engine.render import png_bytes
-from convscope.errors import InvalidRequestError
+from convscope.errors import ConvscopeError, InvalidRequestError
 from convscope.jsonvalues import finite_or_none
-from convscope.scan.library import SAMPLES_SCAN, ScanEntry
-from convscope.scan.render import ScanRenderer
-
-log = logging.getLogger("convscope.api.scans")
+from convscope.scan.library import SAMPLES_SCAN, ScanEntry, normalise_folder
+from convscope.scan.render import ScanRenderer, resolve_mode
 
 router = APIRouter(tags=["scans"])
 
 ScanId = Annotated[
     str, Path(description="a scan id (see GET .../scans)", examples=[SAMPLES_SCAN], min_length=1, max_length=128)
 ]
-ChannelQuery = Annotated[int, Query(ge=0, description="channel of the layer", examples=[0])]
+ChannelQuery = Annotated[int, Query(ge=0, le=2**31 - 1, description="channel of the layer", examples=[0])]
 CONFLICT: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorResponse, "description": "the scan is unfinished, or was made with other weights"}
 }
 MONTAGE_MAX_CHANNELS = 64
+ModeQuery = Annotated[
+    Literal["auto", "deconvnet", "guided", "gradient"],
+    Query(description="projection mode; auto: deconvnet where max-pool switches lie below the layer, else guided"),
+]
+MODE_HEADER: dict[str, Any] = {"X-Mode": {"description": "the mode used (auto resolved)", "schema": {"type": "string"}}}
+FOLDERS_LISTED = 200
+
+
+def _with_rules(engine: Engine, layer: LayerInfo) -> LayerInfo:
+    """A scanned layer with the engine's switch and rule facts (the manifest keeps the shape only)."""
+    try:
+        known = engine.layer(layer.name)
+    except ConvscopeError:
+        return layer
+    return replace(
+        layer,
+        has_switches=known.has_switches,
+        rules_covered=known.rules_covered,
+        rules_uncovered=known.rules_uncovered,
+    )
 
 
 def _scan_info(service: ScanService, engine: Engine, entry: ScanEntry) -> ScanInfo:
@@ -62,15 +83,18 @@ def _scan_info(service: ScanService, engine: Engine, entry: ScanEntry) -> ScanIn
     progress = manifest.progress
     job = service.job_for(entry.model, entry.id)
     label = str(manifest.extra.get("label") or manifest.extra.get("folder") or config.source_kind)
+    status: Literal["running", "complete", "interrupted"] = "complete"
+    if not manifest.complete:
+        status = "running" if job is not None else "interrupted"  # no job behind it: a restart cut it short
     return ScanInfo(
         id=entry.id,
         model=entry.model,
-        status="complete" if manifest.complete else "running",
+        status=status,
         source=config.source_kind,
         label=label,
         images=config.image_count,
         top=config.top,
-        layers=[LayerResponse.from_info(layer) for layer in config.layers],
+        layers=[LayerResponse.from_info(_with_rules(engine, layer)) for layer in config.layers],
         progress=ScanProgress(
             images_done=progress.images_done,
             skipped=progress.skipped,
@@ -83,6 +107,7 @@ def _scan_info(service: ScanService, engine: Engine, entry: ScanEntry) -> ScanIn
         finished_at=manifest.finished_at,
         job=job_url(job) if job is not None else None,
         url=scan_url(entry.model, entry.id),
+        resume_url=f"{scan_url(entry.model, entry.id)}/resume" if status == "interrupted" else None,
     )
 
 
@@ -111,6 +136,9 @@ def list_scans(service: ScanServiceDep, engine: EngineDep) -> list[ScanInfo]:
         403: {"model": ErrorResponse, "description": "no scan roots, or the folder is outside them"},
         **errors(400, 404, 422, 429, 503),
     },
+    openapi_extra=body_examples(
+        samples={"samples": True, "layers": ["conv_head"], "top": 9}, folder={"folder": "photos/cats"}
+    ),
 )
 def start_scan(service: ScanServiceDep, engine: EngineDep, body: Annotated[ScanRequest, Body()]) -> JSONResponse:
     from convscope.scan.scanner import folder_source, resolve_layers, samples_source
@@ -120,9 +148,10 @@ def start_scan(service: ScanServiceDep, engine: EngineDep, body: Annotated[ScanR
         layers = "all"
     if body.folder is not None:
         folder = service.library.resolve_folder(body.folder)
-        resolve_layers(engine, layers)  # unknown layers: 404 now, not in the job
+        infos = resolve_layers(engine, layers)  # unknown layers: 404 now, not in the job
+        check_scan_memory(service.state.settings, infos, service.state.settings.scan_batch_size)
         scan_id = service.library.folder_scan_id(body.folder, body.layers, body.top)
-        label = body.folder.strip().strip("/")
+        label = normalise_folder(body.folder)
         work = service.scan_job(
             engine.name,
             scan_id,
@@ -133,7 +162,8 @@ def start_scan(service: ScanServiceDep, engine: EngineDep, body: Annotated[ScanR
             extra={"label": label, "folder": label},
         )
     else:
-        resolve_layers(engine, layers)
+        infos = resolve_layers(engine, layers)
+        check_scan_memory(service.state.settings, infos, service.state.settings.scan_batch_size)
         scan_id = service.library.samples_scan_id(body.layers, body.top)
         work = service.scan_job(
             engine.name,
@@ -144,6 +174,35 @@ def start_scan(service: ScanServiceDep, engine: EngineDep, body: Annotated[ScanR
             replace=True,
             extra={"label": "the bundled sample photos"},
         )
+    job = service.submit(engine.name, scan_id, work)
+    return JSONResponse(job_response(job).model_dump(mode="json"), status_code=202, headers={"Location": job_url(job)})
+
+
+@router.post(
+    "/models/{model}/scans/{scan_id}/resume",
+    status_code=202,
+    response_model=JobResponse,
+    summary="finish an interrupted scan from its last checkpoint (a job; poll its url)",
+    responses={
+        403: {"model": ErrorResponse, "description": "the scanned folder is no longer inside a scan root"},
+        **errors(404, 422, 429, 503),
+    },
+)
+def resume_scan(service: ScanServiceDep, engine: EngineDep, scan_id: ScanId) -> JSONResponse:
+    from convscope.scan.scanner import folder_source, samples_source
+
+    entry = service.library.get(engine.name, scan_id)
+    manifest = entry.manifest
+    options: dict[str, Any] = {
+        "layers": [layer.name for layer in manifest.config.layers],
+        "top": manifest.config.top,
+        "extra": dict(manifest.extra),
+    }
+    if manifest.config.source_kind == "folder":
+        folder = service.library.resolve_folder(str(manifest.extra.get("folder", "")))
+        work = service.scan_job(engine.name, scan_id, lambda: folder_source(folder, confine=True), **options)
+    else:
+        work = service.scan_job(engine.name, scan_id, samples_source, **options)
     job = service.submit(engine.name, scan_id, work)
     return JSONResponse(job_response(job).model_dump(mode="json"), status_code=202, headers={"Location": job_url(job)})
 
@@ -165,12 +224,19 @@ def get_scan(service: ScanServiceDep, engine: EngineDep, scan_id: ScanId) -> Sca
     responses={**errors(404, 422, 503), **CONFLICT},
 )
 def top(
-    service: ScanServiceDep, engine: EngineDep, scan_id: ScanId, layer: LayerQuery, channel: ChannelQuery
+    service: ScanServiceDep,
+    engine: EngineDep,
+    scan_id: ScanId,
+    layer: LayerQuery,
+    channel: ChannelQuery,
+    mode: ModeQuery = "deconvnet",
 ) -> TopResponse:
     renderer = _renderer(service, engine, engine.name, scan_id)
     entries = renderer.entries(layer, channel)
+    resolved = resolve_mode(engine, layer, mode)
     base = scan_url(engine.name, scan_id)
     query = urlencode({"layer": layer, "channel": channel})
+    projection_query = urlencode({"layer": layer, "channel": channel, "mode": resolved})
     samples = renderer.manifest.config.source_kind == "samples"
     rows = []
     for rank, entry in enumerate(entries):
@@ -186,21 +252,27 @@ def top(
                 x=entry.x,
                 box=list(renderer.box(layer, entry)),
                 crop_url=f"{base}/top/{rank}/crop.png?{query}",
-                projection_url=f"{base}/top/{rank}/projection.png?{query}",
+                projection_url=f"{base}/top/{rank}/projection.png?{projection_query}",
             )
         )
-    return TopResponse(scan=scan_id, layer=layer, channel=channel, top=renderer.manifest.config.top, entries=rows)
+    return TopResponse(
+        scan=scan_id, layer=layer, channel=channel, top=renderer.manifest.config.top, mode=resolved, entries=rows
+    )
 
 
-def _png(request: Request, body: bytes) -> Response:
-    return png_response(request, Rendered(body, etag_of(body)), PUBLIC)
+def _png(request: Request, body: bytes, headers: dict[str, str] | None = None) -> Response:
+    return png_response(request, Rendered(body, etag_of(body), headers or {}), PUBLIC)
 
 
 @router.get(
     "/models/{model}/scans/{scan_id}/top/{rank}/{kind}.png",
     response_class=Response,
-    summary="the receptive-field crop (kind=crop) or the deconvnet projection (kind=projection) of one top-k entry",
-    responses={**png("RGB PNG, the size of the unit's receptive field"), **errors(404, 422, 503), **CONFLICT},
+    summary="the receptive-field crop (kind=crop) or the projection (kind=projection, in `mode`) of one top-k entry",
+    responses={
+        **png("RGB PNG, the size of the unit's receptive field", MODE_HEADER),
+        **errors(404, 422, 503),
+        **CONFLICT,
+    },
 )
 def top_image(
     request: Request,
@@ -211,9 +283,11 @@ def top_image(
     kind: Annotated[Literal["crop", "projection"], Path(description="crop or projection")],
     layer: LayerQuery,
     channel: ChannelQuery,
+    mode: ModeQuery = "deconvnet",
 ) -> Response:
     renderer = _renderer(service, engine, engine.name, scan_id)
-    return _png(request, renderer.png(layer, channel, rank, kind))
+    resolved = resolve_mode(engine, layer, mode)
+    return _png(request, renderer.png(layer, channel, rank, kind, resolved), {"X-Mode": resolved})
 
 
 @router.get(
@@ -227,7 +301,7 @@ def scan_image(
     service: ScanServiceDep,
     engine: EngineDep,
     scan_id: ScanId,
-    index: Annotated[int, Path(ge=0, description="image index in the scan")],
+    index: Annotated[int, Path(ge=0, le=2**53, description="image index in the scan")],
 ) -> Response:
     entry = service.library.get(engine.name, scan_id)
     renderer = ScanRenderer(entry.store)
@@ -239,10 +313,10 @@ def scan_image(
 @router.get(
     "/models/{model}/scans/{scan_id}/montage.png",
     response_class=Response,
-    summary="a Fig. 2-style montage: per channel its top-k projections beside the image patches; "
+    summary="a Fig. 2-style montage: per channel its top-k projections (in `mode`) beside the image patches; "
     "202 and a job to poll (its result names this URL) until it has been rendered",
     responses={
-        **png("RGB PNG"),
+        **png("RGB PNG", MODE_HEADER),
         202: {"model": JobResponse, "description": "being rendered as a job: poll its `url`, then GET this again"},
         **errors(404, 422, 429, 503),
         **CONFLICT,
@@ -259,6 +333,7 @@ def montage_png(
         Query(description="e.g. 0,1,5-8 (default: the first 16)", max_length=1000, examples=["0-3"]),
     ] = None,
     tile: Annotated[int, Query(ge=16, le=128, description="tile side in pixels")] = 48,
+    mode: ModeQuery = "deconvnet",
 ) -> Response:
     from convscope.scan.montage import montage, parse_channels
 
@@ -266,7 +341,8 @@ def montage_png(
     wanted = parse_channels(channels, renderer.manifest.layer(layer).channels)
     if len(wanted) > MONTAGE_MAX_CHANNELS:
         raise InvalidRequestError(f"at most {MONTAGE_MAX_CHANNELS} channels per montage")
-    key = cache_key("montage", engine.name, scan_id, renderer.manifest.updated_at, layer, tuple(wanted), tile)
+    resolved = resolve_mode(engine, layer, mode)
+    key = cache_key("montage", engine.name, scan_id, renderer.manifest.updated_at, layer, tuple(wanted), tile, resolved)
     responses = service.state.responses
     item = responses.get(key)
     if item is not None:
@@ -274,13 +350,32 @@ def montage_png(
     url = request.url.path + (f"?{request.url.query}" if request.url.query else "")
 
     def work(job: Job) -> dict[str, Any]:  # up to 64 × k projections: never in a request thread
-        body = png_bytes(montage(renderer, layer, wanted, tile=tile, task=job))
-        responses.put(key, Rendered(body, etag_of(body)))
-        return {"url": url, "layer": layer, "channels": wanted}
+        body = png_bytes(montage(renderer, layer, wanted, tile=tile, mode=resolved, task=job))
+        responses.put(key, Rendered(body, etag_of(body), {"X-Mode": resolved}))
+        return {"url": url, "layer": layer, "channels": wanted, "mode": resolved}
 
     job = service.montage(key, work, len(wanted))
     headers = {"Location": job_url(job), "Retry-After": "1"}
     return JSONResponse(job_response(job).model_dump(mode="json"), status_code=202, headers=headers)
+
+
+@router.get(
+    "/scan-roots",
+    response_model=list[ScanRootInfo],
+    summary="the folders this server may scan: each scan root and its subfolders (POST .../scans with folder)",
+)
+def scan_roots(service: ScanServiceDep) -> list[ScanRootInfo]:
+    out = []
+    for name, root in sorted(service.library.roots.items()):
+        try:
+            children = sorted(
+                p.name for p in root.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
+            )
+        except OSError:
+            children = []
+        folders = [name] + [f"{name}/{child}" for child in children[:FOLDERS_LISTED]]
+        out.append(ScanRootInfo(name=name, folders=folders))
+    return out
 
 
 __all__ = ["ScanService", "install", "on_startup", "router", "scan_url"]

@@ -62,7 +62,8 @@ def list_studies(
 ) -> StudyList:
     folder = state.settings.studies_dir
     found = [study for study in find_studies(folder) if kind is None or study.kind == kind]
-    return StudyList(studies_dir=str(folder) if folder is not None else None, studies=[_summary(s) for s in found])
+    # the folder's name only: the absolute path is the server's business, not its clients'
+    return StudyList(studies_dir=folder.name if folder is not None else None, studies=[_summary(s) for s in found])
 
 
 @router.get(
@@ -100,7 +101,13 @@ def study_image(study_id: StudyId, request: Request, state: StateDep) -> Respons
     "/studies/{study_id}/table.md",
     response_class=PlainTextResponse,
     summary="the study's table as Markdown (ablation, probe)",
-    responses={200: {"content": {"text/markdown": {}}}, **errors(404)},
+    responses={
+        200: {"content": {"text/markdown": {}}},
+        404: {  # the route's class is text: say that its errors are JSON
+            "description": "unknown study, or no table",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+        },
+    },
 )
 def study_table(study_id: StudyId, state: StateDep) -> PlainTextResponse:
     path = _find(state, study_id).related("markdown")

@@ -13,6 +13,7 @@ from convscope.api.schemas.models import (
     PredictionResponse,
     Preprocessing,
     ReceptiveFieldInfo,
+    RuleCoverage,
 )
 from convscope.api.schemas.occlusion import (
     OcclusionFeature,
@@ -20,7 +21,15 @@ from convscope.api.schemas.occlusion import (
     OcclusionRequest,
     OcclusionResponse,
 )
-from convscope.api.schemas.scans import ScanImageRef, ScanInfo, ScanProgress, ScanRequest, TopEntry, TopResponse
+from convscope.api.schemas.scans import (
+    ScanImageRef,
+    ScanInfo,
+    ScanProgress,
+    ScanRequest,
+    ScanRootInfo,
+    TopEntry,
+    TopResponse,
+)
 from convscope.api.schemas.studies import StudyList, StudySummary
 
 __all__ = [
@@ -42,11 +51,13 @@ __all__ = [
     "PredictionResponse",
     "Preprocessing",
     "ReceptiveFieldInfo",
+    "RuleCoverage",
     "SampleInfo",
     "ScanImageRef",
     "ScanInfo",
     "ScanProgress",
     "ScanRequest",
+    "ScanRootInfo",
     "SpriteInfo",
     "StudyList",
     "StudySummary",

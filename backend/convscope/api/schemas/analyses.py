@@ -49,5 +49,5 @@ class CorrespondenceRequest(BaseModel):
 
 class DeadChannelsRequest(BaseModel):
     images: list[Annotated[str, Field(max_length=200)]] | None = Field(
-        default=None, max_length=256, description="image ids (default: every sample photo)"
+        default=None, min_length=1, max_length=256, description="image ids (default, or null: every sample photo)"
     )

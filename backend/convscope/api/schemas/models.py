@@ -42,20 +42,33 @@ class ReceptiveFieldInfo(BaseModel):
         return round(value, 3)
 
 
-class LayerResponse(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+class RuleCoverage(BaseModel):
+    covered: list[str] = Field(description="element-wise activations below/at the layer that follow the mode's rule")
+    uncovered: list[str] = Field(
+        description="element-wise non-linearities below/at the layer the engine has no rule for: they keep their "
+        "plain derivative in every mode"
+    )
 
+
+class LayerResponse(BaseModel):
     name: str = Field(description="module name, as in model.named_modules()")
     kind: str = Field(description="module class name")
     channels: int = Field(description="feature maps in the layer's output")
     height: int = Field(description="rows of each map")
     width: int = Field(description="columns of each map")
     receptive_field: ReceptiveFieldInfo
+    has_switches: bool = Field(
+        description="a max-pool with switches lies below the layer: deconvnet projections depend on the image; "
+        "mode=auto resolves to deconvnet here, to guided elsewhere"
+    )
+    rules: RuleCoverage
 
     @classmethod
     def from_info(cls, info: LayerInfo) -> LayerResponse:
         """The API's (and `convscope layers --json`'s) description of an engine layer."""
-        return cls.model_validate(info)
+        rules = RuleCoverage(covered=list(info.rules_covered), uncovered=list(info.rules_uncovered))
+        fields = {name: getattr(info, name) for name in ("name", "kind", "channels", "height", "width", "has_switches")}
+        return cls(**fields, receptive_field=ReceptiveFieldInfo.model_validate(info.receptive_field), rules=rules)
 
 
 class LabelInfo(BaseModel):

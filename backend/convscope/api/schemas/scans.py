@@ -20,7 +20,9 @@ class ScanProgress(BaseModel):
 class ScanInfo(BaseModel):
     id: str
     model: str
-    status: Literal["running", "complete"]
+    status: Literal["running", "complete", "interrupted"] = Field(
+        description="interrupted: unfinished and no job writes it (a restart); POST its resume_url to finish it"
+    )
     source: str = Field(description="'samples' (the bundled photos) or 'folder'")
     label: str = Field(description="what was scanned, in words")
     images: int = Field(description="image files listed")
@@ -32,6 +34,7 @@ class ScanInfo(BaseModel):
     finished_at: float | None
     job: str | None = Field(default=None, description="URL of the job scanning it, while it runs")
     url: str
+    resume_url: str | None = Field(default=None, description="when interrupted: POST here to resume it (a job)")
 
 
 class ScanRequest(BaseModel):
@@ -80,4 +83,10 @@ class TopResponse(BaseModel):
     layer: str
     channel: int
     top: int
+    mode: str = Field(default="deconvnet", description="the projection mode of projection_url (auto resolved)")
     entries: list[TopEntry]
+
+
+class ScanRootInfo(BaseModel):
+    name: str = Field(description="the root's name (its folder name), the first part of a scan's `folder`")
+    folders: list[str] = Field(description="the root itself and its subfolders, as `folder` values for a scan")

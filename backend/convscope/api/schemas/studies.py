@@ -16,5 +16,5 @@ class StudySummary(BaseModel):
 
 
 class StudyList(BaseModel):
-    studies_dir: str | None = Field(description="the folder searched (the studies_dir setting)")
+    studies_dir: str | None = Field(description="the name of the folder searched (the studies_dir setting)")
     studies: list[StudySummary]

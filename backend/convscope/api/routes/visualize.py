@@ -1,0 +1,313 @@
+"""Feature visualisation by optimisation over HTTP (issue 17), and the static atlas folder.
+
+`POST /api/models/{model}/visualizations` starts a job that optimises one image per
+channel of one layer (all in one batch, or batches of 16) and answers 202 with the job;
+its result lists each unit's objective and the URL of its PNG. Units are cached on disk
+(`CONVSCOPE_FEATVIS_DIR`) by (model, weights hash, layer, channel, objective, steps,
+size, seed), so a unit is computed once: `GET .../visualizations?...` says whether one is
+stored, `GET .../visualizations/image.png?...` serves it.
+
+`GET /api/atlas` says whether the server was given an atlas folder
+(`CONVSCOPE_ATLAS_DIR`, written by `convscope atlas`); its files are served read-only
+under `/api/atlas/`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mimetypes
+import threading
+from pathlib import Path as FilePath
+from typing import Annotated, Any, Literal
+from urllib.parse import quote, urlencode
+
+from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, Field
+
+from convscope.api.caching import PUBLIC, Rendered, etag_of, png_response
+from convscope.api.deps import EngineDep, StateDep
+from convscope.api.jobs import Job
+from convscope.api.openapi import body_examples
+from convscope.api.routes.common import MODEL_ERRORS, errors, png
+from convscope.api.routes.jobs import job_response, job_url
+from convscope.api.schemas import JobResponse
+from convscope.api.state import AppState
+from convscope.engine import Engine
+from convscope.errors import InvalidRequestError, NotFoundError
+from convscope.featvis.limits import DEFAULT_STEPS, MAX_SIZE, MIN_SIZE
+
+router = APIRouter(tags=["feature visualisation"])
+
+MAX_API_STEPS = 2048
+MAX_CHANNELS = 64
+MAX_UNIT_STEPS = 64 * 512  # channels × steps one request may ask for
+BATCH = 16  # units optimised together
+
+ObjectiveName = Literal["channel", "unit", "logit"]
+
+
+class VisualizationRequest(BaseModel):
+    """Units of one layer to visualise (for `logit`, `channels` are classes and `layer` is unused)."""
+
+    layer: str | None = Field(default=None, max_length=300, description="module name (not needed for logit)")
+    channels: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, max_length=MAX_CHANNELS)
+    objective: ObjectiveName = "channel"
+    steps: int = Field(default=DEFAULT_STEPS, ge=1, le=MAX_API_STEPS, description="Adam steps")
+    size: int | None = Field(default=None, ge=MIN_SIZE, le=MAX_SIZE, description="image side (default: the model's)")
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+    position: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] | None = Field(
+        default=None, description="unit objective: [y, x] in the layer's map (default: its centre)"
+    )
+
+
+class StoredUnit(BaseModel):
+    channel: int
+    cached: bool
+    value: float | None = Field(description="the objective reached (when cached)")
+    url: str = Field(description="its PNG (404 until computed)")
+
+
+class AtlasInfo(BaseModel):
+    available: bool
+    url: str | None = Field(description="the atlas's index.html, served read-only by this server")
+    model: str | None = None
+
+
+# ---- the service: one cache, one job per distinct request ------------------------------------------
+class FeatvisService:
+    def __init__(self, state: AppState) -> None:
+        from convscope.featvis.cache import FeatvisCache, default_cache_dir
+
+        directory = getattr(state.settings, "featvis_dir", None) or default_cache_dir()
+        self.cache = FeatvisCache(directory)
+        self.state = state
+        self._jobs: dict[tuple[Any, ...], Job] = {}
+        self._lock = threading.Lock()
+
+    def submit(self, key: tuple[Any, ...], work: Any, total: int) -> Job:
+        with self._lock:
+            job = self._jobs.get(key)
+            if job is not None and not job.finished:
+                return job
+            job = self.state.jobs.submit("visualization", work, total=total)
+            self._jobs = {k: v for k, v in self._jobs.items() if not v.finished}
+            self._jobs[key] = job
+            return job
+
+
+_service_lock = threading.Lock()
+
+
+def get_service(request: Request) -> FeatvisService:
+    with _service_lock:
+        service: FeatvisService | None = getattr(request.app.state, "featvis", None)
+        if service is None:
+            service = FeatvisService(request.app.state.convscope)
+            request.app.state.featvis = service
+        return service
+
+
+def image_url(model: str, target: Any, channel: int) -> str:
+    params: dict[str, Any] = {
+        "layer": target.layer,
+        "channel": channel,
+        "objective": target.objective,
+        "steps": target.steps,
+        "size": target.size,
+        "seed": target.seed,
+    }
+    if target.objective == "unit" and target.position is not None:
+        params["y"], params["x"] = target.position
+    return f"/api/models/{quote(model, safe='')}/visualizations/image.png?{urlencode(params)}"
+
+
+def _target(
+    engine: Engine,
+    layer: str | None,
+    channels: list[int],
+    objective: str,
+    steps: int,
+    size: int | None,
+    seed: int,
+    position: tuple[int, int] | None,
+) -> Any:
+    from convscope.featvis.objectives import check_target
+
+    if len(channels) * steps > MAX_UNIT_STEPS:
+        raise InvalidRequestError(
+            f"this request needs {len(channels) * steps:,} unit-steps; the limit is {MAX_UNIT_STEPS:,} "
+            "(fewer channels or steps)"
+        )
+    return check_target(engine, layer, channels, objective, steps, size, seed, position)
+
+
+def _position(y: int | None, x: int | None) -> tuple[int, int] | None:
+    if (y is None) != (x is None):
+        raise InvalidRequestError("give both y and x, or neither")
+    return None if y is None or x is None else (y, x)
+
+
+# ---- routes ---------------------------------------------------------------------------------------
+@router.post(
+    "/models/{model}/visualizations",
+    status_code=202,
+    response_model=JobResponse,
+    summary="optimise an image for each channel of one layer (feature visualisation), as a job",
+    responses={
+        202: {"model": JobResponse, "description": "started (or joined) a job: poll its `url`"},
+        **errors(400, 404, 422, 429, 503),
+    },
+    openapi_extra=body_examples(
+        three_channels={"layer": "blocks.4", "channels": [0, 1, 2], "steps": 128},
+        class_logit={"objective": "logit", "channels": [285], "steps": 128},
+    ),
+)
+def start_visualization(request: Request, engine: EngineDep, body: VisualizationRequest) -> JSONResponse:
+    service = get_service(request)
+    target = _target(engine, body.layer, body.channels, body.objective, body.steps, body.size, body.seed, body.position)
+    cache = service.cache
+    missing = [c for c in target.channels if not cache.has(engine, target, c)]
+    total = max(1, target.steps * -(-len(missing) // BATCH))
+
+    def work(job: Job) -> dict[str, Any]:
+        results = cache.visualize(engine, target, batch_size=BATCH, task=job)
+        return {
+            "model": engine.name,
+            "layer": target.layer,
+            "objective": target.objective,
+            "steps": target.steps,
+            "size": target.size,
+            "seed": target.seed,
+            "position": list(target.position) if target.position is not None else None,
+            "units": [
+                {
+                    "channel": vis.channel,
+                    "value": vis.value,
+                    "cached": vis.cached,
+                    "seconds": round(vis.seconds, 4),
+                    "url": image_url(engine.name, target, vis.channel),
+                }
+                for vis in results
+            ],
+        }
+
+    key = (engine.name, id(engine), target)
+    job = service.submit(key, work, total)
+    return JSONResponse(job_response(job).model_dump(mode="json"), status_code=202, headers={"Location": job_url(job)})
+
+
+Channel = Annotated[int, Query(ge=0, description="channel of the layer (class for logit)")]
+Layer = Annotated[str | None, Query(max_length=300, description="module name (not needed for logit)")]
+Steps = Annotated[int, Query(ge=1, le=MAX_API_STEPS)]
+Size = Annotated[int | None, Query(ge=MIN_SIZE, le=MAX_SIZE, description="default: the model's input size")]
+Seed = Annotated[int, Query(ge=0, le=2**32 - 1)]
+Coordinate = Annotated[int | None, Query(ge=0, description="unit objective: the position (default: centre)")]
+
+
+@router.get(
+    "/models/{model}/visualizations",
+    response_model=StoredUnit,
+    summary="whether one unit's optimised image is stored, and where",
+    responses=MODEL_ERRORS,
+)
+def stored_visualization(
+    request: Request,
+    engine: EngineDep,
+    channel: Channel,
+    layer: Layer = None,
+    objective: ObjectiveName = "channel",
+    steps: Steps = DEFAULT_STEPS,
+    size: Size = None,
+    seed: Seed = 0,
+    y: Coordinate = None,
+    x: Coordinate = None,
+) -> StoredUnit:
+    service = get_service(request)
+    target = _target(engine, layer, [channel], objective, steps, size, seed, _position(y, x))
+    vis = service.cache.get(engine, target, channel)
+    return StoredUnit(
+        channel=channel,
+        cached=vis is not None,
+        value=vis.value if vis else None,
+        url=image_url(engine.name, target, channel),
+    )
+
+
+@router.get(
+    "/models/{model}/visualizations/image.png",
+    response_class=Response,
+    summary="one unit's optimised image (S×S RGB PNG), once a job has computed it",
+    responses={**png("RGB PNG, S×S"), **MODEL_ERRORS},
+)
+def visualization_png(
+    request: Request,
+    engine: EngineDep,
+    channel: Channel,
+    layer: Layer = None,
+    objective: ObjectiveName = "channel",
+    steps: Steps = DEFAULT_STEPS,
+    size: Size = None,
+    seed: Seed = 0,
+    y: Coordinate = None,
+    x: Coordinate = None,
+) -> Response:
+    service = get_service(request)
+    target = _target(engine, layer, [channel], objective, steps, size, seed, _position(y, x))
+    path = service.cache.path(engine, target, channel, ".png")
+    if not service.cache.has(engine, target, channel):
+        raise NotFoundError(
+            f"channel {channel} of {target.layer!r} is not computed yet for these settings; "
+            f"POST /api/models/{engine.name}/visualizations to compute it"
+        )
+    body = path.read_bytes()
+    return png_response(request, Rendered(body, etag_of(body)), PUBLIC)
+
+
+# ---- the atlas folder ---------------------------------------------------------------------------
+def _atlas_dir(state: AppState) -> FilePath | None:
+    folder = getattr(state.settings, "atlas_dir", None)
+    if folder is None:
+        return None
+    folder = FilePath(folder)
+    return folder if (folder / "index.html").is_file() else None
+
+
+@router.get("/atlas", response_model=AtlasInfo, summary="the atlas folder this server serves, if any")
+def atlas_info(state: StateDep) -> AtlasInfo:
+    import json
+
+    folder = _atlas_dir(state)
+    if folder is None:
+        return AtlasInfo(available=False, url=None)
+    model = None
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        model = json.loads((folder / "atlas.json").read_text()).get("model")
+    return AtlasInfo(available=True, url="/api/atlas/index.html", model=model)
+
+
+@router.get(
+    "/atlas/{path:path}",
+    response_class=Response,
+    summary="a file of the atlas folder (read-only)",
+    responses=errors(404),
+)
+def atlas_file(state: StateDep, path: Annotated[str, Path(max_length=500)]) -> Response:
+    folder = _atlas_dir(state)
+    if folder is None:
+        raise NotFoundError("this server has no atlas (set CONVSCOPE_ATLAS_DIR to a `convscope atlas` folder)")
+    root = folder.resolve()
+    wanted = (root / (path or "index.html")).resolve()
+    if (root not in wanted.parents and wanted != root) or any(
+        part.startswith("_") for part in wanted.relative_to(root).parts
+    ):
+        raise NotFoundError(f"no atlas file {path!r}")
+    if wanted.is_dir():
+        wanted = wanted / "index.html"
+    if not wanted.is_file():
+        raise NotFoundError(f"no atlas file {path!r}")
+    media = mimetypes.guess_type(wanted.name)[0] or "application/octet-stream"
+    return FileResponse(wanted, media_type=media, headers={"Cache-Control": "no-cache"})
+
+
+__all__ = ["FeatvisService", "router"]

@@ -1,0 +1,270 @@
+"""The receptive-field ("cone") backward equals the dense backward pass.
+
+Every mode, seeds in the centre, on every border and in every corner, on the built-in
+architectures (random weights; EfficientNet-Lite0 with its real weights) and the hand-built
+fixture nets. Nodes the cone cannot follow make it fall back to the dense pass; the planned
+boxes are the convolution's and the pool's windows worked out by hand; the engine takes the
+cone only where it plans at most half the dense work, and never on CUDA.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+from convscope.engine import Engine, Seed, cone
+from convscope.models import load_model
+from convscope.samples import load_sample
+from fixtures.nets import (
+    ConeZooNet,
+    FunctionalReLUNet,
+    LinearStemNet,
+    ReusedReLUNet,
+    SiLUNet,
+    SqueezeExciteNet,
+    alexnet_shaped,
+    make_engine,
+    relu6_sequential,
+    zf_shaped,
+)
+
+MODES = ("deconvnet", "guided", "gradient")
+
+
+def _positions(height: int, width: int) -> list[tuple[int, int]]:
+    """The centre, the four corners and the middle of each border."""
+    ys, xs = (0, height // 2, height - 1), (0, width // 2, width - 1)
+    return sorted({(y, x) for y in ys for x in xs})
+
+
+def _seeds(engine: Engine, image, layer: str) -> list[Seed]:
+    """One seed per position, on the channel most active there (so the masks let it through)."""
+    maps = engine.activations(image, layer)
+    return [Seed(int(maps[:, y, x].argmax()), position=(y, x)) for y, x in _positions(*maps.shape[1:])]
+
+
+def _assert_cone_equals_dense(engine: Engine, layer: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    image = engine.prepare(load_sample("coffee"))
+    seeds = _seeds(engine, image, layer)
+    nonzero = 0
+    for mode in MODES:
+        monkeypatch.setattr(cone, "MAX_RATIO", -1.0)  # dense only
+        before = engine.stats.cone_passes
+        dense = engine.project_many(image, layer, seeds, mode)
+        assert engine.stats.cone_passes == before
+        monkeypatch.setattr(cone, "MAX_RATIO", math.inf)  # the cone wherever it can follow the graph
+        ours = engine.project_many(image, layer, seeds, mode)
+        assert engine.stats.cone_passes == before + len(seeds), f"{layer}: the cone fell back to the dense pass"
+        for seed, mine, reference in zip(seeds, ours, dense, strict=True):
+            peak = float(reference.projection.abs().max())
+            error = float((mine.projection - reference.projection).abs().max())
+            assert error <= 1e-5 * peak, (mode, seed.position, error, peak)
+            nonzero += peak > 0
+    assert nonzero >= len(seeds) * len(MODES) // 2  # the comparison is not between zeros
+
+
+@functools.cache
+def _builtin(name: str, size: int) -> Engine:
+    torch.manual_seed(0)
+    loaded = load_model(name, pretrained=(name == "efficientnet_lite0"), input_size=size)
+    return Engine(loaded, device_name="cpu", cache_size=2)
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "layer"),
+    [
+        ("alexnet", 127, "features.5"),  # overlapping pools, in-place ReLUs
+        ("alexnet", 127, "features.10"),
+        ("vgg16", 64, "features.16"),
+        ("resnet50", 64, "layer2.0"),  # bottlenecks, 1×1 stride-2 downsampling, in-place residual sums
+        ("googlenet", 64, "inception3b"),  # functional ReLUs, concatenation, transform_input (select)
+        ("efficientnet_lite0", 128, "blocks.3"),  # real weights: depthwise convs, batch norm, ReLU6
+        ("zfnet-small", 64, "features.conv3"),  # the ZF net (convscope.models.zfnet): LRN, ceil-mode pools
+    ],
+)
+def test_builtin_models(name: str, size: int, layer: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _assert_cone_equals_dense(_builtin(name, size), layer, monkeypatch)
+
+
+def _fixture_engine(build: Callable[[], nn.Module], size: int) -> Engine:
+    net = build()
+    net.eval()
+    with torch.no_grad():
+        net(torch.zeros(1, 3, size, size))  # materialise lazy layers
+    return make_engine(net, size)
+
+
+@functools.cache
+def _fixture(name: str) -> Engine:
+    builders: dict[str, tuple[Callable[[], nn.Module], int]] = {
+        "zoo": (ConeZooNet, 64),
+        "alexnet_shaped": (alexnet_shaped, 127),
+        "zf_shaped": (zf_shaped, 112),
+        "relu6": (relu6_sequential, 48),
+        "functional": (FunctionalReLUNet, 48),
+        "reused": (ReusedReLUNet, 32),
+    }
+    build, size = builders[name]
+    return _fixture_engine(build, size)
+
+
+@pytest.mark.parametrize(
+    ("net", "layer"),
+    [
+        ("zoo", "bn"),  # non-square kernels and strides, batch norm
+        ("zoo", "pool"),  # overlapping, padded, ceil-mode pool
+        ("zoo", "grouped"),  # dilation, groups
+        ("zoo", "lrn"),  # residual sum, depthwise, LRN (identity for the deconvnet, exact otherwise)
+        ("zoo", "relu6"),  # concatenation, average pooling, ReLU6
+        ("zoo", "head"),
+        ("alexnet_shaped", "pool5"),
+        ("zf_shaped", "features.norm2"),
+        ("relu6", "act2"),
+        ("functional", "conv7"),  # every functional and in-place ReLU form
+        ("reused", "conv3"),  # one in-place ReLU module called three times
+    ],
+)
+def test_fixture_nets(net: str, layer: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _assert_cone_equals_dense(_fixture(net), layer, monkeypatch)
+
+
+def _graph(net: nn.Module, size: int, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A plain recorded forward pass (no engine): the layer's output and the input leaf."""
+    outputs: dict[str, torch.Tensor] = {}
+    module = dict(net.named_modules())[layer]
+    handle = module.register_forward_hook(lambda m, i, o: outputs.setdefault("out", o))
+    try:
+        image = torch.randn(1, 3, size, size, requires_grad=True)
+        net.eval()(image)
+    finally:
+        handle.remove()
+    return outputs["out"], image
+
+
+@pytest.mark.parametrize(
+    ("build", "size", "layer", "node"),
+    [
+        (SqueezeExciteNet, 24, "conv2", "SigmoidBackward"),  # global pooling inside the path down
+        (LinearStemNet, 16, "conv", "Backward"),  # a fully connected layer below the seed
+        (SiLUNet, 16, "conv2", "Backward"),  # an activation the cone has no rule for
+    ],
+)
+def test_unknown_nodes_fall_back_to_dense(
+    build: Callable[[], nn.Module], size: int, layer: str, node: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    output, image = _graph(build(), size, layer)
+    grad = torch.zeros_like(output)
+    grad[0, 0, 2, 2] = 1.0
+    seed_plan = cone.plan(output, image, grad, "gradient")
+    assert seed_plan.unsupported is not None and node in seed_plan.unsupported
+    assert cone.backward_if_cheaper(output, image, grad, "gradient", max_ratio=math.inf) is None
+    with pytest.raises(cone.ConeUnsupported):
+        cone.cone_backward(output, image, grad, "gradient")
+
+    engine = _fixture_engine(build, size)
+    picture = engine.prepare(load_sample("coffee"))
+    seeds = _seeds(engine, picture, layer)[:3]
+    monkeypatch.setattr(cone, "MAX_RATIO", math.inf)
+    before = engine.stats.cone_passes
+    results = engine.project_many(picture, layer, seeds, "gradient")
+    assert engine.stats.cone_passes == before
+    monkeypatch.setattr(cone, "MAX_RATIO", -1.0)
+    dense = engine.project_many(picture, layer, seeds, "gradient")
+    for mine, reference in zip(results, dense, strict=True):
+        assert torch.equal(mine.projection, reference.projection)
+
+
+def _support(tensor: torch.Tensor) -> tuple[tuple[int, int], tuple[int, int]]:
+    nonzero = tensor[0].abs().sum(0).nonzero()
+    low, high = nonzero.amin(0).tolist(), nonzero.amax(0).tolist()
+    return (low[0], high[0] + 1), (low[1], high[1] + 1)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "dilation"),
+    [(5, 2, 1, 1), ((1, 7), (1, 2), (0, 3), 1), ((7, 1), (2, 1), (3, 0), 1), (3, 1, 2, 2), (1, 2, 0, 1)],
+)
+def test_convolution_window_by_hand(kernel, stride, padding, dilation) -> None:
+    """`[t·s − p, (b−1)·s − p + d·(k−1) + 1)` clipped, per axis, and the dense gradient's support."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, kernel, stride, padding, dilation)
+    image = torch.randn(1, 2, 20, 23, requires_grad=True)
+    output = conv(image)
+    k, s, p, d = (nn.modules.utils._pair(v) for v in (kernel, stride, padding, dilation))
+    height, width = output.shape[2:]
+    for y, x in _positions(height, width):
+        grad = torch.zeros_like(output)
+        grad[0, 1, y, x] = 1.0
+        seed_plan = cone.plan(output, image, grad, "gradient")
+        expected = tuple(
+            (max(t * s[a] - p[a], 0), min(t * s[a] - p[a] + d[a] * (k[a] - 1) + 1, image.shape[2 + a]))
+            for a, t in enumerate((y, x))
+        )
+        assert seed_plan.image_box == ((0, 1), (0, 2), *expected)
+        (dense,) = torch.autograd.grad(output, image, grad, retain_graph=True)
+        assert _support(dense) == expected
+        assert torch.allclose(cone.run(seed_plan, output, image, grad, "gradient"), dense, atol=1e-7)
+
+
+def test_pool_and_sum_windows_by_hand() -> None:
+    """A ceil-mode pool over a convolution, and a residual sum: the union of both branches."""
+    torch.manual_seed(0)
+    conv_a, conv_b = nn.Conv2d(1, 1, 3, padding=1), nn.Conv2d(1, 1, 5, padding=2)
+    image = torch.randn(1, 1, 11, 11, requires_grad=True)
+    pooled = nn.functional.max_pool2d(conv_a(image), 3, 2, ceil_mode=True)  # 11 -> 5 (ceil)
+    assert pooled.shape[-1] == 5
+    grad = torch.zeros_like(pooled)
+    grad[0, 0, 4, 0] = 1.0  # the last row: its window [8, 11) is clipped at 11 rows
+    assert cone.plan(pooled, image, grad, "gradient").image_box == ((0, 1), (0, 1), (7, 11), (0, 4))
+    summed = conv_a(image) + conv_b(image)
+    grad = torch.zeros_like(summed)
+    grad[0, 0, 5, 1] = 1.0
+    assert cone.plan(summed, image, grad, "gradient").image_box == ((0, 1), (0, 1), (3, 8), (0, 4))
+
+
+def test_engine_takes_the_cone_only_where_it_halves_the_work() -> None:
+    """AlexNet `features.5` (a 67-pixel field in 127): the cone. EfficientNet-Lite0 `blocks.5`
+    (a field wider than the image): nothing to crop, the dense pass."""
+    alexnet = _builtin("alexnet", 127)
+    image = alexnet.prepare(load_sample("chelsea"))
+    before = alexnet.stats.cone_passes
+    alexnet.project(image, "features.5", 3)
+    assert alexnet.stats.cone_passes == before + 1
+    lite = _builtin("efficientnet_lite0", 128)
+    image = lite.prepare(load_sample("chelsea"))
+    before = lite.stats.cone_passes
+    lite.project(image, "blocks.5", 3)
+    assert lite.stats.cone_passes == before
+
+
+def test_plan_compares_cone_and_dense_arithmetic() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 5, stride=2), nn.MaxPool2d(3, 2), nn.Conv2d(8, 16, 3, padding=1))
+    output, image = _graph(net, 127, "2")
+    grad = torch.zeros_like(output)
+    grad[0, 5, 14, 14] = 1.0
+    centre = cone.plan(output, image, grad, "deconvnet")
+    assert centre.supported and 0 < centre.cone_work < centre.dense_work and centre.ratio < 0.5
+    whole = cone.plan(output, image, torch.ones_like(output), "deconvnet")
+    assert whole.ratio > 1.0  # the whole map: the cone's extra per-node cost and nothing saved
+    assert cone.plan(output, image, torch.zeros_like(output), "deconvnet").seed_box is None
+    assert torch.equal(
+        cone.cone_backward(output, image, torch.zeros_like(output), "deconvnet"), torch.zeros(1, 3, 127, 127)
+    )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the cone is a CPU-only route")
+def test_never_on_cuda() -> None:
+    net = alexnet_shaped()
+    with torch.no_grad():
+        net(torch.zeros(1, 3, 127, 127))
+    engine = make_engine(net, 127)
+    engine = Engine(engine.model, device_name="cuda", cache_size=2)
+    image = engine.prepare(load_sample("coffee"))
+    engine.project_many(image, "conv2", [Seed(1), Seed(2)])
+    assert engine.stats.cone_passes == 0

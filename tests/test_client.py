@@ -1,0 +1,309 @@
+"""`convscope.client.Client` against the real server (`convscope serve`, default model, CPU):
+every method, the errors it surfaces (the server's status and detail), and jobs waited on,
+cancelled and scanned. One server for the module."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from api.helpers import MODEL, free_port
+from api.test_server import start_server, stop, wait_healthy
+from convscope.client import ApiError, Client
+from convscope.samples import get_sample
+from convscope.tasks import CallbackTask, Cancelled
+
+JOB_THRESHOLD = 16
+MAX_UPLOAD = 1_000_000
+LAYER = "blocks.4.0.conv_pw"
+CATS = {281, 282, 283, 284, 285}  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    roots = tmp_path_factory.mktemp("roots") / "photos"
+    (roots / "empty").mkdir(parents=True)  # a scan root with a folder holding no image
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        "CONVSCOPE_DEVICE": "cpu",
+        "CONVSCOPE_OCCLUSION_JOB_THRESHOLD": str(JOB_THRESHOLD),
+        "CONVSCOPE_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
+        "CONVSCOPE_SCAN_DIR": str(tmp_path_factory.mktemp("client-scans")),
+        "CONVSCOPE_SCAN_ROOTS": str(roots),
+    }
+    process = start_server(port, "--model", MODEL, env=env)
+    try:
+        wait_healthy(process, base)
+        yield base
+    finally:
+        if process.poll() is None:
+            stop(process)
+
+
+@pytest.fixture(scope="module")
+def api(base_url: str) -> Iterator[Client]:
+    with Client(base_url) as client:
+        yield client
+
+
+def test_health_and_wait_ready(api: Client) -> None:
+    api.wait_ready(timeout=5)
+    assert api.health() == {"status": "ok"}
+
+
+def test_models_layers_labels_samples(api: Client) -> None:
+    models = api.models()
+    assert [m["name"] for m in models] == [MODEL] and models[0]["default"]
+    layers = api.layers()  # the default model, asked of the server
+    assert layers == api.layers(MODEL)
+    names = [layer["name"] for layer in layers]
+    assert LAYER in names and "conv_head" in names
+    assert all(layer["channels"] > 0 and layer["receptive_field"]["size"] > 0 for layer in layers)
+    labels = api.labels()
+    assert len(labels) == models[0]["num_classes"] == 1000
+    assert labels[281] == {"index": 281, "label": "tabby"}
+    samples = {s["id"]: s for s in api.samples()}
+    assert samples["chelsea"]["width"] == 451 and samples["chelsea"]["height"] == 300
+
+
+def test_upload_a_path_bytes_or_pil_image_gives_the_sample_predictions(api: Client) -> None:
+    path = get_sample("chelsea").path
+    by_path = api.upload(path)
+    by_bytes = api.upload(Path(path).read_bytes())
+    with open(path, "rb") as file:
+        by_file = api.upload(file, filename="chelsea.png")
+    with Image.open(path) as image:
+        by_image = api.upload(image.convert("RGB"))
+    uploads = (by_path, by_bytes, by_file, by_image)
+    assert {upload["width"] for upload in uploads} == {451}
+    assert len({upload["id"] for upload in uploads}) == 4
+
+    expected = api.predictions("chelsea", top=3)
+    assert len(expected) == 3 and expected[0]["probability"] >= expected[1]["probability"]
+    assert expected[0]["index"] in CATS
+    for upload in uploads:
+        got = api.predictions(upload["id"], top=3)
+        assert [p["index"] for p in got] == [p["index"] for p in expected]
+        assert got[0]["probability"] == pytest.approx(expected[0]["probability"], abs=1e-5)
+    model_input = api.image(by_path["id"])
+    assert model_input.size == (224, 224) and model_input.mode == "RGB"
+    assert np.array_equal(np.asarray(model_input), np.asarray(api.image("chelsea")))
+
+
+def test_activations_and_their_maps(api: Client) -> None:
+    info = api.activations("chelsea", LAYER)
+    maps = api.activation_maps("chelsea", LAYER)
+    assert maps.dtype == np.uint8 and maps.shape == (info["channels"], info["sprite"]["tile"], info["sprite"]["tile"])
+    assert (info["height"], info["width"]) == maps.shape[1:]  # square maps: one pixel per unit
+    peak = max(info["max"])
+    for channel in range(info["channels"]):
+        y, x = info["argmax"][channel]
+        expected = round(max(info["max"][channel], 0.0) / peak * 255)
+        assert abs(int(maps[channel].max()) - expected) <= 1, channel
+        assert abs(int(maps[channel, y, x]) - expected) <= 1, channel
+
+
+def test_projection_image_and_seed(api: Client) -> None:
+    info = api.activations("chelsea", LAYER)
+    channel = int(np.argmax(info["max"]))
+    projection = api.projection("chelsea", LAYER, channel)
+    assert projection.image.size == (224, 224) and projection.image.mode == "RGB"
+    assert len(set(projection.image.getdata())) > 100, "a projection, not a blank image"
+    assert projection.seed_position == tuple(info["argmax"][channel])
+    assert projection.seed_value == pytest.approx(info["max"][channel], rel=1e-4)
+    assert set(projection.headers) == {"X-Seed-Value", "X-Seed-Y", "X-Seed-X"}
+
+    whole = api.projection("chelsea", LAYER, channel, mode="guided", select="map")
+    assert whole.seed_position is None and whole.seed_value == pytest.approx(info["sum"][channel], rel=1e-3)
+    unit = api.projection("chelsea", LAYER, channel, y=0, x=0)
+    assert unit.seed_position == (0, 0)
+
+
+def test_small_occlusion_answers_at_once(api: Client) -> None:
+    result = api.occlusion("chelsea", size=112, stride=56)  # 3×3 positions: under the job threshold
+    assert (result["rows"], result["cols"]) == (3, 3)
+    assert result["target"] == api.predictions("chelsea", top=1)[0]["index"]
+    assert all(0.0 <= p <= 1.0 for row in result["probability"] for p in row if p is not None)
+
+
+def test_large_occlusion_waits_on_the_job_with_progress(api: Client) -> None:
+    reports: list[tuple[int, int]] = []
+    result = api.occlusion("chelsea", size=48, stride=32, task=CallbackTask(lambda d, t: reports.append((d, t))))
+    assert (result["rows"], result["cols"]) == (6, 6)  # 36 positions > JOB_THRESHOLD: a job
+    assert reports and reports[-1] == (36, 36)
+    assert [done for done, _ in reports] == sorted(done for done, _ in reports)
+    assert any(job["kind"] == "occlusion" and job["state"] == "succeeded" for job in api.jobs())
+
+
+def test_a_task_that_asks_to_stop_cancels_the_job_on_the_server(api: Client) -> None:
+    before = {job["id"] for job in api.jobs()}
+    with pytest.raises(Cancelled):
+        api.occlusion("coffee", size=16, stride=8, task=CallbackTask(should_stop=lambda: True))  # 729 positions
+    (job,) = [job for job in api.jobs() if job["id"] not in before]
+    assert job["state"] == "cancelled" and job["cancel_requested"]
+    assert job["done"] < job["total"] == 729
+
+
+def test_cancel_job_and_wait_without_check(api: Client) -> None:
+    response = api.request("POST", f"/api/models/{MODEL}/images/astronaut/occlusion", json={"size": 16, "stride": 8})
+    assert response.status_code == 202
+    job = api.cancel_job(response.json()["id"])
+    assert job["cancel_requested"]
+    finished = api.wait_job(job, check=False, timeout=60)
+    assert finished["state"] == "cancelled" and finished["result"] is None
+    with pytest.raises(Cancelled):
+        api.wait_job(job["id"])
+    assert api.job(job["id"])["state"] == "cancelled"
+
+
+def test_scan_the_samples_then_read_a_channels_top_k(api: Client) -> None:
+    job = api.start_scan(samples=True, layers=["conv_head"], top=3)
+    assert job["kind"] == "scan"
+    done = api.wait_job(job, timeout=300)
+    assert done["state"] == "succeeded" and done["result"] is not None
+    scan_id = done["result"]["scan"]
+    assert scan_id in {scan["id"] for scan in api.scans()}
+    scan = api.scan(scan_id)
+    assert scan["status"] == "complete" and [layer["name"] for layer in scan["layers"]] == ["conv_head"]
+    top = api.top(scan_id, "conv_head", 5)
+    values = [entry["value"] for entry in top["entries"]]
+    assert len(values) == 3 and values == sorted(values, reverse=True)  # type: ignore[type-var]
+    crop = api.top_image(scan_id, "conv_head", 5, rank=0, kind="crop")
+    projection = api.top_image(scan_id, "conv_head", 5, rank=0)
+    assert crop.size == projection.size and crop.mode == projection.mode == "RGB"
+
+
+def test_a_failed_job_raises_its_status_and_detail(api: Client) -> None:
+    job = api.start_scan(folder="photos/empty", layers=["conv_head"], top=3)
+    with pytest.raises(ApiError) as error:
+        api.wait_job(job, timeout=120)
+    assert error.value.status_code == 422 and "no images" in error.value.detail
+    assert error.value.job is not None and error.value.job["state"] == "failed"
+    assert api.wait_job(job["id"], check=False)["state"] == "failed"
+    with pytest.raises(ApiError) as refused:
+        api.start_scan(folder="elsewhere/cats")
+    assert refused.value.status_code == 403 and "elsewhere" in refused.value.detail
+
+
+# ---- errors: the server's status and detail --------------------------------------------------------------
+def test_unknown_model_image_and_job_are_404_with_the_servers_detail(api: Client) -> None:
+    with pytest.raises(ApiError) as error:
+        api.predictions("chelsea", model="no_such_model")
+    assert error.value.status_code == 404 and "no_such_model" in error.value.detail
+    with pytest.raises(ApiError) as error:
+        api.projection("no-such-image", LAYER, 0)
+    assert error.value.status_code == 404 and "no-such-image" in error.value.detail
+    with pytest.raises(ApiError) as error:
+        api.activations("chelsea", "no.such.layer")
+    assert error.value.status_code == 404 and "no.such.layer" in error.value.detail
+    with pytest.raises(ApiError) as error:
+        api.job("no-such-job")
+    assert error.value.status_code == 404 and "no-such-job" in error.value.detail
+    assert str(error.value).startswith("404: ")
+
+
+def test_oversize_upload_is_413_and_not_an_image_is_415(api: Client) -> None:
+    with pytest.raises(ApiError) as error:
+        api.upload(b"\0" * (MAX_UPLOAD + 1))
+    assert error.value.status_code == 413 and f"{MAX_UPLOAD:,}" in error.value.detail
+    with pytest.raises(ApiError) as error:
+        api.upload(b"this is not an image")
+    assert error.value.status_code == 415 and error.value.detail
+
+
+def test_invalid_parameters_are_422_with_the_servers_detail_and_errors(api: Client) -> None:
+    with pytest.raises(ApiError) as error:
+        api.predictions("chelsea", top=0)
+    assert error.value.status_code == 422 and "query parameter 'top'" in error.value.detail
+    assert error.value.errors and error.value.errors[0]["loc"] == ["query", "top"]
+    channels = api.activations("chelsea", LAYER)["channels"]
+    with pytest.raises(ApiError) as error:
+        api.projection("chelsea", LAYER, channels)
+    assert error.value.status_code == 422 and str(channels) in error.value.detail
+    with pytest.raises(ApiError) as error:
+        api.occlusion("chelsea", size=300, stride=16)
+    assert error.value.status_code == 422 and "300" in error.value.detail
+    assert error.value.response is not None and error.value.response.status_code == 422
+
+
+def test_token_goes_out_as_a_bearer_header_and_cookies_are_kept() -> None:
+    """The header and the cookie jar are the client's own business: checked on the wire with
+    httpx's MockTransport (this server does not ask for a token)."""
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=[], headers={"Set-Cookie": "convscope_session=abc; Path=/"})
+
+    with Client("http://convscope.test", token="s3cret", transport=httpx.MockTransport(answer)) as api:
+        assert api.samples() == []
+        assert api.jobs() == []
+    assert all(request.headers["Authorization"] == "Bearer s3cret" for request in seen)
+    assert "cookie" not in seen[0].headers and seen[1].headers["cookie"] == "convscope_session=abc"
+
+
+def test_non_json_error_bodies_still_surface() -> None:
+    with (
+        Client(
+            "http://convscope.test", transport=httpx.MockTransport(lambda _: httpx.Response(502, text="bad gateway"))
+        ) as api,
+        pytest.raises(ApiError) as error,
+    ):
+        api.models()
+    assert error.value.status_code == 502 and error.value.detail == "bad gateway"
+
+
+# ---- the examples in docs/api.md run as written ----------------------------------------------------------
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "api.md"
+
+
+def _example(heading: str, language: str, base_url: str) -> str:
+    text = DOCS.read_text()
+    section = text[text.index(heading) :]
+    start = section.index(f"```{language}\n") + len(language) + 4
+    return section[start : section.index("```", start)].replace("http://127.0.0.1:8000", base_url)
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    with Image.open(get_sample("chelsea").path) as image:
+        image.convert("RGB").save(tmp_path / "cat.jpg", quality=90)
+    return tmp_path
+
+
+def test_the_python_example_runs(base_url: str, in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    exec(compile(_example("### Python: `convscope.client`", "python", base_url), str(DOCS), "exec"), {})
+    output = capsys.readouterr().out
+    assert "'label': 'tabby'" in output and "occlusion 289/289" in output
+    assert "422 " in output and "17 17" in output
+    with Image.open(in_tmp / "projection.png") as image:
+        assert image.size == (224, 224)
+
+
+def test_the_curl_example_runs(base_url: str, in_tmp: Path) -> None:
+    script = "set -euo pipefail\n" + _example("### curl", "sh", base_url)
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert '"label":"tabby"' in result.stdout and "x-seed-value" in result.stdout.lower()
+    assert '"kind":"occlusion"' in result.stdout
+    with Image.open(in_tmp / "projection.png") as image:
+        assert image.size == (224, 224)
+
+
+def test_the_javascript_example_runs(base_url: str, in_tmp: Path) -> None:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("no node on PATH to run the JavaScript example")
+    (in_tmp / "example.mjs").write_text(_example("### JavaScript", "js", base_url))
+    result = subprocess.run([node, "example.mjs"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "label: 'tabby'" in result.stdout and "17 17" in result.stdout
