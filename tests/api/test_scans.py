@@ -146,9 +146,10 @@ def test_top_k_projections_follow_the_mode(client: TestClient, bundled: dict[str
         for layer in ("relu1", "relu2")
     }
     assert auto == {"relu1": "guided", "relu2": "deconvnet"}
-    montage = client.get(
-        f"{BASE}/samples/montage.png", params={"layer": "relu2", "channels": "0-1", "tile": 16, "mode": "guided"}
-    )
+    params = {"layer": "relu2", "channels": "0-1", "tile": 16, "mode": "guided"}
+    job = client.get(f"{BASE}/samples/montage.png", params=params).json()  # 202: rendered by a job
+    assert poll(client, job["url"])["result"]["mode"] == "guided"
+    montage = client.get(f"{BASE}/samples/montage.png", params=params)
     assert montage.status_code == 200 and montage.headers["x-mode"] == "guided"
     assert client.get(f"{BASE}/samples/top", params={"layer": "relu2", "channel": 0, "mode": "nope"}).status_code == 422
 

@@ -95,8 +95,9 @@ class _LayerRecord:
 
     @classmethod
     def of(cls, info: LayerInfo) -> _LayerRecord:
-        name, kind, channels, height, width, (size, stride, offset, global_) = astuple(info)
-        return cls(name, kind, channels, height, width, float(size), float(stride), float(offset), bool(global_))
+        shape = (info.name, info.kind, info.channels, info.height, info.width)
+        size, stride, offset, global_ = astuple(info.receptive_field)
+        return cls(*shape, float(size), float(stride), float(offset), bool(global_))
 
     def info(self) -> LayerInfo:
         field_ = ReceptiveField(self.rf_size, self.rf_stride, self.rf_offset, self.rf_global)
