@@ -1,4 +1,4 @@
-"""Every listed element-wise activation follows the mode's generalised rule (DESIGN §3),
+"""Every listed element-wise activation follows the mode's generalised rule (docs/deconvnet.md),
 in module and functional form, in place or not, checked against an explicit
 layer-by-layer reference on a tiny net (conv → activation → conv)."""
 

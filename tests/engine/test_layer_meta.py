@@ -1,5 +1,5 @@
 """Layer metadata read from the recorded graph: max-pool switches below a layer, which
-activations follow the mode's rule, and `mode="auto"` resolving from it (DESIGN §3, §8)."""
+activations follow the mode's rule, and `mode="auto"` resolving from it (docs/deconvnet.md)."""
 
 from __future__ import annotations
 

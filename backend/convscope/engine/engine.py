@@ -139,7 +139,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 class Engine:
-    """Inspection, inference and deconvnet projections for one model (DESIGN §3).
+    """Inspection, inference and deconvnet projections for one model (docs/deconvnet.md).
 
     What the engine does to the model it is given: it moves the module to the device
     and switches it to eval mode, once, here. It never changes its parameters or their
@@ -232,7 +232,7 @@ class Engine:
 
     # ---- forward passes -----------------------------------------------------------
     def prepare(self, image: Image.Image) -> PreparedImage:
-        """Apply the model's preprocessing to a PIL image (DESIGN §2)."""
+        """Apply the model's preprocessing to a PIL image (docs/architecture.md "Preprocessing")."""
         return prepare_image(image, self.input_size, self.model.mean, self.model.std, self.model.crop_pct)
 
     def _record_tensor(self, tensor: torch.Tensor) -> _Record:
@@ -347,7 +347,7 @@ class Engine:
         select: Select = "max",
         position: tuple[int, int] | None = None,
     ) -> Projection:
-        """Project one channel's activation(s) down to pixel space (DESIGN §3)."""
+        """Project one channel's activation(s) down to pixel space (docs/deconvnet.md)."""
         return self.project_many(image, layer, [Seed(channel, select, position)], mode)[0]
 
     def project_many(

@@ -1,4 +1,4 @@
-"""Occlusion sensitivity (paper Fig. 7, DESIGN §4).
+"""Occlusion sensitivity (paper Fig. 7, docs/architecture.md "Occlusion").
 
 A grey square — the model's mean colour, which is zero after normalisation — is
 slid over the S×S model input; top-left positions are 0, stride, 2·stride, …
@@ -101,7 +101,7 @@ def occlusion_grid(image_size: int, size: int, stride: int) -> tuple[int, int, l
     """Rows, columns and the (y, x) top-left corners, row-major, of every occluder position.
 
     Positions are 0, stride, 2·stride, … while the square fits in the image
-    (DESIGN §4); a remainder at the right and bottom edges is never occluded.
+    (docs/architecture.md "Occlusion"); a remainder at the right and bottom edges is never occluded.
     """
     image_size = _as_int(image_size, "image size")
     size = _as_int(size, "occluder size")
@@ -263,7 +263,7 @@ def occlude(
     adaptive: float | None = None,
     task: Task | None = None,
 ) -> OcclusionResult:
-    """Occlusion maps of one image (DESIGN §4), evaluated `batch_size` positions at a time.
+    """Occlusion maps of one image (docs/architecture.md "Occlusion"), evaluated `batch_size` positions at a time.
 
     `method`: "dense" reruns the whole model per position; "incremental" reruns only
     what the occluder can change (exact, `convscope.engine.incremental`); "auto"
@@ -513,7 +513,7 @@ def _grid(values: np.ndarray) -> list[list[float | None]]:
 
 
 def occlusion_response(result: OcclusionResult) -> dict[str, Any]:
-    """The JSON of DESIGN §6 `POST .../occlusion`, shared by the API and `convscope occlude --json`.
+    """The JSON of docs/api.md `POST .../occlusion`, shared by the API and `convscope occlude --json`.
 
     Contract keys, then additive ones: `top_label_names` (class index as a
     string -> label, for every class in `top_label` plus the unoccluded top-1 and
