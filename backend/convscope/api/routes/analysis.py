@@ -21,7 +21,7 @@ from convscope.api.deps import ClientDep, EngineDep, StateDep, prepare, resolve_
 from convscope.api.jobs import Job
 from convscope.api.openapi import body_examples
 from convscope.api.routes.common import MODEL_ERRORS, errors, png
-from convscope.api.routes.jobs import job_response, job_url
+from convscope.api.routes.jobs import accepted
 from convscope.api.schemas import CorrespondenceRequest, DeadChannelsRequest, InvarianceRequest, JobResponse
 from convscope.api.state import AppState
 from convscope.engine.render import png_bytes
@@ -37,10 +37,6 @@ JOB_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 # ---- helpers ------------------------------------------------------------------------------------------
-def _accepted(job: Job) -> JSONResponse:
-    return JSONResponse(job_response(job).model_dump(mode="json"), status_code=202, headers={"Location": job_url(job)})
-
-
 def _check_passes(passes: int) -> None:
     if passes > MAX_PASSES:
         raise InvalidRequestError(
@@ -99,7 +95,7 @@ def invariance_job(
         )
         return invariance_response(result)
 
-    return _accepted(state.jobs.submit("invariance", work, total=total))
+    return accepted(state.jobs.submit("invariance", work, total=total))
 
 
 @router.get(
@@ -185,7 +181,7 @@ def correspondence_job(
         )
         return correspondence_response(result)
 
-    return _accepted(state.jobs.submit("correspondence", work, total=total))
+    return accepted(state.jobs.submit("correspondence", work, total=total))
 
 
 # ---- filters ------------------------------------------------------------------------------------------------
@@ -276,4 +272,4 @@ def dead_channels_job(
         )
         return dead_response(layers, [source.id for source in sources], time.perf_counter() - began)
 
-    return _accepted(state.jobs.submit("dead-channels", work, total=len(sources)))
+    return accepted(state.jobs.submit("dead-channels", work, total=len(sources)))

@@ -3,13 +3,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
-from fastapi.responses import JSONResponse
 
 from convscope.api.deps import EngineDep, PreparedDep, StateDep
 from convscope.api.jobs import Job
 from convscope.api.openapi import body_examples
 from convscope.api.routes.common import errors
-from convscope.api.routes.jobs import job_response, job_url
+from convscope.api.routes.jobs import accepted
 from convscope.api.schemas import JobResponse, OcclusionRequest, OcclusionResponse
 from convscope.engine import Engine
 from convscope.engine.occlusion import occlude, occlusion_positions_total, occlusion_response
@@ -81,4 +80,4 @@ def occlusion(
         return run(job)
 
     job = state.jobs.submit("occlusion", work, total=positions)
-    return JSONResponse(job_response(job).model_dump(mode="json"), status_code=202, headers={"Location": job_url(job)})
+    return accepted(job)

@@ -24,12 +24,10 @@ from convscope.api.jobs import Job
 from convscope.api.openapi import body_examples
 from convscope.api.routes.activations import LayerQuery
 from convscope.api.routes.common import errors, png
-from convscope.api.routes.jobs import job_response, job_url
+from convscope.api.routes.jobs import accepted, job_url
 from convscope.api.scans import ScanService, install, on_startup, scan_url
-from convscope.api.schemas import (
-    ErrorResponse,
-    JobResponse,
-    LayerResponse,
+from convscope.api.schemas import ErrorResponse, JobResponse, LayerResponse
+from convscope.api.schemas.scans import (
     ScanImageRef,
     ScanInfo,
     ScanProgress,
@@ -146,36 +144,22 @@ def start_scan(service: ScanServiceDep, engine: EngineDep, body: Annotated[ScanR
     layers: str | list[str] | None = body.layers
     if body.layers == ["all"]:
         layers = "all"
+    source: Any = samples_source
+    extra: dict[str, Any] = {"label": "the bundled sample photos"}
     if body.folder is not None:
         folder = service.library.resolve_folder(body.folder)
-        infos = resolve_layers(engine, layers)  # unknown layers: 404 now, not in the job
-        check_scan_memory(service.state.settings, infos, service.state.settings.scan_batch_size)
-        scan_id = service.library.folder_scan_id(body.folder, body.layers, body.top)
         label = normalise_folder(body.folder)
-        work = service.scan_job(
-            engine.name,
-            scan_id,
-            lambda: folder_source(folder, confine=True),
-            layers=layers,
-            top=body.top,
-            replace=True,  # the folder changed since its last scan: scan it anew
-            extra={"label": label, "folder": label},
-        )
+        source, extra = (lambda: folder_source(folder, confine=True)), {"label": label, "folder": label}
+    infos = resolve_layers(engine, layers)  # unknown layers: 404 now, not in the job
+    check_scan_memory(service.state.settings, infos, service.state.settings.scan_batch_size)
+    if body.folder is not None:
+        scan_id = service.library.folder_scan_id(body.folder, body.layers, body.top)
     else:
-        infos = resolve_layers(engine, layers)
-        check_scan_memory(service.state.settings, infos, service.state.settings.scan_batch_size)
         scan_id = service.library.samples_scan_id(body.layers, body.top)
-        work = service.scan_job(
-            engine.name,
-            scan_id,
-            samples_source,
-            layers=layers,
-            top=body.top,
-            replace=True,
-            extra={"label": "the bundled sample photos"},
-        )
+    # replace=True: a folder that changed since its last scan is scanned anew
+    work = service.scan_job(engine.name, scan_id, source, layers=layers, top=body.top, replace=True, extra=extra)
     job = service.submit(engine.name, scan_id, work)
-    return JSONResponse(job_response(job).model_dump(mode="json"), status_code=202, headers={"Location": job_url(job)})
+    return accepted(job)
 
 
 @router.post(
@@ -204,7 +188,7 @@ def resume_scan(service: ScanServiceDep, engine: EngineDep, scan_id: ScanId) -> 
     else:
         work = service.scan_job(engine.name, scan_id, samples_source, **options)
     job = service.submit(engine.name, scan_id, work)
-    return JSONResponse(job_response(job).model_dump(mode="json"), status_code=202, headers={"Location": job_url(job)})
+    return accepted(job)
 
 
 @router.get(
@@ -354,9 +338,7 @@ def montage_png(
         responses.put(key, Rendered(body, etag_of(body), {"X-Mode": resolved}))
         return {"url": url, "layer": layer, "channels": wanted, "mode": resolved}
 
-    job = service.montage(key, work, len(wanted))
-    headers = {"Location": job_url(job), "Retry-After": "1"}
-    return JSONResponse(job_response(job).model_dump(mode="json"), status_code=202, headers=headers)
+    return accepted(service.montage(key, work, len(wanted)), **{"Retry-After": "1"})
 
 
 @router.get(
