@@ -27,15 +27,8 @@ from convscope.api.routes.common import errors, png
 from convscope.api.routes.jobs import accepted, job_url
 from convscope.api.scans import ScanService, install, on_startup, scan_url
 from convscope.api.schemas import ErrorResponse, JobResponse, LayerResponse
-from convscope.api.schemas.scans import (
-    ScanImageRef,
-    ScanInfo,
-    ScanProgress,
-    ScanRequest,
-    ScanRootInfo,
-    TopEntry,
-    TopResponse,
-)
+from convscope.api.schemas.scans import ScanInfo, ScanProgress, ScanRequest, ScanRootInfo
+from convscope.api.schemas.topk import ScanImageRef, TopEntry, TopResponse
 from convscope.engine import Engine, LayerInfo
 from convscope.engine.render import png_bytes
 from convscope.errors import ConvscopeError, InvalidRequestError
@@ -53,6 +46,7 @@ CONFLICT: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorResponse, "description": "the scan is unfinished, or was made with other weights"}
 }
 MONTAGE_MAX_CHANNELS = 64
+STARTS_JOB: dict[str, Any] = {"status_code": 202, "response_model": JobResponse}  # 202 + the job, as accepted()
 ModeQuery = Annotated[
     Literal["auto", "deconvnet", "guided", "gradient"],
     Query(description="projection mode; auto: deconvnet where max-pool switches lie below the layer, else guided"),
@@ -127,8 +121,7 @@ def list_scans(service: ScanServiceDep, engine: EngineDep) -> list[ScanInfo]:
 
 @router.post(
     "/models/{model}/scans",
-    status_code=202,
-    response_model=JobResponse,
+    **STARTS_JOB,
     summary="scan the sample photos, or a folder under one of the server's scan roots (a job; poll its url)",
     responses={
         403: {"model": ErrorResponse, "description": "no scan roots, or the folder is outside them"},
@@ -164,8 +157,7 @@ def start_scan(service: ScanServiceDep, engine: EngineDep, body: Annotated[ScanR
 
 @router.post(
     "/models/{model}/scans/{scan_id}/resume",
-    status_code=202,
-    response_model=JobResponse,
+    **STARTS_JOB,
     summary="finish an interrupted scan from its last checkpoint (a job; poll its url)",
     responses={
         403: {"model": ErrorResponse, "description": "the scanned folder is no longer inside a scan root"},

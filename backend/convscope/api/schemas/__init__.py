@@ -21,16 +21,9 @@ from convscope.api.schemas.occlusion import (
     OcclusionRequest,
     OcclusionResponse,
 )
-from convscope.api.schemas.scans import (
-    ScanImageRef,
-    ScanInfo,
-    ScanProgress,
-    ScanRequest,
-    ScanRootInfo,
-    TopEntry,
-    TopResponse,
-)
+from convscope.api.schemas.scans import ScanInfo, ScanProgress, ScanRequest, ScanRootInfo
 from convscope.api.schemas.studies import StudyList, StudySummary
+from convscope.api.schemas.topk import ScanImageRef, TopEntry, TopResponse
 
 __all__ = [
     "ActivationsResponse",

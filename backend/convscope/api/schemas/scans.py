@@ -60,33 +60,6 @@ class ScanRequest(BaseModel):
         return self
 
 
-class ScanImageRef(BaseModel):
-    index: int = Field(description="index of the image in the scan")
-    id: str = Field(description="the sample id (source 'samples') or the path inside the scanned folder")
-    sample: bool = Field(description="true when `id` is a sample id usable as {image_id} elsewhere")
-    url: str = Field(description="the S×S image the model saw, as PNG")
-
-
-class TopEntry(BaseModel):
-    rank: int
-    value: float | None = Field(description="the activation; null if not finite")
-    image: ScanImageRef
-    y: int = Field(description="row of the unit in the layer's map")
-    x: int = Field(description="column of the unit in the layer's map")
-    box: list[int] = Field(description="[top, left, bottom, right] of the crop in the S×S input, half-open")
-    crop_url: str
-    projection_url: str
-
-
-class TopResponse(BaseModel):
-    scan: str
-    layer: str
-    channel: int
-    top: int
-    mode: str = Field(default="deconvnet", description="the projection mode of projection_url (auto resolved)")
-    entries: list[TopEntry]
-
-
 class ScanRootInfo(BaseModel):
     name: str = Field(description="the root's name (its folder name), the first part of a scan's `folder`")
     folders: list[str] = Field(description="the root itself and its subfolders, as `folder` values for a scan")
