@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -66,6 +67,26 @@ def _log_tail(path: Path, lines: int = 40) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no server log)"
+
+
+# The server isolates clients by their `convscope_client` cookie (uploads and jobs are the
+# client's own). In these tests the pages and the tests' own HTTP requests are one client:
+# every `urllib.request.urlopen` here sends TEST_CLIENT's cookie, and `share_client(context)`
+# (done by `open_page`) gives a browser context the same cookie.
+TEST_CLIENT = secrets.token_urlsafe(24)
+_opener = urllib.request.build_opener()
+_opener.addheaders = [("Cookie", f"convscope_client={TEST_CLIENT}")]
+urllib.request.install_opener(_opener)
+
+
+def share_client(context: Any) -> None:
+    """Make a Playwright browser context the tests' client (see TEST_CLIENT)."""
+    context.add_cookies(
+        [
+            {"name": "convscope_client", "value": TEST_CLIENT, "domain": host, "path": "/", "httpOnly": True}
+            for host in ("127.0.0.1", "localhost")
+        ]
+    )
 
 
 def get_json(url: str) -> Any:
@@ -143,6 +164,7 @@ def chromium() -> Iterator[Any]:
 def open_page(chromium: Any) -> Iterator[Any]:
     """A fresh 1280×800 page (own context: no shared storage); fails on uncaught page errors."""
     context = chromium.new_context(viewport=VIEWPORT, device_scale_factor=1)
+    share_client(context)
     context.set_default_timeout(60_000)
     page = context.new_page()
     errors: list[str] = []

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from browser.conftest import get_json
+from browser.conftest import get_json, share_client
 
 pytestmark = pytest.mark.browser
 
@@ -175,6 +175,7 @@ def test_architecture_panel_shows_filters_bands_and_dead_channels(tab: Any, serv
 
 def test_analysis_views_fit_a_narrow_window(chromium: Any, server_url: str, screenshots: Path) -> None:
     context = chromium.new_context(viewport={"width": 420, "height": 860}, device_scale_factor=1)
+    share_client(context)
     try:
         page = context.new_page()
         page.goto(f"{server_url}/#image=chelsea&tab=invariance")

@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 import pytest
 from playwright.sync_api import expect
 
-from browser.conftest import chromium_path, get_json
+from browser.conftest import chromium_path, get_json, share_client
 
 pytestmark = pytest.mark.browser
 
@@ -332,6 +332,7 @@ def test_state_in_the_hash_is_restored(tab: Any, server_url: str, layers: list[d
 
 def test_narrow_window_is_one_column(chromium: Any, server_url: str, screenshots: Path) -> None:
     context = chromium.new_context(viewport={"width": 420, "height": 860}, device_scale_factor=1)
+    share_client(context)
     try:
         page = context.new_page()
         page.goto(f"{server_url}/#image=chelsea")
@@ -392,6 +393,7 @@ def test_webcam_capture_and_live(chromium: Any, server_url: str, model: dict[str
     )
     try:
         context = browser.new_context(viewport={"width": 1280, "height": 800})
+        share_client(context)
         context.grant_permissions(["camera"], origin=server_url)
         page = context.new_page()
         page.goto(f"{server_url}/#image=chelsea")

@@ -138,7 +138,7 @@ function build() {
   el.mode = h(
     "select",
     { "aria-label": "Projection mode", title: "Projection mode", dataset: { role: "occlusion-mode" }, onchange: () => loadProjection() },
-    ...["deconvnet", "guided", "gradient"].map((m) => h("option", { value: m }, m)),
+    ...["auto", "deconvnet", "guided", "gradient"].map((m) => h("option", { value: m }, m)),
   );
   el.contrast = h("input", { type: "checkbox", checked: true, onchange: () => loadProjection() });
   el.explore = h("button", { type: "button", class: "btn occ-small", disabled: true, title: "Open this layer and channel in the Explore view", onclick: openInExplore }, "Explore ↗");
