@@ -48,6 +48,7 @@ test: $(VENV)/.installed-test chromium
 
 benchmarks: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/projection.py
+	$(BIN)/python benchmarks/cone.py
 
 clean:
 	rm -rf test-artifacts .pytest_cache .mypy_cache .ruff_cache

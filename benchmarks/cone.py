@@ -1,8 +1,9 @@
 """Receptive-field ("cone") backward against the dense backward pass, side by side.
 
 For each model and layer, on one image whose forward pass is recorded (warm):
-  - the planned arithmetic of the cone over the dense pass (multiply-adds, plus the cone's
-    per-node Python overhead, `cone.STEP_OVERHEAD`), and the box of the image the seed reaches;
+  - the planned work of the cone over the dense pass (`cone.plan`: multiply-adds weighted by
+    their cost, plus the cone's per-node Python overhead), the convolutions' multiply-adds alone
+    (median over the 9 seeds), and the box of the image the strongest seed reaches;
   - ms for one projection (x1) and for the strongest unit of 9 channels (x9, one `project_many`),
     dense-only, cone-only and as the engine chooses (cone when planned at most `cone.MAX_RATIO`).
 A deep layer whose field covers the whole image leaves nothing to crop: its ratio is ~1 and the
@@ -56,7 +57,7 @@ def planned(engine: Engine, image, layer: str, seeds: list[Seed]) -> list[cone.C
         return [cone.plan(output, record.image, grad, "deconvnet") for grad in grads]
 
 
-def bench(model_name: str, layer: str, size: int, repeats: int) -> dict[str, object]:
+def bench(model_name: str, layer: str, size: int, repeats: int, timings: bool = True) -> dict[str, object]:
     torch.manual_seed(0)
     loaded = load_model(model_name, pretrained=(model_name == "efficientnet_lite0"), input_size=size)
     engine = Engine(loaded, device_name="cpu", cache_size=4)
@@ -66,14 +67,14 @@ def bench(model_name: str, layer: str, size: int, repeats: int) -> dict[str, obj
     plans = planned(engine, image, layer, seeds)
     row: dict[str, object] = {
         "ratio": statistics.median(p.ratio for p in plans),
-        "cone_gmac": statistics.median(p.cone_work for p in plans) / 1e9,
-        "dense_gmac": plans[0].dense_work / 1e9,
+        "cone_gmac": statistics.median(p.cone_macs for p in plans) / 1e9,
+        "dense_gmac": plans[0].dense_macs / 1e9,
         "field": plans[0].image_box,
         "unsupported": plans[0].unsupported,
     }
     default = cone.MAX_RATIO
     try:
-        for route, ratio in ROUTES.items():
+        for route, ratio in ROUTES.items() if timings else ():
             cone.MAX_RATIO = ratio
             row[f"{route}_x1"] = timed(lambda: engine.project_many(image, layer, seeds[:1]), repeats)
             row[f"{route}_x9"] = timed(lambda: engine.project_many(image, layer, seeds), max(1, repeats // 3))
@@ -87,21 +88,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--only", default=None, help="run only cases whose 'model layer' contains this")
+    parser.add_argument("--plan-only", action="store_true", help="the planned arithmetic, no timings")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
-    header = "model, layer | planned cone/dense (GMAC) | image box | dense x1 | cone x1 | auto x1 | dense x9 | cone x9 | auto x9"
+    header = (
+        "model, layer | planned work cone/dense | conv GMAC cone/dense | image box | "
+        "dense x1 | cone x1 | auto x1 | dense x9 | cone x9 | auto x9 (ms)"
+    )
     print(header)
     for model_name, layer in CASES:
         if args.only and args.only not in f"{model_name} {layer}":
             continue
-        r = bench(model_name, layer, args.size, args.repeats)
+        r = bench(model_name, layer, args.size, args.repeats, timings=not args.plan_only)
         box = r["field"]
         field = "—" if not box else "×".join(str(b - a) for a, b in box[2:])  # type: ignore[union-attr]
         note = f" (dense only: {r['unsupported']})" if r["unsupported"] else ""
+        times = " | ".join(f"{r[f'{route}_{k}']:.1f}" for k in ("x1", "x9") for route in ROUTES if f"{route}_{k}" in r)
         print(
-            f"{model_name} {layer} | {r['ratio']:.3f} ({r['cone_gmac']:.3f}/{r['dense_gmac']:.3f}) | {field} | "
-            f"{r['dense_x1']:.1f} | {r['cone_x1']:.1f} | {r['auto_x1']:.1f} | "
-            f"{r['dense_x9']:.1f} | {r['cone_x9']:.1f} | {r['auto_x9']:.1f}{note}",
+            f"{model_name} {layer} | {r['ratio']:.3f} | {r['cone_gmac']:.3f}/{r['dense_gmac']:.3f} | {field} | "
+            f"{times or '(not timed)'}{note}",
             flush=True,
         )
 

@@ -1,36 +1,30 @@
-"""Occlusion maps (paper Fig. 7): convscope against Captum's `Occlusion` and against plain inference.
+"""Occlusion maps (paper Fig. 7): convscope dense, incremental and approximate against Captum's `Occlusion`.
 
 For each model and occluder setting (size/stride at S×S), in one run and on one image:
 
-- convscope: `occlude(...)`; it gives three maps (target probability, top label,
-  feature-map activity) from one forward pass per position;
+- dense: `occlude(..., method="dense")`, one forward pass of the whole model per position;
+- incremental: `occlude(..., method="incremental")`, exact, recomputing only the patch of
+  each layer the occluder can change (`convscope.engine.incremental`);
+- approx: `occlude(..., approx=TAU)`, incremental with Krypton's projective-field cap
+  (approximate; its max |ΔP| against dense is printed);
 - Captum: `Occlusion(softmax ∘ model).attribute(...)` with the same window, stride and
-  baseline (0, the model's mean colour after normalisation); it gives one map (the
-  target's attribution, spread back to pixels);
-- plain: N + 1 batched forward passes of the unoccluded image (N = number of positions)
-  through the bare module, no hooks, no occluding: the floor for any method that
-  re-runs the whole network.
+  baseline (0, the model's mean colour after normalisation); one map.
 
-Both are timed at each of a few batch sizes (`batch_size`, `perturbations_per_eval`),
-interleaved so that a slow spell on a shared machine hits both, and each is reported
-at its best (over batch sizes and `--rounds`); the plain passes use convscope's best
-batch size. "CPU-s ratios" are Captum/ours and ours/plain again in process CPU seconds,
-which other work on a shared machine disturbs less than wall time. With `--pairs K` the
-three are then timed back to back K more times at their best settings and the medians
-of the per-pair ratios are printed: on a machine whose speed drifts, the most robust figure.
+All four run back to back `--pairs` times, in a rotating order, so that a slow spell
+on a shared machine hits all of them; the figures are medians of the per-round
+ratios (paired medians), and each method's *planned* arithmetic ratio (its
+multiply-adds over dense's, from the plan) stands beside its *measured* time ratio.
+convscope's three maps come from one pass per position; Captum's one map is checked
+against the dense probability map (its per-pixel attribution is the mean drop over
+the windows covering the pixel).
 
-The run also checks that both compute the same thing: Captum's per-pixel attribution
-equals the mean probability drop over the windows that cover the pixel, which is
-rebuilt from convscope's probability map.
-
-    .venv/bin/python benchmarks/occlusion.py                       # the recorded run
-    .venv/bin/python benchmarks/occlusion.py --models efficientnet_lite0 --settings 32/16
+    .venv/bin/python benchmarks/occlusion.py --pairs 3          # the recorded run (long on a CPU)
+    .venv/bin/python benchmarks/occlusion.py --models alexnet --settings 32/16 --input-size 96 --pairs 1
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import statistics
@@ -46,20 +40,8 @@ from convscope.engine.occlusion import OcclusionResult, occlude, occlusion_grid
 from convscope.models import load_model
 from convscope.samples import load_sample
 
-PRETRAINED = {"efficientnet_lite0": True, "vgg16": False}  # VGG16 with random weights (none offline)
-
-
-@dataclass
-class Timing:
-    """Best wall-clock and best process CPU seconds over repeats (CPU time is less disturbed
-    by other work on a shared machine, wall time is what a user waits)."""
-
-    wall: float = math.inf
-    cpu: float = math.inf
-
-    def add(self, wall: float, cpu: float) -> None:
-        self.wall = min(self.wall, wall)
-        self.cpu = min(self.cpu, cpu)
+PRETRAINED = {"efficientnet_lite0": True}  # the others with random weights (none offline; timing is the same)
+METHODS = ("dense", "incremental", "approx", "captum")
 
 
 @dataclass
@@ -67,35 +49,21 @@ class Row:
     model: str
     setting: str
     positions: int
-    ours: dict[int, Timing]  # by batch size
-    captum: dict[int, Timing]  # by perturbations_per_eval
-    plain: Timing  # at ours' best batch size
-    max_diff: float
-    paired: list[tuple[float, float]] = field(default_factory=list)  # per pair: Captum/ours, ours/plain
-
-    @staticmethod
-    def best(times: dict[int, Timing]) -> int:
-        return min(times, key=lambda key: times[key].wall)
+    seconds: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in METHODS})
+    planned: dict[str, float | None] = field(default_factory=dict)
+    max_dp_incremental: float = 0.0
+    max_dp_approx: float = 0.0
+    max_dattr: float = 0.0
 
 
-def timed(function: Callable[[], object]) -> tuple[float, float, object]:
-    """Wall and process CPU seconds of `function()`; on CUDA, its queued kernels are waited for."""
+def timed(function: Callable[[], object]) -> tuple[float, object]:
+    """Wall seconds of `function()`; on CUDA, its queued kernels are waited for."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     sync()
-    wall, cpu = time.perf_counter(), time.process_time()
+    start = time.perf_counter()
     value = function()
     sync()
-    return time.perf_counter() - wall, time.process_time() - cpu, value
-
-
-def plain_passes(engine: Engine, image: torch.Tensor, count: int, batch_size: int) -> None:
-    """The unoccluded image through the bare module: 1 + `count` images, `batch_size` at a time."""
-    module = engine.model.module
-    base = image.to(engine.device)
-    with torch.no_grad():
-        module(base)
-        for start in range(0, count, batch_size):
-            module(base.expand(min(batch_size, count - start), -1, -1, -1).contiguous())
+    return time.perf_counter() - start, value
 
 
 def captum_occlusion(
@@ -126,106 +94,102 @@ def attribution_from_map(result: OcclusionResult, image_size: int) -> np.ndarray
 
 
 def run(model_name: str, settings: list[tuple[int, int]], args: argparse.Namespace) -> list[Row]:
+    torch.manual_seed(0)
     engine = Engine(
-        load_model(model_name, pretrained=PRETRAINED.get(model_name, True), input_size=args.input_size),
+        load_model(model_name, pretrained=PRETRAINED.get(model_name, False), input_size=args.input_size),
         device_name=args.device,
     )
     image = engine.prepare(load_sample(args.image))
-    plain_passes(engine, image.tensor, max(args.batch), max(args.batch))  # warm-up
     rows = []
     for size, stride in settings:
         r, c, _ = occlusion_grid(engine.input_size, size, stride)
-        count = r * c
-        ours = {batch: Timing() for batch in args.batch}
-        captum = {batch: Timing() for batch in args.batch}
-        plain = Timing()
-        max_diff = 0.0
-        if engine.device.type == "cuda":  # cuDNN picks kernels per shape: no method pays for that in a timing
-            for batch in args.batch:
-                target = occlude(engine, image, size, stride, batch_size=batch).target
-                captum_occlusion(engine, image.tensor, size, stride, target, batch)
-                plain_passes(engine, image.tensor, count, batch)
-        for _ in range(args.rounds):
-            for batch in args.batch:  # interleaved, so a slow spell on a shared machine hits both
-                wall, cpu, value = timed(lambda: occlude(engine, image, size, stride, batch_size=batch))  # noqa: B023
-                ours[batch].add(wall, cpu)
-                assert isinstance(value, OcclusionResult)
-                result = value
-                wall, cpu, attribution = timed(
-                    lambda: captum_occlusion(engine, image.tensor, size, stride, result.target, batch)  # noqa: B023
-                )
-                captum[batch].add(wall, cpu)
-                assert isinstance(attribution, torch.Tensor)
-                expected = attribution_from_map(result, engine.input_size)
-                diff = float(np.abs(attribution[0].double().cpu().numpy() - expected[None]).max())
-                max_diff = max(max_diff, diff)
-            best = Row.best(ours)
-            wall, cpu, _ = timed(lambda: plain_passes(engine, image.tensor, count, best))  # noqa: B023
-            plain.add(wall, cpu)
-        row = Row(model_name, f"{size}/{stride}", count, ours, captum, plain, max_diff)
-        ours_batch, captum_ppe = Row.best(ours), Row.best(captum)
-        for pair in range(args.pairs):  # back to back at the best settings: ratios within one spell
-            if pair % 2:  # every other pair Captum goes first, so neither always follows the plain passes
-                captum_s, _, _ = timed(
-                    lambda: captum_occlusion(engine, image.tensor, size, stride, result.target, captum_ppe)  # noqa: B023
-                )
-            ours_s, _, _ = timed(lambda: occlude(engine, image, size, stride, batch_size=ours_batch))  # noqa: B023
-            if not pair % 2:
-                captum_s, _, _ = timed(
-                    lambda: captum_occlusion(engine, image.tensor, size, stride, result.target, captum_ppe)  # noqa: B023
-                )
-            plain_s, _, _ = timed(lambda: plain_passes(engine, image.tensor, count, ours_batch))  # noqa: B023
-            row.paired.append((captum_s / ours_s, ours_s / plain_s))
+        row = Row(model_name, f"{size}/{stride}", r * c)
+        batch = args.batch
+
+        def ours(
+            method: str, approx: float | None = None, size: int = size, stride: int = stride, batch: int = batch
+        ) -> Callable[[], object]:
+            return lambda: occlude(engine, image, size, stride, batch_size=batch, method=method, approx=approx)
+
+        calls: dict[str, Callable[[], object]] = {
+            "dense": ours("dense"),
+            "incremental": ours("incremental"),
+            "approx": ours("incremental", args.tau),
+        }
+        # the first round is untimed: traces, plans, cuDNN's kernel choice, caches
+        results = {name: call() for name, call in calls.items()}
+        dense = results["dense"]
+        assert isinstance(dense, OcclusionResult)
+        target = dense.target
+        calls["captum"] = lambda: captum_occlusion(engine, image.tensor, size, stride, target, batch)  # noqa: B023
+        attribution = calls["captum"]()
+        assert isinstance(attribution, torch.Tensor)
+        expected = attribution_from_map(dense, engine.input_size)
+        row.max_dattr = float(np.abs(attribution[0].double().cpu().numpy() - expected[None]).max())
+        for name in ("incremental", "approx"):
+            result = results[name]
+            assert isinstance(result, OcclusionResult)
+            row.planned[name] = result.planned_ratio
+            diff = float(np.abs(result.probability - dense.probability).max())
+            if name == "incremental":
+                assert result.method == "incremental", result.note
+                row.max_dp_incremental = diff
+            else:
+                row.max_dp_approx = diff
+        for round_ in range(args.pairs):
+            order = METHODS[round_ % len(METHODS) :] + METHODS[: round_ % len(METHODS)]
+            for name in order:
+                seconds, _ = timed(calls[name])
+                row.seconds[name].append(seconds)
         print(format_row(row), flush=True)
         rows.append(row)
     return rows
 
 
 HEADER = (
-    f"{'model':18s} {'size/stride':>11s} {'N':>4s} {'convscope s (batch)':>19s} {'Captum s (ppe)':>14s} "
-    f"{'Captum/ours':>11s} {'N plain s':>9s} {'ours/plain':>10s} {'CPU-s ratios':>12s} {'max |Δattr|':>11s}"
-    " paired medians  wall s by batch: ours|Captum"
+    f"{'model':18s} {'size/stride':>11s} {'N':>5s} {'dense s':>8s} {'incr s':>8s} {'approx s':>8s} {'Captum s':>8s} "
+    f"{'incr/dense planned|measured':>27s} {'approx/dense planned|measured':>29s} "
+    f"{'Captum/incr':>11s} {'Captum/approx':>13s} {'Captum/dense':>12s} {'max|ΔP| incr':>12s} {'max|ΔP| approx':>14s} "
+    f"{'max|Δattr|':>10s} rounds"
 )
 
 
+def _paired(row: Row, numerator: str, denominator: str) -> float:
+    pairs = zip(row.seconds[numerator], row.seconds[denominator], strict=True)
+    return statistics.median(a / b for a, b in pairs)
+
+
 def format_row(row: Row) -> str:
-    ours, captum = row.ours[Row.best(row.ours)], row.captum[Row.best(row.captum)]
-    cpu_ours = min(t.cpu for t in row.ours.values())
-    cpu_captum = min(t.cpu for t in row.captum.values())
-    by_batch = ", ".join(f"{b}: {row.ours[b].wall:.3f}|{row.captum[b].wall:.3f}" for b in row.ours)
-    if row.paired:
-        captum_ratio, plain_ratio = (statistics.median(values) for values in zip(*row.paired, strict=True))
-        paired = f"{captum_ratio:.2f}x {plain_ratio:.2f}x ({len(row.paired)})"
-    else:
-        paired = "-"
+    if not row.seconds["dense"]:
+        return f"{row.model:18s} {row.setting:>11s} {row.positions:5d} (no timed rounds: --pairs 0)"
+    median = {name: statistics.median(values) for name, values in row.seconds.items()}
+    planned_incr = row.planned.get("incremental")
+    planned_approx = row.planned.get("approx")
+
+    def ratio_pair(planned: float | None, measured: float) -> str:
+        return f"{'-' if planned is None else f'{planned:.3f}'}|{measured:.3f}"
+
     return (
-        f"{row.model:18s} {row.setting:>11s} {row.positions:4d} {f'{ours.wall:.3f} ({Row.best(row.ours)})':>19s} "
-        f"{f'{captum.wall:.3f} ({Row.best(row.captum)})':>14s} {captum.wall / ours.wall:10.2f}x "
-        f"{row.plain.wall:9.3f} {ours.wall / row.plain.wall:9.2f}x "
-        f"{f'{cpu_captum / cpu_ours:.2f}x {cpu_ours / row.plain.cpu:.2f}x':>12s} {row.max_diff:11.1e} {paired:>14s}  {by_batch}"
+        f"{row.model:18s} {row.setting:>11s} {row.positions:5d} {median['dense']:8.3f} {median['incremental']:8.3f} "
+        f"{median['approx']:8.3f} {median['captum']:8.3f} "
+        f"{ratio_pair(planned_incr, _paired(row, 'incremental', 'dense')):>27s} "
+        f"{ratio_pair(planned_approx, _paired(row, 'approx', 'dense')):>29s} "
+        f"{_paired(row, 'captum', 'incremental'):10.2f}x {_paired(row, 'captum', 'approx'):12.2f}x "
+        f"{_paired(row, 'captum', 'dense'):11.2f}x {row.max_dp_incremental:12.1e} {row.max_dp_approx:14.1e} "
+        f"{row.max_dattr:10.1e} {len(row.seconds['dense'])}"
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["efficientnet_lite0", "vgg16"])
-    parser.add_argument("--settings", nargs="+", default=["32/16", "16/8"], help="occluder size/stride pairs")
+    parser.add_argument("--models", nargs="+", default=["vgg16", "alexnet", "resnet50", "efficientnet_lite0"])
+    parser.add_argument("--settings", nargs="+", default=["16/8", "32/16"], help="occluder size/stride pairs")
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument(
-        "--batch",
-        type=int,
-        nargs="+",
-        default=[8, 16, 32],
-        help="batch sizes: convscope's batch_size and Captum's perturbations_per_eval, each at its best",
+        "--batch", type=int, default=16, help="convscope's batch_size and Captum's perturbations_per_eval"
     )
-    parser.add_argument("--rounds", type=int, default=1, help="repeat the sweep; each time is the best of the rounds")
-    parser.add_argument(
-        "--pairs",
-        type=int,
-        default=0,
-        help="then time ours, Captum and plain back to back this many times at their best settings and "
-        "report the median ratios (robust on a shared machine)",
-    )
+    parser.add_argument("--tau", type=float, default=0.5, help="the approximate run's projective-field cap")
+    parser.add_argument("--pairs", type=int, default=3, help="timed rounds of all four methods (paired medians)")
     parser.add_argument("--image", default="chelsea")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
@@ -235,7 +199,8 @@ def main() -> None:
     print(
         f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"device {args.device}, torch {torch.__version__}, captum {captum.__version__}, "
-        f"input {args.input_size}×{args.input_size}, image {args.image}, load average {os.getloadavg()[0]:.1f}"
+        f"input {args.input_size}×{args.input_size}, image {args.image}, batch {args.batch}, tau {args.tau}, "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
     print(HEADER, flush=True)
     for model_name in args.models:

@@ -10,7 +10,7 @@ encoding, no HTTP), to show what the server adds. Target (issue 3): p95 <= 150 m
 on a 2-core CPU.
 
 Usage: python benchmarks/server.py [--requests 120] [--model efficientnet_lite0] [--torch-threads N] [--device cpu|cuda]
-       [--json OUT]
+       [--workers N] [--json OUT]   (--workers: CONVSCOPE_WORKERS, backward passes at once on the CPU)
 """
 
 from __future__ import annotations
@@ -66,11 +66,14 @@ def workload(channels: dict[str, int], count: int) -> list[dict[str, object]]:
     return requests
 
 
-def start(model: str, port: int, threads: int | None, device: str) -> tuple[subprocess.Popen[bytes], float, float]:
+def start(
+    model: str, port: int, threads: int | None, device: str, workers: int | None = None
+) -> tuple[subprocess.Popen[bytes], float, float]:
     """Start the server; seconds until the port accepts connections and until /api/health is 200."""
     env = {
         **os.environ,
         "CONVSCOPE_DEVICE": device,
+        **({"CONVSCOPE_WORKERS": str(workers)} if workers else {}),
         **({"CONVSCOPE_TORCH_THREADS": str(threads)} if threads else {}),
         "CONVSCOPE_RESPONSE_CACHE_ENTRIES": "0",
         "CONVSCOPE_SCAN_ON_STARTUP": "false",
@@ -132,7 +135,7 @@ def in_process(model: str, requests: list[dict[str, object]], device: str) -> tu
     read when other work shares the machine (it still counts torch's worker threads spinning)."""
     engine = Engine(load_model(model), device_name=device)
     image = engine.prepare(load_sample(IMAGE))
-    engine.predict(image)
+    engine.project(image, LAYERS[0], 0)  # record the forward pass (predictions no longer do)
     wall, cpu = [], []
     for params in requests:
         begin, begin_cpu = time.perf_counter(), time.process_time()
@@ -150,20 +153,21 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="write the figures here as JSON")
     parser.add_argument("--torch-threads", type=int, default=None, help="torch threads, server and baseline")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="server and baseline")
+    parser.add_argument("--workers", type=int, default=None, help="CONVSCOPE_WORKERS for the server (default 2)")
     args = parser.parse_args()
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    process, listening, healthy = start(args.model, port, args.torch_threads, args.device)
+    process, listening, healthy = start(args.model, port, args.torch_threads, args.device, args.workers)
     try:
         layers = httpx.get(f"{base}/api/models/{args.model}/layers", timeout=60).json()
         channels = {row["name"]: row["channels"] for row in layers if row["name"] in LAYERS}
-        # warm-up: record the forward pass, touch every layer, warm the thread pool and the allocator
-        httpx.get(f"{base}/api/models/{args.model}/images/{IMAGE}/predictions", timeout=60)
+        # warm-up: record the forward pass (the first projection), touch every layer, warm the thread pool
         run_clients(base, args.model, workload(channels, 16), 4)
         figures: dict[str, object] = {
+            "workers": args.workers or 2,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {device_label(args.device)}",
             "torch_threads": torch.get_num_threads(),
             "load_average": os.getloadavg(),

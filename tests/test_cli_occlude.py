@@ -57,6 +57,8 @@ def test_writes_the_response(tmp_path: Path, weights: str, photo: str, capsys: p
     np.testing.assert_allclose(written["probability"], expected["probability"], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(written["feature"]["activity"], expected["feature"]["activity"], rtol=1e-5)
     assert written["unoccluded"] == pytest.approx(expected["unoccluded"], rel=1e-5)
+    assert written["method_requested"] == "auto" and written["method"] == expected["method"]
+    assert written["planned_ratio"] == pytest.approx(expected["planned_ratio"])
     summary = capsys.readouterr().out
     assert "3×3 positions" in summary and str(out) in summary
 
@@ -80,6 +82,10 @@ def test_json_to_stdout(weights: str, photo: str, capsys: pytest.CaptureFixture[
         (["--target", "1000"], "target class 1000 is out of range (0..999)"),
         (["--target", "-1"], "out of range"),
         (["--layer", "features.99"], "no layer 'features.99'"),
+        (["--approx", "0"], "approx (the projective-field cap tau) must be a number in (0, 1]"),
+        (["--approx", "1.5"], "must be a number in (0, 1]"),
+        (["--approx", "0.5", "--method", "dense"], "approx needs the incremental method (or auto), not dense"),
+        (["--adaptive", "0"], "adaptive (the share of coarse cells to drill into) must be a number in (0, 1]"),
     ],
 )
 def test_bad_input_exits_2(
@@ -93,6 +99,36 @@ def test_bad_input_exits_2(
     assert len(lines) == 1 and lines[0].startswith("convscope occlude: error: ")
     assert words in lines[0]
     assert not out.exists()
+
+
+def test_method_and_approx(tmp_path: Path, weights: str, photo: str, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["occlude", "--model", MODEL, "--weights", weights, "--image", photo, "--device", "cpu"]
+    argv += ["--size", "64", "--stride", "80", "--target", "281"]
+    maps = {}
+    for method in ("dense", "incremental"):
+        out = tmp_path / f"{method}.json"
+        assert main([*argv, "--method", method, "--json", str(out)]) == 0
+        maps[method] = json.loads(out.read_text())
+        assert maps[method]["method"] == maps[method]["method_requested"] == method
+        assert maps[method]["approximate"] is False
+        assert f", {method}" in capsys.readouterr().out  # the summary names the method that ran
+    assert maps["dense"]["planned_ratio"] is None and 0 < maps["incremental"]["planned_ratio"] < 1
+    np.testing.assert_allclose(maps["incremental"]["probability"], maps["dense"]["probability"], atol=1e-5)
+    assert maps["incremental"]["top_label"] == maps["dense"]["top_label"]
+
+    out = tmp_path / "approx.json"
+    assert main([*argv, "--approx", "0.5", "--json", str(out)]) == 0
+    approx = json.loads(out.read_text())
+    assert approx["approximate"] is True and approx["approx"] == 0.5 and approx["method"] == "incremental"
+    assert "incremental (approximate)" in capsys.readouterr().out
+
+
+def test_unknown_method_exits_2(weights: str, photo: str, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["occlude", "--model", MODEL, "--weights", weights, "--image", photo, "--method", "fast", "--json", "-"]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert "invalid choice: 'fast'" in capsys.readouterr().err
 
 
 def test_missing_image_exits_2(tmp_path: Path, weights: str, capsys: pytest.CaptureFixture[str]) -> None:

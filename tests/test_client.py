@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+import uvicorn
 from PIL import Image
 
-from api.helpers import MODEL, free_port
+from api.helpers import MODEL, free_port, tiny_loader, tiny_settings
 from api.test_server import start_server, stop, wait_healthy
+from convscope.api import create_app
 from convscope.client import ApiError, Client
 from convscope.samples import get_sample
 from convscope.tasks import CallbackTask, Cancelled
@@ -119,7 +123,10 @@ def test_projection_image_and_seed(api: Client) -> None:
     assert len(set(projection.image.getdata())) > 100, "a projection, not a blank image"
     assert projection.seed_position == tuple(info["argmax"][channel])
     assert projection.seed_value == pytest.approx(info["max"][channel], rel=1e-4)
-    assert set(projection.headers) == {"X-Seed-Value", "X-Seed-Y", "X-Seed-X"}
+    assert {"X-Seed-Value", "X-Seed-Y", "X-Seed-X"} <= set(projection.headers)
+    assert projection.mode == "deconvnet"
+    auto = api.projection("chelsea", LAYER, channel, mode="auto")
+    assert auto.mode == "guided"  # EfficientNet has no max-pool switches: auto resolves to guided
 
     whole = api.projection("chelsea", LAYER, channel, mode="guided", select="map")
     assert whole.seed_position is None and whole.seed_value == pytest.approx(info["sum"][channel], rel=1e-3)
@@ -176,9 +183,21 @@ def test_scan_the_samples_then_read_a_channels_top_k(api: Client) -> None:
     top = api.top(scan_id, "conv_head", 5)
     values = [entry["value"] for entry in top["entries"]]
     assert len(values) == 3 and values == sorted(values, reverse=True)  # type: ignore[type-var]
+    assert top["mode"] == "deconvnet"
+    assert api.top(scan_id, "conv_head", 5, mode="auto")["mode"] == "guided"  # no max-pool switches below
     crop = api.top_image(scan_id, "conv_head", 5, rank=0, kind="crop")
     projection = api.top_image(scan_id, "conv_head", 5, rank=0)
-    assert crop.size == projection.size and crop.mode == projection.mode == "RGB"
+    guided = api.top_image(scan_id, "conv_head", 5, rank=0, mode="guided")
+    assert crop.size == projection.size == guided.size and crop.mode == projection.mode == "RGB"
+    assert np.asarray(guided).tolist() != np.asarray(projection).tolist()
+    resumed = api.wait_job(api.resume_scan(scan_id), timeout=300)
+    assert resumed["state"] == "succeeded" and api.scan(scan_id)["status"] == "complete"
+
+
+def test_scan_roots(api: Client) -> None:
+    roots = api.scan_roots()
+    assert [root["name"] for root in roots] == ["photos"]
+    assert "photos/empty" in roots[0]["folders"]
 
 
 def test_a_failed_job_raises_its_status_and_detail(api: Client) -> None:
@@ -234,23 +253,42 @@ def test_invalid_parameters_are_422_with_the_servers_detail_and_errors(api: Clie
     assert error.value.response is not None and error.value.response.status_code == 422
 
 
-def test_token_goes_out_as_a_bearer_header_and_cookies_are_kept() -> None:
-    """The header and the cookie jar are the client's own business: checked on the wire with
-    httpx's MockTransport (this server does not ask for a token)."""
-    seen: list[httpx.Request] = []
+@contextmanager
+def tiny_server(**settings: object) -> Iterator[str]:
+    """The real app and uvicorn, in a thread, over the tiny model (fast to start)."""
+    app = create_app(tiny_settings(**settings), loader=tiny_loader())
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        with Client(f"http://127.0.0.1:{port}") as probe:
+            probe.wait_ready(timeout=60, poll=0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
 
-    def answer(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(200, json=[], headers={"Set-Cookie": "convscope_session=abc; Path=/"})
 
-    with Client("http://convscope.test", token="s3cret", transport=httpx.MockTransport(answer)) as api:
-        assert api.samples() == []
-        assert api.jobs() == []
-    assert all(request.headers["Authorization"] == "Bearer s3cret" for request in seen)
-    assert "cookie" not in seen[0].headers and seen[1].headers["cookie"] == "convscope_session=abc"
+def test_the_token_goes_out_as_a_bearer_header_and_the_client_cookie_is_kept() -> None:
+    token = "s3cret-token-for-tests"
+    with tiny_server(token=token) as url:
+        with Client(url) as anonymous, pytest.raises(ApiError) as refused:
+            anonymous.models()
+        assert refused.value.status_code == 401 and "token" in refused.value.detail
+
+        with Client(url, token=token) as api, Client(url, token=token) as other:
+            assert [m["name"] for m in api.models()] == ["tiny"]
+            upload = api.upload(Image.new("RGB", (40, 40), (200, 30, 30)))
+            assert len(api.predictions(upload["id"], top=3)) == 3  # the client cookie names its owner
+            assert api.http.cookies.get("convscope_client")
+            with pytest.raises(ApiError) as hidden:
+                other.predictions(upload["id"])  # another client (another cookie) cannot see it
+            assert hidden.value.status_code == 404
 
 
 def test_non_json_error_bodies_still_surface() -> None:
+    """What a proxy in front of the server might answer (the server itself always sends JSON)."""
     with (
         Client(
             "http://convscope.test", transport=httpx.MockTransport(lambda _: httpx.Response(502, text="bad gateway"))
@@ -283,8 +321,8 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_the_python_example_runs(base_url: str, in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
     exec(compile(_example("### Python: `convscope.client`", "python", base_url), str(DOCS), "exec"), {})
     output = capsys.readouterr().out
-    assert "'label': 'tabby'" in output and "occlusion 289/289" in output
-    assert "422 " in output and "17 17" in output
+    assert "'label': 'tabby'" in output and "occlusion 36/36" in output  # 36 > JOB_THRESHOLD: a job
+    assert "422 " in output and "6 6" in output
     with Image.open(in_tmp / "projection.png") as image:
         assert image.size == (224, 224)
 
@@ -294,7 +332,8 @@ def test_the_curl_example_runs(base_url: str, in_tmp: Path) -> None:
     result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert '"label":"tabby"' in result.stdout and "x-seed-value" in result.stdout.lower()
-    assert '"kind":"occlusion"' in result.stdout
+    assert '"rows":3,"cols":3' in result.stdout and '"kind":"occlusion"' in result.stdout
+    assert '"cancel_requested":true' in result.stdout
     with Image.open(in_tmp / "projection.png") as image:
         assert image.size == (224, 224)
 
@@ -306,4 +345,4 @@ def test_the_javascript_example_runs(base_url: str, in_tmp: Path) -> None:
     (in_tmp / "example.mjs").write_text(_example("### JavaScript", "js", base_url))
     result = subprocess.run([node, "example.mjs"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "label: 'tabby'" in result.stdout and "17 17" in result.stdout
+    assert "label: 'tabby'" in result.stdout and "6 6 " in result.stdout

@@ -564,7 +564,7 @@ def test_the_image_cmd_serves_a_healthy_server_and_stops_on_sigterm(tmp_path):
                 break
             time.sleep(0.5)
         assert status == 200, f"no healthy server within {HEALTH_TIMEOUT_S:.0f} s:\n{log_path.read_text()[-4000:]}"
-        assert json.loads(body) == {"status": "ok"}
+        assert json.loads(body)["status"] == "ok"
 
         # The image's HEALTHCHECK command itself, aimed at this port, passes.
         check = healthcheck().argv
@@ -587,6 +587,29 @@ def test_the_image_cmd_serves_a_healthy_server_and_stops_on_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
+
+
+def test_the_image_cmd_alone_refuses_to_listen_on_every_interface_without_a_token(tmp_path):
+    """Issue 19: the image's exact CMD (0.0.0.0) with only the Dockerfile's ENV exits 2 with one line saying what
+    to set; the compose services' environment (published on 127.0.0.1 only) is allowed to start."""
+    from convscope.api.server import build_settings
+
+    argv = cmd_argv()
+    argv[0] = str(BIN / argv[0])
+    argv[argv.index("--port") + 1] = str(free_port())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVSCOPE_")}
+    env.update(image_environment(tmp_path))
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "CONVSCOPE_TOKEN" in lines[0] and "CONVSCOPE_INSECURE" in lines[0], result.stderr
+    assert env.get("MALLOC_ARENA_MAX") == "2", "the image sets the allocator's arena limit"
+    for name in (GPU_SERVICE, CPU_SERVICE):
+        svc = service(name)
+        assert all(str(p).startswith("127.0.0.1:") for p in svc["ports"]), f"{name} publishes beyond loopback"
+        insecure = environment(svc).get("CONVSCOPE_INSECURE", "false").lower() == "true"
+        assert insecure or environment(svc).get("CONVSCOPE_TOKEN"), name
+        assert build_settings(host=option(argv, "--host"), insecure=insecure).host == "0.0.0.0"
 
 
 def test_healthcheck_command_fails_when_nothing_answers():

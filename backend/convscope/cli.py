@@ -38,11 +38,11 @@ def _load_image(args: argparse.Namespace, engine):  # type: ignore[no-untyped-de
     return engine.prepare(load_image_file(args.image))
 
 
-def _json(model: Any) -> Any:
+def _json(model: Any, exclude_none: bool = False) -> Any:
     """The JSON value of an API schema object (or a list of them): the API's own serialisation."""
     from pydantic import RootModel
 
-    return RootModel[Any](model).model_dump(mode="json")
+    return RootModel[Any](model).model_dump(mode="json", exclude_none=exclude_none)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -65,7 +65,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
     engine = _load_engine(args)
     layers = [LayerResponse.from_info(info) for info in engine.layers()]
     if args.json:
-        print(json.dumps(_json(layers), indent=2))
+        print(json.dumps(_json(layers, exclude_none=True), indent=2))  # as GET .../layers
         return 0
     for layer in layers:
         shape = f"{layer.channels:5d}×{layer.height}×{layer.width}"
@@ -103,6 +103,13 @@ def cmd_project(args: argparse.Namespace) -> int:
     print(
         f"{args.layer} channel {args.channel} {result.mode}/{args.select}: seed {result.seed_value:.4g} at {where} -> {out}"
     )
+    if args.verbose:
+        memory = engine.memory()
+        print(
+            f"recorded forward passes: {memory.records}, holding {memory.bytes / 2**20:.1f} MiB"
+            f" (bound {memory.limit_bytes / 2**20:.0f} MiB)",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -278,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["deconvnet", "guided", "gradient", "auto"],
         help="auto: deconvnet where max-pool switches lie below the layer, guided otherwise",
     )
+    project.add_argument("--verbose", action="store_true", help="also print what the recorded pass holds")
     project.add_argument("--select", default="max", choices=["max", "map"])
     project.add_argument("--size", type=_positive_int, default=None, help="model input side S (default: the model's)")
     project.add_argument("--out", required=True, help="PNG to write")

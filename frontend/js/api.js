@@ -66,6 +66,28 @@ async function errorFrom(response) {
   return new ApiError(describeDetail(detail, response.status), { status: response.status });
 }
 
+// A server started with CONVSCOPE_TOKEN answers 401 without it: ask once, keep it in localStorage, send it
+// as a bearer header (the server then also sets an HttpOnly cookie, so <img> requests pass too).
+const TOKEN_KEY = "convscope.token";
+let asking = null; // one prompt for every request that got a 401 at the same time
+
+function withToken(init) {
+  const token = globalThis.localStorage?.getItem(TOKEN_KEY);
+  if (!token) return init;
+  return { ...init, headers: { ...(init.headers || {}), Authorization: `Bearer ${token}` } };
+}
+
+function askForToken() {
+  asking ??= Promise.resolve().then(() => {
+    const token = globalThis.prompt?.("This convscope server needs its access token (CONVSCOPE_TOKEN):");
+    if (token) globalThis.localStorage?.setItem(TOKEN_KEY, token.trim());
+    else globalThis.localStorage?.removeItem(TOKEN_KEY);
+    asking = null;
+    return Boolean(token);
+  });
+  return asking;
+}
+
 /**
  * fetch() with slot cancellation and readable errors.
  * @param {string} url
@@ -83,7 +105,15 @@ export async function request(url, { slot = null, signal = null, as = "json", in
   }
   let response;
   try {
-    response = await fetch(url, { ...init, signal: controller.signal });
+    const sent = globalThis.localStorage?.getItem(TOKEN_KEY) ?? null;
+    response = await fetch(url, { ...withToken(init), signal: controller.signal });
+    if (response.status === 401) {
+      const now = globalThis.localStorage?.getItem(TOKEN_KEY) ?? null;
+      // sent before another request's prompt stored the token: retry with it, do not ask again
+      if ((now && now !== sent) || (await askForToken())) {
+        response = await fetch(url, { ...withToken(init), signal: controller.signal });
+      }
+    }
     if (!response.ok) throw await errorFrom(response);
     if (as === "json") return await response.json();
     if (as === "blob") return { blob: await response.blob(), headers: response.headers };
@@ -119,8 +149,11 @@ export const urls = {
   image: (id, model) => `/api/images/${enc(id)}?${query({ model })}`,
   predictions: (model, id, top = 5) => `/api/models/${enc(model)}/images/${enc(id)}/predictions?${query({ top })}`,
   activations: (model, id, layer) => `/api/models/${enc(model)}/images/${enc(id)}/activations?${query({ layer })}`,
+  /** The activations sprite (its URL from the activations answer), signed for layers with negative values. */
+  sprite: (spriteUrl, signed = false) => (signed ? `${spriteUrl}&${query({ signed: true })}` : spriteUrl),
+  // a view without a mode of its own (an empty choice) gets auto, as the Explore view's default
   projection: (model, id, { layer, channel, mode, select, y = null, x = null }) =>
-    `/api/models/${enc(model)}/images/${enc(id)}/projection?${query({ layer, channel, mode, select, y, x })}`,
+    `/api/models/${enc(model)}/images/${enc(id)}/projection?${query({ layer, channel, mode: mode || "auto", select, y, x })}`,
   occlusion: (model, id) => `/api/models/${enc(model)}/images/${enc(id)}/occlusion`,
   labels: (model) => `/api/models/${enc(model)}/labels`,
   filters: (model, layer = null) => `/api/models/${enc(model)}/filters${layer ? `?${query({ layer })}` : ""}`,
@@ -128,6 +161,7 @@ export const urls = {
   invariancePreview: (model, params) => `/api/models/${enc(model)}/analyses/invariance/preview.png?${params}`,
   studies: () => "/api/studies",
   study: (id) => `/api/studies/${enc(id)}`,
+  studyRun: (name) => `/api/studies/${enc(name)}`,
   withVersion: (url, version) => `${url}?${query({ v: version ?? "" })}`,
   scans: (model) => `/api/models/${enc(model)}/scans`,
   scanRoots: () => "/api/scan-roots",
@@ -145,14 +179,15 @@ export const api = {
   activations: (model, id, layer, opts) => request(urls.activations(model, id, layer), opts),
   /** The S×S model input as a Blob. */
   image: (id, model, opts) => request(urls.image(id, model), { ...opts, as: "blob" }),
-  /** → {blob, seedValue, seedY, seedX} */
+  /** → {blob, mode, seedValue, seedY, seedX} */
   async projection(model, id, params, opts) {
     const { blob, headers } = await request(urls.projection(model, id, params), { ...opts, as: "blob" });
     const num = (name, fallback) => {
       const value = Number.parseFloat(headers.get(name));
       return Number.isFinite(value) ? value : fallback;
     };
-    return { blob, seedValue: num("X-Seed-Value", null), seedY: num("X-Seed-Y", -1), seedX: num("X-Seed-X", -1) };
+    const mode = headers.get("X-Mode"); // the rule the server used (auto resolved)
+    return { blob, mode, seedValue: num("X-Seed-Value", null), seedY: num("X-Seed-Y", -1), seedX: num("X-Seed-X", -1) };
   },
   /** Upload a File/Blob; → {id, width, height} */
   upload(file, filename = "image.png", opts = {}) {

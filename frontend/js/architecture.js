@@ -284,7 +284,7 @@ function renderDead() {
 }
 
 // ---- the tab interface -------------------------------------------------------------------------------------------
-export async function mount(panel, context) {
+async function mount(panel, context) {
   ctx = context;
   root = panel;
   injectStyle("css-analysis-architecture", CSS);
@@ -295,7 +295,7 @@ export async function mount(panel, context) {
   runDead();
 }
 
-export function update(state, changed) {
+function update(state, changed) {
   if (!root || !changed.has("model")) return;
   filters = null;
   dead = null;
@@ -305,8 +305,13 @@ export function update(state, changed) {
   });
 }
 
-export function show() {
+function show() {
   if (!root) return;
   renderLayerChoices();
   if (!dead && !running && ctx.store.get().model) runDead();
+}
+
+/** The view, as tabs.js takes it: createView({root, ctx}) → {ready, update, show}. */
+export function createView({ root, ctx: context }) {
+  return { ready: mount(root, context), update, show };
 }

@@ -14,9 +14,29 @@ const cache = new Map();
 /** The names of the colour maps on offer, first is the default. */
 export const COLORMAPS = ["inferno", "viridis", "magma", "cividis", "gray"];
 
+/** The colour map of layers with negative values: 128 is zero (dark), below blue, above amber. */
+export const DIVERGING = "diverging";
+
+function divergingTable() {
+  const table = new Uint8Array(768);
+  const zero = [24, 25, 28];
+  const low = [120, 190, 255]; // the most negative
+  const high = [255, 196, 70]; // the most positive
+  for (let i = 0; i < 256; i++) {
+    const t = Math.min(1, Math.abs(i - 127.5) / 127.5) ** 0.8;
+    const end = i < 128 ? low : high;
+    for (let c = 0; c < 3; c++) table[i * 3 + c] = Math.round(zero[c] + (end[c] - zero[c]) * t);
+  }
+  return table;
+}
+
 /** A Uint8Array of 256×3 bytes (R, G, B) for the named map ("gray" is the identity). */
 export function lut(name) {
   if (cache.has(name)) return cache.get(name);
+  if (name === DIVERGING) {
+    cache.set(name, divergingTable());
+    return cache.get(name);
+  }
   const table = new Uint8Array(768);
   const hex = HEX[name];
   for (let i = 0; i < 256; i++) {
@@ -41,7 +61,7 @@ export function applyColormap(imageData, name, { alphaFromValue = false } = {}) 
     px[i] = table[v * 3];
     px[i + 1] = table[v * 3 + 1];
     px[i + 2] = table[v * 3 + 2];
-    if (alphaFromValue) px[i + 3] = Math.min(255, v * 1.6);
+    if (alphaFromValue) px[i + 3] = Math.min(255, (name === DIVERGING ? Math.abs(v - 127.5) * 2 : v) * 1.6);
   }
   return imageData;
 }

@@ -434,7 +434,7 @@ function renderTable() {
 }
 
 // ---- the tab interface --------------------------------------------------------------------------------------------------
-export async function mount(panel, context) {
+async function mount(panel, context) {
   ctx = context;
   root = panel;
   injectStyle("css-analysis-correspondence", CSS);
@@ -451,7 +451,7 @@ export async function mount(panel, context) {
   root.dataset.ready = "true";
 }
 
-export function update(state, changed) {
+function update(state, changed) {
   if (!root) return;
   if (changed.has("model")) {
     const info = (ctx.models() || []).find((m) => m.name === state.model);
@@ -467,6 +467,11 @@ export function update(state, changed) {
   if (changed.has("image")) renderImages();
 }
 
-export function show() {
+function show() {
   if (root) renderLayers();
+}
+
+/** The view, as tabs.js takes it: createView({root, ctx}) → {ready, update, show}. */
+export function createView({ root, ctx: context }) {
+  return { ready: mount(root, context), update, show };
 }

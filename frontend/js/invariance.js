@@ -423,7 +423,7 @@ function hover(index, { sticky = false } = {}) {
 }
 
 // ---- the tab interface ----------------------------------------------------------------------------
-export async function mount(panel, context) {
+async function mount(panel, context) {
   ctx = context;
   root = panel;
   injectStyle("css-analysis-invariance", CSS);
@@ -438,7 +438,7 @@ export async function mount(panel, context) {
   root.dataset.ready = "true";
 }
 
-export function update(state, changed) {
+function update(state, changed) {
   if (!root) return;
   if (changed.has("model")) {
     result = null;
@@ -448,6 +448,11 @@ export function update(state, changed) {
   if (changed.has("image")) renderImages();
 }
 
-export function show() {
+function show() {
   if (root) renderLayers();
+}
+
+/** The view, as tabs.js takes it: createView({root, ctx}) → {ready, update, show}. */
+export function createView({ root, ctx: context }) {
+  return { ready: mount(root, context), update, show };
 }

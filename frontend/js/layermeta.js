@@ -4,9 +4,8 @@
 // `auto` resolves to there. One place for these decisions (no class-name guessing
 // elsewhere in the dashboard).
 
-// Only for servers whose /layers rows predate `pass_through` / `has_switches`.
+// /layers rows carry no pass-through flag (yet): these kinds repeat their input.
 const PASS_THROUGH_KINDS = /^(Identity|Dropout\d?d?|DropPath|Flatten)$/;
-const MAX_POOL_KINDS = /MaxPool/;
 
 /** True for a layer that repeats its input (Identity, Dropout, ...). */
 export function isPassThrough(layer) {
@@ -14,19 +13,9 @@ export function isPassThrough(layer) {
   return PASS_THROUGH_KINDS.test(layer?.kind || "");
 }
 
-/** True when max-pool switches lie below `layer` (`layers`: the model's rows in forward order). */
-export function hasSwitches(layer, layers) {
-  if (!layer) return null;
-  if (typeof layer.has_switches === "boolean") return layer.has_switches;
-  // a max-pool before it in forward order, or inside it (a container's output follows its parts)
-  const at = layers.indexOf(layer);
-  const pool = (row) => MAX_POOL_KINDS.test(row.kind);
-  return layers.slice(0, at + 1).some(pool) || layers.some((row) => row.name.startsWith(`${layer.name}.`) && pool(row));
-}
-
-/** True when no layer of the model has max-pool switches. */
-export function modelHasNoSwitches(layers) {
-  return layers.length > 0 && layers.every((row) => hasSwitches(row, layers) === false);
+/** True when max-pool switches lie below `layer` (the server's `has_switches`; null if it does not say). */
+export function hasSwitches(layer) {
+  return typeof layer?.has_switches === "boolean" ? layer.has_switches : null;
 }
 
 /** Activation rules the engine does not cover for this layer (names), from `rules.uncovered`. */
@@ -40,10 +29,11 @@ export function uncoveredRules(layer) {
  * → {mode, requested, switches, reason}: `auto` becomes deconvnet where switches lie below
  * the layer, guided backprop otherwise (the deconvnet would read nothing of the image there).
  */
-export function resolveMode(requested, layer, layers) {
-  const switches = hasSwitches(layer, layers);
+export function resolveMode(requested, layer) {
+  const switches = hasSwitches(layer);
   if (requested !== "auto") return { mode: requested, requested, switches, reason: null };
   const name = layer?.name ?? "this layer";
+  if (switches === null) return { mode: "auto", requested, switches, reason: "auto: the server resolves the mode for this layer." };
   if (switches === false) {
     return {
       mode: "guided",

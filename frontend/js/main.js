@@ -10,6 +10,7 @@ import { createLayersPanel, defaultLayer } from "./panels/layers.js";
 import { createMapsPanel } from "./panels/featuremaps.js";
 import { createPredictionsPanel } from "./panels/predictions.js";
 import { createReconPanel } from "./panels/reconstruction.js";
+import { createStartStrip } from "./panels/start.js";
 import { HASH_KEYS, parseHash, startHashSync, store } from "./state.js";
 import { createTabs } from "./tabs.js";
 import { createTop9Panel } from "./top9.js";
@@ -96,12 +97,19 @@ installKeyboard({
   },
 });
 $('[data-role="help-open"]').addEventListener("click", () => help.showModal());
+createStartStrip({ root: $('[data-role="start-strip"]'), store });
+// A map picked where the reconstruction is out of sight (a phone: one column): bring it into view.
+$('[data-panel="maps"]').addEventListener("map-picked", () => {
+  const stage = $('[data-role="projection-stage"]');
+  const box = stage.getBoundingClientRect();
+  if (box.top < 0 || box.bottom > window.innerHeight) stage.scrollIntoView({ block: "center" });
+});
 
 // ---- state routing --------------------------------------------------------------------
 /** The mode a projection of the state's layer is made in (auto resolved), null while the layers load. */
 function modeFor(state) {
   const info = layersModel === state.model ? layers.layer(state.layer) : null;
-  return info ? { ...resolveMode(state.mode, info, layers.layers), uncovered: uncoveredRules(info) } : null;
+  return info ? { ...resolveMode(state.mode, info), uncovered: uncoveredRules(info) } : null;
 }
 
 const currentModel = () => models.find((m) => m.name === store.get().model) || null;
@@ -110,11 +118,14 @@ const defaultSample = () => (input.samples.find((s) => s.id === "chelsea") || in
 async function loadLayers(model) {
   layersModel = null;
   layers.showError("");
+  const waking = currentModel()?.loaded === false; // offered, not loaded yet: the server loads it now
+  if (waking) $('[data-role="layers-count"]').textContent = `loading ${model} on the server…`;
   try {
     const rows = await busy($('[data-panel="layers"]'), api.layers(model, { slot: "layers" }));
     if (store.get().model !== model) return;
     layers.render(rows);
     layersModel = model;
+    if (waking) refreshModels();
     recon.syncControls(store.get()); // the no-switches hint depends on the layer kinds
     proceed(store.get(), new Set(HASH_KEYS));
   } catch (error) {
@@ -210,12 +221,32 @@ function renderModelInfo() {
   badge.title = model.description || "The model the server has loaded";
   const select = $('[data-role="model-select"]');
   if (select.value !== model.name) select.value = model.name;
+  select.title = `${model.name}: ${model.description || ""}`; // the full name where the select is narrow
+}
+
+const modelLabel = (m) => m.name + (m.pretrained ? "" : " (random weights)") + (m.loaded === false ? " · loads when chosen" : "");
+
+function renderModelOptions() {
+  const select = $('[data-role="model-select"]');
+  select.replaceChildren(...models.map((m) => h("option", { value: m.name, title: m.description || m.name }, modelLabel(m))));
+  select.value = store.get().model || select.value;
+}
+
+/** The model list again (a model loaded since), for the switcher's labels. */
+async function refreshModels() {
+  try {
+    models = await api.models();
+    renderModelOptions();
+    renderModelInfo();
+  } catch {
+    /* the old list stays */
+  }
 }
 
 function setupModelPicker() {
   const picker = $('[data-role="model-picker"]');
   const select = $('[data-role="model-select"]');
-  select.replaceChildren(...models.map((m) => h("option", { value: m.name }, m.name + (m.pretrained ? "" : " (random weights)"))));
+  renderModelOptions();
   picker.hidden = models.length < 2;
   select.addEventListener("change", () => {
     quietFallback = true;

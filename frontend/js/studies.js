@@ -10,6 +10,7 @@
 //   - training: loss and accuracy per epoch.
 // Long training runs are CLI jobs; this view only reads their results.
 
+import { cancelJob, startJob } from "./jobs.js";
 import { injectStyle } from "./util.js";
 
 const CSS = `
@@ -26,6 +27,8 @@ const CSS = `
 .stu-note { color: var(--faint); font-size: 11.5px; margin: 0; line-height: 1.45; }
 .stu-note code { font-family: var(--mono); color: var(--muted); }
 .stu-empty { color: var(--faint); padding: 18px 4px; line-height: 1.5; }
+.stu-run { display: flex; align-items: center; flex-wrap: wrap; gap: 8px; margin: 6px 0 14px; }
+.stu-run progress { width: 180px; accent-color: var(--accent); }
 .stu-table { border-collapse: collapse; font-size: 12.5px; width: 100%; }
 .stu-table th, .stu-table td { padding: 4px 8px; border-bottom: 1px solid var(--line); text-align: right; white-space: nowrap; }
 .stu-table th:first-child, .stu-table td:first-child { text-align: left; white-space: normal; }
@@ -101,12 +104,60 @@ function build() {
   );
 }
 
+const DIGITS_EPOCHS = 5;
+let digitsJob = null; // {url, cancelled} of the digits run started here
+
+/** A fresh install: run the small digits study here, as a job with progress. */
+function digitsRunner() {
+  const { h } = ctx;
+  const progress = h("progress", { max: 1, value: 0, hidden: true, "aria-label": "Digits study progress", "data-role": "studies-run-progress" });
+  const status = h("span", { class: "stu-note", "aria-live": "polite", "data-role": "studies-run-status" });
+  const cancel = h("button", { type: "button", class: "btn", hidden: true, "data-role": "studies-run-cancel", onclick: () => cancelJob(digitsJob) }, "Cancel");
+  const run = h(
+    "button",
+    { type: "button", class: "btn", "data-role": "studies-run-digits", title: "zfnet-small on scikit-learn's handwritten digits, on this server's CPU" },
+    `Train the small digits study (${DIGITS_EPOCHS} epochs, about a minute)`,
+  );
+  run.addEventListener("click", async () => {
+    if (digitsJob) return;
+    const job = { url: null, cancelled: false };
+    digitsJob = job;
+    run.disabled = true;
+    cancel.hidden = false;
+    progress.hidden = false;
+    root.dataset.digits = "running";
+    status.textContent = "starting…";
+    try {
+      await startJob(ctx.urls.studyRun("digits"), { epochs: DIGITS_EPOCHS }, {
+        job,
+        onProgress: (state) => {
+          progress.value = state.progress || 0;
+          status.textContent = state.state === "queued" ? "waiting for the server…" : `epoch ${state.done} of ${state.total}`;
+        },
+      });
+      root.dataset.digits = "done";
+      status.textContent = "done";
+      await load();
+    } catch (error) {
+      root.dataset.digits = error.aborted ? "cancelled" : "failed";
+      status.textContent = error.aborted ? "cancelled" : `failed: ${error.message}`;
+    } finally {
+      digitsJob = null;
+      run.disabled = false;
+      cancel.hidden = true;
+    }
+  });
+  return h("div", { class: "stu-run", "data-role": "studies-run" }, run, cancel, progress, status);
+}
+
 function emptyHelp() {
   const { h } = ctx;
   return h(
     "div",
     { class: "stu-empty" },
-    h("p", {}, "No finished studies yet. Training runs are command-line jobs; write their results below the server's studies folder, e.g.:"),
+    h("p", {}, "No finished studies yet. Start with the small one here (a job on the server, with progress):"),
+    digitsRunner(),
+    h("p", {}, "Longer runs are command-line jobs; write their results below the server's studies folder, e.g.:"),
     h(
       "pre",
       { class: "stu-note" },
@@ -407,7 +458,7 @@ function renderTraining(doc) {
   ];
 }
 
-export async function mount(panel, context) {
+async function mount(panel, context) {
   ctx = context;
   root = panel;
   injectStyle("css-studies", CSS);
@@ -416,7 +467,12 @@ export async function mount(panel, context) {
   root.dataset.ready = "true";
 }
 
-export function show() {
+function show() {
   shown += 1;
   if (root && root.dataset.ready && shown > 1) load(); // the first show follows mount, which loaded
+}
+
+/** The view, as tabs.js takes it: createView({root, ctx}) → {ready, update, show}. */
+export function createView({ root, ctx: context }) {
+  return { ready: mount(root, context), show };
 }

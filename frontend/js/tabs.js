@@ -1,18 +1,19 @@
 // Views ("tabs") of the dashboard.
 //
-// To add a view, give it an entry in TABS with `module` naming an ES module under
-// js/panels/ that exports
+// To add a view, give it an entry in TABS with `module` naming an ES module that exports
 //
-//     export function mount(root, ctx) { ... }   // called once, the first time the tab opens
-//     export function update(state, changed) {}  // optional: called on every state change while mounted
-//     export function show() {} / hide() {}       // optional
+//     export function createView({ root, ctx }) {
+//       return { ready, update(state, changed) {}, show() {}, hide() {} };   // all but ready optional
+//     }
 //
-// `root` is the tab's <section data-tab-panel="ID"> (created if index.html has
-// none); `ctx` is { store, api, urls, request, busy, showError, h, layers(), models() }.
-// The current model and image are store.get().model / .image. The tab id is kept
-// in the URL hash as `tab=ID`.
+// called once, the first time the tab opens (`ready`: a promise, resolved once it is built).
+// `root` is the tab's <section data-tab-panel="ID"> (created if index.html has none); `ctx`
+// is { store, api, urls, request, busy, showError, h, layers(), models() }. The current model
+// and image are store.get().model / .image. The tab id is kept in the URL hash as `tab=ID`.
+// Long work goes through jobs.js, every URL through api.js's `urls`.
 //
-// The Occlusion view (paper Fig. 7) is js/panels/occlusion.js.
+// The Occlusion view (paper Fig. 7) is js/panels/occlusion.js; it still exports the older
+// mount/update/show functions, which `viewOf` wraps into the same shape.
 
 import { h } from "./util.js";
 
@@ -26,9 +27,15 @@ export const TABS = [
   { id: "unit", label: "Unit", module: "./unit.js" },
 ];
 
+/** A view module's view: its createView, or the older mount/update/show exports wrapped alike. */
+function viewOf(mod, root, ctx) {
+  if (typeof mod.createView === "function") return mod.createView({ root, ctx });
+  return { ready: mod.mount(root, ctx), update: mod.update, show: mod.show, hide: mod.hide };
+}
+
 export function createTabs({ nav, main, store, ctx }) {
   const buttons = new Map();
-  const mounted = new Map(); // id -> module
+  const mounted = new Map(); // id -> its view (null while it loads)
   const panelFor = (id) => {
     let panel = main.querySelector(`[data-tab-panel="${id}"]`);
     if (!panel) {
@@ -92,10 +99,10 @@ export function createTabs({ nav, main, store, ctx }) {
     if (tab.module && !mounted.has(id)) {
       mounted.set(id, null);
       try {
-        const mod = await import(tab.module);
-        mounted.set(id, mod);
-        await mod.mount(panelFor(id), ctx);
-        mod.show?.();
+        const view = viewOf(await import(tab.module), panelFor(id), ctx);
+        mounted.set(id, view);
+        await view.ready;
+        view.show?.();
       } catch (error) {
         panelFor(id).append(h("div", { class: "error", role: "alert" }, `The ${tab.label} view failed to load: ${error.message}`));
       }

@@ -8,7 +8,7 @@
 // Shape: createView({root, ctx}) → {update(state, changed), show()}; `mount/update/show`
 // below adapt it to js/tabs.js's module protocol.
 
-import { cancelJob, runJob } from "./jobs.js";
+import { cancelJob, startJob } from "./jobs.js";
 import { fmt } from "./util.js";
 
 const enc = encodeURIComponent;
@@ -34,7 +34,7 @@ export function unitHash(state) {
 }
 
 export function createView({ root, ctx }) {
-  const { h, request, api, urls, showError } = ctx;
+  const { h, request, urls, showError } = ctx;
   addStylesheet();
   root.classList.add("unit-view");
   root.dataset.role = "unit-page";
@@ -143,10 +143,11 @@ export function createView({ root, ctx }) {
     featvisEmpty.textContent = "optimising…";
     try {
       const body = { layer: state.layer, channels: [state.channel], steps: Number(steps.value) };
-      const result = await runJob(ctx, vizBase(state.model), body, (s) => {
+      const onProgress = (s) => {
         progress.value = s.progress;
         featvisNote.textContent = s.state === "queued" ? "queued…" : `step ${s.done} of ${s.total}`;
-      }, handle);
+      };
+      const result = await startJob(vizBase(state.model), body, { onProgress, job: handle, failure: "the optimisation failed on the server" });
       if (mine === generation) showFeatvis(result.units[0].url, result.units[0].value, result.units[0].cached);
     } catch (error) {
       if (mine !== generation) return;
@@ -165,7 +166,7 @@ export function createView({ root, ctx }) {
   }
 
   compute.addEventListener("click", computeFeatvis);
-  cancel.addEventListener("click", () => cancelJob(ctx, job));
+  cancel.addEventListener("click", () => cancelJob(job));
   steps.addEventListener("change", () => {
     const state = ctx.store.get();
     if (ready(state) && !job) loadFeatvis(state, ++generation);
@@ -185,7 +186,7 @@ export function createView({ root, ctx }) {
     };
     projection.dataset.loaded = "false";
     projection.src = urls.projection(state.model, state.image, { layer: state.layer, channel: state.channel, mode: state.mode, select: state.select });
-    projectionNote.textContent = `on ${state.image} · ${state.mode} · ${state.select === "map" ? "whole map" : "strongest activation"}`;
+    projectionNote.textContent = `on ${state.image} · ${state.mode || "auto"} · ${state.select === "map" ? "whole map" : "strongest activation"}`;
   }
 
   async function loadTop9(state, mine) {

@@ -102,6 +102,23 @@ def test_sprite_tiles_hold_each_channel(client: TestClient) -> None:
     assert int(pixels.max()) == 255
 
 
+def test_signed_sprite_keeps_negative_activations(client: TestClient) -> None:
+    """A layer with negative values (a conv output): `min` per channel, and a signed sprite where
+    128 is zero and 0 / 255 the layer's largest magnitude."""
+    layer = "blocks.1.0.conv_pw"
+    body = client.get(f"{BASE}/chelsea/activations", params={"layer": layer}).json()
+    assert len(body["min"]) == body["channels"] and min(body["min"]) < 0
+    assert all(low <= high for low, high in zip(body["min"], body["max"], strict=True))
+    pixels = np.asarray(decode(client.get(body["sprite"]["url"] + "&signed=true").content))
+    bound = max(max(body["max"]), -min(body["min"]))
+    columns, tile = body["sprite"]["columns"], body["sprite"]["tile"]
+    lowest = body["min"].index(min(body["min"]))
+    row, column = divmod(lowest, columns)
+    block = pixels[row * tile : (row + 1) * tile, column * tile : (column + 1) * tile]
+    assert abs(int(block.min()) - round(body["min"][lowest] / bound * 127.5 + 127.5)) <= 1
+    assert int(pixels.min()) == 0 or int(pixels.max()) == 255  # the largest magnitude reaches an end
+
+
 def test_sprite_url_encodes_the_layer_name(client: TestClient) -> None:
     body = client.get(f"{BASE}/chelsea/activations", params={"layer": "blocks.0.0.bn1.act"}).json()
     assert body["sprite"]["url"].endswith("?layer=blocks.0.0.bn1.act")

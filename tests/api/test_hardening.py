@@ -149,7 +149,9 @@ def test_unsupported_methods_on_api_routes_get_405_with_the_routes_allow(client:
 
 def test_bad_bodies_are_refused(client: TestClient) -> None:
     assert client.post(OCCLUDE, json={"size": True}).status_code == 422
-    assert client.post(OCCLUDE, json={"stride": 2.0}).status_code == 422
+    assert client.post(OCCLUDE, json={"target": False}).status_code == 422
+    assert client.post(OCCLUDE, json={"stride": 2.5}).status_code == 422
+    assert client.post(OCCLUDE, json={"size": 4.0, "stride": 4.0}).status_code == 202  # JSON Schema: integers
     response = client.post(f"/api/models/{MODEL}/analyses/dead-channels", json={"images": []})
     assert response.status_code == 422, response.text
 
@@ -170,13 +172,16 @@ def roots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (photos / "small").mkdir(parents=True)
     for i in range(3):
         Image.new("RGB", (40, 36), (60 * i, 90, 200)).save(photos / "small" / f"p{i}.png")
+    (photos / "many").mkdir()
+    for i in range(60):
+        Image.new("RGB", (40, 36), (4 * i, 90, 200)).save(photos / "many" / f"p{i:02}.png")
     return photos
 
 
 @pytest.fixture(scope="module")
 def scans(tmp_path_factory: pytest.TempPathFactory, roots: Path) -> Iterator[tuple[TestClient, Path]]:
     scan_dir = tmp_path_factory.mktemp("scan-dir")
-    with _app(scan_dir=str(scan_dir), scan_roots=str(roots)) as client:
+    with _app(scan_dir=str(scan_dir), scan_roots=str(roots), scan_batch_size=2) as client:
         wait_ready(client)
         yield client, scan_dir
 
@@ -197,6 +202,24 @@ def test_scan_bad_input_is_4xx(scans: tuple[TestClient, Path]) -> None:
     assert len(folder_scans) == 1 and folder_scans[0]["label"] == "photos/small"
     manifest = next(scan_dir.glob("*/*/manifest.json"))
     assert stat.S_IMODE(manifest.stat().st_mode) == 0o644
+
+
+def test_cancelling_a_scan_stops_it_at_the_next_batch(scans: tuple[TestClient, Path]) -> None:
+    client, _ = scans
+    engine: Engine = client.app.state.convscope.pool.get(MODEL)  # type: ignore[attr-defined]
+    with engine.lock:  # the scan's first batch waits for the model until the cancel is in
+        started = client.post(f"/api/models/{MODEL}/scans", json={"folder": "photos/many"})
+        assert started.status_code == 202, started.text
+        url = started.json()["url"]
+        deadline = time.monotonic() + 30
+        while client.get(url).json()["state"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert client.delete(url).json()["cancel_requested"]
+    job = finish(client, url)
+    assert job["state"] == "cancelled" and job["done"] <= 2 * 2 < job["total"] == 60, job
+    (info,) = [s for s in client.get(f"/api/models/{MODEL}/scans").json() if s["label"] == "photos/many"]
+    assert info["status"] == "interrupted" and info["resume_url"]  # checkpointed, resumable
 
 
 def test_an_interrupted_scan_is_listed_as_such_and_resumes_to_the_same_result(
@@ -257,3 +280,52 @@ def test_memory_budget_refuses_a_scan_before_it_starts(tmp_path: Path) -> None:
         response = client.post(f"/api/models/{MODEL}/scans", json={"samples": True, "layers": ["all"]})
         assert response.status_code == 422 and "CONVSCOPE_REQUEST_MEMORY_MB" in response.json()["detail"]
         assert client.get("/api/jobs").json() == []
+
+
+def test_a_running_job_waits_at_its_next_batch_while_an_interactive_request_runs() -> None:
+    from convscope.api.jobs import InteractiveGate, Job, JobManager
+
+    gate = InteractiveGate(max_wait=30.0)
+    manager = JobManager(workers=1, gate=gate)
+
+    def work(job: Job) -> int:
+        for step in range(1, 4):
+            job.report(step, 3)  # a batch boundary
+        return 3
+
+    gate.enter()  # a click's request is being answered
+    job = manager.submit("steps", work, owner="alice")
+    deadline = time.monotonic() + 10
+    while job.done == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        assert job.done == 1 and job.state == "running"  # held at the boundary after its first batch
+    gate.leave()
+    assert manager.wait(job.id, 10).state == "succeeded" and job.done == 3
+    manager.shutdown()
+
+
+def test_with_the_dashboard_mounted_api_methods_are_still_answered_by_the_api() -> None:
+    frontend = Path(__file__).resolve().parents[2] / "frontend"
+    with _app(frontend_dir=str(frontend)) as client:
+        response = client.options("/api/models")
+        assert response.status_code == 405 and response.headers["allow"] == "GET", response.headers
+        assert response.headers["content-type"] == "application/json"
+        response = client.put("/api/images")
+        assert response.status_code == 405 and response.headers["allow"] == "POST"
+        assert client.get("/").status_code == 200  # the dashboard itself
+
+
+def test_serve_limits_malloc_arenas_unless_the_environment_says_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from convscope.api.server import limit_malloc_arenas
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("mallopt(M_ARENA_MAX) is glibc's")
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert limit_malloc_arenas() is True  # glibc accepted M_ARENA_MAX = 2
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
+    assert limit_malloc_arenas() is False  # an operator's own setting wins

@@ -6,7 +6,7 @@ import threading
 
 from fastapi.testclient import TestClient
 
-from api.helpers import MODEL, tiny_loader, tiny_settings, wait_ready
+from api.helpers import MODEL, tiny_loader, tiny_model, tiny_settings, wait_ready
 from convscope.api import create_app
 from convscope.api.schemas import LayerResponse
 from convscope.engine import Engine
@@ -16,7 +16,23 @@ from convscope.errors import WeightsUnavailableError
 def test_health_is_ok_once_loaded(client: TestClient) -> None:
     response = client.get("/api/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok"}
+    body = response.json()
+    assert body["status"] == "ok" and set(body) == {"status", "engines"}
+    (engine,) = body["engines"]
+    assert engine["model"] == MODEL and engine["device"] == "cpu"
+    assert 0 <= engine["bytes"] <= engine["limit_bytes"] == 1024 * 1024 * 1024
+
+
+def test_health_reports_the_bytes_recorded_passes_hold(client: TestClient) -> None:
+    assert (
+        client.get(
+            f"/api/models/{MODEL}/images/coffee/projection", params={"layer": "blocks.1", "channel": 2}
+        ).status_code
+        == 200
+    )
+    (engine,) = client.get("/api/health").json()["engines"]
+    assert engine["records"] >= 1
+    assert engine["bytes"] >= 50 * 1024 * 1024  # an EfficientNet-Lite0 record at 224 px holds ~100 MiB
 
 
 def test_health_is_503_while_loading_then_200() -> None:
@@ -34,7 +50,7 @@ def test_health_is_503_while_loading_then_200() -> None:
         assert client.get("/api/samples").status_code == 200
         release.set()
         wait_ready(client)
-        assert client.get("/api/health").json() == {"status": "ok"}
+        assert client.get("/api/health").json()["status"] == "ok"
         assert [m["name"] for m in client.get("/api/models").json()] == ["tiny"]
 
 
@@ -102,3 +118,41 @@ def test_a_model_name_never_imports_code(client: TestClient) -> None:
         response = client.get(f"/api/models/{name}/layers")
         assert response.status_code == 404, name
         assert "unknown model" in response.json()["detail"]
+
+
+def test_start_up_waits_only_for_the_default_model_and_others_load_on_first_use() -> None:
+    """Health is OK once the default model is loaded; another listed model loads behind it, and an
+    offered one (torchvision weights available) is listed as not loaded until a request needs it."""
+    import time
+
+    from convscope.api.pool import ModelPool
+
+    release = threading.Event()
+    loads: list[str] = []
+
+    def loader(name: str, settings: object) -> object:
+        if name != "tiny":
+            release.wait(30)
+        loads.append(name)
+        return tiny_model(name)
+
+    pool = ModelPool(tiny_settings(models=["tiny", "second"]), loader, offer=lambda settings: ["offered"])  # type: ignore[arg-type]
+    thread = threading.Thread(target=pool.load)
+    thread.start()
+    assert pool.wait(30) and pool.state == "ready"
+    assert loads == ["tiny"]  # "second" is still on its way: start-up did not wait for it
+    release.set()
+    thread.join(30)
+    deadline = time.monotonic() + 30
+    while "offered" not in pool.available() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    rows = {row.name: row.loaded for row in pool.summaries()}
+    assert rows == {"tiny": True, "second": True, "offered": False}
+    assert pool.get("offered").name == "offered" and loads == ["tiny", "second", "offered"]
+    assert {row.name: row.loaded for row in pool.summaries()}["offered"] is True
+    pool.get("offered")
+    assert loads.count("offered") == 1
+
+
+def test_models_says_which_are_loaded(client: TestClient) -> None:
+    assert [m["loaded"] for m in client.get("/api/models").json()] == [True]

@@ -203,6 +203,19 @@ def test_a_generated_client_uploads_predicts_projects_and_occludes(generated: Mo
     assert (result["rows"], result["cols"]) == (6, 6) and result["target"] == small.target
 
 
+def test_every_png_operation_of_the_generated_client_returns_a_file(generated: ModuleType, server: str) -> None:
+    document = httpx.get(f"{server}/openapi.json", timeout=30).json()
+    png = [
+        (operation["tags"][0], operation["operationId"])
+        for _, _, operation in _operations(document)
+        if "image/png" in operation["responses"].get("200", {}).get("content", {})
+    ]
+    assert len(png) >= 9
+    for tag, name in png:
+        sync = _api(generated, f"{re.sub(r'[^a-z0-9]+', '_', tag.lower())}.{name}").sync
+        assert "File" in str(sync.__annotations__["return"]), (tag, name, sync.__annotations__["return"])
+
+
 def test_a_generated_client_reads_the_servers_errors(generated: ModuleType, server: str) -> None:
     models = importlib.import_module(f"{PACKAGE}.models")
     client = generated.Client(base_url=server, timeout=httpx.Timeout(60.0))

@@ -127,3 +127,28 @@ def test_no_studies_folder(tmp_path: Path) -> None:
         assert client.get("/api/studies").json()["studies"] == []
     with _app(None) as client:
         assert client.get("/api/studies").json() == {"studies_dir": None, "studies": []}
+
+
+def test_a_fresh_install_runs_the_digits_study_as_a_job(tmp_path: Path) -> None:
+    """POST /api/studies/digits trains zfnet-small on the digits for a few epochs as a job with
+    per-epoch progress; the finished run is then listed. No studies folder: 403."""
+    import time
+
+    with _app(tmp_path / "studies") as client:
+        assert client.get("/api/studies").json()["studies"] == []
+        started = client.post("/api/studies/digits", json={"epochs": 1})
+        assert started.status_code == 202 and started.json()["total"] == 1
+        url = started.headers["location"]
+        deadline = time.monotonic() + 300
+        job = started.json()
+        while job["state"] not in ("succeeded", "failed", "cancelled") and time.monotonic() < deadline:
+            time.sleep(0.2)
+            job = client.get(url).json()
+        assert job["state"] == "succeeded", job
+        assert (job["done"], job["total"]) == (1, 1) and job["result"]["run"] == "digits-run"
+        kinds = [study["kind"] for study in client.get("/api/studies").json()["studies"]]
+        assert "training" in kinds
+        assert client.post("/api/studies/digits", json={"epochs": 0}).status_code == 422
+    with _app(None) as client:
+        refused = client.post("/api/studies/digits", json={})
+        assert refused.status_code == 403 and "CONVSCOPE_STUDIES_DIR" in refused.json()["detail"]

@@ -22,18 +22,27 @@ pytestmark = pytest.mark.browser
 
 MODEL = "efficientnet_lite0"
 
+# the page's own jobs: jobs belong to the client (cookie) that started them (issue 19)
+PAGE_JOBS = "() => fetch('/api/jobs').then(response => response.json())"
+
 
 def post_job(server_url: str, path: str, body: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]:
-    """Run a study through the API directly (POST, then poll the job) and return its result."""
+    """Run a study through the API directly (POST, then poll the job) and return its result.
+
+    One cookie jar for both: a job belongs to the client (cookie) that started it."""
+    import http.cookiejar
+
+    session = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
     request = urllib.request.Request(
         f"{server_url}{path}", data=json.dumps(body).encode(), headers={"content-type": "application/json"}
     )
-    with urllib.request.urlopen(request, timeout=60) as response:
+    with session.open(request, timeout=60) as response:
         assert response.status == 202
         job = json.loads(response.read())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        job = get_json(f"{server_url}{job['url']}")
+        with session.open(f"{server_url}{job['url']}", timeout=60) as response:
+            job = json.loads(response.read())
         if job["state"] in ("succeeded", "failed", "cancelled"):
             break
         time.sleep(0.3)
@@ -156,7 +165,7 @@ def test_architecture_panel_shows_filters_bands_and_dead_channels(tab: Any, serv
     )
 
     expect(panel).to_have_attribute("data-dead", "done", timeout=300_000)
-    jobs = [job for job in get_json(f"{server_url}/api/jobs") if job["kind"] == "dead-channels" and job["result"]]
+    jobs = [job for job in tab.evaluate(PAGE_JOBS) if job["kind"] == "dead-channels" and job["result"]]
     result = jobs[-1]["result"]
     samples = get_json(f"{server_url}/api/samples")
     assert result["images"] == [sample["id"] for sample in samples]

@@ -91,8 +91,13 @@ def layers(server_url: str, model: dict[str, Any]) -> list[dict[str, Any]]:
     return get_json(f"{server_url}/api/models/{model['name']}/layers")
 
 
-def expected_labels(server_url: str, model: str, image: str) -> list[str]:
-    rows = get_json(f"{server_url}/api/models/{model}/images/{image}/predictions?top=5")
+def expected_labels(server_url: str, model: str, image: str, page: Any = None) -> list[str]:
+    """The top-5 labels from the API; asked through `page` for its uploads (they are the page's client's)."""
+    path = f"/api/models/{model}/images/{image}/predictions?top=5"
+    if page is not None:
+        rows = page.evaluate("path => fetch(path).then(response => response.json())", path)
+    else:
+        rows = get_json(f"{server_url}{path}")
     return [row["label"] for row in rows]
 
 
@@ -256,7 +261,9 @@ def test_upload_a_photo_and_a_non_image(
         arg=sorted(samples),
     )
     upload_id = hash_state(tab)["image"]
-    expect(tab.locator(f"{PREDICTIONS} .label")).to_have_text(expected_labels(server_url, model["name"], upload_id))
+    expect(tab.locator(f"{PREDICTIONS} .label")).to_have_text(
+        expected_labels(server_url, model["name"], upload_id, tab)
+    )
     expect(tab.locator('[data-role="current-image"]')).to_have_text("my coffee.png")
     wait_projection(tab)
     tab.wait_for_function(
@@ -290,7 +297,7 @@ def test_upload_a_photo_and_a_non_image(
     expect(tab.locator('[data-role="current-image"]')).to_have_text("dropped.png")
     expect(error).to_be_hidden()
     dropped = hash_state(tab)["image"]
-    expect(tab.locator(f"{PREDICTIONS} .label")).to_have_text(expected_labels(server_url, model["name"], dropped))
+    expect(tab.locator(f"{PREDICTIONS} .label")).to_have_text(expected_labels(server_url, model["name"], dropped, tab))
 
 
 def test_state_in_the_hash_is_restored(tab: Any, server_url: str, layers: list[dict[str, Any]], shoot: Any) -> None:
@@ -405,7 +412,9 @@ def test_webcam_capture_and_live(chromium: Any, server_url: str, model: dict[str
         page.locator('[data-role="camera-capture"]').click()
         page.wait_for_function("() => !location.hash.includes('image=chelsea')")
         first = hash_state(page)["image"]
-        expect(page.locator(f"{PREDICTIONS} .label")).to_have_text(expected_labels(server_url, model["name"], first))
+        expect(page.locator(f"{PREDICTIONS} .label")).to_have_text(
+            expected_labels(server_url, model["name"], first, page)
+        )
         expect(page.locator('[data-role="current-image"]')).to_have_text("webcam frame 1")
 
         page.select_option('[data-role="camera-rate"]', "500")

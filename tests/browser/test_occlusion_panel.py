@@ -22,6 +22,9 @@ PANEL = '[data-tab-panel="occlusion"]'
 SIZE, STRIDE = 64, 32  # 6 × 6 positions on a 224 input: answered directly, a few seconds on a CPU
 MAPS = ("probability", "top_label", "activity")
 
+# the page's own jobs: jobs belong to the client (cookie) that started them (issue 19)
+PAGE_JOBS = "() => fetch('/api/jobs').then(response => response.json())"
+
 
 def post_json(url: str, body: dict[str, Any]) -> tuple[int, Any]:
     data = json.dumps(body).encode()
@@ -69,6 +72,21 @@ def test_occlusion_panel_renders_the_three_maps(tab: Any, server_url: str, model
     tab.click('[data-role="occlusion-run"]')
     expect(tab.locator('[data-role="occlusion-error"]')).to_contain_text("No class is called")
     tab.fill('[data-role="occlusion-target"]', "")
+    # the method defaults to auto (exact); the approximate options are behind their own labelled control
+    assert tab.locator('[data-role="occlusion-method"]').input_value() == "auto"
+    approx_panel = tab.locator('[data-role="occlusion-approx-panel"]')
+    assert approx_panel.get_attribute("open") is None
+    expect(approx_panel.locator("summary")).to_contain_text("not exact")
+    approx_panel.locator("summary").click()
+    tab.fill('[data-role="occlusion-approx"]', "2")
+    tab.click('[data-role="occlusion-run"]')
+    expect(tab.locator('[data-role="occlusion-error"]')).to_contain_text("at most 1")
+    tab.fill('[data-role="occlusion-approx"]', "0.5")
+    tab.select_option('[data-role="occlusion-method"]', "dense")
+    tab.click('[data-role="occlusion-run"]')
+    expect(tab.locator('[data-role="occlusion-error"]')).to_contain_text("needs the incremental")
+    tab.select_option('[data-role="occlusion-method"]', "auto")
+    tab.fill('[data-role="occlusion-approx"]', "")
     # the server's refusal comes back in plain words (1 × 1 squares: more positions than it allows)
     tab.fill('[data-role="occlusion-size"]', "1")
     tab.fill('[data-role="occlusion-stride"]', "1")
@@ -120,6 +138,16 @@ def test_occlusion_panel_renders_the_three_maps(tab: Any, server_url: str, model
     others = tab.locator('[data-legend="top_label"] li.occ-other').count()
     assert set(shown) <= occurring and (set(shown) == occurring or others == 1)
     expect(tab.locator('[data-role="occlusion-summary"]')).to_contain_text(expected["feature"]["layer"])
+    # which method ran (the server's choice for auto), exact, its time and planned speed-up
+    ran = tab.locator('[data-role="occlusion-method-ran"]')
+    expect(ran).to_be_visible()
+    assert ran.get_attribute("data-method") == expected["method"]
+    assert ran.get_attribute("data-approximate") == "false"
+    expect(ran).to_contain_text("exact")
+    expect(ran).to_contain_text(" s on the server")
+    assert float(ran.get_attribute("data-seconds")) > 0
+    assert float(ran.get_attribute("data-planned-ratio")) == pytest.approx(expected["planned_ratio"], rel=1e-6)
+    expect(ran).to_contain_text(f"{expected['planned_ratio'] * 100:.1f} %")
 
     # hover the most damaging occluder position: its numbers
     row, col = low // cols, low % cols
@@ -159,18 +187,41 @@ def test_occlusion_panel_renders_the_three_maps(tab: Any, server_url: str, model
     assert panel.get_attribute("data-state") == "done"
 
 
+def test_occlusion_approximate_run_is_labelled(tab: Any, server_url: str, model: dict[str, Any]) -> None:
+    name = model["name"]
+    body = {"size": SIZE, "stride": STRIDE, "approx": 0.5}
+    status, expected = post_json(f"{server_url}/api/models/{quote(name)}/images/chelsea/occlusion", body)
+    assert status == 200 and expected["approximate"] is True
+    open_panel(tab, server_url, name)
+    tab.fill('[data-role="occlusion-size"]', str(SIZE))
+    tab.fill('[data-role="occlusion-stride"]', str(STRIDE))
+    tab.locator('[data-role="occlusion-approx-panel"] summary').click()
+    tab.fill('[data-role="occlusion-approx"]', "0.5")
+    tab.click('[data-role="occlusion-run"]')
+    expect(tab.locator(PANEL)).to_have_attribute("data-state", "done", timeout=90_000)
+    ran = tab.locator('[data-role="occlusion-method-ran"]')
+    assert ran.get_attribute("data-method") == expected["method"] == "incremental"
+    assert ran.get_attribute("data-approximate") == "true"
+    expect(tab.locator('[data-role="occlusion-approximate"]')).to_be_visible()
+    expect(ran).to_contain_text("cap τ = 0.5")
+    probability = [p for row in expected["probability"] for p in row]
+    legend = tab.locator('[data-role="occlusion-legend"][data-legend="probability"]')
+    assert float(legend.get_attribute("data-min")) == pytest.approx(min(probability), abs=1e-5)
+
+
 def test_occlusion_job_shows_progress_and_cancels(tab: Any, server_url: str, model: dict[str, Any]) -> None:
     open_panel(tab, server_url, model["name"])
-    # 55 × 55 positions: more than the server answers directly, so it runs as a job
-    tab.fill('[data-role="occlusion-size"]', "8")
+    # stride 4 on 224: 49 × 49 positions, more than the server answers directly, so it runs as a job
+    tab.fill('[data-role="occlusion-size"]', "32")
     tab.fill('[data-role="occlusion-stride"]', "4")
+    expect(tab.locator('[data-role="occlusion-estimate"]')).to_contain_text("49 × 49 = 2,401 positions")
     tab.click('[data-role="occlusion-run"]')
     expect(tab.locator(PANEL)).to_have_attribute("data-state", "running")
     expect(tab.locator('[data-role="occlusion-progress"]')).to_be_visible()
-    expect(tab.locator('[data-role="occlusion-progress-text"]')).to_contain_text("/ 3,025 positions", timeout=30_000)
+    expect(tab.locator('[data-role="occlusion-progress-text"]')).to_contain_text("/ 2,401 positions", timeout=30_000)
     tab.click('[data-role="occlusion-cancel"]')
     expect(tab.locator(PANEL)).to_have_attribute("data-state", "cancelled", timeout=60_000)
     expect(tab.locator('[data-role="occlusion-error"]')).to_contain_text("Cancelled")
     expect(tab.locator('[data-role="occlusion-progress"]')).to_be_hidden()
-    jobs = [job for job in get_json(f"{server_url}/api/jobs") if job["kind"] == "occlusion" and job["total"] == 3025]
+    jobs = [job for job in tab.evaluate(PAGE_JOBS) if job["kind"] == "occlusion" and job["total"] == 2401]
     assert jobs and jobs[-1]["state"] == "cancelled"

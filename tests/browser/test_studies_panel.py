@@ -92,3 +92,34 @@ def test_studies_view_shows_tables_and_steps_through_epochs(chromium: Any, studi
                 y, x = geometry["row_y"][r], geometry["col_x"][c]
                 assert np.array_equal(shown, montage[y : y + tile, x : x + tile]), (r, c)
         page.screenshot(path=str(screenshots / "studies-evolution.png"), full_page=True)
+
+
+def test_a_fresh_install_offers_the_digits_study_as_a_job(
+    chromium: Any, tmp_path_factory: pytest.TempPathFactory, screenshots: Path
+) -> None:
+    """An empty studies folder: the tab offers to train the small digits study on the server; it runs
+    as a job whose progress the page shows (epoch by epoch), and Cancel stops it."""
+    folder = tmp_path_factory.mktemp("fresh-studies") / "studies"
+    settings = {
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+        "CONVSCOPE_DEVICE": "cpu",
+        "CONVSCOPE_MODELS": "fixtures.custom_models:small_zfnet",
+        "CONVSCOPE_SCAN_ON_STARTUP": "false",
+        "CONVSCOPE_STUDIES_DIR": str(folder),
+    }
+    with running_server(settings, folder.parent / "server.log") as base, open_page(chromium) as page:
+        page.goto(f"{base}/#tab=studies")
+        run = page.locator('[data-role="studies-run-digits"]')
+        expect(run).to_be_visible()
+        run.click()
+        progress = page.locator('[data-role="studies-run-progress"]')
+        expect(progress).to_be_visible()
+        expect(page.locator('[data-role="studies-run-status"]')).to_contain_text("epoch 1 of 5", timeout=120_000)
+        assert float(progress.evaluate("p => p.value")) == pytest.approx(0.2)
+        page.screenshot(path=str(screenshots / "studies-digits-run.png"))
+        page.locator('[data-role="studies-run-cancel"]').click()
+        expect(page.locator('[data-tab-panel="studies"]')).to_have_attribute(
+            "data-digits", "cancelled", timeout=120_000
+        )
+        jobs = page.evaluate("fetch('/api/jobs').then((r) => r.json())")  # the page's own jobs
+        assert [job["state"] for job in jobs if job["kind"] == "study"] == ["cancelled"]

@@ -97,6 +97,14 @@ def test_unit_page(chromium: Any, unit_server: str) -> None:
             f"{unit_server}/api/models/{MODEL}/visualizations?layer={quote(LAYER)}&channel={CHANNEL}&steps=64"
         )
         assert stored["cached"] is True and stored["value"] == pytest.approx(value)
+        unnamed = page.evaluate(
+            """() => [...document.querySelectorAll('[data-role=unit-page] :is(button, select, input, img, a)')]
+                .filter((el) => el.getClientRects().length)
+                .filter((el) => (el.tagName === 'IMG' ? !el.getAttribute('alt')
+                    : !(el.textContent.trim() || el.getAttribute('aria-label') || el.getAttribute('title'))))
+                .map((el) => el.outerHTML.slice(0, 120))"""
+        )
+        assert unnamed == []
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "unit-page.png"))
         card = page.get_attribute('[data-role="unit-card-link"]', "href")
@@ -106,7 +114,7 @@ def test_unit_page(chromium: Any, unit_server: str) -> None:
         "image": "chelsea",
         "layer": LAYER,
         "channel": str(CHANNEL),
-        "mode": "deconvnet",
+        "mode": "auto",  # the dashboard's default mode (resolved per layer)
         "select": "max",
         "tab": "unit",
     }

@@ -13,6 +13,7 @@ from torch import nn
 
 from convscope.api.schemas import LayerResponse
 from convscope.engine import Seed
+from convscope.engine.rules import using_rule
 from convscope.images import PreparedImage
 from fixtures.nets import make_engine
 
@@ -155,8 +156,8 @@ def test_batched_backward_as_on_cuda_equals_one_seed_at_a_time(name: str, photo:
         record = engine._record(photo)
         output = record.outputs["conv2"]
         grads, _, _ = engine._seed_tensor(output, seeds)
-        record.box.rule = mode  # type: ignore[assignment]
-        (batched,) = torch.autograd.grad(output, record.image, grads, retain_graph=True, is_grads_batched=True)
+        with using_rule(mode):  # type: ignore[arg-type]
+            (batched,) = torch.autograd.grad(output, record.image, grads, retain_graph=True, is_grads_batched=True)
         for k, projection in enumerate(single):
             torch.testing.assert_close(batched[k, 0], projection.projection, msg=f"{name} {mode}")
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,11 +23,13 @@ from convscope.engine import Engine, Seed, cone
 from convscope.models import load_model
 from convscope.samples import load_sample
 from fixtures.nets import (
+    ActivationZooNet,
     ConeZooNet,
     FunctionalReLUNet,
     LinearStemNet,
+    PadCatNet,
     ReusedReLUNet,
-    SiLUNet,
+    SoftplusNet,
     SqueezeExciteNet,
     alexnet_shaped,
     make_engine,
@@ -43,9 +47,11 @@ def _positions(height: int, width: int) -> list[tuple[int, int]]:
 
 
 def _seeds(engine: Engine, image, layer: str) -> list[Seed]:
-    """One seed per position, on the channel most active there (so the masks let it through)."""
+    """One seed per position, on the channel most active there (so the masks let it through),
+    and one whole map (`select=map`: its cone is the whole field, cropped to one channel)."""
     maps = engine.activations(image, layer)
-    return [Seed(int(maps[:, y, x].argmax()), position=(y, x)) for y, x in _positions(*maps.shape[1:])]
+    seeds = [Seed(int(maps[:, y, x].argmax()), position=(y, x)) for y, x in _positions(*maps.shape[1:])]
+    return [*seeds, Seed(int(maps.flatten(1).sum(1).argmax()), "map")]
 
 
 def _assert_cone_equals_dense(engine: Engine, layer: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -108,6 +114,8 @@ def _fixture(name: str) -> Engine:
         "relu6": (relu6_sequential, 48),
         "functional": (FunctionalReLUNet, 48),
         "reused": (ReusedReLUNet, 32),
+        "activations": (ActivationZooNet, 48),
+        "padcat": (PadCatNet, 40),
     }
     build, size = builders[name]
     return _fixture_engine(build, size)
@@ -127,6 +135,8 @@ def _fixture(name: str) -> Engine:
         ("relu6", "act2"),
         ("functional", "conv7"),  # every functional and in-place ReLU form
         ("reused", "conv3"),  # one in-place ReLU module called three times
+        ("padcat", "conv3"),  # F.pad, scalar arithmetic, concatenation along the width
+        ("activations", "convs.6"),  # SiLU, GELU (both), LeakyReLU, ELU, Hardswish, Mish: the engine's rules
     ],
 )
 def test_fixture_nets(net: str, layer: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -151,7 +161,7 @@ def _graph(net: nn.Module, size: int, layer: str) -> tuple[torch.Tensor, torch.T
     [
         (SqueezeExciteNet, 24, "conv2", "SigmoidBackward"),  # global pooling inside the path down
         (LinearStemNet, 16, "conv", "Backward"),  # a fully connected layer below the seed
-        (SiLUNet, 16, "conv2", "Backward"),  # an activation the cone has no rule for
+        (SoftplusNet, 16, "conv2", "SoftplusBackward"),  # an activation without an engine rule
     ],
 )
 def test_unknown_nodes_fall_back_to_dense(
@@ -177,6 +187,48 @@ def test_unknown_nodes_fall_back_to_dense(
     dense = engine.project_many(picture, layer, seeds, "gradient")
     for mine, reference in zip(results, dense, strict=True):
         assert torch.equal(mine.projection, reference.projection)
+
+
+class _TaggedSiLU(torch.autograd.Function):
+    """An element-wise rule function as the engine writes them (tagged `ctx.convscope_op`, the
+    rule read from `ctx.box`): the cone calls its own backward over the box."""
+
+    @staticmethod
+    def forward(x: torch.Tensor, box: SimpleNamespace) -> torch.Tensor:  # type: ignore[override]
+        return nn.functional.silu(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
+        ctx.save_for_backward(inputs[0])
+        ctx.box, ctx.convscope_op = inputs[1], "silu"
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def]
+        (x,) = ctx.saved_tensors
+        if ctx.box.rule == "deconvnet":
+            return grad.clamp(min=0), None
+        if ctx.box.rule == "guided":
+            return torch.ops.aten.silu_backward(grad.clamp(min=0), x).clamp(min=0), None
+        return torch.ops.aten.silu_backward(grad, x), None
+
+
+@pytest.mark.parametrize("rule", MODES)
+def test_tagged_rule_functions_run_over_the_box(rule: str) -> None:
+    torch.manual_seed(0)
+    box = SimpleNamespace(rule="deconvnet")
+    conv1, conv2 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 3, stride=2, padding=1)
+    image = torch.randn(1, 3, 32, 32, requires_grad=True)
+    output = conv2(_TaggedSiLU.apply(conv1(image), box))
+    for y, x in _positions(*output.shape[2:]):
+        grad = torch.zeros_like(output)
+        grad[0, 2, y, x] = 1.0
+        box.rule = rule  # the dense pass reads the rule from the recorded box; the cone gets it per call
+        (dense,) = torch.autograd.grad(output, image, grad, retain_graph=True)
+        box.rule = "gradient" if rule != "gradient" else "deconvnet"  # a different rule on the record
+        mine = cone.backward_if_cheaper(output, image, grad, rule, max_ratio=math.inf)
+        assert mine is not None
+        assert float((mine - dense).abs().max()) <= 1e-5 * float(dense.abs().max())
+        assert float(dense.abs().max()) > 0
 
 
 def _support(tensor: torch.Tensor) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -227,6 +279,20 @@ def test_pool_and_sum_windows_by_hand() -> None:
     assert cone.plan(summed, image, grad, "gradient").image_box == ((0, 1), (0, 1), (3, 8), (0, 4))
 
 
+def test_a_unit_that_sees_only_padding() -> None:
+    """A 1×1 convolution padded by 1: its border units see no input, their projection is zero."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 1, padding=1))
+    output, image = _graph(net, 8, "1")
+    for y, x in ((0, 0), (0, 5), (9, 9), (5, 5)):
+        grad = torch.zeros_like(output)
+        grad[0, 1, y, x] = 1.0
+        (dense,) = torch.autograd.grad(output, image, grad, retain_graph=True)
+        mine = cone.cone_backward(output, image, grad, "gradient")
+        assert torch.allclose(mine, dense, atol=1e-7)
+        assert (float(dense.abs().max()) > 0) == ((y, x) == (5, 5))
+
+
 def test_engine_takes_the_cone_only_where_it_halves_the_work() -> None:
     """AlexNet `features.5` (a 67-pixel field in 127): the cone. EfficientNet-Lite0 `blocks.5`
     (a field wider than the image): nothing to crop, the dense pass."""
@@ -256,6 +322,37 @@ def test_plan_compares_cone_and_dense_arithmetic() -> None:
     assert torch.equal(
         cone.cone_backward(output, image, torch.zeros_like(output), "deconvnet"), torch.zeros(1, 3, 127, 127)
     )
+
+
+def test_threads_share_one_recorded_graph() -> None:
+    """Eight threads running cones over one recorded graph (its program built once, shared)
+    get exactly the sequential results."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 5, stride=2, padding=2),
+        nn.BatchNorm2d(8).eval(),
+        nn.MaxPool2d(3, 2, ceil_mode=True),
+        nn.Conv2d(8, 8, 3, padding=1, groups=4),
+    )
+    output, image = _graph(net, 48, "3")
+    grads = []
+    for y, x in _positions(*output.shape[2:]) * 2:
+        grad = torch.zeros_like(output)
+        grad[0, (y + x) % 8, y, x] = 1.0
+        grads.append(grad)
+    expected = [cone.cone_backward(output, image, grad, "gradient") for grad in grads]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda grad: cone.cone_backward(output, image, grad, "gradient"), grads))
+    for mine, reference in zip(results, expected, strict=True):
+        assert torch.equal(mine, reference)
+
+
+def test_only_on_the_cpu() -> None:
+    """Off the CPU (here the meta device, standing in for CUDA) the engine keeps its dense pass."""
+    conv = nn.Conv2d(3, 4, 3, device="meta")
+    image = torch.empty(1, 3, 8, 8, device="meta", requires_grad=True)
+    output = conv(image)
+    assert cone.backward_if_cheaper(output, image, torch.ones_like(output), "gradient", max_ratio=math.inf) is None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the cone is a CPU-only route")

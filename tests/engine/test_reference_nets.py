@@ -137,7 +137,7 @@ def test_cache_is_bounded(alexnet: Engine) -> None:
     from PIL import Image
 
     for shade in range(alexnet.cache_size + 3):
-        alexnet.predict(alexnet.prepare(Image.new("RGB", (64, 64), (shade * 20, 0, 0))))
+        alexnet.project(alexnet.prepare(Image.new("RGB", (64, 64), (shade * 20, 0, 0))), "features.0", 0)
     assert len(alexnet._cache) == alexnet.cache_size
 
 

@@ -97,3 +97,20 @@ def test_atlas_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "channel 99 is out of range" in capsys.readouterr().err
     assert main([*args[:-2], "--scan", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
     assert "is not a scan" in capsys.readouterr().err
+
+
+def test_atlas_from_a_given_scan_and_refusing_other_weights(zf_engine: Engine, tmp_path: Path) -> None:
+    from convscope.errors import ConvscopeError
+    from convscope.scan.scanner import run_scan, samples_source
+
+    scan = tmp_path / "scan"
+    run_scan(zf_engine, samples_source(), scan, layers=["features.conv3"], top=4)
+    out = tmp_path / "site"
+    build_atlas(zf_engine, out, layers=["features.conv3"], channels="1", scan=scan, steps=2)
+    (layer,) = atlas_data(out)["layers"]  # type: ignore[misc]
+    assert len(layer["units"][0]["top"]) == 4
+    other = make_engine(zf_shaped(size=ZF_SIZE), ZF_SIZE, name="zf-shaped")
+    for parameter in other.model.module.parameters():
+        parameter.data.mul_(0.5)
+    with pytest.raises(ConvscopeError, match="weights are not the ones scanned"):
+        build_atlas(other, tmp_path / "other", layers=["features.conv3"], channels="1", scan=scan, steps=2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +65,7 @@ def test_every_key_part_separates_entries(zf_engine: Engine, tmp_path: Path) -> 
     for other in (
         check_target(zf_engine, "features.conv3", [0], steps=6, seed=0),
         check_target(zf_engine, "features.conv3", [0], steps=5, seed=1),
-        check_target(zf_engine, "features.conv3", [0], steps=5, size=96),
+        replace(base, size=96),  # (this ZFNet runs at 112 only; the key is what is tested)
         check_target(zf_engine, "features.conv3", [0], "unit", steps=5),
         check_target(zf_engine, "features.conv2", [0], steps=5),
     ):

@@ -136,3 +136,30 @@ def test_bad_requests_are_clear_errors(zf_engine: Engine, kwargs: dict[str, obje
 def test_unknown_layer_is_not_found(zf_engine: Engine) -> None:
     with pytest.raises(NotFoundError):
         check_target(zf_engine, "features.conv9", [0])
+
+
+def test_a_size_the_model_cannot_take_is_refused_before_any_step(zf_engine: Engine) -> None:
+    from collections import OrderedDict
+
+    from torch import nn
+
+    from fixtures.nets import make_engine
+
+    torch.manual_seed(0)
+    fixed = nn.Sequential(
+        OrderedDict(
+            [
+                ("conv", nn.Conv2d(3, 4, 3, stride=2, padding=1)),
+                ("relu", nn.ReLU()),
+                ("flat", nn.Flatten()),
+                ("fc", nn.Linear(4 * 16 * 16, 10)),
+            ]
+        )
+    )  # its classifier takes 32-pixel inputs only
+    engine = make_engine(fixed, 32)
+    with pytest.raises(InvalidRequestError, match="cannot run at size 48"):
+        check_target(engine, "conv", [0], size=48)
+    assert check_target(engine, "conv", [0], size=32).size == 32
+    # ZFNet says why itself
+    with pytest.raises(InvalidRequestError, match="built for 112×112 inputs"):
+        check_target(zf_engine, "features.conv2", [0], size=96)

@@ -19,6 +19,7 @@ from convscope.api.pool import ModelLoader, ModelPool, default_loader
 from convscope.api.priority import InteractiveMiddleware
 from convscope.api.routes import api_router
 from convscope.api.routes import scans as scan_routes
+from convscope.api.rules import document_rules
 from convscope.api.security import SecurityMiddleware
 from convscope.api.settings import Settings, trusted_hosts
 from convscope.api.state import AppState
@@ -41,6 +42,7 @@ def _document_validation_errors(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             document = generate()
+            document_rules(document)
             schemas = document.get("components", {}).get("schemas", {})
             if "HTTPValidationError" in schemas:
                 schemas["HTTPValidationError"] = {

@@ -45,6 +45,10 @@ OPERATION_IDS: dict[str, str] = {
     "top_image": "get_top_image",
     "scan_image": "get_scan_image",
     "montage_png": "get_montage",
+    "stored_visualization": "get_stored_visualization",
+    "atlas_info": "get_atlas",
+    "atlas_file": "get_atlas_file",
+    "scan_roots": "list_scan_roots",
     "visualization_png": "get_visualization_image",
 }
 

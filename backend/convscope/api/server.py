@@ -115,6 +115,14 @@ def run_server(
         import torch
 
         torch.set_num_threads(settings.torch_threads)
+    elif settings.workers > 1 and settings.device != "cuda":
+        # torch's thread count is process-wide: share the cores between the concurrent
+        # backward passes (CONVSCOPE_WORKERS) instead of oversubscribing them
+        import os
+
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.workers))
     app = create_app(settings)
     config = uvicorn.Config(
         app,

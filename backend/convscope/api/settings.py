@@ -51,6 +51,11 @@ class Settings(BaseSettings):
         default_factory=lambda: [DEFAULT_MODEL],
         description="models to load, registry names or package.module:callable (comma-separated in the environment)",
     )
+    offer_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["alexnet", "vgg16"],
+        description="torchvision models the dashboard offers besides `models` when their ImageNet weights are cached "
+        "under TORCH_HOME or downloadable; each loads on first use (comma-separated in the environment)",
+    )
     pretrained: bool = Field(default=True, description="load pretrained weights (False: random weights, for tests)")
     input_size: int | None = Field(
         default=None, ge=16, le=1024, description="model input side S for every model (default: each model's own)"
@@ -62,7 +67,20 @@ class Settings(BaseSettings):
         "(JSON in the environment)",
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    engine_cache_size: int = Field(default=8, ge=1, description="recorded forward passes kept per model")
+    engine_cache_size: int | None = Field(
+        default=None, ge=1, description="at most this many recorded forward passes per model (default: bytes only)"
+    )
+    engine_cache_mb: float | None = Field(
+        default=None,
+        gt=0,
+        description="MiB of recorded forward passes kept per model (default: 1024 on the CPU, 2048 on CUDA)",
+    )
+    workers: int = Field(
+        default=2,
+        ge=1,
+        description="CPU: backward passes (projections) per model at once over shared recorded passes; "
+        "without CONVSCOPE_TORCH_THREADS the server then gives torch cores/workers threads",
+    )
     tf32: bool = Field(
         default=False, description="CUDA: let convolutions use TF32 (faster; projections then differ from the CPU's)"
     )
@@ -92,7 +110,7 @@ class Settings(BaseSettings):
 
     # occlusion and jobs
     occlusion_job_threshold: int = Field(
-        default=256, ge=0, description="occluder positions above which occlusion runs as a job (202)"
+        default=64, ge=0, description="occluder positions above which occlusion runs as a job (202)"
     )
     occlusion_max_positions: int = Field(
         default=16_384, ge=1, description="most occluder positions one request may ask for"
@@ -188,7 +206,7 @@ class Settings(BaseSettings):
             raise ValueError("scan roots are addressed by their folder names, which must be distinct and non-empty")
         return value
 
-    @field_validator("models", mode="before")
+    @field_validator("models", "offer_models", mode="before")
     @classmethod
     def _split_models(cls, value: object) -> object:
         if isinstance(value, str):

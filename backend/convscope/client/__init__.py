@@ -22,6 +22,7 @@ from convscope.client.types import (
     Projection,
     SampleInfo,
     ScanInfo,
+    ScanRoot,
     Top,
     Upload,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "Projection",
     "SampleInfo",
     "ScanInfo",
+    "ScanRoot",
     "Top",
     "Upload",
 ]

@@ -35,6 +35,7 @@ from convscope.client.types import (
     Projection,
     SampleInfo,
     ScanInfo,
+    ScanRoot,
     Select,
     Top,
     Upload,
@@ -223,11 +224,14 @@ class Client:
             params.update(y=y, x=x)
         response = self._png(self._image_url(model, image_id, "projection"), params)
         seeds = {name: response.headers[name] for name in ("X-Seed-Value", "X-Seed-Y", "X-Seed-X")}
+        if "X-Mode" in response.headers:
+            seeds["X-Mode"] = response.headers["X-Mode"]
         return Projection(
             image=_decode_png(response.content),
             seed_value=float(seeds["X-Seed-Value"]),
             seed_y=int(seeds["X-Seed-Y"]),
             seed_x=int(seeds["X-Seed-X"]),
+            mode=seeds.get("X-Mode"),
             headers=seeds,
         )
 
@@ -277,10 +281,19 @@ class Client:
         body = {"samples": samples, "folder": folder, "layers": layers, "top": top}
         return cast(Job, self._json("POST", self._scan_url(model), json=body))
 
-    def top(self, scan_id: str, layer: str, channel: int, model: str | None = None) -> Top:
-        """The top-k of one channel in a scan, with the URLs of each entry's crop and projection."""
+    def resume_scan(self, scan_id: str, model: str | None = None) -> Job:
+        """Finish an interrupted scan from its last checkpoint; returns the job."""
+        return cast(Job, self._json("POST", f"{self._scan_url(model, scan_id)}/resume"))
+
+    def scan_roots(self) -> list[ScanRoot]:
+        """The folders this server may scan (`start_scan(folder=...)` values)."""
+        return cast(list[ScanRoot], self._json("GET", "/api/scan-roots"))
+
+    def top(self, scan_id: str, layer: str, channel: int, model: str | None = None, *, mode: Mode = "deconvnet") -> Top:
+        """The top-k of one channel in a scan, with the URLs of each entry's crop and projection
+        (in `mode`; the mode used, `auto` resolved, is the answer's `mode`)."""
         url = f"{self._scan_url(model, scan_id)}/top"
-        return cast(Top, self._json("GET", url, params={"layer": layer, "channel": channel}))
+        return cast(Top, self._json("GET", url, params={"layer": layer, "channel": channel, "mode": mode}))
 
     def top_image(
         self,
@@ -290,10 +303,12 @@ class Client:
         rank: int,
         kind: Literal["crop", "projection"] = "projection",
         model: str | None = None,
+        *,
+        mode: Mode = "deconvnet",
     ) -> Image.Image:
-        """The receptive-field crop or the deconvnet projection of one top-k entry."""
+        """The receptive-field crop or the projection (in `mode`) of one top-k entry."""
         url = f"{self._scan_url(model, scan_id)}/top/{int(rank)}/{kind}.png"
-        return _decode_png(self._png(url, {"layer": layer, "channel": channel}).content)
+        return _decode_png(self._png(url, {"layer": layer, "channel": channel, "mode": mode}).content)
 
     # ---- jobs ---------------------------------------------------------------------------------------
     def jobs(self) -> list[Job]:

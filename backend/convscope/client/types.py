@@ -169,7 +169,13 @@ class Top(TypedDict):
     layer: str
     channel: int
     top: int
+    mode: str
     entries: list[TopEntry]
+
+
+class ScanRoot(TypedDict):
+    name: str
+    folders: list[str]
 
 
 @dataclass
@@ -180,7 +186,8 @@ class Projection:
     seed_value: float
     seed_y: int
     seed_x: int
-    headers: dict[str, str] = field(default_factory=dict, repr=False)  # the raw X-Seed-* headers
+    mode: str | None = None  # the rule the server used (X-Mode; `auto` resolved), where it says
+    headers: dict[str, str] = field(default_factory=dict, repr=False)  # the raw X-Seed-* (and X-Mode) headers
 
     @property
     def seed_position(self) -> tuple[int, int] | None:

@@ -6,8 +6,10 @@ passes through one model never see each other's captures). It does two things:
 
 - `names`: record the first 4-D output each named module produces (for the
   recorded forward pass of a projection). With a graph, the original output is
-  kept and a clone passed on where a later in-place operation could rewrite it;
-  without one, a copy is kept.
+  kept and a clone passed on where a later in-place operation could rewrite it
+  (`clone`: those layers; None: every one), the others are kept as they are and
+  their version counters checked afterwards (`rewritten()`); without a graph, a
+  copy is kept.
 - `taps`: capture a module's output or first input (`Tap`), optionally reduced at
   once (spatial mean/sum/max, or any function), detached; a tap's first call counts.
 """
@@ -71,7 +73,7 @@ class LayerCapture:
         names: Iterable[str] | None = None,
         *,
         taps: Iterable[Tap] = (),
-        keep_original: Collection[str] | None = None,
+        clone: Collection[str] | None = None,
     ) -> None:
         self.model = model
         modules = dict(model.named_modules())
@@ -81,11 +83,12 @@ class LayerCapture:
             wanted = set()  # taps only
         self._layers = [(n, m) for n, m in modules.items() if n and (wanted is None or n in wanted)]
         self._tapped_modules = [(tap, modules[tap.module]) for tap in self.taps]
-        # recorded outputs that no in-place op can rewrite: kept as they are, not cloned
-        self._keep_original = keep_original
+        self._clone = clone
         self.outputs: dict[str, torch.Tensor] = {}
         self.tapped: dict[Tap, torch.Tensor] = {}
-        self.originals: dict[str, torch.Tensor] = {}  # outputs kept uncloned, to check their versions
+        # (tensor, its version when recorded): outputs kept uncloned, and the clones passed on
+        self._kept: dict[str, tuple[torch.Tensor, int]] = {}
+        self._passed_on: dict[str, tuple[torch.Tensor, int]] = {}
         self._handles: list[RemovableHandle] = []
         self._thread: int | None = None
 
@@ -96,13 +99,14 @@ class LayerCapture:
             if not (isinstance(output, torch.Tensor) and output.dim() == 4) or name in self.outputs:
                 return None
             if output.requires_grad:
-                if self._keep_original is not None and name in self._keep_original:
-                    self.outputs[name] = output
-                    self.originals[name] = output
+                self.outputs[name] = output
+                if self._clone is not None and name not in self._clone:
+                    self._kept[name] = (output, output._version)
                     return None
                 # keep the original (and its graph); the network goes on with a copy
-                self.outputs[name] = output
-                return output.clone()
+                copy = output.clone()
+                self._passed_on[name] = (copy, copy._version)
+                return copy
             # no graph: keep a copy, so a later in-place op (ReLU(inplace=True)) cannot rewrite it
             self.outputs[name] = output.clone()
             return None
@@ -118,6 +122,14 @@ class LayerCapture:
                 self.tapped[tap] = kept
 
         return hook
+
+    def rewritten(self) -> set[str]:
+        """Layers whose output, kept uncloned, an in-place operation changed after it was recorded."""
+        return {name for name, (tensor, version) in self._kept.items() if tensor._version != version}
+
+    def changed_downstream(self) -> set[str]:
+        """Layers whose passed-on copy an in-place operation changed: they need the copy."""
+        return {name for name, (tensor, version) in self._passed_on.items() if tensor._version != version}
 
     def __enter__(self) -> LayerCapture:
         self._thread = threading.get_ident()

@@ -1,15 +1,23 @@
 """The engine: one object per loaded model that predicts, records and projects.
 
 It owns the model, the device, the list of probe-able layers (with receptive
-fields and rule coverage) and an LRU cache of recorded forward passes, so a second
-projection of the same image costs only the backward part. `infer` is the one
-no-grad inference entry point (logits and taps at any module). The engine's lock
-is held for one forward pass or one backward call at a time, never across a job,
-so one engine can be shared by many threads.
+fields and rule coverage) and an LRU cache of recorded forward passes, bounded in
+bytes, so a second projection of the same image costs only the backward part.
+`infer` is the one no-grad inference entry point (logits and taps at any module).
+
+Threads: forward passes take the engine's lock, one batch at a time (never across
+a job). On the CPU up to `workers` backward passes run at once over the shared
+recorded graphs, outside that lock, each with its rule held per call
+(`rules.using_rule`), never written on the shared record; one image is never
+recorded twice at once (a second caller waits for the first one's record). On
+CUDA autograd runs backward passes in its own device threads, where a per-thread
+rule cannot be seen: there every computation is serialised by the lock and the
+rule is set on the record under it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
@@ -18,16 +26,21 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from cachetools import LRUCache
 from PIL import Image
 
 from convscope.engine import cone
 from convscope.engine.capture import LayerCapture, Tap
 from convscope.engine.graph import path_facts
+from convscope.engine.memory import held_bytes, model_storages
 from convscope.engine.receptive_field import ReceptiveField, receptive_field
-from convscope.engine.rules import MODES, Mode, Rule, RuleBox, RuleMode
+from convscope.engine.rules import MODES, Mode, Rule, RuleBox, RuleMode, using_rule
 from convscope.errors import InvalidRequestError, NotFoundError
 from convscope.images import PreparedImage, prepare_image
 from convscope.models.spec import LoadedModel
+
+LOGITS_KEPT = 64  # no-grad logits kept per engine (by image key; 4 kB each for 1000 classes)
+MAPS_KEPT_MB = 64  # no-grad feature maps kept per engine, MiB
 
 Select = Literal["max", "map"]
 SELECTS: tuple[Select, ...] = ("max", "map")
@@ -88,16 +101,46 @@ class _Record:
     logits: torch.Tensor
     outputs: dict[str, torch.Tensor]
     box: RuleBox
+    nbytes: int = 0  # what it holds (engine/memory.py), the size the cache counts
+
+
+def _record_size(record: _Record) -> int:
+    return max(record.nbytes, 1)
+
+
+# The recorded-pass cache's default bound per device type, in MiB: an EfficientNet-Lite0
+# record at 224 px holds ~100 MiB, VGG16 ~175 MiB, ResNet-50 ~160 MiB (measured, CPU).
+DEFAULT_CACHE_MB = {"cpu": 1024, "cuda": 2048}
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CacheMemory:
+    """What the recorded-pass cache holds now."""
+
+    records: int
+    bytes: int
+    limit_bytes: int
+
+
+class _Pending:
+    """A record being made by one thread; others wanting the same image wait for it."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.record: _Record | None = None
 
 
 @dataclass
 class EngineStats:
     """Counters since the engine was made."""
 
-    forward_passes: int = 0
+    forward_passes: int = 0  # recorded (with a graph)
+    inference_passes: int = 0  # no-grad batches (`infer`)
     backward_passes: int = 0
     cone_passes: int = 0  # backward passes that ran over the seed's receptive field only
     cache_hits: int = 0
+    not_cached: int = 0  # records larger than the whole cache bound (used once, not kept)
 
 
 def set_cuda_tf32(allowed: bool) -> None:
@@ -150,18 +193,40 @@ class Engine:
         self,
         model: LoadedModel,
         device_name: str = "auto",
-        cache_size: int = 8,
+        cache_size: int | None = None,
         tf32: bool = False,
+        cache_mb: float | None = None,
+        workers: int = 2,
     ) -> None:
         self.model = model
         self.device_name = device_name
-        self.cache_size = cache_size
+        self.cache_size = cache_size  # at most this many records too (None: only the byte bound)
         self.tf32 = tf32  # CUDA only: let convolutions use TF32 (faster, ~1e-3 off; see cuda_precision)
         self.stats = EngineStats()
         self.device = resolve_device(device_name)
+        self.cache_mb = float(DEFAULT_CACHE_MB.get(self.device.type, 1024) if cache_mb is None else cache_mb)
+        if self.cache_mb <= 0:
+            raise InvalidRequestError(f"the engine cache needs a positive size in MiB, got {cache_mb!r}")
         self.model.module.to(self.device).eval()
-        self._lock = threading.RLock()
-        self._cache: OrderedDict[str, _Record] = OrderedDict()
+        self._model_storages = model_storages(self.model.module)
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise InvalidRequestError(f"workers must be a positive integer, got {workers!r}")
+        # backward passes at once: `workers` on the CPU; one on CUDA (see the module docstring)
+        self.workers = workers if self.device.type == "cpu" else 1
+        self._lock = threading.RLock()  # forward passes (and, on CUDA, everything)
+        self._backward_slots = threading.BoundedSemaphore(self.workers)
+        self._cache_lock = threading.Lock()  # the caches, the pending records, the counters
+        self._pending: dict[str, _Pending] = {}
+        # recorded passes by image key, least recently used first out, bounded in bytes
+        self._cache: LRUCache[str, _Record] = LRUCache(maxsize=int(self.cache_mb * MiB), getsizeof=_record_size)
+        self._logits: OrderedDict[str, torch.Tensor] = OrderedDict()  # no-grad predictions by image key
+        # no-grad feature maps by (image key, layer): the maps and the sprite of a layer share one pass
+        self._maps: LRUCache[tuple[str, str], torch.Tensor] = LRUCache(
+            maxsize=MAPS_KEPT_MB * MiB, getsizeof=lambda maps: max(maps.numel() * maps.element_size(), 1)
+        )
+        # layers whose outputs an in-place op rewrites further down: recorded through a copy
+        # (learned from the first recorded pass; None until then: copy every one)
+        self._copied_layers: set[str] | None = None
         self._layers = self._inspect_layers()
         self._layer_index = {info.name: info for info in self._layers}
 
@@ -236,32 +301,90 @@ class Engine:
         return prepare_image(image, self.input_size, self.model.mean, self.model.std, self.model.crop_pct)
 
     def _record_tensor(self, tensor: torch.Tensor) -> _Record:
-        box = RuleBox()
-        image = tensor.detach().to(self.device).requires_grad_(True)
-        with self._computing(), torch.enable_grad(), LayerCapture(self.model.module) as capture, RuleMode(box):
-            logits = self.model.module(image)
-        self.stats.forward_passes += 1
-        return _Record(image, logits.detach(), capture.outputs, box)
+        """The recorded forward pass: autograd graph, every 4-D output, rule-aware activations.
+
+        Costs about one plain forward pass with autograd: outputs are kept as they are,
+        except for the layers an in-place operation further down rewrites (the first
+        pass copies every output and learns which those are; a later pass that finds a
+        kept output rewritten learns it too and is redone)."""
+        with self._lock:
+            return self._record_pass(tensor)
+
+    def _record_pass(self, tensor: torch.Tensor) -> _Record:
+        for _ in range(2):
+            box = RuleBox()
+            image = tensor.detach().to(self.device).requires_grad_(True)
+            copied = self._copied_layers
+            with (
+                self._computing(),
+                torch.enable_grad(),
+                LayerCapture(self.model.module, clone=copied) as capture,
+                RuleMode(box),
+            ):
+                logits = self.model.module(image)
+            self.stats.forward_passes += 1
+            rewritten = capture.rewritten()
+            if copied is None:
+                self._copied_layers = capture.changed_downstream()
+            elif rewritten:
+                self._copied_layers = copied | rewritten
+                continue
+            held = held_bytes([image, *capture.outputs.values()], self._model_storages)
+            return _Record(image, logits.detach(), capture.outputs, box, held)
+        raise RuntimeError("the recorded forward pass keeps rewriting its outputs in place")  # pragma: no cover
 
     def _record(self, image: PreparedImage) -> _Record:
-        record = self._cache.get(image.key)
-        if record is not None:
-            self._cache.move_to_end(image.key)
-            self.stats.cache_hits += 1
-            return record
-        record = self._record_tensor(image.tensor)
-        self._cache[image.key] = record
-        while len(self._cache) > max(self.cache_size, 1):
-            self._cache.popitem(last=False)
-        return record
+        """The image's recorded pass: cached, being made by another thread (wait for it), or made here."""
+        while True:
+            with self._cache_lock:
+                record = self._cache.get(image.key)
+                if record is not None:
+                    self.stats.cache_hits += 1
+                    return record
+                pending = self._pending.get(image.key)
+                mine = pending is None
+                if pending is None:
+                    pending = self._pending[image.key] = _Pending()
+            if not mine:
+                pending.done.wait()
+                if pending.record is not None:
+                    return pending.record
+                continue  # the other thread failed: try here
+            try:
+                record = self._record_tensor(image.tensor)
+                pending.record = record
+                with self._cache_lock:
+                    self._keep(image.key, record)
+                return record
+            finally:
+                with self._cache_lock:
+                    del self._pending[image.key]
+                pending.done.set()
+
+    def _keep(self, key: str, record: _Record) -> None:
+        """Cache a record, evicting the least recently used ones beyond the bounds (cache lock held)."""
+        try:
+            self._cache[key] = record
+        except ValueError:  # larger than the whole bound: used for this request only
+            self.stats.not_cached += 1
+            return
+        while self.cache_size is not None and len(self._cache) > max(self.cache_size, 1):
+            self._cache.popitem()
 
     def clear_cache(self) -> None:
-        with self._lock:
+        with self._cache_lock:
             self._cache.clear()
+            self._logits.clear()
+            self._maps.clear()
+
+    def memory(self) -> CacheMemory:
+        """Records cached now and the bytes they hold, against the bound."""
+        with self._cache_lock:
+            return CacheMemory(len(self._cache), int(self._cache.currsize), int(self._cache.maxsize))
 
     @property
     def lock(self) -> threading.RLock:
-        """The lock the engine holds for each of its passes (one batch, one backward call)."""
+        """The lock the engine holds for each forward pass (one batch; on CUDA, every computation)."""
         return self._lock
 
     def infer(self, batch: torch.Tensor, taps: Iterable[Tap] = ()) -> tuple[torch.Tensor, dict[Tap, torch.Tensor]]:
@@ -276,6 +399,7 @@ class Engine:
         batch = batch.to(self.device)
         with self._computing(), torch.no_grad(), LayerCapture(self.model.module, taps=taps) as capture:
             logits = self.model.module(batch)
+            self.stats.inference_passes += 1
         return logits, capture.tapped
 
     def forward_batch(
@@ -289,9 +413,33 @@ class Engine:
         return logits, {name: tapped[tap] for name, tap in taps.items()}
 
     # ---- predictions and activations ----------------------------------------------
+    def _cached_record(self, image: PreparedImage) -> _Record | None:
+        with self._cache_lock:
+            record = self._cache.get(image.key)
+            if record is not None:
+                self.stats.cache_hits += 1
+            return record
+
+    def logits(self, image: PreparedImage) -> torch.Tensor:
+        """The model's logits for the image (1-D, on the CPU): from its recorded pass when
+        there is one, else from a no-grad pass (which records no graph)."""
+        record = self._cached_record(image)
+        if record is not None:
+            return record.logits[0].float().cpu()
+        with self._cache_lock:
+            cached = self._logits.get(image.key)
+        if cached is not None:
+            return cached
+        logits, _ = self.infer(image.tensor)
+        result = logits[0].float().cpu()
+        with self._cache_lock:
+            self._logits[image.key] = result
+            while len(self._logits) > LOGITS_KEPT:
+                self._logits.popitem(last=False)
+        return result
+
     def probabilities(self, image: PreparedImage) -> torch.Tensor:
-        with self._lock:
-            return torch.softmax(self._record(image).logits[0].float(), dim=0).cpu()
+        return torch.softmax(self.logits(image), dim=0)
 
     def predict(self, image: PreparedImage, top: int = 5) -> list[Prediction]:
         if top < 1:
@@ -304,10 +452,22 @@ class Engine:
         ]
 
     def activations(self, image: PreparedImage, layer: str) -> torch.Tensor:
-        """The layer's feature maps for the image, C×H×W on the CPU."""
+        """The layer's feature maps for the image, C×H×W on the CPU: from its recorded pass
+        when there is one, else from a no-grad pass (which records no graph)."""
         self.layer(layer)
-        with self._lock:
-            return self._record(image).outputs[layer][0].detach().float().cpu()
+        record = self._cached_record(image)
+        if record is not None:
+            return record.outputs[layer][0].detach().float().cpu()
+        with self._cache_lock:
+            maps = self._maps.get((image.key, layer))
+        if maps is not None:
+            return maps
+        tap = Tap(layer)
+        _, tapped = self.infer(image.tensor, [tap])
+        maps = tapped[tap][0].float().cpu()
+        with self._cache_lock, contextlib.suppress(ValueError):  # ValueError: larger than the whole bound
+            self._maps[(image.key, layer)] = maps
+        return maps
 
     # ---- projections ----------------------------------------------------------------
     def resolve_mode(self, layer: str, mode: str) -> Rule:
@@ -356,26 +516,35 @@ class Engine:
         """Project many seeds of one image in one backward pass; one projection per seed."""
         rule = self.resolve_mode(layer, mode)
         self._validate(layer, seeds)
-        with self._lock:
-            record = self._record(image)
-            output = record.outputs[layer]
-            grads, values, positions = self._seed_tensor(output, seeds)
-            record.box.rule = rule
-            with self._computing():
-                projections = self._backward(output, record.image, grads, rule).float().cpu()
+        record = self._record(image)
+        output = record.outputs[layer]
+        grads, values, positions = self._seed_tensor(output, seeds)
+        projections = self._go_back(record, output, grads, rule)
         return [
             Projection(layer, seed.channel, rule, "position" if seed.position else seed.select, value, pos, proj)
             for seed, value, pos, proj in zip(seeds, values, positions, projections, strict=True)
         ]
 
+    def _go_back(self, record: _Record, output: torch.Tensor, grads: torch.Tensor, rule: Rule) -> torch.Tensor:
+        """Run `_backward` with the rule held for this call: on the CPU in one of `workers`
+        slots, outside the forward lock; on CUDA under the lock, with the rule on the record
+        for autograd's device thread (see the module docstring). K×3×S×S on the CPU."""
+        if self.device.type == "cuda":
+            with self._computing(), using_rule(rule):
+                record.box.rule = rule
+                return self._backward(output, record.image, grads, rule).float().cpu()
+        with self._backward_slots, using_rule(rule):
+            return self._backward(output, record.image, grads, rule).float().cpu()
+
     def _backward(self, output: torch.Tensor, image: torch.Tensor, grads: torch.Tensor, rule: Rule) -> torch.Tensor:
-        """K seeds -> K×3×S×S. On CUDA one vmapped backward pass over the recorded graph;
-        on the CPU, where the transposed convolutions are compute-bound and batching
-        them gains nothing (measured), one backward pass per seed over the same graph,
-        over the seed's receptive field only where that is at most half the work (cone.py)."""
+        """K seeds -> K×3×S×S: the one place a projection goes back down (`rule` is also held
+        for this thread, `rules.active_rule()`). On CUDA one vmapped backward pass over the
+        recorded graph; on the CPU, where the transposed convolutions are compute-bound and
+        batching them gains nothing (measured), one backward pass per seed over the same
+        graph, over the seed's receptive field only where that is at most half the work (cone.py)."""
         if len(grads) > 1 and image.device.type == "cuda":
             (result,) = torch.autograd.grad(output, image, grads, retain_graph=True, is_grads_batched=True)
-            self.stats.backward_passes += 1
+            self._count_backward(1)
             return result.reshape(len(grads), *image.shape[1:])
         results = []
         for grad in grads:
@@ -384,10 +553,15 @@ class Engine:
                 (result,) = torch.autograd.grad(output, image, grad, retain_graph=True)
             else:
                 result = cropped
-                self.stats.cone_passes += 1
+                with self._cache_lock:
+                    self.stats.cone_passes += 1
             results.append(result[0])
-            self.stats.backward_passes += 1
+        self._count_backward(len(grads))
         return torch.stack(results)
+
+    def _count_backward(self, passes: int) -> None:
+        with self._cache_lock:
+            self.stats.backward_passes += passes
 
     @staticmethod
     def _seed_tensor(

@@ -27,6 +27,7 @@ Plain Python: no web or command-line code here.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from collections.abc import Callable
@@ -39,7 +40,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from convscope.engine.tracing import TracedModel, is_metadata_node, is_pointwise_module
+from convscope.engine.tracing import TracedModel, is_inplace, is_metadata_node, is_pointwise_module
 
 _POINTWISE_FUNCTIONS: set[Any] = {
     F.relu,
@@ -163,15 +164,13 @@ class IncrementalPlan:
         return incremental / dense if dense > 0 else 1.0
 
     @property
-    def logits(self) -> torch.Tensor:
+    def reference_logits(self) -> Any:
+        """The graph's output for the unoccluded image (the model's logits, if it returns a tensor)."""
         value = self.stored[self.output_node]
-        return value if isinstance(value, torch.Tensor) else value[0]
-
-    @property
-    def unoccluded_activity_map(self) -> torch.Tensor:
-        return self.stored[self.activity_node]
+        return value if isinstance(value, torch.Tensor) or not isinstance(value, (tuple, list)) else value[0]
 
     def counts(self) -> dict[str, int]:
+        """How many graph nodes are static, patch or plain (dense) nodes."""
         counts: dict[str, int] = {}
         for plan in self.plans.values():
             counts[plan.kind] = counts.get(plan.kind, 0) + 1
@@ -191,19 +190,6 @@ def _pair(value: Any) -> tuple[int, int]:
     return (int(value), int(value))
 
 
-def _is_inplace(node: fx.Node, module: nn.Module | None) -> bool:
-    if module is not None and getattr(module, "inplace", False):
-        return True
-    if node.kwargs.get("inplace", False) is True:
-        return True
-    if node.op == "call_method" and isinstance(node.target, str):
-        return node.target.endswith("_") and not node.target.endswith("__")
-    if node.op == "call_function":
-        name = getattr(node.target, "__name__", "")
-        return name in ("iadd", "isub", "imul", "itruediv") or (name.endswith("_") and not name.endswith("__"))
-    return False
-
-
 def _map(value: Any, fn: Callable[[fx.Node], Any]) -> Any:
     return fx.node.map_arg(value, fn)
 
@@ -220,8 +206,39 @@ def _ceil_div(a: np.ndarray, b: int) -> np.ndarray:
     return -np.floor_divide(-a, b)
 
 
+_FUNCTIONAL_POOLS: dict[Any, tuple[type[nn.Module], tuple[str, ...]]] = {
+    F.max_pool2d: (nn.MaxPool2d, ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")),
+    F.avg_pool2d: (
+        nn.AvgPool2d,
+        ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
+    ),
+}
+
+
+def _functional_pool(node: fx.Node) -> nn.Module | None:
+    """`F.max_pool2d(x, 3, 2, padding=1)` as the equivalent pooling module (its arguments are constants)."""
+    if node.op != "call_function" or node.target not in _FUNCTIONAL_POOLS:
+        return None
+    kind, names = _FUNCTIONAL_POOLS[node.target]
+    options = dict(zip(names, node.args[1:], strict=False)) | dict(node.kwargs)
+    if any(_nodes_in_value(value) for value in options.values()):
+        return None
+    try:
+        return kind(**options)
+    except TypeError:
+        return None
+
+
+def _nodes_in_value(value: Any) -> bool:
+    found: list[fx.Node] = []
+    fx.node.map_arg(value, found.append)
+    return bool(found)
+
+
 def _window_op(node: fx.Node, module: nn.Module | None, stored: dict[fx.Node, Any]) -> _WindowOp | None:
     """The window operation a node is, if it is a convolution or pool the engine can run on patches."""
+    if module is None:
+        module = _functional_pool(node)
     if module is None:
         return None
     source = stored[node.args[0]] if node.args and isinstance(node.args[0], fx.Node) else None
@@ -340,8 +357,11 @@ def _union(windows: list[Window]) -> Window | None:
     )
 
 
-def _axis_out(lo: np.ndarray, length: int, op_k: int, op_s: int, op_p: int, size_out: int, tau: float | None):
-    """One axis of a window op's output window: (lo_out, length_out)."""
+def _axis_out(
+    lo: np.ndarray, length: int, op_k: int, op_s: int, op_p: int, size_out: int, tau: float | None
+) -> tuple[np.ndarray, int]:
+    """One axis of a window op's output window, (lo_out, length_out), for input windows `[lo, lo + length)`:
+    the output rows whose kernel (extent k, stride s, padding p) reaches a changed input row."""
     length_out = min(size_out, (length + op_k - 2) // op_s + 1)
     lo_out = _ceil_div(lo + op_p - op_k + 1, op_s)
     if tau is not None:
@@ -445,7 +465,12 @@ def _plan_patch_node(
     flat_static = all(plans[n].kind == "static" and _spatially_flat(stored[n]) for n in others)
     if any((w.height, w.width) != (height, width) for w in patch_windows):
         return plain()
-    if _is_pointwise(node, module) and len(patch_windows) == 1 and first_window is not None and flat_static:
+    # F.batch_norm's static arguments are per-channel vectors: point-wise over space all the same
+    per_channel = node.op == "call_function" and node.target is F.batch_norm
+    static = all(plans[n].kind == "static" for n in others)
+    if _is_pointwise(node, module) and len(patch_windows) == 1 and first_window is not None:
+        if flat_static or (per_channel and static):
+            return patch("pointwise", first_window)
         return patch("pointwise", first_window)
     dim = _cat_dim(node)
     if dim is not None:
@@ -529,7 +554,7 @@ def _evaluate(
         return value
     args = _map(node.args, get)
     kwargs = _map(node.kwargs, get)
-    if _is_inplace(node, module) and args and isinstance(args[0], torch.Tensor):
+    if is_inplace(node, module) and args and isinstance(args[0], torch.Tensor):
         args = (args[0].clone(), *args[1:])
     if node.op == "call_module":
         assert module is not None
@@ -600,8 +625,8 @@ class IncrementalRunner:
                     (count, *stored.shape[1:]), self.fill, dtype=stored.dtype, device=stored.device
                 )
             elif node_plan.kind == "plain":
-                get = (lambda n: self._meta(n, values, count)) if is_metadata_node(node) else dense
-                values[node] = _evaluate(node, self.root, module, get, None)
+                get = functools.partial(self._meta, values=values, count=count, shaped=_asks_shape(node))
+                values[node] = _evaluate(node, self.root, module, get if is_metadata_node(node) else dense, None)
             else:
                 values[node] = self._patch(node, node_plan, module, values, batch, count)
             if node is plan.activity_node:
@@ -617,13 +642,16 @@ class IncrementalRunner:
 
     # the pieces ------------------------------------------------------------------------------
 
-    def _meta(self, node: fx.Node, values: dict[fx.Node, Any], count: int) -> Any:
-        """What a metadata op (`x.shape`) sees: the value, or for a patch the shape a dense batch would have."""
+    def _meta(self, node: fx.Node, values: dict[fx.Node, Any], count: int, shaped: bool) -> Any:
+        """What a metadata op (`x.shape`, `x.device`) sees: the value; for a patch, the stored map, or for
+        its shape, a meta tensor shaped as a dense batch would be."""
         kind = self.plan.plans[node].kind
         if kind == "static":
             return self.plan.stored[node]
         if kind == "plain":
             return values[node]
+        if not shaped:
+            return self.plan.stored[node]
         stored = self.plan.stored[node]
         return torch.empty((count, *stored.shape[1:]), dtype=stored.dtype, device="meta")
 
@@ -684,8 +712,8 @@ class IncrementalRunner:
         padded = self._source(source, pads, pad_value)[0]
         device = padded.device
         top, _, left, _ = pads
-        windows = padded.unfold(1, size_y, 1).unfold(2, size_x, 1)  # M×…×…×size_y×size_x, a view
-        gathered = windows[:, _index(start_y + top, device), _index(start_x + left, device)]  # M×N×size_y×size_x
+        windows = padded.unfold(1, size_y, 1).unfold(2, size_x, 1).permute(1, 2, 0, 3, 4)  # …×…×M×size_y×size_x
+        gathered = windows[_index(start_y + top, device), _index(start_x + left, device)]  # N×M×size_y×size_x
         count = len(start_y)
         ly, lx = patch.value.shape[-2:]
         offset_y, offset_x = patch.lo_y - start_y, patch.lo_x - start_x
@@ -696,12 +724,12 @@ class IncrementalRunner:
         inside = offset_y.min() >= 0 and offset_y.max() + ly <= size_y
         inside = inside and offset_x.min() >= 0 and offset_x.max() + lx <= size_x
         if inside:
-            context = gathered.permute(1, 0, 2, 3).contiguous()
+            context = gathered.contiguous()
             context.permute(0, 2, 3, 1)[index, rows[:, :, None], cols[:, None, :]] = values
             return context
         # some of the patch falls outside the context: those rows and columns go to a spare one
-        spare = torch.empty((count, gathered.shape[0], size_y + 1, size_x + 1), dtype=gathered.dtype, device=device)
-        spare[:, :, :size_y, :size_x] = gathered.permute(1, 0, 2, 3)
+        spare = torch.empty((count, gathered.shape[1], size_y + 1, size_x + 1), dtype=gathered.dtype, device=device)
+        spare[:, :, :size_y, :size_x] = gathered
         rows = torch.where((rows >= 0) & (rows < size_y), rows, size_y)
         cols = torch.where((cols >= 0) & (cols < size_x), cols, size_x)
         spare.permute(0, 2, 3, 1)[index, rows[:, :, None], cols[:, None, :]] = values
@@ -762,6 +790,11 @@ class IncrementalRunner:
 
             return _Patch(_evaluate(node, self.root, module, over_union, None), lo_y, lo_x)
         raise NotIncremental(f"unknown patch rule {how!r}")
+
+
+def _asks_shape(node: fx.Node) -> bool:
+    """`x.shape` or `x.size()`: metadata that depends on the batch size."""
+    return bool(node.target == "size" or (len(node.args) > 1 and node.args[1] == "shape"))
 
 
 def _index(values: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -26,13 +26,16 @@ from __future__ import annotations
 import math
 import operator
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from convscope.engine.capture import Tap
+from convscope.engine.engine import cuda_precision
 from convscope.engine.incremental import IncrementalPlan, IncrementalRunner, NotIncremental, plan_incremental
 from convscope.engine.tracing import TraceFailed, trace_model
 from convscope.errors import InvalidRequestError
@@ -188,7 +191,9 @@ class _DenseEvaluator:
         channel: int,
         batch_size: int,
     ) -> None:
-        self.engine, self.layer, self.target, self.channel = engine, layer, target, channel
+        self.engine, self.target = engine, target
+        # the feature activity, summed as the layer produces it (before any in-place op downstream)
+        self.tap = Tap(layer, reduce=lambda output: output[:, channel].double().sum(dim=(1, 2)))
         self.base = base.to(engine.device)
         count = min(batch_size, len(positions))
         self.buffer = torch.empty((count, *base.shape[1:]), dtype=base.dtype, device=engine.device)
@@ -197,10 +202,9 @@ class _DenseEvaluator:
     def __call__(self, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         batch = self.buffer[: end - start]
         batch.copy_(self.base.expand_as(batch)).masked_fill_(self.occluders.masks(start, end), 0.0)
-        logits, outputs = self.engine.forward_batch(batch, [self.layer])
+        logits, tapped = self.engine.infer(batch, [self.tap])
         probs = torch.softmax(logits.float(), dim=1)
-        activity = outputs[self.layer][:, self.channel].double().sum(dim=(1, 2))
-        return probs[:, self.target].double(), probs.argmax(dim=1), activity
+        return probs[:, self.target].double(), probs.argmax(dim=1), tapped[self.tap]
 
 
 class _IncrementalEvaluator:
@@ -211,10 +215,25 @@ class _IncrementalEvaluator:
         self.runner = IncrementalRunner(plan, engine.model.module, channel)
 
     def __call__(self, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        with self.engine.lock, torch.no_grad():
+        with _computing(self.engine):
             logits, activity = self.runner.run(start, end)
         probs = torch.softmax(logits.float(), dim=1)
         return probs[:, self.target].double(), probs.argmax(dim=1), activity
+
+
+@contextmanager
+def _computing(engine: Engine) -> Iterator[None]:
+    """What the engine holds around its own passes: its lock, no autograd, and on CUDA its precision."""
+    precision = cuda_precision(engine.tf32) if engine.device.type == "cuda" else nullcontext()
+    with engine.lock, precision, torch.no_grad():
+        yield
+
+
+def _close(a: Any, b: torch.Tensor) -> bool:
+    if not isinstance(a, torch.Tensor) or a.shape != b.shape:
+        return False
+    scale = max(1.0, float(b.detach().abs().max())) if b.numel() else 1.0
+    return bool((a.detach().float() - b.detach().float()).abs().max() <= 1e-4 * scale) if b.numel() else True
 
 
 @dataclass
@@ -233,17 +252,33 @@ def _choose(
     layer: str,
     method: str,
     tau: float | None,
+    reference: tuple[torch.Tensor, torch.Tensor],
 ) -> _Choice:
-    """Trace and plan (unless dense was asked for) and decide which method runs."""
+    """Trace and plan (unless dense was asked for) and decide which method runs.
+
+    `reference` is the engine's own unoccluded logits and feature map: the traced graph
+    must reproduce them, or the run falls back to dense (with a note)."""
     if method == "dense":
         return _Choice("dense", None, None, None)
     module = engine.model.module
+
+    def fallback(reason: str) -> _Choice:
+        return _Choice(
+            "dense", None, None, f"incremental occlusion is not available for this model ({reason}); ran dense"
+        )
+
     try:
-        with engine.lock, torch.no_grad():
-            traced = trace_model(module, base.to(engine.device))
+        with _computing(engine):
+            traced = trace_model(module, base.to(engine.device), layer)
             plan = plan_incremental(traced, module, base.to(engine.device), positions, size, layer, tau)
     except (TraceFailed, NotIncremental) as exc:
-        return _Choice("dense", None, None, f"incremental occlusion is not available for this model ({exc}); ran dense")
+        return fallback(str(exc))
+    except Exception as exc:  # an operation the planner could not run: dense still can
+        return fallback(f"planning failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+    logits, feature_map = reference
+    graph_logits, graph_map = plan.reference_logits, plan.stored[plan.activity_node]
+    if not (_close(graph_logits, logits) and _close(graph_map, feature_map[None])):
+        return fallback("the traced graph does not reproduce the model's own output")
     ratio = plan.ratio
     if method == "auto" and tau is None and ratio > AUTO_MAX_RATIO:
         return _Choice("dense", None, ratio, None)
@@ -302,18 +337,23 @@ def occlude(
     engine.layer(layer_name)  # NotFoundError for an unknown layer
 
     # The unoccluded image: reference values, default target and the feature map's channel.
-    logits, outputs = engine.forward_batch(base, [layer_name])
+    reference_tap = Tap(layer_name)
+    logits, tapped = engine.infer(base, [reference_tap])
+    feature_map = tapped.get(reference_tap)
+    if feature_map is None or feature_map.dim() != 4:
+        raise InvalidRequestError(f"layer {layer_name!r} gives no feature map for this image")
     reference = torch.softmax(logits.float(), dim=1)[0]
     if reference.numel() != num_classes:
         raise InvalidRequestError(f"model {engine.name!r} gives {reference.numel()} scores for {num_classes} labels")
-    sums = outputs[layer_name][0].float().sum(dim=(1, 2))
+    reference_outputs = (logits, feature_map[0])
+    sums = feature_map[0].float().sum(dim=(1, 2))
     channel = int(torch.argmax(sums))
     unoccluded_top = int(torch.argmax(reference))
     if target is None:
         target = unoccluded_top
     unoccluded_probability = float(reference[target])
     unoccluded_activity = float(sums[channel])
-    del logits, outputs, reference, sums
+    del logits, tapped, feature_map, reference, sums
 
     total = len(positions)
     probability = torch.empty(total, dtype=torch.float64)
@@ -335,7 +375,7 @@ def occlude(
         if phase:
             counter.set_total(counter.done + len(indices))
         subset = [positions[i] for i in indices]
-        choice_here = _choose(engine, base, subset, size, layer_name, method, tau)
+        choice_here = _choose(engine, base, subset, size, layer_name, method, tau, reference_outputs)
         if choice is None:
             choice = choice_here
         if choice_here.method == "incremental" and choice_here.plan is not None:
@@ -345,6 +385,7 @@ def occlude(
         batches += _run_batches(evaluator, indices, batch_size, counter, probability, top_label, activity)
         del evaluator, choice_here
     assert choice is not None
+    del reference_outputs
     computed = counter.done
     if fraction is not None:
         _fill_from_coarse(rows, cols, computed_mask=counter.mask(total), maps=(probability, top_label, activity))

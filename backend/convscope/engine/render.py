@@ -36,11 +36,14 @@ def sprite_grid(channels: int) -> tuple[int, int]:
     return columns, rows
 
 
-def activation_sprite(activations: torch.Tensor, tile: int | None = None) -> tuple[Image.Image, int, int, int]:
+def activation_sprite(
+    activations: torch.Tensor, tile: int | None = None, *, signed: bool = False
+) -> tuple[Image.Image, int, int, int]:
     """Every channel of a C×H×W map as one grayscale sprite, row-major by channel index.
 
     Values are scaled by the layer's largest activation (0 and below are black), so
-    tiles are comparable across channels. Returns (sprite, columns, rows, tile side).
+    tiles are comparable across channels; `signed`: 128 is zero and 0 / 255 the layer's
+    largest magnitude (for layers with negative values). Returns (sprite, columns, rows, tile side).
     """
     maps = activations.detach().float().cpu()
     channels, height, width = maps.shape
@@ -48,6 +51,9 @@ def activation_sprite(activations: torch.Tensor, tile: int | None = None) -> tup
     columns, rows = sprite_grid(channels)
     peak = float(maps.max())
     scaled = (maps.clamp(min=0) / peak * 255.0) if peak > 0 else torch.zeros_like(maps)
+    if signed:
+        bound = float(maps.abs().max())
+        scaled = maps / bound * 127.5 + 127.5 if bound > 0 else torch.full_like(maps, 127.5)
     if (height, width) != (side, side):
         scaled = torch.nn.functional.interpolate(scaled[None], size=(side, side), mode="nearest")[0]
     canvas = torch.zeros(rows * side, columns * side)

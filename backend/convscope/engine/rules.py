@@ -23,6 +23,9 @@ mode and is reported per layer as uncovered (`engine/graph.py`).
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -38,11 +41,38 @@ Mode = Literal["auto", "deconvnet", "guided", "gradient"]
 MODES: tuple[Mode, ...] = ("auto", "deconvnet", "guided", "gradient")
 
 
+_active = threading.local()
+
+
+@contextmanager
+def using_rule(rule: Rule) -> Iterator[None]:
+    """The rule every backward pass run in this thread inside the block uses (per call, so
+    several threads can go back through one recorded graph at once, each with its own)."""
+    previous = getattr(_active, "rule", None)
+    _active.rule = rule
+    try:
+        yield
+    finally:
+        _active.rule = previous
+
+
+def active_rule() -> Rule | None:
+    """The rule set by `using_rule` in this thread, if any."""
+    rule: Rule | None = getattr(_active, "rule", None)
+    return rule
+
+
 @dataclass
 class RuleBox:
-    """The rule one recorded forward pass uses on its way back; set before each backward."""
+    """What one recorded forward pass's rule functions ask for the rule on the way back:
+    the calling thread's `using_rule`, else `rule` (for backward passes that autograd runs
+    in its own device threads, i.e. on CUDA, where the engine sets it under its lock)."""
 
     rule: Rule = "deconvnet"
+
+    def current(self) -> Rule:
+        rule = active_rule()
+        return self.rule if rule is None else rule
 
 
 class _Rectifier(torch.autograd.Function):
@@ -57,6 +87,7 @@ class _Rectifier(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
         x, lower, upper, box = inputs
+        # the forward mask, one byte per element (engine/cone.py reads it from the node too)
         mask = x > lower
         if upper is not None:
             mask = mask & (x < upper)
@@ -66,10 +97,10 @@ class _Rectifier(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:  # type: ignore[override]
-        (mask,) = ctx.saved_tensors
-        rule = ctx.box.rule
+        rule = ctx.box.current()
         if rule == "deconvnet":
             return grad.clamp(min=0), None, None, None
+        (mask,) = ctx.saved_tensors
         if rule == "guided":
             return grad.clamp(min=0) * mask, None, None, None
         return grad * mask, None, None, None
@@ -92,7 +123,7 @@ class _RuleSwitch(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:  # type: ignore[override]
-        if ctx.box.rule == "deconvnet":
+        if ctx.box.current() == "deconvnet":
             return None, grad, None
         return grad, None, None
 
@@ -152,7 +183,7 @@ class _Activation(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:  # type: ignore[override]
         (x,) = ctx.saved_tensors
-        rule = ctx.box.rule
+        rule = ctx.box.current()
         if rule == "deconvnet":
             return grad.clamp(min=0), None, None, None
         derivative = _ACTIVATIONS[ctx.name][1]
@@ -209,6 +240,9 @@ _ACTIVATION_CALLS: dict[Any, tuple[str, Any]] = {
     F.mish: ("mish", lambda a, k: ()),
 }
 _ALWAYS_IN_PLACE = {F.leaky_relu_, F.elu_}
+_ROUTED = frozenset(
+    {*_RELU_OUT_OF_PLACE, *_RELU_IN_PLACE, *_RELU6, *_HARDTANH, *_ACTIVATION_CALLS, F.local_response_norm}
+)
 
 
 class RuleMode(TorchFunctionMode):
@@ -222,6 +256,8 @@ class RuleMode(TorchFunctionMode):
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
     ) -> Any:
         kwargs = kwargs or {}
+        if func not in _ROUTED:  # the common case, kept cheap: every op of the forward pass comes here
+            return func(*args, **kwargs)
         if func in _RELU_OUT_OF_PLACE:
             inplace = bool(_arg(args, kwargs, 1, "inplace", False)) if func is F.relu else False
             return _rectify(args[0], 0.0, None, self.box, inplace)

@@ -77,10 +77,11 @@ class TracedModel:
 
 
 class _ConcreteTracer(fx.Tracer):
-    def __init__(self, root: nn.Module, example: torch.Tensor) -> None:
+    def __init__(self, root: nn.Module, example: torch.Tensor, open_path: str | None = None) -> None:
         super().__init__()
         self._root = root
         self._example = example
+        self._open_path = open_path  # a leaf batch-norm module to trace through (a layer inside it is wanted)
         self.values: dict[fx.Node, Any] = {}
         self.input_dependent: set[fx.Node] = set()
         self.module_outputs: dict[str, fx.Node] = {}
@@ -93,7 +94,7 @@ class _ConcreteTracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and is_pointwise_module(m):
-            return True
+            return module_qualified_name != self._open_path
         return super().is_leaf_module(m, module_qualified_name)
 
     def _value(self, arg: Any) -> Any:
@@ -175,19 +176,68 @@ class _ConcreteTracer(fx.Tracer):
         raise TraceFailed("the model unpacks a traced value with **")
 
 
-_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], TracedModel | str]] = weakref.WeakKeyDictionary()
+def is_inplace(node: fx.Node, module: nn.Module | None) -> bool:
+    """Whether a node rewrites its first argument (`ReLU(inplace=True)`, `x.relu_()`, `F.relu(x, inplace=True)`)."""
+    if module is not None and getattr(module, "inplace", False) is True:
+        return True
+    if node.kwargs.get("inplace", False) is True:
+        return True
+    if node.op == "call_method" and isinstance(node.target, str):
+        return node.target.endswith("_") and not node.target.endswith("__")
+    if node.op == "call_function":
+        name = getattr(node.target, "__name__", "")
+        return name in ("iadd", "isub", "imul", "itruediv") or (name.endswith("_") and not name.endswith("__"))
+    return False
 
 
-def trace_model(module: nn.Module, example: torch.Tensor) -> TracedModel:
-    """The model's graph for inputs shaped like `example` (cached per module and shape); `TraceFailed` if not traceable."""
+def _functionalize_inplace(graph: fx.Graph, root: nn.Module) -> None:
+    """After `y.relu_()`, later readers of `y` read the in-place op's result (its node), so the graph
+    can be run with every in-place op on a copy and still compute what the model computes."""
+    order = {node: index for index, node in enumerate(graph.nodes)}
+    for node in list(graph.nodes):
+        if node.op not in ("call_module", "call_method", "call_function") or not node.args:
+            continue
+        module = root.get_submodule(str(node.target)) if node.op == "call_module" else None
+        source = node.args[0]
+        if not isinstance(source, fx.Node) or not is_inplace(node, module):
+            continue
+        for user in list(source.users):
+            if user is not node and order[user] > order[node]:
+                user.replace_input_with(source, node)
+
+
+_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], TracedModel | str]] = weakref.WeakKeyDictionary()
+
+
+def _leaf_holding(module: nn.Module, layer: str | None) -> str | None:
+    """The batch-norm leaf (e.g. timm's `BatchNormAct2d`) that `layer` lies inside, if any."""
+    if not layer or "." not in layer:
+        return None
+    parts = layer.split(".")
+    for end in range(1, len(parts)):
+        path = ".".join(parts[:end])
+        try:
+            candidate = module.get_submodule(path)
+        except AttributeError:
+            return None
+        if isinstance(candidate, nn.modules.batchnorm._BatchNorm) and is_pointwise_module(candidate):
+            return path
+    return None
+
+
+def trace_model(module: nn.Module, example: torch.Tensor, layer: str | None = None) -> TracedModel:
+    """The model's graph for inputs shaped like `example` (cached per module and shape); `TraceFailed` if not
+    traceable. With `layer`, a point-wise batch-norm module holding that layer is traced through, so the
+    layer's output is a node of the graph."""
     per_module = _CACHE.setdefault(module, {})
-    key = tuple(example.shape[1:])
+    open_path = _leaf_holding(module, layer)
+    key = (*example.shape[1:], open_path)
     cached = per_module.get(key)
     if isinstance(cached, str):
         raise TraceFailed(cached)
     if cached is not None:
         return cached
-    tracer = _ConcreteTracer(module, example.detach().clone())
+    tracer = _ConcreteTracer(module, example.detach().clone(), open_path)
     try:
         with torch.no_grad():
             graph = tracer.trace(module)
@@ -201,6 +251,7 @@ def trace_model(module: nn.Module, example: torch.Tensor) -> TracedModel:
         reason = f"torch.fx cannot trace the model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
         per_module[key] = reason
         raise TraceFailed(reason) from None
+    _functionalize_inplace(graph, module)
     traced = TracedModel(graph, dict(tracer.module_outputs))
     per_module[key] = traced
     return traced

@@ -31,9 +31,9 @@ from convscope.featvis.cache import FeatvisCache
 from convscope.featvis.limits import DEFAULT_STEPS
 from convscope.featvis.objectives import check_target
 from convscope.jsonvalues import finite_or_none
-from convscope.scan.render import ScanRenderer, layer_dirname
+from convscope.scan.render import ScanRenderer, check_engine, layer_dirname
 from convscope.scan.store import ScanStore, atomic_write_bytes
-from convscope.tasks import Task, checkpoint
+from convscope.tasks import CallbackTask, Task, checkpoint
 
 SITE_FILES = ("index.html", "atlas.js", "atlas.css")
 DEFAULT_CHANNELS = 16
@@ -186,6 +186,11 @@ def build_atlas(
         if not store.manifest_path.is_file():
             raise InvalidRequestError(f"{scan} is not a scan (no manifest.json); make one with `convscope scan`")
     renderer = ScanRenderer(store, engine=engine)
+    if not renderer.manifest.complete:
+        raise InvalidRequestError(
+            f"the scan at {store.directory} has not finished; resume it with `convscope scan --resume`"
+        )
+    check_engine(engine, renderer.manifest)  # other weights: refuse now, not once per unit
     label = str(renderer.manifest.extra.get("label") or renderer.manifest.config.source_root or "scan")
     target0 = next(iter(targets.values()))
     header = {
@@ -209,7 +214,9 @@ def build_atlas(
         for start in range(0, len(missing), max(1, batch_size)):
             batch = missing[start : start + max(1, batch_size)]
             target = check_target(engine, info.name, batch, objective, steps, size, seed)
-            for vis in cache.visualize(engine, target):
+            # progress counts units; the steps inside a batch still honour a cancel
+            inner = CallbackTask(should_stop=task.should_stop) if task is not None else None
+            for vis in cache.visualize(engine, target, task=inner):
                 folder = _unit_dir(out, info.name, vis.channel)
                 atomic_write_bytes(folder / "vis.png", vis.png())
                 note: str | None = None

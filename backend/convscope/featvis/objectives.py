@@ -79,6 +79,8 @@ def check_target(
     for channel in channels:
         if not 0 <= channel < count:
             raise InvalidRequestError(f"channel {channel} is out of range for {what} (0..{count - 1})")
+    if size != engine.input_size:  # a model that cannot run at this size fails here, not mid-job
+        layer_shape(engine, layer if objective != "logit" else None, size)
     if objective == "unit":
         height, width = layer_shape(engine, layer, size)
         if position is None:
@@ -91,16 +93,21 @@ def check_target(
     return Target(layer, tuple(int(c) for c in channels), objective, steps, size, seed, position)  # type: ignore[arg-type]
 
 
-def layer_shape(engine: Engine, layer: str, size: int) -> tuple[int, int]:
-    """(H, W) of a layer's output for an S×S input (one forward pass unless S is the model's size)."""
-    if size == engine.input_size:
+def layer_shape(engine: Engine, layer: str | None, size: int) -> tuple[int, int]:
+    """(H, W) of a layer's output for an S×S input (one forward pass unless S is the model's
+    size); with no layer, only checks that the model runs at that size."""
+    if size == engine.input_size and layer is not None:
         info = engine.layer(layer)
         return info.height, info.width
     probe = torch.zeros(1, 3, size, size)
+    names = [layer] if layer is not None else []
     try:
-        _, outputs = engine.forward_batch(probe, [layer])
+        _, outputs = engine.forward_batch(probe, names)
     except (RuntimeError, ValueError) as exc:
-        raise InvalidRequestError(f"model {engine.name!r} cannot run at size {size}: {exc}") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidRequestError(f"model {engine.name!r} cannot run at size {size}: {first}") from None
+    if layer is None:
+        return 0, 0
     _, _, height, width = outputs[layer].shape
     return int(height), int(width)
 

@@ -38,6 +38,12 @@ def cached_weights_file(url: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
 
 
+def weights_available(name: str, connect_timeout: float = 3.0) -> bool:
+    """True when `name`'s ImageNet weights are cached under TORCH_HOME or their host can be reached."""
+    _, enum, _ = _constructors()[name]
+    return cached_weights_file(enum.url).is_file() or _reachable(enum.url, connect_timeout)
+
+
 def _reachable(url: str, timeout: float) -> bool:
     host = urlparse(url).hostname or ""
     try:

@@ -253,20 +253,3 @@ def engine_for_scan(manifest: Manifest, device: str = "auto") -> Engine:
     except ConvscopeError as exc:
         raise ScanStoreError(f"cannot load the scan's model {config.model!r}: {exc}") from None
     return Engine(model, device_name=device)
-
-
-def resolve_mode(engine: Engine, layer: str, mode: str) -> Rule:
-    """`auto` -> the deconvnet where max-pool switches lie below `layer`, guided backprop otherwise
-    (the deconvnet of a switchless layer reads nothing of the image); other modes unchanged."""
-    if mode != "auto":
-        return mode  # type: ignore[return-value]
-    module = engine.model.module
-    names = [name for name, _ in module.named_modules()]
-    engine.layer(layer)  # unknown layer: the engine's 404
-    at = names.index(layer)
-    pools = (torch.nn.MaxPool1d, torch.nn.MaxPool2d, torch.nn.MaxPool3d, torch.nn.AdaptiveMaxPool2d)
-    for index, (name, child) in enumerate(module.named_modules()):
-        below = index <= at or name.startswith(f"{layer}.")
-        if below and isinstance(child, pools):
-            return "deconvnet"
-    return "guided"

@@ -3,8 +3,8 @@
 // recoloured on a canvas with a perceptual colour map and sliced with CSS
 // background-position. Sort by strongest activation, total, or index.
 
-import { api, isAbort, request } from "../api.js";
-import { COLORMAPS, applyColormap, gradientCss } from "../colormap.js";
+import { api, isAbort, request, urls } from "../api.js";
+import { COLORMAPS, DIVERGING, applyColormap, gradientCss } from "../colormap.js";
 import { $, busy, fmt, h, scrollWithin, showError } from "../util.js";
 
 const PREFS_KEY = "convscope.maps";
@@ -30,6 +30,8 @@ export function createMapsPanel({ root, store, tooltip }) {
   const scaleSelect = $('[data-role="maps-scale"]', root);
   const legendBar = $('[data-role="maps-legend-bar"]', root);
   const legendMax = $('[data-role="maps-legend-max"]', root);
+  const legendMin = $('[data-role="maps-legend-min"]', root);
+  const legend = $('[data-role="maps-legend"]', root);
 
   const prefs = loadPrefs();
   const savePrefs = () => {
@@ -58,23 +60,29 @@ export function createMapsPanel({ root, store, tooltip }) {
   // ---- loading -------------------------------------------------------------------
   async function fetchEntry(state) {
     const data = await api.activations(state.model, state.image, state.layer, { slot: "activations" });
-    const { blob } = await request(data.sprite.url, { slot: "sprite", as: "blob" });
+    // a layer with negative values gets the signed sprite and a diverging colour map
+    const peak = Math.max(0, ...data.max);
+    const signed = Array.isArray(data.min) && Math.min(...data.min) < -1e-6 * Math.max(peak, 1e-12);
+    const { blob } = await request(urls.sprite(data.sprite.url, signed), { slot: "sprite", as: "blob" });
     const bitmap = await createImageBitmap(blob);
     const gray = document.createElement("canvas");
     gray.width = bitmap.width;
     gray.height = bitmap.height;
     gray.getContext("2d", { willReadFrequently: true }).drawImage(bitmap, 0, 0);
     bitmap.close?.();
-    return { key: keyOf(state), data, gray, colored: null };
+    const bound = signed ? Math.max(peak, -Math.min(...data.min)) : peak;
+    return { key: keyOf(state), data, gray, colored: null, signed, bound };
   }
 
+  const cmapOf = (entry) => (entry?.signed ? DIVERGING : prefs.cmap);
+
   async function colorise(entry) {
-    const look = `${prefs.cmap}/${prefs.scale}`;
+    const look = `${cmapOf(entry)}/${prefs.scale}`;
     if (entry.colored && entry.colored.look === look) return entry.colored.url;
     const ctx = entry.gray.getContext("2d", { willReadFrequently: true });
     const pixels = ctx.getImageData(0, 0, entry.gray.width, entry.gray.height);
-    if (prefs.scale === "map") normalisePerMap(pixels, entry.data);
-    applyColormap(pixels, prefs.cmap);
+    if (prefs.scale === "map") normalisePerMap(pixels, entry);
+    applyColormap(pixels, cmapOf(entry));
     const out = document.createElement("canvas");
     out.width = entry.gray.width;
     out.height = entry.gray.height;
@@ -85,11 +93,13 @@ export function createMapsPanel({ root, store, tooltip }) {
     return entry.colored.url;
   }
 
-  /** The sprite is scaled by the layer max; give every tile its own 0..max range instead. */
-  function normalisePerMap(pixels, data) {
+  /** The sprite is scaled by the layer max; give every tile its own 0..max range (±max when signed) instead. */
+  function normalisePerMap(pixels, entry) {
+    const { data, signed, bound } = entry;
     const { columns, tile } = data.sprite;
-    const peak = Math.max(0, ...data.max);
-    const gains = data.max.map((m) => (m > 0 && peak > 0 ? peak / m : 1));
+    const own = data.max.map((m, c) => (signed ? Math.max(m, -data.min[c]) : m));
+    const gains = own.map((m) => (m > 0 && bound > 0 ? bound / m : 1));
+    const zero = signed ? 127.5 : 0;
     const px = pixels.data;
     const width = pixels.width;
     for (let y = 0; y < pixels.height; y++) {
@@ -97,7 +107,7 @@ export function createMapsPanel({ root, store, tooltip }) {
       for (let x = 0; x < width; x++) {
         const gain = gains[rowBase + Math.floor(x / tile)] ?? 1;
         const i = (y * width + x) * 4;
-        const v = Math.min(255, Math.round(px[i] * gain));
+        const v = Math.max(0, Math.min(255, Math.round(zero + (px[i] - zero) * gain)));
         px[i] = px[i + 1] = px[i + 2] = v;
       }
     }
@@ -214,8 +224,15 @@ export function createMapsPanel({ root, store, tooltip }) {
       tiles[c] = tileEl;
     }
     sortTiles();
-    legendBar.style.background = gradientCss(prefs.cmap);
-    legendMax.textContent = prefs.scale === "map" ? "each max" : fmt(peak);
+    legendBar.style.background = gradientCss(cmapOf(current));
+    legend.dataset.signed = String(Boolean(current.signed));
+    cmapSelect.disabled = Boolean(current.signed); // a signed layer always gets the diverging map
+    cmapSelect.title = current.signed ? "This layer has negative values: its maps use a diverging colour map" : "Colour map (c)";
+    legendMin.textContent = current.signed ? (prefs.scale === "map" ? "−each" : `−${fmt(current.bound)}`) : "0";
+    legendMax.textContent = prefs.scale === "map" ? (current.signed ? "+each" : "each max") : `${current.signed ? "+" : ""}${fmt(current.bound)}`;
+    legend.title = current.signed
+      ? "This layer has negative values: blue below zero, amber above, dark at zero (a diverging colour map)"
+      : "0 to the layer's largest activation";
     if (!grid.matches(":hover")) hideHover();
     sync(store.get(), { scroll: true });
   }
@@ -306,6 +323,7 @@ export function createMapsPanel({ root, store, tooltip }) {
     if (!el) return;
     store.set({ channel: Number(el.dataset.channel) });
     el.focus({ preventScroll: true });
+    root.dispatchEvent(new CustomEvent("map-picked", { bubbles: true })); // main.js: keep the reconstruction in view
   });
 
   // ---- navigation ---------------------------------------------------------------------------
@@ -391,13 +409,16 @@ export function createMapsPanel({ root, store, tooltip }) {
     const ctx = canvas.getContext("2d", { willReadFrequently: true });
     ctx.drawImage(current.gray, (channel % columns) * tile, Math.floor(channel / columns) * tile, tile, tile, 0, 0, tile, tile);
     const pixels = ctx.getImageData(0, 0, tile, tile);
-    const peak = Math.max(0, ...current.data.max);
-    const own = current.data.max[channel];
-    if (ownScale && own > 0 && peak > 0) {
-      const gain = peak / own;
-      for (let i = 0; i < pixels.data.length; i += 4) pixels.data[i] = Math.min(255, Math.round(pixels.data[i] * gain));
+    const { signed, bound } = current;
+    const own = signed ? Math.max(current.data.max[channel], -current.data.min[channel]) : current.data.max[channel];
+    if (ownScale && own > 0 && bound > 0) {
+      const gain = bound / own;
+      const zero = signed ? 127.5 : 0;
+      for (let i = 0; i < pixels.data.length; i += 4) {
+        pixels.data[i] = Math.max(0, Math.min(255, Math.round(zero + (pixels.data[i] - zero) * gain)));
+      }
     }
-    applyColormap(pixels, prefs.cmap, { alphaFromValue: alpha });
+    applyColormap(pixels, cmapOf(current), { alphaFromValue: alpha });
     ctx.putImageData(pixels, 0, 0);
     return canvas;
   }

@@ -1,8 +1,13 @@
 // Input panel: sample photos, upload (button, drag-and-drop, paste) and the webcam.
+// Uploads get a thumbnail beside the samples and stay selectable; an image smaller than
+// MIN_SIDE on its shorter side is accepted with a visible warning about the upscaling.
 
 import { api, isAbort, urls } from "../api.js";
 import { $, busy, h, showError } from "../util.js";
 
+
+const MIN_SIDE = 32; // below this, the model sees mostly interpolation
+const MAX_UPLOAD_THUMBS = 8;
 
 export function createInputPanel({ root, store, settled }) {
   const panel = root;
@@ -18,9 +23,12 @@ export function createInputPanel({ root, store, settled }) {
   const rateSelect = $('[data-role="camera-rate"]', panel);
   const cameraStat = $('[data-role="camera-stat"]', panel);
   const dropOverlay = $('[data-role="drop-overlay"]');
+  const uploadsBox = $('[data-role="uploads"]', panel);
+  const warningBox = $('[data-role="input-warning"]', panel);
 
   let samples = [];
   const uploadNames = new Map(); // upload id -> what to call it
+  const uploadSizes = new Map(); // upload id -> [width, height] of the file as sent
 
   // ---- samples ---------------------------------------------------------------
   function renderSamples(list) {
@@ -58,8 +66,45 @@ export function createInputPanel({ root, store, settled }) {
     for (const button of samplesBox.querySelectorAll("button[data-sample]")) {
       button.setAttribute("aria-pressed", String(button.dataset.sample === state.image));
     }
+    for (const button of uploadsBox.querySelectorAll("button[data-upload]")) {
+      button.setAttribute("aria-pressed", String(button.dataset.upload === state.image));
+    }
     currentLabel.textContent = describeImage(state.image);
     currentLabel.title = currentLabel.textContent;
+    const size = uploadSizes.get(state.image);
+    const small = size && Math.min(...size) < MIN_SIDE;
+    warningBox.hidden = !small;
+    if (small) {
+      warningBox.textContent =
+        `This image is only ${size[0]}×${size[1]} px: the model sees it upscaled to its input size, ` +
+        "so its maps and projections show the interpolation more than any detail.";
+    }
+  }
+
+  /** A thumbnail of an upload beside the samples (the newest first); a click goes back to it. */
+  function addUploadThumb(id, file, name) {
+    const url = URL.createObjectURL(file);
+    const button = h(
+      "button",
+      {
+        type: "button",
+        dataset: { upload: id },
+        "aria-label": `Uploaded image: ${name}`,
+        "aria-pressed": "false",
+        title: name,
+        onclick: () => {
+          showError(errorBox, "");
+          store.set({ image: id });
+        },
+      },
+      h("img", { src: url, alt: "", decoding: "async" }),
+    );
+    uploadsBox.prepend(button);
+    uploadsBox.hidden = false;
+    for (const old of [...uploadsBox.children].slice(MAX_UPLOAD_THUMBS)) {
+      URL.revokeObjectURL(old.querySelector("img")?.src || "");
+      old.remove();
+    }
   }
 
   // ---- uploads -----------------------------------------------------------------
@@ -67,7 +112,10 @@ export function createInputPanel({ root, store, settled }) {
     showError(errorBox, "");
     try {
       const result = await busy(panel, api.upload(file, name, { slot: "upload" }));
-      uploadNames.set(result.id, name || file.name || "uploaded image");
+      const label = name || file.name || "uploaded image";
+      uploadNames.set(result.id, label);
+      uploadSizes.set(result.id, [result.width, result.height]);
+      if (!label.startsWith("webcam frame")) addUploadThumb(result.id, file, label);
       store.set({ image: result.id });
       return result;
     } catch (error) {

@@ -136,7 +136,10 @@ export function createLayersPanel({ root, store }) {
         h(
           "span",
           { class: "lname" },
-          withChildren.has(layer.name)
+          h(
+            "span",
+            { class: "lhead" },
+            withChildren.has(layer.name)
             ? h("button", {
                 type: "button",
                 class: "twisty",
@@ -150,8 +153,9 @@ export function createLayersPanel({ root, store }) {
                 },
               })
             : h("span", { class: "twisty-space", "aria-hidden": "true" }),
-          h("span", { class: "lprefix" }, prefix),
-          h("b", {}, leaf),
+            h("span", { class: "lprefix" }, prefix),
+            h("b", {}, leaf),
+          ),
           numericLeaf || depth === 0 ? h("span", { class: "kind" }, layer.kind) : null,
         ),
         h("span", { class: "lshape" }, `${layer.channels}×${layer.height === layer.width ? `${layer.height}²` : `${layer.height}×${layer.width}`}`),

@@ -10,6 +10,14 @@
 // Occlusion is expensive, so it runs only when Run is pressed: changing the image or
 // the model marks the maps as out of date instead of recomputing them.
 //
+// How the maps are computed: "auto" (default) lets the server run exact incremental
+// occlusion (only the patch of each layer the occluder can change is recomputed)
+// where it plans to save arithmetic, else dense (the whole model per position);
+// both are exact. The approximate options (a projective-field cap τ, adaptive
+// drill-down) sit behind their own clearly labelled control, off by default; the
+// summary says which method ran, whether it was approximate, its time and planned
+// speed-up.
+//
 // Each occluder position is one cell: a stride × stride square centred on the
 // occluder's centre, so the maps lie over the input where the square was. Hovering
 // (or arrow keys on a focused map) shows the square and the numbers of that position.
@@ -74,6 +82,25 @@ function build() {
   el.targetClear = h("button", { type: "button", class: "icon-btn occ-clear", title: "Use the unoccluded top-1", "aria-label": "Clear the target class", onclick: () => ((el.target.value = ""), el.target.focus()) }, "×");
   el.layer = h("select", { "aria-label": "Feature-map layer", dataset: { role: "occlusion-layer" } }, h("option", { value: "" }, "last conv (default)"));
   el.estimate = h("p", { class: "occ-note occ-indent", dataset: { role: "occlusion-estimate" } });
+  el.method = h(
+    "select",
+    { "aria-label": "Occlusion method", title: "How the maps are computed (all three options are exact)", dataset: { role: "occlusion-method" }, onchange: updateEstimate },
+    h("option", { value: "auto", title: "incremental where it plans to save a third of the arithmetic or more, else dense" }, "auto · exact"),
+    h("option", { value: "incremental", title: "rerun only the patch of each layer the occluder can change" }, "incremental · exact"),
+    h("option", { value: "dense", title: "the whole model for every position" }, "dense · exact"),
+  );
+  const decimal = (role, label, title) =>
+    h("input", { type: "number", min: "0.05", max: "1", step: "0.05", placeholder: "off", "aria-label": label, title, dataset: { role }, oninput: updateEstimate });
+  el.approx = decimal("occlusion-approx", "Approximate: projective-field cap tau", "Cap each layer's recomputed patch at this share of its map (0–1]; empty: off");
+  el.adaptive = decimal("occlusion-adaptive", "Approximate: adaptive drill-down share", "Occlude at twice the stride first, then at the stride only in this share (0–1] of cells with the largest drop; empty: off");
+  el.approxPanel = h(
+    "details",
+    { class: "occ-approx", dataset: { role: "occlusion-approx-panel" } },
+    h("summary", {}, "Approximate options ", h("span", { class: "occ-approx-tag" }, "not exact")),
+    h("label", { class: "occ-row" }, h("span", {}, "cap τ"), el.approx, h("span", { class: "occ-unit" }, "of map")),
+    h("label", { class: "occ-row" }, h("span", {}, "drill"), el.adaptive, h("span", { class: "occ-unit" }, "of cells")),
+    h("p", { class: "occ-note" }, "Faster, but the maps are approximate and labelled so. τ caps how far a change may spread in each layer; drill-down refines only the cells where the probability dropped most at twice the stride."),
+  );
   el.targetNote = h("p", { class: "occ-note occ-indent" }, "Empty: the unoccluded top-1.");
   el.run = h("button", { type: "submit", class: "btn occ-run", dataset: { role: "occlusion-run" } }, "Run");
   el.cancel = h("button", { type: "button", class: "btn", hidden: true, dataset: { role: "occlusion-cancel" }, onclick: cancel }, "Cancel");
@@ -94,19 +121,23 @@ function build() {
     el.targetNote,
     el.labelList,
     h("label", { class: "occ-row occ-wide" }, h("span", {}, "layer"), el.layer),
+    h("label", { class: "occ-row occ-wide" }, h("span", {}, "method"), el.method),
+    h("p", { class: "occ-note occ-indent" }, "Exact either way. Incremental reruns only what the square can change; auto uses it where it pays."),
+    el.approxPanel,
     h("div", { class: "occ-actions" }, el.run, el.cancel, el.progress),
     el.progressText,
     el.error,
     h(
       "p",
       { class: "occ-note" },
-      "A square of the model's mean colour is slid over the input; every position is one forward pass. ",
+      "A square of the model's mean colour is slid over the input; every position is one (dense or incremental) pass. ",
       "The feature map is the layer's strongest channel in the unoccluded image. ",
       "Computed only when you press Run.",
     ),
   );
 
   el.summary = h("div", { class: "occ-summary", dataset: { role: "occlusion-summary" } });
+  el.ran = h("p", { class: "occ-ran", hidden: true, dataset: { role: "occlusion-method-ran" } });
   el.stale = h("p", { class: "occ-stale", hidden: true, dataset: { role: "occlusion-stale" } });
   el.grid = h("div", { class: "occ-grid" });
   el.readout = h("div", { class: "occ-readout", "aria-live": "polite", dataset: { role: "occlusion-hover" } });
@@ -138,7 +169,8 @@ function build() {
   el.mode = h(
     "select",
     { "aria-label": "Projection mode", title: "Projection mode", dataset: { role: "occlusion-mode" }, onchange: () => loadProjection() },
-    ...["auto", "deconvnet", "guided", "gradient"].map((m) => h("option", { value: m }, m)),
+    h("option", { value: "auto", title: "deconvnet where max-pool switches lie below the layer, else guided (the server resolves it)" }, "auto"),
+    ...["deconvnet", "guided", "gradient"].map((m) => h("option", { value: m }, m)),
   );
   el.contrast = h("input", { type: "checkbox", checked: true, onchange: () => loadProjection() });
   el.explore = h("button", { type: "button", class: "btn occ-small", disabled: true, title: "Open this layer and channel in the Explore view", onclick: openInExplore }, "Explore ↗");
@@ -167,6 +199,7 @@ function build() {
         h("label", { class: "check", title: "Opacity of the maps over the input" }, h("span", {}, "opacity"), el.opacity),
       ),
     ),
+    el.ran,
     el.stale,
     el.grid,
     el.readout,
@@ -212,6 +245,7 @@ function updateEstimate() {
   if (!(size >= 1)) [text, bad] = ["The square needs a whole number of pixels, at least 1.", true];
   else if (!(stride >= 1)) [text, bad] = ["The stride needs a whole number of pixels, at least 1.", true];
   else if (size > side) [text, bad] = [`The square is larger than the ${side}×${side} input.`, true];
+  else if (approxError()) [text, bad] = [approxError(), true];
   else {
     const g = grid(size, stride, side);
     const n = g.rows * g.cols;
@@ -220,6 +254,23 @@ function updateEstimate() {
   el.estimate.textContent = text;
   el.estimate.classList.toggle("is-bad", bad);
   return bad ? text : null;
+}
+
+/** An approximate option as a number in (0, 1]; null when empty (off); NaN when not valid. */
+function readShare(input) {
+  const text = input.value.trim();
+  if (!text) return null;
+  const value = Number(text);
+  return Number.isFinite(value) && value > 0 && value <= 1 ? value : NaN;
+}
+
+function approxError() {
+  const tau = readShare(el.approx);
+  const share = readShare(el.adaptive);
+  if (Number.isNaN(tau)) return "The cap τ must be a number above 0 and at most 1 (empty: off).";
+  if (Number.isNaN(share)) return "The drill-down share must be a number above 0 and at most 1 (empty: off).";
+  if (tau !== null && el.method.value === "dense") return "The cap τ needs the incremental (or auto) method, not dense.";
+  return null;
 }
 
 function describeCurrent() {
@@ -308,7 +359,15 @@ async function run() {
   } catch (error) {
     return ctx.showError(el.error, error.message);
   }
-  const body = { size: readInt(el.size), stride: readInt(el.stride), target, layer: el.layer.value || null };
+  const body = {
+    size: readInt(el.size),
+    stride: readInt(el.stride),
+    target,
+    layer: el.layer.value || null,
+    method: el.method.value,
+    approx: readShare(el.approx),
+    adaptive: readShare(el.adaptive),
+  };
   const job = { url: null, cancelled: false, started: performance.now() };
   running = job;
   setRunning(true);
@@ -390,6 +449,7 @@ function render() {
     h("span", {}, `${r.rows} × ${r.cols} positions · square ${r.size} px · stride ${r.stride} px`),
     h("span", {}, "feature ", h("b", {}, r.feature.layer), ` #${r.feature.channel}`),
   );
+  renderMethod(r);
   maps.probability.caption.replaceChildren("P(", h("b", { title: r.target_label }, shortLabel(target)), ") per position");
   maps.activity.caption.replaceChildren("Activity of ", h("b", {}, `#${r.feature.channel}`), ` · ${r.feature.layer}`);
   el.projCaption.replaceChildren("Projection of ", h("b", {}, `#${r.feature.channel}`), " (strongest unit)");
@@ -404,10 +464,40 @@ function render() {
   }
   for (const svg of root.querySelectorAll(".occ-cursor")) svg.setAttribute("viewBox", `0 0 ${side} ${side}`);
   el.explore.disabled = false;
-  el.mode.value = ctx.store.get().mode || "deconvnet";
+  const mode = ctx.store.get().mode;
+  el.mode.value = [...el.mode.options].some((option) => option.value === mode) ? mode : "auto";
   markStale();
   setHover(null);
   loadProjection();
+}
+
+/** Which method ran, whether it was approximate, its time and planned speed-up. */
+function renderMethod(r) {
+  const { h } = ctx;
+  const method = r.method || "dense";
+  const approximate = Boolean(r.approximate);
+  const ratio = r.planned_ratio;
+  Object.assign(el.ran.dataset, {
+    method,
+    approximate: String(approximate),
+    plannedRatio: ratio === null || ratio === undefined ? "" : String(ratio),
+    seconds: r.seconds === undefined || r.seconds === null ? "" : String(r.seconds),
+  });
+  const parts = [h("b", { class: "occ-method" }, method), approximate ? h("span", { class: "occ-approx-tag", dataset: { role: "occlusion-approximate" } }, "approximate") : h("span", { class: "occ-exact" }, "exact")];
+  if (r.seconds !== undefined && r.seconds !== null) parts.push(h("span", {}, `${Number(r.seconds).toFixed(r.seconds < 10 ? 2 : 1)} s on the server`));
+  if (ratio !== null && ratio !== undefined && ratio > 0) {
+    const share = `${(ratio * 100).toFixed(1)} %`;
+    const text = method === "dense" ? `incremental would plan ${share} of dense's arithmetic: too little saved, so auto ran dense` : `planned ${(1 / ratio).toFixed(1)}× less arithmetic than dense (${share})`;
+    parts.push(h("span", { class: "occ-speedup", title: "multiply-adds of the incremental plan over those of dense" }, text));
+  }
+  const details = [];
+  if (r.approx !== null && r.approx !== undefined) details.push(`cap τ = ${r.approx}`);
+  if (r.adaptive !== null && r.adaptive !== undefined) details.push(`drill-down ${r.adaptive} · ${Number(r.positions_computed).toLocaleString("en")} of ${(r.rows * r.cols).toLocaleString("en")} positions computed`);
+  if (details.length) parts.push(h("span", {}, details.join(" · ")));
+  if (r.note) parts.push(h("span", { class: "occ-note-inline", dataset: { role: "occlusion-note" } }, r.note));
+  el.ran.replaceChildren(...parts);
+  el.ran.classList.toggle("is-approximate", approximate);
+  el.ran.hidden = false;
 }
 
 /** Position the rows × cols canvas over the input: cell centres at the occluder centres. */

@@ -22,6 +22,7 @@ import { $, $$, busy, fmt, h, showError } from "../util.js";
 const CACHE_SIZE = 48;
 const PREFS_KEY = "convscope.recon";
 const CROP = 144; // canvas pixels of the patches (CSS scales them to the column)
+const OUTSIDE = "#6b717c"; // a patch's part outside the image
 const EMPTY_TEXT = "Click a feature map to project it into pixel space";
 
 export function createReconPanel({ root, store, maps, layerInfo, modeFor, describeImage, onImageMissing }) {
@@ -199,7 +200,7 @@ export function createReconPanel({ root, store, maps, layerInfo, modeFor, descri
       Object.assign(projImg.dataset, {
         projLayer: state.layer,
         projChannel: String(state.channel),
-        projMode: effectiveMode(state),
+        projMode: result.mode || effectiveMode(state), // the server's word on the rule it used
         projRequested: state.mode,
         projSelect: state.select,
         projUnit: state.unit || "",
@@ -351,14 +352,14 @@ export function createReconPanel({ root, store, maps, layerInfo, modeFor, descri
     return { ...box, x0: box.cx - least / 2, y0: box.cy - least / 2, side: least, context: true };
   }
 
-  function drawCrop(canvas, img, field, ready) {
+  function drawCrop(canvas, img, field, ready, size = CROP) {
     const ctx = canvas.getContext("2d");
-    canvas.width = canvas.height = CROP;
+    canvas.width = canvas.height = size;
     ctx.fillStyle = "#000";
-    ctx.fillRect(0, 0, CROP, CROP);
+    ctx.fillRect(0, 0, size, size);
     const box = patchBox(field);
     if (!box || !ready) return;
-    const scale = CROP / box.side;
+    const scale = size / box.side;
     const sx = Math.max(0, box.x0);
     const sy = Math.max(0, box.y0);
     const sw = Math.min(inputSize, box.x0 + box.side) - sx;
@@ -367,6 +368,21 @@ export function createReconPanel({ root, store, maps, layerInfo, modeFor, descri
     ctx.imageSmoothingEnabled = scale < 1;
     const k = img.naturalWidth / inputSize; // the images are S×S; stay robust if not
     ctx.drawImage(img, sx * k, sy * k, sw * k, sh * k, (sx - box.x0) * scale, (sy - box.y0) * scale, sw * scale, sh * scale);
+    if (sw < box.side || sh < box.side) {
+      // the part of the patch outside the image: a neutral grey, the image edge dashed (as in Top 9)
+      const [ix, iy, iw, ih] = [(sx - box.x0) * scale, (sy - box.y0) * scale, sw * scale, sh * scale];
+      ctx.save();
+      ctx.fillStyle = OUTSIDE;
+      ctx.beginPath();
+      ctx.rect(0, 0, size, size);
+      ctx.rect(ix, iy, iw, ih);
+      ctx.fill("evenodd");
+      ctx.setLineDash([4, 3]);
+      ctx.lineWidth = 1;
+      ctx.strokeStyle = "#f3f4f6";
+      ctx.strokeRect(ix + 0.5, iy + 0.5, iw - 1, ih - 1);
+      ctx.restore();
+    }
     if (box.context) {
       // the field itself, inside its context
       const x = (field.x0 - box.x0) * scale;
@@ -433,6 +449,50 @@ export function createReconPanel({ root, store, maps, layerInfo, modeFor, descri
     radio.addEventListener("click", () => store.set({ select: radio.value, unit: null }));
   }
   unitChip.addEventListener("click", () => store.set({ unit: null }));
+
+  // ---- click to zoom: input and projection side by side, large; small fields zoomed to the field ----
+  const zoom = $('[data-role="recon-zoom"]');
+  const zoomInput = $('[data-role="zoom-input"]', zoom);
+  const zoomProj = $('[data-role="zoom-projection"]', zoom);
+  const zoomInputCaption = $('[data-role="zoom-input-caption"]', zoom);
+  const zoomProjCaption = $('[data-role="zoom-projection-caption"]', zoom);
+  const ZOOM = 560; // canvas pixels (CSS fits them to the screen)
+  const smallField = (box) => Boolean(box && !box.whole && box.side < inputSize / 3);
+
+  function currentBox() {
+    const state = store.get();
+    const info = layerInfo(state.layer);
+    const peak = info ? currentPeak(state, maps.dataFor(state)) : null;
+    return peak ? fieldBox(info, peak[0], peak[1]) : null;
+  }
+
+  function drawZoom() {
+    const box = currentBox();
+    const view = zoom.querySelector('input[name="zoom-view"]:checked')?.value ?? "whole";
+    const toField = view === "field" && box && !box.whole;
+    zoom.dataset.view = toField ? "field" : "whole";
+    const whole = { x0: 0, y0: 0, side: inputSize, cx: inputSize / 2, cy: inputSize / 2, whole: true };
+    const projReady = Boolean(shown && projImg.complete && projImg.naturalWidth > 0);
+    drawCrop(zoomInput, inputImg, toField ? box : whole, inputImg.complete && inputImg.naturalWidth > 0, ZOOM);
+    drawCrop(zoomProj, projImg, toField ? box : whole, projReady, ZOOM);
+    const where = toField ? `the ${Math.round(box.side)} px field (${patchBox(box).context ? "with context" : "exact"})` : `${inputSize}×${inputSize}`;
+    zoomInputCaption.textContent = `input · ${where}`;
+    zoomProjCaption.textContent = `${projImg.dataset.projMode || ""} projection · ${where}`;
+  }
+
+  function openZoom() {
+    if (projImg.hidden) return;
+    const radio = zoom.querySelector(`input[name="zoom-view"][value="${smallField(currentBox()) ? "field" : "whole"}"]`);
+    if (radio) radio.checked = true;
+    drawZoom();
+    if (!zoom.open) zoom.showModal();
+  }
+  projStage.addEventListener("click", openZoom);
+  for (const radio of zoom.querySelectorAll('input[name="zoom-view"]')) radio.addEventListener("change", drawZoom);
+  $('[data-role="zoom-close"]', zoom).addEventListener("click", () => zoom.close());
+  zoom.addEventListener("click", (event) => {
+    if (event.target === zoom) zoom.close();
+  });
   // After a mouse click on a switch, give the arrow keys back to the feature maps
   // (a focused radio group would take them); keyboard users keep the native radios.
   let pointing = false;

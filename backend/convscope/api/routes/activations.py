@@ -39,6 +39,7 @@ def activations(engine: EngineDep, image: ImageDep, prepared: PreparedDep, layer
         height=info.height,
         width=info.width,
         max=peak.tolist(),
+        min=flat.min(dim=1).values.tolist(),
         sum=flat.sum(dim=1).tolist(),
         argmax=argmax,
         sprite=SpriteInfo(
@@ -63,13 +64,16 @@ def activation_sprite_png(
     image: ImageDep,
     prepared: PreparedDep,
     layer: LayerQuery,
+    signed: Annotated[
+        bool, Query(description="128 = zero, 0 and 255 = the largest magnitude (negative values)")
+    ] = False,
 ) -> Response:
     engine.layer(layer)
 
     def make() -> tuple[bytes, dict[str, str]]:
-        sprite, columns, rows, tile = activation_sprite(engine.activations(prepared, layer))
+        sprite, columns, rows, tile = activation_sprite(engine.activations(prepared, layer), signed=signed)
         headers = {"X-Sprite-Columns": str(columns), "X-Sprite-Rows": str(rows), "X-Sprite-Tile": str(tile)}
         return png_bytes(sprite), headers
 
-    item = state.responses.render(cache_key("sprite", engine.name, prepared.key, layer), make)
+    item = state.responses.render(cache_key("sprite", engine.name, prepared.key, layer, signed), make)
     return png_response(request, item, image.cache_control)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from convscope.api.deps import StateDep
-from convscope.api.schemas import HealthResponse
+from convscope.api.schemas import EngineMemory, HealthResponse
 
 router = APIRouter(tags=["health"])
 
@@ -18,7 +18,19 @@ router = APIRouter(tags=["health"])
 async def health(state: StateDep, response: Response) -> HealthResponse:
     pool = state.pool
     if pool.state == "ready":
-        return HealthResponse(status="ok")
+        engines = []
+        for engine in pool.engines():
+            memory = engine.memory()
+            engines.append(
+                EngineMemory(
+                    model=engine.name,
+                    device=str(engine.device),
+                    records=memory.records,
+                    bytes=memory.bytes,
+                    limit_bytes=memory.limit_bytes,
+                )
+            )
+        return HealthResponse(status="ok", engines=engines)
     response.status_code = 503
     response.headers["Retry-After"] = "2"
     return HealthResponse(status=pool.state, detail=pool.error or "the models are still loading")

@@ -11,25 +11,32 @@ from convscope.api.schemas import LabelInfo, LayerResponse, ModelInfo, Predictio
 router = APIRouter(tags=["models"])
 
 
-@router.get("/models", response_model=list[ModelInfo], summary="the loaded models", responses=errors(503))
+@router.get(
+    "/models",
+    response_model=list[ModelInfo],
+    summary="the models on offer (loaded, or loaded on first use)",
+    responses=errors(503),
+)
 async def list_models(pool: PoolDep) -> list[ModelInfo]:
     return [
         ModelInfo(
-            name=engine.name,
-            default=engine.name == pool.default,
-            num_classes=engine.model.num_classes,
-            pretrained=engine.model.pretrained,
-            input_size=engine.input_size,
-            description=engine.model.description,
-            preprocessing=Preprocessing.model_validate(engine.model.preprocessing),
+            name=row.name,
+            default=row.name == pool.default,
+            num_classes=row.num_classes,
+            pretrained=row.pretrained,
+            input_size=row.input_size,
+            description=row.description,
+            loaded=row.loaded,
+            preprocessing=Preprocessing.model_validate(pool.get(row.name).model.preprocessing) if row.loaded else None,
         )
-        for engine in pool.engines()
+        for row in pool.summaries()
     ]
 
 
 @router.get(
     "/models/{model}/layers",
     response_model=list[LayerResponse],
+    response_model_exclude_none=True,
     summary="every layer with a 4-D output, in forward order, with shape and receptive field",
     responses=errors(404, 422, 503),
 )

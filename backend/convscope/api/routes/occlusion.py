@@ -39,7 +39,11 @@ def _positions(engine: Engine, request: OcclusionRequest) -> int:
         **errors(400, 404, 422, 429, 503),
     },
     openapi_extra=body_examples(
-        defaults={}, coarse={"size": 64, "stride": 32}, target_and_layer={"target": 281, "layer": "conv_head"}
+        defaults={},
+        coarse={"size": 64, "stride": 32},
+        target_and_layer={"target": 281, "layer": "conv_head"},
+        exact_incremental={"size": 16, "stride": 8, "method": "incremental"},
+        approximate={"size": 16, "stride": 4, "approx": 0.5, "adaptive": 0.25},
     ),
 )
 def occlusion(

@@ -34,7 +34,7 @@ from convscope.engine.render import png_bytes
 from convscope.errors import ConvscopeError, InvalidRequestError
 from convscope.jsonvalues import finite_or_none
 from convscope.scan.library import SAMPLES_SCAN, ScanEntry, normalise_folder
-from convscope.scan.render import ScanRenderer, resolve_mode
+from convscope.scan.render import ScanRenderer
 
 router = APIRouter(tags=["scans"])
 
@@ -209,7 +209,7 @@ def top(
 ) -> TopResponse:
     renderer = _renderer(service, engine, engine.name, scan_id)
     entries = renderer.entries(layer, channel)
-    resolved = resolve_mode(engine, layer, mode)
+    resolved = engine.resolve_mode(layer, mode)
     base = scan_url(engine.name, scan_id)
     query = urlencode({"layer": layer, "channel": channel})
     projection_query = urlencode({"layer": layer, "channel": channel, "mode": resolved})
@@ -262,7 +262,7 @@ def top_image(
     mode: ModeQuery = "deconvnet",
 ) -> Response:
     renderer = _renderer(service, engine, engine.name, scan_id)
-    resolved = resolve_mode(engine, layer, mode)
+    resolved = engine.resolve_mode(layer, mode)
     return _png(request, renderer.png(layer, channel, rank, kind, resolved), {"X-Mode": resolved})
 
 
@@ -317,7 +317,7 @@ def montage_png(
     wanted = parse_channels(channels, renderer.manifest.layer(layer).channels)
     if len(wanted) > MONTAGE_MAX_CHANNELS:
         raise InvalidRequestError(f"at most {MONTAGE_MAX_CHANNELS} channels per montage")
-    resolved = resolve_mode(engine, layer, mode)
+    resolved = engine.resolve_mode(layer, mode)
     key = cache_key("montage", engine.name, scan_id, renderer.manifest.updated_at, layer, tuple(wanted), tile, resolved)
     responses = service.state.responses
     item = responses.get(key)
@@ -338,7 +338,7 @@ def montage_png(
     response_model=list[ScanRootInfo],
     summary="the folders this server may scan: each scan root and its subfolders (POST .../scans with folder)",
 )
-def scan_roots(service: ScanServiceDep) -> list[ScanRootInfo]:
+def list_scan_roots(service: ScanServiceDep) -> list[ScanRootInfo]:
     out = []
     for name, root in sorted(service.library.roots.items()):
         try:

@@ -3,7 +3,9 @@
 
 The studies are files that `convscope train`, `evolution`, `ablate` and `probe` wrote
 somewhere below the `studies_dir` setting (`CONVSCOPE_STUDIES_DIR`); long training is a
-CLI job, never an HTTP request. A study's id is its JSON's path below that folder
+CLI job, never an HTTP request. The one exception is the small digits run a fresh install
+offers (`POST /api/studies/digits`): a job with progress that trains `zfnet-small` on
+scikit-learn's digits for a few epochs into `<studies_dir>/digits-run`. A study's id is its JSON's path below that folder
 without `.json`, with `~` for `/` (e.g. `digits~ablation`). Ids are looked up in the
 listing, never joined into a path, and a study's image or table is served only when
 it lies inside the study's own folder.
@@ -14,15 +16,20 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Request, Response
-from fastapi.responses import PlainTextResponse
+from fastapi import APIRouter, Body, Path, Query, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, Field
 
 from convscope.api.caching import Rendered, etag_of, png_response
 from convscope.api.deps import StateDep
+from convscope.api.jobs import Job
+from convscope.api.openapi import body_examples
 from convscope.api.routes.common import errors, png
-from convscope.api.schemas import StudyList, StudySummary
+from convscope.api.routes.jobs import job_response, job_url
+from convscope.api.schemas import ErrorResponse, JobResponse, StudyList, StudySummary
 from convscope.api.state import AppState
 from convscope.errors import NotFoundError
+from convscope.scan.library import ForbiddenError
 from convscope.studies.store import StudyFile, find_studies
 
 router = APIRouter(tags=["studies"])
@@ -114,3 +121,47 @@ def study_table(study_id: StudyId, state: StateDep) -> PlainTextResponse:
     if path is None:
         raise NotFoundError(f"study {study_id!r} has no table")
     return PlainTextResponse(path.read_text(), media_type="text/markdown; charset=utf-8")
+
+
+class DigitsRunRequest(BaseModel):
+    epochs: int = Field(default=5, ge=1, le=30, description="epochs of zfnet-small on the digits (about 5 s each)")
+
+
+DIGITS_RUN = "digits-run"
+
+
+@router.post(
+    "/studies/digits",
+    status_code=202,
+    response_model=JobResponse,
+    summary="train the small digits study (zfnet-small on scikit-learn's digits) as a job; poll its url",
+    responses={
+        403: {"model": ErrorResponse, "description": "no studies folder is configured"},
+        **errors(422, 429),
+    },
+    openapi_extra=body_examples(quick={"epochs": 5}, one_epoch={"epochs": 1}),
+)
+def run_digits(state: StateDep, body: Annotated[DigitsRunRequest | None, Body()] = None) -> JSONResponse:
+    body = body or DigitsRunRequest()
+    folder = state.settings.studies_dir
+    if folder is None:
+        raise ForbiddenError("this server has no studies folder (CONVSCOPE_STUDIES_DIR) to write the run to")
+    out = folder / DIGITS_RUN
+
+    def work(job: Job) -> dict[str, Any]:
+        from convscope.studies.train import TrainConfig, train
+
+        job.report(0, body.epochs)
+
+        def echo(text: str) -> None:  # train() says "epoch k/N: ..." after each epoch
+            job.check_cancelled()
+            if text.startswith("epoch "):
+                done = text.split(":", 1)[0].removeprefix("epoch ").split("/")[0]
+                if done.isdigit():
+                    job.report(int(done), body.epochs)
+
+        result = train(TrainConfig(data="digits", epochs=body.epochs), out, device="cpu", resume=True, echo=echo)
+        return {"run": DIGITS_RUN, "epochs": body.epochs, "final": result.final}
+
+    job = state.jobs.submit("study", work, total=body.epochs)
+    return JSONResponse(job_response(job).model_dump(mode="json"), status_code=202, headers={"Location": job_url(job)})

@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 
 from convscope.api.caching import PUBLIC, Rendered, etag_of, png_response
 from convscope.api.deps import EngineDep, StateDep
-from convscope.api.jobs import Job
+from convscope.api.jobs import Job, current_client
 from convscope.api.openapi import body_examples
 from convscope.api.routes.common import MODEL_ERRORS, errors, png
 from convscope.api.routes.jobs import accepted
@@ -192,7 +192,7 @@ def start_visualization(request: Request, engine: EngineDep, body: Visualization
             ],
         }
 
-    key = (engine.name, id(engine), target)
+    key = (current_client.get(), engine.name, id(engine), target)  # jobs belong to their client
     job = service.submit(key, work, total)
     return accepted(job)
 

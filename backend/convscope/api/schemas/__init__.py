@@ -3,7 +3,7 @@ describe every endpoint, and the CLI's `--json` output is made from the same mod
 two cannot drift. Everything is re-exported here (`from convscope.api.schemas import X`)."""
 
 from convscope.api.schemas.analyses import CorrespondenceRequest, DeadChannelsRequest, InvarianceRequest
-from convscope.api.schemas.common import ErrorResponse, HealthResponse
+from convscope.api.schemas.common import EngineMemory, ErrorResponse, HealthResponse
 from convscope.api.schemas.images import ActivationsResponse, SampleInfo, SpriteInfo, UploadResponse
 from convscope.api.schemas.jobs import JobError, JobResponse
 from convscope.api.schemas.models import (
@@ -29,6 +29,7 @@ __all__ = [
     "ActivationsResponse",
     "CorrespondenceRequest",
     "DeadChannelsRequest",
+    "EngineMemory",
     "ErrorResponse",
     "HealthResponse",
     "InvarianceRequest",

@@ -14,6 +14,15 @@ class ErrorResponse(BaseModel):
     )
 
 
+class EngineMemory(BaseModel):
+    model: str
+    device: str
+    records: int = Field(description="recorded forward passes cached now (one per recently clicked image)")
+    bytes: int = Field(description="bytes those records hold (saved tensors, layer outputs, inputs)")
+    limit_bytes: int = Field(description="the cache's bound (CONVSCOPE_ENGINE_CACHE_MB)")
+
+
 class HealthResponse(BaseModel):
     status: Literal["ok", "loading", "failed"]
     detail: str | None = Field(default=None, description="why the server is not ready, when it is not")
+    engines: list[EngineMemory] | None = Field(default=None, description="per model, once ready: cache memory")

@@ -32,6 +32,7 @@ class ActivationsResponse(BaseModel):
     height: int
     width: int
     max: list[float] = Field(description="per channel: largest activation")
+    min: list[float] | None = Field(default=None, description="per channel: smallest activation (may be negative)")
     sum: list[float] = Field(description="per channel: total activation")
     argmax: list[list[int]] = Field(description="per channel: [y, x] of the largest activation")
     sprite: SpriteInfo

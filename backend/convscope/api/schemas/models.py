@@ -24,6 +24,7 @@ class ModelInfo(BaseModel):
     pretrained: bool
     input_size: int = Field(description="side S of the S×S model input")
     description: str = ""
+    loaded: bool = Field(default=True, description="false: offered, loaded by the first request that needs it")
     preprocessing: Preprocessing | None = Field(
         default=None, description="how a photo becomes the model's input (timm pretrained_cfg keys)"
     )
@@ -32,14 +33,17 @@ class ModelInfo(BaseModel):
 class ReceptiveFieldInfo(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
-    size: float = Field(description="side of the receptive field in input pixels")
-    stride: float = Field(description="input pixels between neighbouring units")
-    offset: float = Field(description="centre of unit (0, 0) in input pixels")
+    size: float = Field(description="side of the receptive field in input pixels (along the rows, y)")
+    stride: float = Field(description="input pixels between neighbouring units (along y)")
+    offset: float = Field(description="centre of unit (0, 0) in input pixels (along y)")
+    size_x: float | None = Field(default=None, description="along the columns (x), only where it differs from size")
+    stride_x: float | None = Field(default=None, description="along x, only where it differs from stride")
+    offset_x: float | None = Field(default=None, description="along x, only where it differs from offset")
 
-    @field_validator("size", "stride", "offset")
+    @field_validator("size", "stride", "offset", "size_x", "stride_x", "offset_x")
     @classmethod
-    def _rounded(cls, value: float) -> float:
-        return round(value, 3)
+    def _rounded(cls, value: float | None) -> float | None:
+        return None if value is None else round(float(value), 3)
 
 
 class RuleCoverage(BaseModel):

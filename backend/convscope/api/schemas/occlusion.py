@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class OcclusionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    size: int = Field(default=32, ge=1, strict=True, description="occluder side in pixels")
-    stride: int = Field(default=16, ge=1, strict=True, description="pixels between occluder positions")
-    target: int | None = Field(
-        default=None, ge=0, strict=True, description="class index (default: the unoccluded top-1)"
-    )
+    size: int = Field(default=32, ge=1, description="occluder side in pixels")
+    stride: int = Field(default=16, ge=1, description="pixels between occluder positions")
+    target: int | None = Field(default=None, ge=0, description="class index (default: the unoccluded top-1)")
     layer: str | None = Field(default=None, description="feature-map layer (default: the last convolutional layer)")
     method: Literal["auto", "dense", "incremental"] = Field(
         default="auto",
@@ -34,6 +32,14 @@ class OcclusionRequest(BaseModel):
         description="approximate: occlude at twice the stride, then at the stride only in this share of cells "
         "where the target's probability dropped most",
     )
+
+    @field_validator("size", "stride", "target", mode="before")
+    @classmethod
+    def _no_booleans(cls, value: object) -> object:
+        """JSON true is not the integer 1 (JSON Schema agrees); 16.0 still is 16."""
+        if isinstance(value, bool):
+            raise ValueError("expected an integer, not a boolean")
+        return value
 
 
 class OcclusionFeature(BaseModel):

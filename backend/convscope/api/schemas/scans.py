@@ -38,7 +38,7 @@ class ScanInfo(BaseModel):
 
 
 class ScanRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid")  # folder xor samples: stated in x-convscope-rules (api/rules.py)
 
     folder: str | None = Field(
         default=None,
