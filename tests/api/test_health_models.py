@@ -93,7 +93,9 @@ def test_layers_are_the_engine_layers_in_module_order(client: TestClient, engine
     response = client.get(f"/api/models/{MODEL}/layers")
     assert response.status_code == 200
     rows = response.json()
-    assert rows == [LayerResponse.from_info(info).model_dump(mode="json") for info in engine.layers()]
+    assert rows == [
+        LayerResponse.from_info(info).model_dump(mode="json", exclude_none=True) for info in engine.layers()
+    ]
     # EfficientNet-Lite0's stem: 32 channels, stride 2, 3×3 field; the head: 1280 channels at 7×7.
     first = rows[0]
     assert (first["name"], first["channels"], first["height"], first["width"]) == ("conv_stem", 32, 112, 112)

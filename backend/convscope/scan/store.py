@@ -22,7 +22,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, astuple, dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +96,8 @@ class _LayerRecord:
     @classmethod
     def of(cls, info: LayerInfo) -> _LayerRecord:
         shape = (info.name, info.kind, info.channels, info.height, info.width)
-        size, stride, offset, global_ = astuple(info.receptive_field)
-        return cls(*shape, float(size), float(stride), float(offset), bool(global_))
+        field_ = info.receptive_field
+        return cls(*shape, float(field_.size), float(field_.stride), float(field_.offset), bool(field_.global_))
 
     def info(self) -> LayerInfo:
         field_ = ReceptiveField(self.rf_size, self.rf_stride, self.rf_offset, self.rf_global)
