@@ -40,6 +40,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check backend tests benchmarks
 	$(BIN)/ruff format --check backend tests benchmarks
 	$(BIN)/mypy
+	PYTHONPATH=backend $(BIN)/lint-imports --no-cache
 
 test: $(VENV)/.installed-test chromium
 	$(MAKE) lint

@@ -1,4 +1,4 @@
-"""The `convscope` command line (DESIGN §5): real subprocesses, real model, real photos."""
+"""The `convscope` command line (docs/architecture.md): real subprocesses, real model, real photos."""
 
 from __future__ import annotations
 

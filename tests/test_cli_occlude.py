@@ -1,4 +1,4 @@
-"""`convscope occlude` (DESIGN §5): writes exactly the occlusion response; bad input exits 2 with one line."""
+"""`convscope occlude` (docs/architecture.md): writes exactly the occlusion response; bad input exits 2 with one line."""
 
 from __future__ import annotations
 

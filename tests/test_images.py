@@ -1,4 +1,4 @@
-"""Image decoding limits and the preprocessing contract (DESIGN §2)."""
+"""Image decoding limits and the preprocessing contract (docs/architecture.md "Preprocessing")."""
 
 from __future__ import annotations
 

@@ -31,3 +31,11 @@ def test_console_task_tracks_the_total() -> None:
         task.report(5, 5)
         assert (task.done, task.total) == (5, 5)
         assert not task.should_stop()
+
+
+def test_console_task_starts_again_for_a_new_round() -> None:
+    with ConsoleTask("ablate", "batch", show=True) as task:
+        task.report(5, 5)
+        task.report(1, 3)  # the next run of an ablation
+        assert (task.done, task.total) == (1, 3)
+        assert task._bar.n == 1 and task._bar.total == 3

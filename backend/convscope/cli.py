@@ -1,4 +1,4 @@
-"""The `convscope` command line (DESIGN §5).
+"""The `convscope` command line (docs/architecture.md).
 
 Problems that are the user's (unknown model or layer, channel out of range,
 unreadable image, missing weights) exit with status 2 and one line naming the
@@ -12,6 +12,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from convscope.errors import ConvscopeError
 
@@ -25,9 +26,9 @@ class CliError(ConvscopeError):
 def _load_engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from convscope.engine import Engine
     from convscope.models import load_model
+    from convscope.models.preprocessing import model_options
 
-    size = getattr(args, "size", 224)
-    model = load_model(args.model, weights=args.weights, input_size=size)
+    model = load_model(args.model, weights=args.weights, **model_options(args))
     return Engine(model, device_name=getattr(args, "device", "auto"))
 
 
@@ -37,10 +38,19 @@ def _load_image(args: argparse.Namespace, engine):  # type: ignore[no-untyped-de
     return engine.prepare(load_image_file(args.image))
 
 
+def _json(model: Any, exclude_none: bool = False) -> Any:
+    """The JSON value of an API schema object (or a list of them): the API's own serialisation."""
+    from pydantic import RootModel
+
+    return RootModel[Any](model).model_dump(mode="json", exclude_none=exclude_none)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
+    from convscope.api.schemas import PredictionResponse
+
     engine = _load_engine(args)
     predictions = engine.predict(_load_image(args, engine), top=args.top)
-    rows = [{"index": p.index, "label": p.label, "probability": p.probability} for p in predictions]
+    rows = _json([PredictionResponse.from_prediction(p) for p in predictions])
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -50,19 +60,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
+    from convscope.api.schemas import LayerResponse
+
     engine = _load_engine(args)
-    rows = [info.to_dict() for info in engine.layers()]
+    layers = [LayerResponse.from_info(info) for info in engine.layers()]
     if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        for row in rows:
-            field = row["receptive_field"]
-            uncovered = row["rules"]["uncovered"]  # type: ignore[index]
-            print(
-                f"{row['name']:40s} {row['kind']:22s} {row['channels']:5d}×{row['height']}×{row['width']}"
-                f"  rf {field['size']}/{field['stride']}  {'switches' if row['has_switches'] else 'no switches'}"
-                + (f"  NO RULE for {', '.join(uncovered)} (plain derivative in every mode)" if uncovered else "")
-            )
+        print(json.dumps(_json(layers, exclude_none=True), indent=2))  # as GET .../layers
+        return 0
+    for layer in layers:
+        shape = f"{layer.channels:5d}×{layer.height}×{layer.width}"
+        rf, uncovered = layer.receptive_field, layer.rules.uncovered
+        switches = "switches" if layer.has_switches else "no switches"
+        missing = f"  NO RULE for {', '.join(uncovered)} (plain derivative in every mode)" if uncovered else ""
+        print(f"{layer.name:40s} {layer.kind:22s} {shape}  rf {rf.size}/{rf.stride}  {switches}{missing}")
     return 0
 
 
@@ -110,6 +120,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_occlude(args: argparse.Namespace) -> int:
+    from convscope.api.schemas import OcclusionResponse
+    from convscope.arguments import pick
     from convscope.engine.occlusion import occlude, occlusion_grid, occlusion_response
     from convscope.tasks import ConsoleTask
 
@@ -117,20 +129,9 @@ def cmd_occlude(args: argparse.Namespace) -> int:
     image = _load_image(args, engine)
     rows, cols, _ = occlusion_grid(engine.input_size, args.occluder_size, args.stride)  # bad sizes fail fast
     with ConsoleTask("occlude", unit="pos", total=rows * cols) as task:
-        result = occlude(
-            engine,
-            image,
-            size=args.occluder_size,
-            stride=args.stride,
-            target=args.target,
-            layer=args.layer,
-            batch_size=args.batch_size,
-            method=args.method,
-            approx=args.approx,
-            adaptive=args.adaptive,
-            task=task,
-        )
-    text = json.dumps(occlusion_response(result))
+        flags = pick(args, "stride", "target", "layer", "batch_size", "method", "approx", "adaptive")
+        result = occlude(engine, image, size=args.occluder_size, task=task, **flags)
+    text = json.dumps(_json(OcclusionResponse.model_validate(occlusion_response(result))))
     if args.json_out == "-":
         print(text)
         summary = sys.stderr
@@ -243,6 +244,13 @@ def _add_model(parser: argparse.ArgumentParser, required: bool = True) -> None:
     )
     parser.add_argument("--weights", default=None, help="state-dict file (torch.load weights_only=True)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    pre = parser.add_argument_group("preprocessing (default: the model's own, timm pretrained_cfg keys)")
+    pre.add_argument("--input-size", type=_positive_int, default=None, metavar="S", help="model input side S")
+    pre.add_argument("--mean", default=None, metavar="R,G,B", help="per-channel mean of x/255")
+    pre.add_argument("--std", default=None, metavar="R,G,B", help="per-channel std of x/255")
+    pre.add_argument(
+        "--crop-pct", type=float, default=None, help="resize the shorter side to S/crop_pct, then crop S×S (0.1..1)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -279,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     project.add_argument("--verbose", action="store_true", help="also print what the recorded pass holds")
     project.add_argument("--select", default="max", choices=["max", "map"])
-    project.add_argument("--size", type=_positive_int, default=224)
+    project.add_argument("--size", type=_positive_int, default=None, help="model input side S (default: the model's)")
     project.add_argument("--out", required=True, help="PNG to write")
     project.add_argument("--raw", default=None, help="NPZ with input, projection, seed_value, seed_position")
     project.set_defaults(func=cmd_project)
@@ -341,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--top", type=_positive_int, default=9, help="entries kept per channel")
     scan.add_argument("--batch-size", type=_positive_int, default=32)
     scan.add_argument("--workers", type=int, default=0, help="image-reading worker processes (per process)")
-    scan.add_argument("--size", type=_positive_int, default=224, help="model input side S")
+    scan.add_argument("--size", type=_positive_int, default=None, help="model input side S (default: the model's)")
     scan.add_argument("--resume", action="store_true", help="continue an interrupted scan in --out")
     scan.add_argument(
         "--checkpoint-every", type=_positive_int, default=1024, help="images between checkpoints (resume points)"

@@ -1,6 +1,6 @@
 """Image decoding with limits, and the model-input preprocessing contract.
 
-DESIGN §2: the model sees exactly the image the user sees: shorter side resized
+docs/architecture.md "Preprocessing": the model sees exactly the image the user sees: shorter side resized
 to S, centre crop S×S, normalised with the model's mean/std.
 """
 
@@ -116,9 +116,10 @@ def check_resized(image_size: tuple[int, int], size: int) -> tuple[int, int]:
     return new_w, new_h
 
 
-def resize_and_crop(image: Image.Image, size: int) -> Image.Image:
-    """Shorter side to `size`, then the central size×size square."""
-    new_w, new_h = check_resized(image.size, size)
+def resize_and_crop(image: Image.Image, size: int, crop_pct: float = 1.0) -> Image.Image:
+    """Shorter side to `round(size / crop_pct)`, then the central size×size square."""
+    short = max(size, round(size / crop_pct))
+    new_w, new_h = check_resized(image.size, short)
     resized = image.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=None)
     left, top = (new_w - size) // 2, (new_h - size) // 2
     return resized.crop((left, top, left + size, top + size))
@@ -133,9 +134,11 @@ def normalise(display: Image.Image, mean: tuple[float, ...], std: tuple[float, .
     return ((tensor - mean_t) / std_t).unsqueeze(0)
 
 
-def prepare_image(image: Image.Image, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> PreparedImage:
+def prepare_image(
+    image: Image.Image, size: int, mean: tuple[float, ...], std: tuple[float, ...], crop_pct: float = 1.0
+) -> PreparedImage:
     """Apply the preprocessing contract and key the result by its pixels and settings."""
-    display = resize_and_crop(image.convert("RGB"), size)
+    display = resize_and_crop(image.convert("RGB"), size, crop_pct)
     tensor = normalise(display, mean, std)
     digest = hashlib.sha256(display.tobytes())
     digest.update(repr((size, mean, std)).encode())

@@ -1,4 +1,4 @@
-// Talking to the convscope REST API (DESIGN §6).
+// Talking to the convscope REST API (docs/api.md).
 //
 // Every request goes through `request()`. Requests made in a named *slot*
 // cancel the slot's previous request (AbortController), so a newer click always

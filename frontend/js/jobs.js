@@ -1,4 +1,4 @@
-// The one job runner: long server work is a job resource (DESIGN §6). POST starts one
+// The one job runner: long server work is a job resource (docs/api.md). POST starts one
 // (202 → a job), GET {job.url} polls it (progress, done/total), DELETE cancels it. Every
 // long action of the dashboard (scans, occlusion, analyses, studies) goes through here.
 //

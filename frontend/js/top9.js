@@ -48,6 +48,24 @@ export function createTop9Panel({ root, store, upload, modeFor, inputSize }) {
   const message = h("div", { class: "top9-message", dataset: { role: "top9-message" }, hidden: true });
   const errorBox = h("div", { class: "error", role: "alert", dataset: { role: "top9-error" }, hidden: true });
   const zoom = createZoom();
+  // The server renders a montage as a job (202 until it is ready): follow it, then open the PNG.
+  montageLink.addEventListener("click", async (event) => {
+    event.preventDefault();
+    const url = montageLink.href;
+    const tab = window.open("about:blank", "_blank"); // opened in the click, so no popup blocker stops it
+    montageLink.dataset.state = "rendering";
+    try {
+      const response = await fetch(url);
+      if (response.status === 202) await followJob(await response.json());
+      else if (!response.ok) throw new Error((await response.json()).detail || response.statusText);
+      if (tab) tab.location.href = url;
+      montageLink.dataset.state = "ready";
+    } catch (error) {
+      tab?.close();
+      montageLink.dataset.state = "failed";
+      showError(errorBox, `The montage could not be rendered: ${error.message}`);
+    }
+  });
   root.replaceChildren(
     h("header", { class: "panel-head" }, h("h2", { id: "top9-title" }, "Top 9"), picker, note, montageLink),
     folderForm,

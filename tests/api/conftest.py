@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from api.helpers import MODEL, wait_ready
-from convscope.api import Settings, create_app
+from api.helpers import MODEL, app_engine, ready_client
+from convscope.api import Settings
 from convscope.engine import Engine
 
 # Settings the tests rely on: small occlusion limits so a job is quick.
@@ -33,14 +33,11 @@ def api_settings() -> Settings:
 
 @pytest.fixture(scope="session")
 def client(api_settings: Settings) -> Iterator[TestClient]:
-    app = create_app(api_settings)
-    with TestClient(app) as test_client:
-        wait_ready(test_client)
+    with ready_client(api_settings) as test_client:
         yield test_client
 
 
 @pytest.fixture(scope="session")
 def engine(client: TestClient) -> Engine:
     """The app's own engine for the default model (to compute expected values directly)."""
-    engine: Engine = client.app.state.convscope.pool.get(MODEL)  # type: ignore[attr-defined]
-    return engine
+    return app_engine(client, MODEL)

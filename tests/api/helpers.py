@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from fastapi.testclient import TestClient
@@ -14,6 +16,7 @@ from PIL import Image
 from torch import nn
 
 from convscope.api.settings import Settings
+from convscope.engine import Engine
 from convscope.models import LoadedModel
 from convscope.models.labels import numbered_labels
 
@@ -36,6 +39,33 @@ def decode(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.load()
     return image
+
+
+def poll_job(client: TestClient, url: str, timeout: float = 120.0, every: float = 0.05) -> dict[str, Any]:
+    """Poll a job's URL until it has finished (succeeded, failed or cancelled); its last state."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = client.get(url).json()
+        if job["state"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(every)
+    raise AssertionError(f"job {url} did not finish in {timeout} s")
+
+
+@contextlib.contextmanager
+def ready_client(settings: Settings, **app_options: Any) -> Iterator[TestClient]:
+    """A TestClient on a real app, once its models have loaded."""
+    from convscope.api import create_app
+
+    with TestClient(create_app(settings, **app_options)) as client:
+        wait_ready(client)
+        yield client
+
+
+def app_engine(client: TestClient, model: str) -> Engine:
+    """The app's own engine for `model` (to compute expected values directly)."""
+    engine: Engine = client.app.state.convscope.pool.get(model)  # type: ignore[attr-defined]
+    return engine
 
 
 def wait_ready(client: TestClient, timeout: float = 180.0) -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from api.helpers import MODEL, decode
+from api.helpers import MODEL, decode, poll_job
 from convscope.analysis.correspondence import demo_annotation, draw_random_boxes, parse_parts
 from convscope.analysis.filters import dead_channels, frequency_coverage, measurement_points
 from convscope.analysis.invariance import invariance
@@ -24,12 +23,7 @@ def run_job(client: TestClient, path: str, body: dict[str, Any] | None, timeout:
     assert response.status_code == 202, response.text
     job = response.json()
     assert response.headers["location"] == job["url"] == f"/api/jobs/{job['id']}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(job["url"]).json()
-        if job["state"] in ("succeeded", "failed", "cancelled"):
-            break
-        time.sleep(0.2)
+    job = poll_job(client, job["url"], timeout, every=0.2)
     assert job["state"] == "succeeded", job
     assert job["done"] == job["total"] > 0
     return dict(job["result"])

@@ -4,26 +4,14 @@ no hook is left on the model, and the next interactive request is answered norma
 from __future__ import annotations
 
 import threading
-import time
-from typing import Any
 
 import torch
 from fastapi.testclient import TestClient
 
-from api.helpers import MODEL
+from api.helpers import MODEL, poll_job
 from convscope.engine import Engine
 
 BASE = f"/api/models/{MODEL}"
-
-
-def poll(client: TestClient, url: str, timeout: float = 120.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(url).json()
-        if job["state"] in ("succeeded", "failed", "cancelled"):
-            return job  # type: ignore[no-any-return]
-        time.sleep(0.05)
-    raise AssertionError(f"job {url} did not finish")
 
 
 def hook_counts(module: torch.nn.Module) -> int:
@@ -50,7 +38,7 @@ def test_an_analysis_job_cancelled_midway_leaves_nothing_behind(client: TestClie
         assert reached.wait(120)
         assert client.delete(job["url"]).json()["cancel_requested"] is True
         release.set()
-        final = poll(client, job["url"])
+        final = poll_job(client, job["url"])
     finally:
         release.set()
         handle.remove()

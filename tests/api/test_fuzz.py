@@ -2,7 +2,7 @@
 
 Schemathesis drives the real app (default model, real weights) in process; the
 OpenAPI examples (model name, sample id, layer) let it reach the model code,
-not only the 404 paths. The DESIGN §6 endpoints' responses must also match their documentation;
+not only the 404 paths. The contract endpoints' (docs/api.md) responses must also match their documentation;
 every other endpoint (scans, analyses) must at least never answer 5xx.
 """
 
@@ -120,6 +120,6 @@ def test_no_server_errors(case: Any) -> None:
     checks = [not_a_server_error, status_code_conformance]
     if not documented_refusal(case, response):
         checks.append(positive_data_acceptance)
-    if case.operation.path in CONTRACT_PATHS:  # DESIGN §6 and jobs: responses must match their documentation
+    if case.operation.path in CONTRACT_PATHS:  # docs/api.md and jobs: responses must match their documentation
         checks += [content_type_conformance, response_schema_conformance]
     case.validate_response(response, checks=checks)

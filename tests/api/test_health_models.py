@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 
 from api.helpers import MODEL, tiny_loader, tiny_model, tiny_settings, wait_ready
 from convscope.api import create_app
+from convscope.api.schemas import LayerResponse
 from convscope.engine import Engine
 from convscope.errors import WeightsUnavailableError
 
@@ -80,13 +81,21 @@ def test_models_lists_the_loaded_model(client: TestClient) -> None:
     assert model["num_classes"] == 1000
     assert model["pretrained"] is True
     assert model["input_size"] == 224
+    assert model["preprocessing"] == {
+        "input_size": 224,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "crop_pct": 1.0,
+    }
 
 
 def test_layers_are_the_engine_layers_in_module_order(client: TestClient, engine: Engine) -> None:
     response = client.get(f"/api/models/{MODEL}/layers")
     assert response.status_code == 200
     rows = response.json()
-    assert rows == [info.to_dict() for info in engine.layers()]
+    assert rows == [
+        LayerResponse.from_info(info).model_dump(mode="json", exclude_none=True) for info in engine.layers()
+    ]
     # EfficientNet-Lite0's stem: 32 channels, stride 2, 3×3 field; the head: 1280 channels at 7×7.
     first = rows[0]
     assert (first["name"], first["channels"], first["height"], first["width"]) == ("conv_stem", 32, 112, 112)

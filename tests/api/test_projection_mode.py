@@ -1,4 +1,4 @@
-"""`mode=auto` over HTTP and the layer metadata it resolves from (DESIGN §8)."""
+"""`mode=auto` over HTTP and the layer metadata it resolves from (docs/deconvnet.md, docs/api.md)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,8 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from api.helpers import tiny_loader, tiny_settings, wait_ready
-from convscope.api import create_app
+from api.helpers import app_engine, poll_job, ready_client, tiny_loader, tiny_settings
 from convscope.engine import Engine
 from convscope.scan import ScanStore, folder_source, run_scan, samples_source
 from convscope.scan.render import crop_box
@@ -24,14 +22,7 @@ MODEL = "tiny"
 BASE = f"/api/models/{MODEL}/scans"
 
 
-def poll(client: TestClient, url: str, timeout: float = 120.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(url).json()
-        if job["state"] in ("succeeded", "failed", "cancelled"):
-            return job  # type: ignore[no-any-return]
-        time.sleep(0.05)
-    raise AssertionError(f"job {url} did not finish")
+poll = poll_job
 
 
 def image_of(data: bytes) -> Image.Image:
@@ -59,15 +50,13 @@ def client(tmp_path_factory: pytest.TempPathFactory, roots: Path) -> Iterator[Te
     settings = tiny_settings(
         scan_dir=str(tmp_path_factory.mktemp("scans")), scan_roots=str(roots), scan_on_startup=True
     )
-    with TestClient(create_app(settings, loader=tiny_loader())) as test_client:
-        wait_ready(test_client)
+    with ready_client(settings, loader=tiny_loader()) as test_client:
         yield test_client
 
 
 @pytest.fixture(scope="module")
 def engine(client: TestClient) -> Engine:
-    engine: Engine = client.app.state.convscope.pool.get(MODEL)  # type: ignore[attr-defined]
-    return engine
+    return app_engine(client, MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +110,22 @@ def test_crop_projection_and_image_pngs(client: TestClient, bundled: dict[str, A
         assert again.status_code == 304
     picture = client.get(entry["image"]["url"])
     assert picture.status_code == 200 and image_of(picture.content).size == (32, 32)
-    montage = client.get(f"{BASE}/samples/montage.png", params={"layer": "relu2", "channels": "0-2", "tile": 16})
+
+
+def test_the_montage_is_rendered_by_a_job(client: TestClient, bundled: dict[str, Any]) -> None:
+    params = {"layer": "relu2", "channels": "0-2", "tile": 16}
+    first = client.get(f"{BASE}/samples/montage.png", params=params)
+    assert first.status_code == 202, first.text  # not rendered yet: a job, never a long request
+    job = first.json()
+    assert first.headers["location"] == job["url"] and job["kind"] == "montage" and job["total"] == 3
+    again = client.get(f"{BASE}/samples/montage.png", params=params)
+    assert again.status_code == 200 or again.json()["id"] == job["id"]  # the same job, not a second one
+    done = poll(client, job["url"])
+    assert done["state"] == "succeeded" and done["done"] == 3, done
+    assert done["result"]["url"] == f"{BASE}/samples/montage.png?layer=relu2&channels=0-2&tile=16"
+    montage = client.get(done["result"]["url"])
     assert montage.status_code == 200 and image_of(montage.content).mode == "RGB"
+    assert client.get(done["result"]["url"], headers={"If-None-Match": montage.headers["etag"]}).status_code == 304
 
 
 def test_top_k_projections_follow_the_mode(client: TestClient, bundled: dict[str, Any]) -> None:
@@ -143,9 +146,10 @@ def test_top_k_projections_follow_the_mode(client: TestClient, bundled: dict[str
         for layer in ("relu1", "relu2")
     }
     assert auto == {"relu1": "guided", "relu2": "deconvnet"}
-    montage = client.get(
-        f"{BASE}/samples/montage.png", params={"layer": "relu2", "channels": "0-1", "tile": 16, "mode": "guided"}
-    )
+    params = {"layer": "relu2", "channels": "0-1", "tile": 16, "mode": "guided"}
+    job = client.get(f"{BASE}/samples/montage.png", params=params).json()  # 202: rendered by a job
+    assert poll(client, job["url"])["result"]["mode"] == "guided"
+    montage = client.get(f"{BASE}/samples/montage.png", params=params)
     assert montage.status_code == 200 and montage.headers["x-mode"] == "guided"
     assert client.get(f"{BASE}/samples/top", params={"layer": "relu2", "channel": 0, "mode": "nope"}).status_code == 422
 
@@ -245,8 +249,7 @@ def test_bad_scan_bodies(client: TestClient) -> None:
 
 def test_no_roots_and_no_start_up_scan(tmp_path: Path) -> None:
     settings = tiny_settings(scan_dir=str(tmp_path), scan_on_startup=False)
-    with TestClient(create_app(settings, loader=tiny_loader())) as client:
-        wait_ready(client)
+    with ready_client(settings, loader=tiny_loader()) as client:
         assert client.get(BASE).json() == []
         assert client.get("/api/jobs").json() == []
         response = client.post(BASE, json={"folder": "photos/set1"})

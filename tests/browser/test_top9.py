@@ -226,3 +226,23 @@ def test_dataset_picker_scans_a_folder_from_the_page(tab: Any, server_url: str, 
     wait_tiles(tab, 9)
     samples = {s["id"] for s in get_json(f"{server_url}/api/samples")}
     assert set(tab.eval_on_selector_all(PROJECTIONS, "els => els.map(e => e.dataset.image)")) <= samples
+
+
+def test_the_montage_link_follows_its_job_then_opens_the_png(tab: Any, server_url: str, model: str) -> None:
+    scan = bundled_scan(server_url, model)
+    layer = scan["layers"][0]
+    tab.goto(f"{server_url}/#image=chelsea&layer={layer['name']}&channel=0")
+    wait_tiles(tab, 9)
+    link = tab.locator('[data-role="top9-montage"]')
+    expect(link).to_be_visible()
+    with tab.context.expect_page() as opened:
+        link.click()
+    expect(link).to_have_attribute("data-state", "ready", timeout=120_000)  # the montage job finished
+    montage = opened.value
+    montage.wait_for_url(re.compile(r".*/montage\.png\?.*"), timeout=60_000)  # about:blank until the job is done
+    montage.wait_for_load_state()
+    # the tab shows the rendered PNG (the server answers it now, no longer a 202 job)
+    size = montage.evaluate(
+        "() => { const img = document.querySelector('img'); return img && [img.naturalWidth, img.naturalHeight]; }"
+    )
+    assert size is not None and size[0] > 0 and size[1] > 0

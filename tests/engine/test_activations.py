@@ -1,4 +1,4 @@
-"""Every listed element-wise activation follows the mode's generalised rule (DESIGN §3),
+"""Every listed element-wise activation follows the mode's generalised rule (docs/deconvnet.md),
 in module and functional form, in place or not, checked against an explicit
 layer-by-layer reference on a tiny net (conv → activation → conv)."""
 
@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from convscope.api.schemas import LayerResponse
 from convscope.engine import Seed
 from convscope.engine.rules import using_rule
 from convscope.images import PreparedImage
@@ -165,4 +166,5 @@ def test_an_unknown_activation_is_reported_not_mixed_in(photo: PreparedImage) ->
     engine = make_engine(Net(nn.Softplus()), SIZE, classes=3)
     assert engine.layer("conv2").rules_uncovered == ("softplus",)
     assert engine.layer("conv2").rules_covered == ()
-    assert engine.layer("conv2").to_dict()["rules"] == {"covered": [], "uncovered": ["softplus"]}
+    rules = LayerResponse.from_info(engine.layer("conv2")).rules
+    assert rules.model_dump() == {"covered": [], "uncovered": ["softplus"]}

@@ -1,4 +1,4 @@
-"""The engine's projections equal an explicit layer-by-layer deconvnet (DESIGN §3)."""
+"""The engine's projections equal an explicit layer-by-layer deconvnet (docs/deconvnet.md)."""
 
 from __future__ import annotations
 

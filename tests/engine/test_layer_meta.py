@@ -1,5 +1,5 @@
 """Layer metadata read from the recorded graph: max-pool switches below a layer, which
-activations follow the mode's rule, and `mode="auto"` resolving from it (DESIGN §3, §8)."""
+activations follow the mode's rule, and `mode="auto"` resolving from it (docs/deconvnet.md)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from convscope.api.schemas import LayerResponse
 from convscope.engine import Engine
 from convscope.errors import InvalidRequestError
 from convscope.images import PreparedImage
@@ -88,7 +89,7 @@ def test_rule_coverage_names_covered_and_uncovered_ops_per_layer() -> None:
     assert rules["conv2"] == (("relu",), ())
     assert rules["gate"] == (("relu",), ("tanh",))
     assert rules["conv3"] == (("relu",), ("tanh",))
-    row = engine.layer("gate").to_dict()
+    row = LayerResponse.from_info(engine.layer("gate")).model_dump(mode="json")  # its JSON
     assert row["has_switches"] is True
     assert row["rules"] == {"covered": ["relu"], "uncovered": ["tanh"]}
 

@@ -1,4 +1,4 @@
-"""Occlusion sensitivity (paper Fig. 7, DESIGN §4): geometry, exactness, bounds, errors, a real photo."""
+"""Occlusion sensitivity (paper Fig. 7, docs/architecture.md "Occlusion"): geometry, exactness, bounds, errors, a real photo."""
 
 from __future__ import annotations
 
@@ -359,7 +359,7 @@ def test_image_prepared_for_another_size(engine: Engine) -> None:
         occlude(engine, other)
 
 
-# ---- the response shape (DESIGN §6) ---------------------------------------------------------------
+# ---- the response shape (docs/api.md) ---------------------------------------------------------------
 
 
 def test_response_shape(engine: Engine, image: PreparedImage) -> None:

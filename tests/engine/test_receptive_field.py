@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from convscope.api.schemas import LayerResponse
 from convscope.engine import Engine
 from convscope.models import load_model
 from convscope.samples import load_sample
@@ -93,7 +94,7 @@ def test_non_square_fields_match_hand_computation(layer: str) -> None:
     field = engine.layer(layer).receptive_field
     assert (field.axis(0), field.axis(1)) == NON_SQUARE[layer]
     assert not field.square
-    row = engine.layer(layer).to_dict()["receptive_field"]
+    row = LayerResponse.from_info(engine.layer(layer)).model_dump(mode="json", exclude_none=True)["receptive_field"]
     (size, stride, offset), (size_x, stride_x, offset_x) = NON_SQUARE[layer]
     assert row["size"] == size and row["stride"] == stride and row["offset"] == offset
     assert row.get("size_x", size) == size_x and row.get("stride_x", stride) == stride_x

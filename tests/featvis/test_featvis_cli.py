@@ -1,4 +1,4 @@
-"""`convscope visualize`: the DESIGN §8 contract, and one-line errors with exit 2."""
+"""`convscope visualize`: its documented flags (docs/architecture.md), and one-line errors with exit 2."""
 
 from __future__ import annotations
 

@@ -29,7 +29,6 @@ from convscope.scan import (
     run_scan,
 )
 from convscope.scan.render import crop_array
-from convscope.scan.scanner import layer_spec
 from scan.conftest import SIZE, TINY, run_cli
 
 # The paper's geometry (Fig. 3), as (kernel, stride, padding) from the input up.
@@ -71,10 +70,10 @@ def test_zf_crop_boxes_match_hand_computed_ones(zf_engine: Engine) -> None:
         ("features.pool5", 5, 0): (111, -49, 282, 122),
     }
     for (layer, y, x), box in hand.items():
-        assert crop_box(layer_spec(zf_engine.layer(layer)), y, x, 224) == box, layer
+        assert crop_box(zf_engine.layer(layer), y, x, 224) == box, layer
     for layer, chain in ZF_CHAIN.items():
         info = zf_engine.layer(layer)
-        spec = layer_spec(info)
+        spec = info
         for y, x in [(0, 0), (info.height - 1, info.width - 1), (info.height // 2, 1), (2, info.width - 2)]:
             (top, bottom), (left, right) = span(y, chain), span(x, chain)
             assert crop_box(spec, y, x, 224) == (top, left, bottom + 1, right + 1), (layer, y, x)

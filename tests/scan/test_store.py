@@ -66,35 +66,19 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_scan(
 ) -> None:
     out = tmp_path / "scan"
     source = folder_source(image_dir)
-    with pytest.raises(error):
-        run_scan(
-            tiny_engine,
-            source,
-            out,
-            layers=LAYERS,
-            top=5,
-            batch_size=3,
-            checkpoint_images=6,
-            task=stop_after(9, error),  # raised after the 3rd batch, before its checkpoint
-        )
+    options = {"layers": LAYERS, "top": 5, "batch_size": 3}
+    with pytest.raises(error):  # raised after the 3rd batch, before its checkpoint
+        run_scan(tiny_engine, source, out, checkpoint_images=6, task=stop_after(9, error), **options)
     progress = ScanStore(out).progress()
     # a crash keeps the last checkpoint (6 images); Ctrl-C also saves the batches since (9)
     assert progress.images_done == (6 if error is Crash else 9)
     assert ScanStore(out).manifest().status == "running"
     with pytest.raises(ScanStoreError, match="--resume"):
-        run_scan(tiny_engine, source, out, layers=LAYERS, top=5, batch_size=3)
+        run_scan(tiny_engine, source, out, **options)
 
     counted: list[int] = []
-    result = run_scan(
-        tiny_engine,
-        source,
-        out,
-        layers=LAYERS,
-        top=5,
-        batch_size=3,
-        resume=True,
-        task=CallbackTask(lambda done, total: counted.append(done)),
-    )
+    task = CallbackTask(lambda done, total: counted.append(done))
+    result = run_scan(tiny_engine, source, out, resume=True, task=task, **options)
     assert result.status == "complete"
     assert result.scanned == 14 - progress.images_done  # no image read twice
     assert counted[0] == progress.images_done and counted[-1] == 14

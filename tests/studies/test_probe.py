@@ -51,5 +51,5 @@ def test_deeper_layers_are_at_least_as_separable_as_the_first(engine: Engine, di
 
 
 def test_unknown_layers_are_named(engine: Engine, digits: ImageSet) -> None:
-    with pytest.raises(NotFoundError, match="no module named 'nope'"):
+    with pytest.raises(NotFoundError, match="no module 'nope'"):
         probe(engine, digits.subset(range(20)), layers=["nope"], folds=2)

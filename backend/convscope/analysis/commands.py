@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from convscope.arguments import pick
 from convscope.errors import ConvscopeError, InvalidRequestError, NotFoundError
 from convscope.tasks import ConsoleTask
 
@@ -28,8 +29,9 @@ class OutputError(ConvscopeError):
 def _engine(args: argparse.Namespace) -> Engine:
     from convscope.engine import Engine
     from convscope.models import load_model
+    from convscope.models.preprocessing import model_options
 
-    return Engine(load_model(args.model, weights=args.weights), device_name=args.device)
+    return Engine(load_model(args.model, weights=args.weights, **model_options(args)), device_name=args.device)
 
 
 def source_image(text: str, base: Path | None = None) -> Image.Image:
@@ -70,20 +72,8 @@ def invariance_main(args: argparse.Namespace) -> int:
     images = [(text, source_image(text)) for text in args.images]
     engine = _engine(args)
     with ConsoleTask("invariance", unit="pass") as task:
-        result = invariance(
-            engine,
-            images,
-            args.transform,
-            start=args.start,
-            stop=args.stop,
-            steps=args.steps,
-            low_layer=args.low_layer,
-            high_layer=args.high_layer,
-            edge=args.edge,
-            target=args.target,
-            batch_size=args.batch_size,
-            task=task,
-        )
+        flags = pick(args, "start", "stop", "steps", "low_layer", "high_layer", "edge", "target", "batch_size")
+        result = invariance(engine, images, args.transform, task=task, **flags)
     stream = _write_json(args.json_out, invariance_response(result))
     if args.plot:
         try:
@@ -135,16 +125,8 @@ def correspond_main(args: argparse.Namespace) -> int:
         (name, engine.prepare(source_image(text, base))) for name, text in zip(image_names, sources, strict=True)
     ]
     with ConsoleTask("correspond", unit="pass") as task:
-        result = correspondence(
-            engine,
-            prepared,
-            parts,
-            layers=args.layers,
-            draws=args.draws,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            task=task,
-        )
+        flags = pick(args, "layers", "draws", "seed", "batch_size")
+        result = correspondence(engine, prepared, parts, task=task, **flags)
     response = correspondence_response(result)
     stream = _write_json(args.json_out, response)
     print(

@@ -14,7 +14,7 @@ differ — is low. The baseline occludes random boxes of the same sizes (several
 seeded draws, each box wholly inside the image); the paper finds the eyes and
 nose lower than random at layer 5, and the gap smaller at layer 7.
 
-Boxes are `[x, y, width, height]` in pixels of the S×S model input (DESIGN §2).
+Boxes are `[x, y, width, height]` in pixels of the S×S model input (docs/architecture.md "Preprocessing").
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from convscope.errors import InvalidRequestError, NotFoundError
+from convscope.errors import InvalidRequestError
+from convscope.layer_names import resolve_name
 
 if TYPE_CHECKING:
     from convscope.engine import Engine
@@ -73,10 +74,7 @@ def resolve_feature(engine: Engine, name: str | None, default: str = PENULTIMATE
     module, _, part = name.partition(":")
     if part not in ("", "input"):
         raise InvalidRequestError(f"feature {name!r}: use a module name, NAME:input, or {PENULTIMATE!r}")
-    if module not in _modules(engine):
-        raise NotFoundError(
-            f"model {engine.name!r} has no module {module!r} (see `convscope layers` or GET /api/models/{{model}}/layers)"
-        )
+    module = resolve_name(module, _modules(engine), model=engine.name, what="module")
     return FeatureSpec(module, use_input=part == "input")
 
 

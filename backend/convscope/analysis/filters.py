@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +32,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from cachetools import LRUCache
 from PIL import Image
 from torch import nn
 
 from convscope.analysis.features import first_conv_layer
 from convscope.errors import InvalidRequestError, NotFoundError
+from convscope.layer_names import resolve_name
 from convscope.tasks import Task, checkpoint
 
 if TYPE_CHECKING:
@@ -57,10 +58,9 @@ MAX_FOLDER_IMAGES = 1000
 # ---- the filters as images -------------------------------------------------------------------------
 def conv_weight(engine: Engine, layer: str | None = None) -> tuple[str, nn.Conv2d]:
     """The named (default: first) `nn.Conv2d` of the model."""
-    name = layer or first_conv_layer(engine)
-    module = dict(engine.model.module.named_modules()).get(name)
-    if module is None:
-        raise NotFoundError(f"model {engine.name!r} has no module {name!r}")
+    modules = dict(engine.model.module.named_modules())
+    name = resolve_name(layer, modules, model=engine.name, what="module") if layer else first_conv_layer(engine)
+    module = modules[name]
     if not isinstance(module, nn.Conv2d):
         raise InvalidRequestError(f"{name!r} is a {type(module).__name__}, not a Conv2d layer")
     return name, module
@@ -198,8 +198,7 @@ class FrequencyCoverage:
         }
 
 
-_COVERAGE_CACHE: OrderedDict[tuple[int, int, int, str], FrequencyCoverage] = OrderedDict()
-_COVERAGE_CACHE_ENTRIES = 128
+_COVERAGE_CACHE: LRUCache[tuple[int, int, int, str], FrequencyCoverage] = LRUCache(maxsize=128)
 _COVERAGE_LOCK = threading.Lock()
 
 
@@ -211,7 +210,6 @@ def frequency_coverage(engine: Engine, layer: str | None = None) -> FrequencyCov
     with _COVERAGE_LOCK:
         cached = _COVERAGE_CACHE.get(key)
         if cached is not None:
-            _COVERAGE_CACHE.move_to_end(key)
             return cached
     kernel = conv.kernel_size if isinstance(conv.kernel_size, tuple) else (conv.kernel_size, conv.kernel_size)
     stride = conv.stride if isinstance(conv.stride, tuple) else (conv.stride, conv.stride)
@@ -220,8 +218,6 @@ def frequency_coverage(engine: Engine, layer: str | None = None) -> FrequencyCov
     )
     with _COVERAGE_LOCK:
         _COVERAGE_CACHE[key] = coverage
-        while len(_COVERAGE_CACHE) > _COVERAGE_CACHE_ENTRIES:
-            _COVERAGE_CACHE.popitem(last=False)
     return coverage
 
 

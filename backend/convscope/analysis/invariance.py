@@ -6,7 +6,7 @@ by default the first convolution, and the penultimate layer), the Euclidean
 distance to the untransformed image's vector; and the softmax probability of a
 target class, by default the untransformed image's top-1.
 
-Transformed copies keep the S×S frame of DESIGN §2 and are cut from the original
+Transformed copies keep the S×S frame of docs/architecture.md "Preprocessing" and are cut from the original
 photo, not from the S×S crop, so a vertical shift of a portrait photo shows more
 of the photo rather than an empty border: the original is resized (antialiased)
 so that its shorter side is S·scale, then rotated about the crop centre and
@@ -103,6 +103,7 @@ def transformed_image(
     value: float,
     fill: tuple[int, int, int] = (124, 116, 104),
     edge: str = "fill",
+    crop_pct: float = 1.0,
 ) -> Image.Image:
     """The S×S copy of `image` under one transformation (see the module docstring)."""
     kind = check_transform(transform)
@@ -112,7 +113,7 @@ def transformed_image(
     if edge == "wrap":
         if kind != "translation":
             raise InvalidRequestError("edge='wrap' (circular shift) applies to translation only")
-        array = np.asarray(resize_and_crop(image, size))
+        array = np.asarray(resize_and_crop(image, size, crop_pct))
         return Image.fromarray(np.roll(array, round(value), axis=0))
     scale = value if kind == "scale" else 1.0
     angle = math.radians(value) if kind == "rotation" else 0.0
@@ -120,9 +121,10 @@ def transformed_image(
     if scale <= 0:
         raise InvalidRequestError(f"scale must be positive, got {scale}")
 
-    # 1. the original resized (antialiased) so its shorter side is S·scale, as resize_and_crop does for scale 1
+    # 1. the original resized (antialiased) so its shorter side is S·scale/crop_pct, as resize_and_crop
+    #    does for scale 1
     width, height = image.size
-    target = size * scale
+    target = max(size, round(size / crop_pct)) * scale
     factor = target / min(width, height)
     new_w, new_h = max(round(target), round(width * factor)), max(round(target), round(height * factor))
     resized = image.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=None)
@@ -235,7 +237,8 @@ def invariance(
     curves: list[InvarianceCurve] = []
     for name, image in images:
         reference = engine.prepare(image).tensor
-        copies = [normalise(transformed_image(image, size, kind, v, fill, edge), mean, std) for v in points]
+        crop = engine.model.crop_pct
+        copies = [normalise(transformed_image(image, size, kind, v, fill, edge, crop), mean, std) for v in points]
         tensors = [reference, *copies]
         low_rows: list[torch.Tensor] = []
         high_rows: list[torch.Tensor] = []

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from cachetools import LRUCache
 from fastapi import Request, Response
 
 PUBLIC = "public, max-age=3600"
@@ -37,24 +37,18 @@ def cache_key(*parts: object) -> str:
 class ResponseCache:
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
-        self._items: OrderedDict[str, Rendered] = OrderedDict()
+        self._items: LRUCache[str, Rendered] = LRUCache(maxsize=max(1, max_entries))
         self._lock = threading.Lock()
 
     def get(self, key: str) -> Rendered | None:
         with self._lock:
-            item = self._items.get(key)
-            if item is not None:
-                self._items.move_to_end(key)
-            return item
+            return self._items.get(key)
 
     def put(self, key: str, item: Rendered) -> None:
         if self.max_entries <= 0:
             return
         with self._lock:
             self._items[key] = item
-            self._items.move_to_end(key)
-            while len(self._items) > self.max_entries:
-                self._items.popitem(last=False)
 
     def render(self, key: str, make: Callable[[], tuple[bytes, Mapping[str, str]]]) -> Rendered:
         item = self.get(key)

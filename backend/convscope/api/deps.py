@@ -1,4 +1,4 @@
-"""Typed dependencies: the app state, an engine by model name, an image by id."""
+"""Typed dependencies: the app state, an engine by model name, an image by id, the scan service."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from PIL import Image
 
 from convscope.api.caching import PRIVATE, PUBLIC
 from convscope.api.pool import ModelPool
+from convscope.api.scans import ScanService
 from convscope.api.security import client_of
 from convscope.api.state import AppState
 from convscope.engine import Engine
@@ -24,6 +25,14 @@ async def get_state(request: Request) -> AppState:
 
 
 StateDep = Annotated[AppState, Depends(get_state)]
+
+
+async def get_scan_service(request: Request) -> ScanService:
+    service: ScanService = request.app.state.scans
+    return service
+
+
+ScanServiceDep = Annotated[ScanService, Depends(get_scan_service)]
 
 
 async def get_pool(state: StateDep) -> ModelPool:

@@ -35,7 +35,12 @@ class ServiceUnavailableError(ConvscopeError):
 
 
 def default_loader(name: str, settings: Settings) -> LoadedModel:
-    return load_model(name, pretrained=settings.pretrained, input_size=settings.input_size)
+    return load_model(
+        name,
+        pretrained=settings.pretrained,
+        input_size=settings.input_size,
+        preprocessing=settings.preprocessing.get(name),
+    )
 
 
 def offerable(settings: Settings) -> list[str]:
@@ -204,7 +209,8 @@ class ModelPool:
                     loaded=False,
                     num_classes=1000 if entry is not None else 0,
                     pretrained=bool(entry and entry.has_pretrained and self.settings.pretrained),
-                    input_size=self.settings.input_size,
+                    input_size=self.settings.input_size
+                    or int((entry.preprocessing if entry else {}).get("input_size", 224)),
                     description=(entry.description if entry else f"custom model {name}") + " (loads on first use)",
                 )
             )

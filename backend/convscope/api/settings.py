@@ -7,7 +7,7 @@ Examples: `CONVSCOPE_MODELS=efficientnet_lite0,zfnet`, `CONVSCOPE_DEVICE=cpu`,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -57,7 +57,15 @@ class Settings(BaseSettings):
         "under TORCH_HOME or downloadable; each loads on first use (comma-separated in the environment)",
     )
     pretrained: bool = Field(default=True, description="load pretrained weights (False: random weights, for tests)")
-    input_size: int = Field(default=224, ge=16, le=1024, description="model input side S")
+    input_size: int | None = Field(
+        default=None, ge=16, le=1024, description="model input side S for every model (default: each model's own)"
+    )
+    preprocessing: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="per-model preprocessing overrides in timm pretrained_cfg keys, e.g. "
+        '{"pkg.mod:net": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "input_size": 64, "crop_pct": 0.875}} '
+        "(JSON in the environment)",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     engine_cache_size: int | None = Field(
         default=None, ge=1, description="at most this many recorded forward passes per model (default: bytes only)"

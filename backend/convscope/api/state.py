@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+
+from cachetools import LRUCache
 
 from convscope.api.caching import ResponseCache
 from convscope.api.jobs import InteractiveGate, JobManager
@@ -20,23 +21,21 @@ V = TypeVar("V")
 
 
 class LRU(Generic[K, V]):
-    """A small thread-safe least-recently-used map."""
+    """A small thread-safe least-recently-used map (`cachetools.LRUCache` behind a lock)."""
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
-        self._items: OrderedDict[K, V] = OrderedDict()
+        self._items: LRUCache[K, V] = LRUCache(maxsize=max(1, max_entries))
         self._lock = threading.Lock()
 
     def get_or_make(self, key: K, make: Callable[[], V]) -> V:
         with self._lock:
             if key in self._items:
-                self._items.move_to_end(key)
                 return self._items[key]
-        value = make()
-        with self._lock:
-            self._items[key] = value
-            while len(self._items) > self.max_entries:
-                self._items.popitem(last=False)
+        value = make()  # outside the lock: making may be slow
+        if self.max_entries > 0:
+            with self._lock:
+                self._items[key] = value
         return value
 
 

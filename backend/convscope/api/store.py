@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
+from cachetools import LRUCache
 from PIL import Image
 
 from convscope.errors import NotFoundError, TooLargeError
@@ -38,8 +38,8 @@ class ImageStore:
             raise ValueError("the store needs room for at least one image")
         self.max_images = max_images
         self.max_bytes = max_bytes
-        self._items: OrderedDict[str, StoredImage] = OrderedDict()
-        self._bytes = 0
+        # least recently used first out, bounded by decoded bytes (and by count in `add`)
+        self._items: LRUCache[str, StoredImage] = LRUCache(maxsize=max_bytes, getsizeof=lambda item: item.nbytes)
         self._lock = threading.Lock()
 
     def add(self, image: Image.Image, owner: str | None = None) -> StoredImage:
@@ -51,11 +51,9 @@ class ImageStore:
                 f"the decoded image needs {item.nbytes:,} bytes; the upload store holds {self.max_bytes:,}"
             )
         with self._lock:
-            while self._items and (len(self._items) >= self.max_images or self._bytes + item.nbytes > self.max_bytes):
-                _, evicted = self._items.popitem(last=False)
-                self._bytes -= evicted.nbytes
-            self._items[item.id] = item
-            self._bytes += item.nbytes
+            while len(self._items) >= self.max_images:
+                self._items.popitem()
+            self._items[item.id] = item  # evicts the least recently used beyond max_bytes
         return item
 
     def find(self, image_id: str, owner: str | None) -> StoredImage | None:
@@ -64,15 +62,13 @@ class ImageStore:
             item = self._items.get(image_id)
             if item is None or item.owner != owner:
                 return None
-            self._items.move_to_end(image_id)
-            return item
+            return item  # the lookup made it the most recently used
 
     def get(self, image_id: str, owner: str | None = None) -> StoredImage:
         with self._lock:
             item = self._items.get(image_id)
             if item is None or item.owner != owner:
                 raise NotFoundError(f"unknown image {image_id!r} (not a sample, and no such upload is kept)")
-            self._items.move_to_end(image_id)
             return item
 
     def __contains__(self, image_id: object) -> bool:
@@ -86,4 +82,4 @@ class ImageStore:
     @property
     def nbytes(self) -> int:
         with self._lock:
-            return self._bytes
+            return int(self._items.currsize)

@@ -1,4 +1,4 @@
-"""`Client`: the convscope REST API (DESIGN §6) from Python, one method per operation, on httpx.
+"""`Client`: the convscope REST API (docs/api.md) from Python, one method per operation, on httpx.
 
 Synchronous. One `httpx.Client` per `Client`, so cookies the server sets are sent back on later
 calls; a `token` goes out as `Authorization: Bearer <token>`. Every refused request raises

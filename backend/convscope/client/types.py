@@ -1,4 +1,4 @@
-"""The shapes of the server's JSON answers (DESIGN §6), as the client returns them.
+"""The shapes of the server's JSON answers (docs/api.md), as the client returns them.
 
 Plain dicts typed with `TypedDict`: what the server sends, key for key (`total=False` where the
 server may add or omit keys), so nothing is lost when the server grows a field.

@@ -64,30 +64,6 @@ class LayerInfo:
         carry the image into the projection, guided backprop where nothing would."""
         return "deconvnet" if self.has_switches else "guided"
 
-    def to_dict(self) -> dict[str, object]:
-        """The JSON shape of DESIGN §6/§8 `GET .../layers` (plus the field's centre offset)."""
-        field_ = self.receptive_field
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "channels": self.channels,
-            "height": self.height,
-            "width": self.width,
-            "receptive_field": _field_dict(field_),
-            "has_switches": self.has_switches,
-            "rules": {"covered": list(self.rules_covered), "uncovered": list(self.rules_uncovered)},
-        }
-
-
-def _field_dict(field_: ReceptiveField) -> dict[str, float]:
-    """`{"size", "stride", "offset"}` (along y), plus `size_x`, `stride_x`, `offset_x` where x differs."""
-    row = {"size": field_.size, "stride": field_.stride, "offset": field_.offset}
-    for name in ("size_x", "stride_x", "offset_x"):
-        value = getattr(field_, name)
-        if value is not None:
-            row[name] = value
-    return {name: round(float(value), 3) for name, value in row.items()}
-
 
 @dataclass(frozen=True)
 class Prediction:
@@ -206,7 +182,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 class Engine:
-    """Inspection, inference and deconvnet projections for one model (DESIGN §3).
+    """Inspection, inference and deconvnet projections for one model (docs/deconvnet.md).
 
     What the engine does to the model it is given: it moves the module to the device
     and switches it to eval mode, once, here. It never changes its parameters or their
@@ -321,8 +297,8 @@ class Engine:
 
     # ---- forward passes -----------------------------------------------------------
     def prepare(self, image: Image.Image) -> PreparedImage:
-        """Apply the model's preprocessing to a PIL image (DESIGN §2)."""
-        return prepare_image(image, self.input_size, self.model.mean, self.model.std)
+        """Apply the model's preprocessing to a PIL image (docs/architecture.md "Preprocessing")."""
+        return prepare_image(image, self.input_size, self.model.mean, self.model.std, self.model.crop_pct)
 
     def _record_tensor(self, tensor: torch.Tensor) -> _Record:
         """The recorded forward pass: autograd graph, every 4-D output, rule-aware activations.
@@ -531,7 +507,7 @@ class Engine:
         select: Select = "max",
         position: tuple[int, int] | None = None,
     ) -> Projection:
-        """Project one channel's activation(s) down to pixel space (DESIGN §3)."""
+        """Project one channel's activation(s) down to pixel space (docs/deconvnet.md)."""
         return self.project_many(image, layer, [Seed(channel, select, position)], mode)[0]
 
     def project_many(

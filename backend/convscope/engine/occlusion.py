@@ -1,4 +1,4 @@
-"""Occlusion sensitivity (paper Fig. 7, DESIGN §4).
+"""Occlusion sensitivity (paper Fig. 7, docs/architecture.md "Occlusion").
 
 A grey square — the model's mean colour, which is zero after normalisation — is
 slid over the S×S model input; top-left positions are 0, stride, 2·stride, …
@@ -39,6 +39,7 @@ from convscope.engine.engine import cuda_precision
 from convscope.engine.incremental import IncrementalPlan, IncrementalRunner, NotIncremental, plan_incremental
 from convscope.engine.tracing import TraceFailed, trace_model
 from convscope.errors import InvalidRequestError
+from convscope.jsonvalues import finite_or_none as _finite
 from convscope.tasks import Cancelled, Task, as_task
 
 if TYPE_CHECKING:
@@ -103,7 +104,7 @@ def occlusion_grid(image_size: int, size: int, stride: int) -> tuple[int, int, l
     """Rows, columns and the (y, x) top-left corners, row-major, of every occluder position.
 
     Positions are 0, stride, 2·stride, … while the square fits in the image
-    (DESIGN §4); a remainder at the right and bottom edges is never occluded.
+    (docs/architecture.md "Occlusion"); a remainder at the right and bottom edges is never occluded.
     """
     image_size = _as_int(image_size, "image size")
     size = _as_int(size, "occluder size")
@@ -297,7 +298,7 @@ def occlude(
     adaptive: float | None = None,
     task: Task | None = None,
 ) -> OcclusionResult:
-    """Occlusion maps of one image (DESIGN §4), evaluated `batch_size` positions at a time.
+    """Occlusion maps of one image (docs/architecture.md "Occlusion"), evaluated `batch_size` positions at a time.
 
     `method`: "dense" reruns the whole model per position; "incremental" reruns only
     what the occluder can change (exact, `convscope.engine.incremental`); "auto"
@@ -548,16 +549,12 @@ def _fill_from_coarse(rows: int, cols: int, computed_mask: np.ndarray, maps: tup
         values[at] = values[src]
 
 
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
 def _grid(values: np.ndarray) -> list[list[float | None]]:
     return [[_finite(float(v)) for v in row] for row in values]
 
 
 def occlusion_response(result: OcclusionResult) -> dict[str, Any]:
-    """The JSON of DESIGN §6 `POST .../occlusion`, shared by the API and `convscope occlude --json`.
+    """The JSON of docs/api.md `POST .../occlusion`, shared by the API and `convscope occlude --json`.
 
     Contract keys, then additive ones: `top_label_names` (class index as a
     string -> label, for every class in `top_label` plus the unoccluded top-1 and

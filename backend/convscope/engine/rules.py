@@ -1,6 +1,6 @@
 """Backward rules for element-wise activations, applied per forward pass, per thread.
 
-DESIGN §3: the deconvnet rectifies the signal going down (`relu(signal)`), guided
+docs/deconvnet.md: the deconvnet rectifies the signal going down (`relu(signal)`), guided
 backprop also applies the forward mask, plain gradient applies only the mask.
 `RuleMode` is a thread-local `TorchFunctionMode`: while it is active, every ReLU
 call form made in this thread (`nn.ReLU`, in-place or reused, `F.relu`,

@@ -16,7 +16,6 @@ Without a scan, the bundled sample photos are scanned for the chosen layers into
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ from convscope.errors import ConvscopeError, InvalidRequestError
 from convscope.featvis.cache import FeatvisCache
 from convscope.featvis.limits import DEFAULT_STEPS
 from convscope.featvis.objectives import check_target
+from convscope.jsonvalues import finite_or_none
 from convscope.scan.render import ScanRenderer, check_engine, layer_dirname
 from convscope.scan.store import ScanStore, atomic_write_bytes
 from convscope.tasks import CallbackTask, Task, checkpoint
@@ -105,7 +105,7 @@ def _top_entries(renderer: ScanRenderer | None, out: Path, layer: str, channel: 
         image_id, _, _, _ = renderer.store.image(entry.image)
         row: dict[str, Any] = {
             "rank": rank,
-            "value": _finite(entry.value),
+            "value": finite_or_none(entry.value),
             "image": image_id,
             "y": entry.y,
             "x": entry.x,
@@ -118,12 +118,10 @@ def _top_entries(renderer: ScanRenderer | None, out: Path, layer: str, channel: 
     return rows
 
 
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
 def _layer_entry(info: LayerInfo) -> dict[str, Any]:
-    return {**info.to_dict(), "dir": layer_dirname(info.name)}
+    from convscope.api.schemas import LayerResponse  # the one JSON shape of a layer (the API's)
+
+    return {**LayerResponse.from_info(info).model_dump(mode="json"), "dir": layer_dirname(info.name)}
 
 
 def write_data(out: Path, header: dict[str, Any], layers: Sequence[LayerInfo], channels: dict[str, list[int]]) -> int:
@@ -233,7 +231,7 @@ def build_atlas(
                     "channel": vis.channel,
                     "objective": vis.objective,
                     "position": list(vis.position) if vis.position else None,
-                    "value": _finite(vis.value),
+                    "value": finite_or_none(vis.value),
                     "steps": vis.steps,
                     "size": vis.size,
                     "seed": vis.seed,

@@ -1,4 +1,4 @@
-"""The `convscope visualize` command (DESIGN §8): one unit's optimised image to a PNG."""
+"""The `convscope visualize` command (docs/architecture.md, "The command line"): one unit's optimised image to a PNG."""
 
 from __future__ import annotations
 

@@ -2,21 +2,25 @@
 
 Built-ins are listed in `BUILTIN_MODELS`; any importable callable returning an
 `nn.Module` works too, with `weights` a state-dict file loaded with
-`torch.load(..., weights_only=True)`.
+`torch.load(..., weights_only=True)`. Each model's preprocessing (input size, mean,
+std, crop fraction) follows timm's `pretrained_cfg` convention; see
+`convscope.models.preprocessing` for where the numbers come from.
 """
 
 from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from convscope.errors import InvalidRequestError, NotFoundError
 from convscope.models.labels import labels_for
+from convscope.models.preprocessing import Preprocessing, model_cfg
 from convscope.models.spec import LoadedModel
 
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -28,6 +32,7 @@ class ModelEntry:
     description: str
     build: Callable[[str | None, bool], nn.Module]
     has_pretrained: bool
+    preprocessing: Mapping[str, Any] = field(default_factory=dict)  # timm-style keys over the defaults
 
 
 def _efficientnet(weights: str | None, pretrained: bool) -> nn.Module:
@@ -84,6 +89,7 @@ BUILTIN_MODELS: dict[str, ModelEntry] = {
         "ZF topology, fewer channels, 64×64 input (random init, or a `convscope train` checkpoint)",
         _zfnet_small,
         False,
+        {"input_size": 64},
     ),
 }
 
@@ -115,18 +121,23 @@ def load_model(
     weights: str | None = None,
     *,
     pretrained: bool = True,
-    input_size: int = 224,
+    input_size: int | None = None,
+    preprocessing: Mapping[str, Any] | None = None,
 ) -> LoadedModel:
     """Build a model by registry name or `package.module:callable`, in eval mode, frozen.
 
     `pretrained=False` gives the architecture with random weights (for tests and
     studies); `weights` loads a state-dict file instead of the default weights.
+    `input_size` and `preprocessing` (timm keys `input_size`, `mean`, `std`,
+    `crop_pct`) override the model's own preprocessing.
     """
+    pre = Preprocessing()
     if name in BUILTIN_MODELS:
         entry = BUILTIN_MODELS[name]
         module = entry.build(weights, pretrained)
         is_pretrained = weights is not None or (pretrained and entry.has_pretrained)
         description = entry.description
+        pre = pre.updated(entry.preprocessing, f"model {name}")
     elif _CALLABLE_REF.match(name):
         factory = _import_callable(name)
         module = factory()
@@ -138,18 +149,23 @@ def load_model(
             load_weights(module, weights)
         is_pretrained = weights is not None
         description = f"custom model {name}"
+        pre = pre.updated(model_cfg(module, factory), f"{name} pretrained_cfg")
     else:
         known = ", ".join(BUILTIN_MODELS)
         raise NotFoundError(f"unknown model {name!r}; use one of {known} or package.module:callable")
     module.eval()
     for parameter in module.parameters():
         parameter.requires_grad_(False)
-    labels = labels_for(_output_classes(module, input_size))
+    pre = pre.updated({"input_size": input_size}, "input size").updated(preprocessing)
+    labels = labels_for(_output_classes(module, pre.input_size))
     return LoadedModel(
         name=name,
         module=module,
         labels=labels,
-        input_size=input_size,
+        input_size=pre.input_size,
+        mean=pre.mean,
+        std=pre.std,
         pretrained=is_pretrained,
         description=description,
+        crop_pct=pre.crop_pct,
     )

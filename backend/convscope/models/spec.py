@@ -21,9 +21,20 @@ class LoadedModel:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     pretrained: bool = False
+    crop_pct: float = 1.0  # shorter side resized to input_size / crop_pct, then the central square
     description: str = ""
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
         return len(self.labels)
+
+    @property
+    def preprocessing(self) -> dict[str, object]:
+        """The preprocessing in timm's `pretrained_cfg` keys (see `convscope.models.preprocessing`)."""
+        return {
+            "input_size": self.input_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "crop_pct": self.crop_pct,
+        }

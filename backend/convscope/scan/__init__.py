@@ -8,13 +8,12 @@ projections of the results; `montage` draws a Fig. 2-style figure.
 from convscope.scan.montage import montage
 from convscope.scan.render import ScanRenderer, crop_box, engine_for_scan
 from convscope.scan.scanner import ScanResult, default_layers, folder_source, resolve_layers, run_scan, samples_source
-from convscope.scan.store import ImageSource, LayerSpec, Manifest, ScanStore, ScanStoreError
+from convscope.scan.store import ImageSource, Manifest, ScanStore, ScanStoreError
 from convscope.scan.topk import Entry, TopK
 
 __all__ = [
     "Entry",
     "ImageSource",
-    "LayerSpec",
     "Manifest",
     "ScanRenderer",
     "ScanResult",

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 from pathlib import Path
 
+from convscope.arguments import pick
 from convscope.errors import ConvscopeError
 from convscope.tasks import ConsoleTask
 
@@ -13,29 +14,20 @@ from convscope.tasks import ConsoleTask
 def scan_main(args: argparse.Namespace) -> int:
     from convscope.engine import Engine
     from convscope.models import load_model
+    from convscope.models.preprocessing import model_options
     from convscope.scan.distributed import make_context
     from convscope.scan.scanner import folder_source, run_scan
 
     context = make_context(args.device)
     try:
-        model = load_model(args.model, weights=args.weights, input_size=args.size)
+        model = load_model(args.model, weights=args.weights, **model_options(args))
         engine = Engine(model, device_name=context.device_name)
         source = folder_source(args.images)
         console = ConsoleTask("scan", unit="img", show=True if args.progress else None)
         with console if context.is_main else contextlib.nullcontext(None) as task:
+            flags = pick(args, "layers", "top", "batch_size", "workers", "resume", "weights")
             result = run_scan(
-                engine,
-                source,
-                args.out,
-                layers=args.layers,
-                top=args.top,
-                batch_size=args.batch_size,
-                workers=args.workers,
-                resume=args.resume,
-                weights=args.weights,
-                context=context,
-                task=task,
-                checkpoint_images=args.checkpoint_every,
+                engine, source, args.out, context=context, task=task, checkpoint_images=args.checkpoint_every, **flags
             )
     finally:
         context.close()

@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 from convscope.engine.rules import Rule
 from convscope.errors import InvalidRequestError
 from convscope.scan.render import Kind, ScanRenderer
+from convscope.tasks import Task, checkpoint
 
 BACKGROUND = (24, 24, 27)
 EMPTY = (48, 48, 52)
@@ -62,8 +63,10 @@ def montage(
     tile: int = 64,
     columns: int | None = None,
     mode: Rule = "deconvnet",
+    task: Task | None = None,
 ) -> Image.Image:
-    """The montage of `channels` of `layer`, projections in `mode` (renders what is not cached yet)."""
+    """The montage of `channels` of `layer`, projections in `mode` (renders what is not cached yet;
+    one task step per channel)."""
     if not 8 <= tile <= 512:
         raise InvalidRequestError("tile must be between 8 and 512 pixels")
     if not channels:
@@ -71,7 +74,9 @@ def montage(
     k = renderer.manifest.config.top
     grid = max(1, math.ceil(math.sqrt(k)))
     entries = {channel: renderer.entries(layer, channel) for channel in channels}
-    renderer.render(layer, [(c, rank) for c, found in entries.items() for rank in range(len(found))], mode=mode)
+    for done, (channel, found) in enumerate(entries.items(), start=1):
+        renderer.render(layer, [(channel, rank) for rank in range(len(found))], mode=mode)
+        checkpoint(task, done, len(entries), "montage")
 
     block = grid * tile + (grid - 1) * GAP
     cell_w, cell_h = 2 * block + GUTTER, block + LABEL

@@ -29,13 +29,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from convscope.engine import Engine, Seed
+from convscope.engine import Engine, LayerInfo, Seed
 from convscope.engine.render import contrast_normalise, png_bytes
 from convscope.engine.rules import Rule
 from convscope.errors import ConvscopeError, InvalidRequestError, NotFoundError
 from convscope.fileio import atomic_write_bytes
 from convscope.images import decode_image, prepare_image, resize_and_crop
-from convscope.scan.store import LayerSpec, Manifest, ScanStore, ScanStoreError
+from convscope.scan.store import Manifest, ScanStore, ScanStoreError
 from convscope.scan.topk import Entry
 from convscope.scan.walk import sha256_bytes
 
@@ -46,16 +46,17 @@ KINDS: tuple[Kind, ...] = ("crop", "projection")
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
-def crop_box(spec: LayerSpec, y: int, x: int, size: int) -> tuple[int, int, int, int]:
+def crop_box(info: LayerInfo, y: int, x: int, size: int) -> tuple[int, int, int, int]:
     """(top, left, bottom, right), half-open, of unit (y, x)'s receptive field in the S×S input.
 
     The engine's box, unclipped; a field wider than the image keeps its centre and is
     limited to S×S."""
-    top, left, bottom, right = spec.box(y, x, size)
+    field_ = info.receptive_field
+    top, left, bottom, right = field_.box(y, x, size)
     side = bottom - top
     if side <= size:
         return top, left, bottom, right
-    centre_y, centre_x = spec.rf_offset + y * spec.rf_stride, spec.rf_offset + x * spec.rf_stride
+    centre_y, centre_x = field_.offset + y * field_.stride, field_.offset + x * field_.stride
     top, left = round(centre_y - size / 2.0 + 0.5), round(centre_x - size / 2.0 + 0.5)
     return top, left, top + size, left + size
 
@@ -153,7 +154,7 @@ class ScanRenderer:
 
     def display(self, index: int) -> Image.Image:
         """The S×S image the model saw."""
-        return resize_and_crop(self.source_image(index), self.manifest.config.input_size)
+        return resize_and_crop(self.source_image(index), self.manifest.config.input_size, self.manifest.config.crop_pct)
 
     def engine(self) -> Engine:
         with self._lock:
@@ -191,7 +192,8 @@ class ScanRenderer:
         Projections are grouped by source image: one recorded forward pass per image,
         one backward pass per seed."""
         spec = self.manifest.layer(layer)
-        size = self.manifest.config.input_size
+        config = self.manifest.config
+        size = config.input_size
         todo: dict[int, list[tuple[int, int, Entry]]] = {}
         for channel, rank in wanted:
             entry = self.entry(layer, channel, rank)
@@ -199,14 +201,14 @@ class ScanRenderer:
                 todo.setdefault(entry.image, []).append((channel, rank, entry))
         for index, items in sorted(todo.items()):
             source = self.source_image(index)
-            display = resize_and_crop(source, size)
+            display = resize_and_crop(source, size, config.crop_pct)
             if "crop" in kinds:
                 for channel, rank, entry in items:
                     image = crop_image(display, crop_box(spec, entry.y, entry.x, size))
                     atomic_write_bytes(self.path(layer, channel, rank, "crop"), png_bytes(image))
             if "projection" in kinds:
                 engine = self.engine()
-                prepared = prepare_image(source, size, self.manifest.config.mean, self.manifest.config.std)
+                prepared = prepare_image(source, size, config.mean, config.std, config.crop_pct)
                 seeds = [Seed(channel, position=(entry.y, entry.x)) for channel, _, entry in items]
                 projections = engine.project_many(prepared, layer, seeds, mode=mode)
                 for (channel, rank, entry), result in zip(items, projections, strict=True):
@@ -244,7 +246,10 @@ def engine_for_scan(manifest: Manifest, device: str = "auto") -> Engine:
 
     config = manifest.config
     try:
-        model = load_model(config.model, weights=config.weights, input_size=config.input_size)
+        preprocessing = {"mean": config.mean, "std": config.std, "crop_pct": config.crop_pct}
+        model = load_model(
+            config.model, weights=config.weights, input_size=config.input_size, preprocessing=preprocessing
+        )
     except ConvscopeError as exc:
         raise ScanStoreError(f"cannot load the scan's model {config.model!r}: {exc}") from None
     return Engine(model, device_name=device)

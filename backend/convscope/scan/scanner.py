@@ -29,11 +29,11 @@ from torch.utils.data import DataLoader, Dataset
 from convscope.engine import Engine, LayerInfo
 from convscope.errors import ConvscopeError, InvalidRequestError
 from convscope.images import DEFAULT_MAX_PIXELS, decode_image, resize_and_crop
+from convscope.layer_names import resolve_name
 from convscope.scan.distributed import LocalContext
 from convscope.scan.store import (
     ImageRecord,
     ImageSource,
-    LayerSpec,
     Manifest,
     Progress,
     ScanConfig,
@@ -107,22 +107,8 @@ def resolve_layers(engine: Engine, layers: str | Sequence[str] | None) -> list[L
         names = list(dict.fromkeys(name.strip() for name in raw if name.strip()))
     if not names:
         raise InvalidRequestError("no layers to scan")
-    return [engine.layer(name) for name in names]  # 404 for an unknown layer
-
-
-def layer_spec(info: LayerInfo) -> LayerSpec:
-    field_ = info.receptive_field
-    return LayerSpec(
-        info.name,
-        info.kind,
-        info.channels,
-        info.height,
-        info.width,
-        float(field_.size),
-        float(field_.stride),
-        float(field_.offset),
-        bool(field_.global_),
-    )
+    known = [info.name for info in engine.layers()]
+    return [engine.layer(resolve_name(name, known, model=engine.name)) for name in names]  # 404 for an unknown one
 
 
 def model_fingerprint(module: torch.nn.Module) -> str:
@@ -151,7 +137,8 @@ def scan_config(
         input_size=engine.input_size,
         mean=tuple(float(v) for v in engine.model.mean),
         std=tuple(float(v) for v in engine.model.std),
-        layers=tuple(layer_spec(info) for info in layers),
+        crop_pct=float(engine.model.crop_pct),
+        layers=tuple(layers),
         top=top,
         source_kind=source.kind,
         source_root=source.root,
@@ -170,13 +157,13 @@ class _Item:
 
 
 class _Images(Dataset[_Item]):
-    """Reads, hashes, decodes, resizes and crops one image (DESIGN §2); never raises for a bad file.
+    """Reads, hashes, decodes, resizes and crops one image (docs/architecture.md "Preprocessing"); never raises for a bad file.
 
     Items stay uint8 (a quarter of the bytes between reader processes and to the device);
     `model_input` normalises whole batches on the model's device."""
 
-    def __init__(self, source: ImageSource, size: int) -> None:
-        self.source, self.size = source, size
+    def __init__(self, source: ImageSource, size: int, crop_pct: float = 1.0) -> None:
+        self.source, self.size, self.crop_pct = source, size, crop_pct
 
     def __len__(self) -> int:
         return len(self.source.paths)
@@ -189,7 +176,7 @@ class _Images(Dataset[_Item]):
         digest = sha256_bytes(data)
         try:
             image = decode_image(data, max_pixels=DEFAULT_MAX_PIXELS)
-            tensor = torch.from_numpy(np.array(resize_and_crop(image, self.size), dtype=np.uint8))
+            tensor = torch.from_numpy(np.array(resize_and_crop(image, self.size, self.crop_pct), dtype=np.uint8))
         except ConvscopeError as exc:
             return _Item(index, None, digest, str(exc))
         except Exception as exc:  # a decoder bug must not end a long scan
@@ -450,7 +437,7 @@ def _scan(
     for info in infos:
         if info.name not in states:
             states[info.name] = TopK.empty(info.channels, top, info.width)
-    dataset = _Images(source, engine.input_size)
+    dataset = _Images(source, engine.input_size, engine.model.crop_pct)
     loader = DataLoader(
         dataset,
         batch_sampler=[batch_range(batch) for batch in mine],

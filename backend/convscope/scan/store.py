@@ -30,6 +30,8 @@ import numpy as np
 import torch
 
 from convscope import __version__
+from convscope.engine.engine import LayerInfo
+from convscope.engine.receptive_field import ReceptiveField
 from convscope.errors import ConvscopeError, InvalidRequestError, NotFoundError
 from convscope.fileio import atomic_write_bytes
 from convscope.scan.topk import Entry, TopK
@@ -78,7 +80,9 @@ class ScanStoreError(ConvscopeError):
 
 
 @dataclass(frozen=True)
-class LayerSpec:
+class _LayerRecord:
+    """A scanned layer as the manifest stores it (flat keys): the engine's `LayerInfo` on disk."""
+
     name: str
     kind: str
     channels: int
@@ -89,11 +93,15 @@ class LayerSpec:
     rf_offset: float
     rf_global: bool
 
-    def box(self, y: int, x: int, image_size: int) -> tuple[int, int, int, int]:
-        from convscope.engine.receptive_field import ReceptiveField
+    @classmethod
+    def of(cls, info: LayerInfo) -> _LayerRecord:
+        shape = (info.name, info.kind, info.channels, info.height, info.width)
+        field_ = info.receptive_field
+        return cls(*shape, float(field_.size), float(field_.stride), float(field_.offset), bool(field_.global_))
 
+    def info(self) -> LayerInfo:
         field_ = ReceptiveField(self.rf_size, self.rf_stride, self.rf_offset, self.rf_global)
-        return field_.box(y, x, image_size)
+        return LayerInfo(self.name, self.kind, self.channels, self.height, self.width, field_)
 
 
 @dataclass(frozen=True)
@@ -132,12 +140,13 @@ class ScanConfig:
     input_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    layers: tuple[LayerSpec, ...]
+    layers: tuple[LayerInfo, ...]
     top: int
     source_kind: str
     source_root: str | None
     image_count: int
     image_list_sha256: str
+    crop_pct: float = 1.0  # see convscope.models.preprocessing
 
     def identity(self) -> dict[str, Any]:
         data = asdict(self)
@@ -178,7 +187,6 @@ class Manifest:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        config = asdict(self.config)
         return {
             "format": FORMAT,
             "convscope_version": __version__,
@@ -191,8 +199,9 @@ class Manifest:
                 "input_size": self.config.input_size,
                 "mean": list(self.config.mean),
                 "std": list(self.config.std),
+                "crop_pct": self.config.crop_pct,
             },
-            "layers": config["layers"],
+            "layers": [asdict(_LayerRecord.of(info)) for info in self.config.layers],
             "top": self.config.top,
             "images": {
                 "source": self.config.source_kind,
@@ -222,12 +231,13 @@ class Manifest:
             input_size=int(model["input_size"]),
             mean=tuple(model["mean"]),
             std=tuple(model["std"]),
-            layers=tuple(LayerSpec(**layer) for layer in data["layers"]),
+            layers=tuple(_LayerRecord(**layer).info() for layer in data["layers"]),
             top=int(data["top"]),
             source_kind=images["source"],
             source_root=images["root"],
             image_count=int(images["count"]),
             image_list_sha256=images["list_sha256"],
+            crop_pct=float(model.get("crop_pct", 1.0)),  # manifests from before crop_pct: 1
         )
         return cls(
             status=data["status"],
@@ -244,7 +254,7 @@ class Manifest:
     def complete(self) -> bool:
         return self.status == "complete"
 
-    def layer(self, name: str) -> LayerSpec:
+    def layer(self, name: str) -> LayerInfo:
         for layer in self.config.layers:
             if layer.name == name:
                 return layer
@@ -471,7 +481,7 @@ class ScanStore:
         return [(str(path), str(error)) for path, error in rows]
 
 
-def check_layer_and_channel(manifest: Manifest, layer: str, channel: int) -> LayerSpec:
+def check_layer_and_channel(manifest: Manifest, layer: str, channel: int) -> LayerInfo:
     spec = manifest.layer(layer)
     if not 0 <= channel < spec.channels:
         raise InvalidRequestError(f"channel {channel} is out of range for layer {layer!r} (0..{spec.channels - 1})")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from convscope.arguments import pick
 from convscope.errors import ConvscopeError, InvalidRequestError
 from convscope.tasks import ConsoleTask
 
@@ -108,19 +109,8 @@ def evolution_main(args: argparse.Namespace) -> int:
     json_path, png_path = _output_pair(args.out)
     title = f"Feature evolution (Fig. 4): {meta.get('arch', 'zfnet')} on {dataset_id(args.images)}"
     with ConsoleTask("evolution", unit="ckpt", total=len(checkpoints)) as task:
-        result = feature_evolution(
-            checkpoints,
-            images,
-            parse_layers(args.layers),
-            per_layer=args.per_layer,
-            seed=args.seed,
-            crop=args.crop,
-            color=args.color,
-            tile=args.tile,
-            device=args.device,
-            title=title,
-            task=task,
-        )
+        flags = pick(args, "per_layer", "seed", "crop", "color", "tile", "device")
+        result = feature_evolution(checkpoints, images, parse_layers(args.layers), title=title, task=task, **flags)
     document = result.document
     document["image"] = png_path.name
     document["images"]["split"] = args.split if same_data else "all"
@@ -153,6 +143,7 @@ def ablate_main(args: argparse.Namespace) -> int:
 
 def probe_main(args: argparse.Namespace) -> int:
     from convscope.engine import Engine
+    from convscope.models.preprocessing import model_options
     from convscope.studies.data import load_dataset, stratified_subset
     from convscope.studies.probe import CLASSIFIERS, load_probe_model, probe
     from convscope.studies.store import write_json, write_text
@@ -165,25 +156,23 @@ def probe_main(args: argparse.Namespace) -> int:
     images = load_dataset(args.data)
     if args.limit:
         images = images.subset(stratified_subset(images.labels, args.limit, seed=args.seed))
-    engine = Engine(load_probe_model(args.model, args.weights, args.size), device_name=args.device)
+    options = model_options(args)
+    model = load_probe_model(args.model, args.weights, options["input_size"], options["preprocessing"])
+    engine = Engine(model, device_name=args.device)
     layers = [name.strip() for name in args.layers.split(",") if name.strip()] if args.layers else None
     json_path, md_path = _output_pair(args.out, ".md")
     with ConsoleTask("features", unit="img", total=len(images)) as task:
+        flags = pick(args, "folds", "seed", "pool", "pool_mode", "batch_size", "weights")
         result = probe(
             engine,
             images,
             layers,
-            folds=args.folds,
-            seed=args.seed,
-            pool=args.pool,
-            pool_mode=args.pool_mode,
             classifiers=classifiers,
             c=args.C,
-            batch_size=args.batch_size,
             model_name=args.model,
-            weights=args.weights,
             task=task,
             echo=_echo,
+            **flags,
         )
     result.document["markdown"] = md_path.name
     try:

@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 from convscope.engine import Engine
 from convscope.engine.render import contrast_normalise
 from convscope.errors import InvalidRequestError
+from convscope.layer_names import resolve_name
 from convscope.studies.checkpoints import Checkpoint, load_checkpoint
 from convscope.studies.data import ImageSet
 from convscope.studies.store import FORMAT_VERSION
@@ -63,16 +64,8 @@ def parse_layers(spec: str) -> list[LayerChoice]:
 
 
 def resolve_layer_name(engine: Engine, name: str) -> str:
-    """A layer's full name: exact, or the one 4-D layer named `….name` ("conv1" -> "features.conv1")."""
-    names = [info.name for info in engine.layers()]
-    if name in names:
-        return name
-    matches = [full for full in names if full.endswith("." + name)]
-    if len(matches) == 1:
-        return matches[0]
-    if len(matches) > 1:
-        raise InvalidRequestError(f"layer {name!r} is ambiguous: {', '.join(matches[:5])}")
-    return name  # the engine's NotFoundError names it
+    """A 4-D layer's full name: exact, or the one named `….name` ("conv1" -> "features.conv1")."""
+    return resolve_name(name, (info.name for info in engine.layers()), model=engine.name)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from convscope.engine import Engine
-from convscope.errors import InvalidRequestError, NotFoundError
+from convscope.errors import InvalidRequestError
+from convscope.layer_names import resolve_name
 from convscope.models.spec import LoadedModel
 from convscope.studies.data import ImageSet, stratified_folds
 from convscope.studies.store import FORMAT_VERSION, markdown_table, mean_std, pct
@@ -43,7 +44,12 @@ MAX_DEFAULT_LAYERS = 10
 _SKIP_KINDS = ("Conv", "Linear", "Identity", "Dropout", "Flatten")
 
 
-def load_probe_model(model: str, weights: str | None = None, input_size: int | None = None) -> LoadedModel:
+def load_probe_model(
+    model: str,
+    weights: str | None = None,
+    input_size: int | None = None,
+    preprocessing: Mapping[str, Any] | None = None,
+) -> LoadedModel:
     """A registry model (`load_model`), or a trained ZF checkpoint with its own settings."""
     from convscope.models import load_model
 
@@ -57,7 +63,7 @@ def load_probe_model(model: str, weights: str | None = None, input_size: int | N
                     f"{weights} was trained at {loaded.input_size}×{loaded.input_size}; leave --size out"
                 )
             return loaded
-    return load_model(model, weights=weights, input_size=input_size or 224)
+    return load_model(model, weights=weights, input_size=input_size, preprocessing=preprocessing)
 
 
 def _named_modules(module: nn.Module) -> dict[str, nn.Module]:
@@ -66,15 +72,7 @@ def _named_modules(module: nn.Module) -> dict[str, nn.Module]:
 
 def resolve_module_name(module: nn.Module, name: str) -> str:
     """Exact module name, or the single module named `….name` (`relu1` -> `features.relu1`)."""
-    names = list(_named_modules(module))
-    if name in names:
-        return name
-    matches = [full for full in names if full.endswith("." + name)]
-    if len(matches) == 1:
-        return matches[0]
-    if len(matches) > 1:
-        raise InvalidRequestError(f"layer {name!r} is ambiguous: {', '.join(matches[:5])}")
-    raise NotFoundError(f"the model has no module named {name!r}")
+    return resolve_name(name, _named_modules(module), what="module")
 
 
 def default_layers(engine: Engine) -> list[str]:

@@ -14,7 +14,6 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 
 from convscope.api.budget import check_analysis_memory
 from convscope.api.caching import cache_key, png_response
@@ -22,8 +21,8 @@ from convscope.api.deps import ClientDep, EngineDep, StateDep, prepare, resolve_
 from convscope.api.jobs import Job
 from convscope.api.openapi import body_examples
 from convscope.api.routes.common import MODEL_ERRORS, errors, png
-from convscope.api.routes.jobs import job_response, job_url
-from convscope.api.schemas import JobResponse
+from convscope.api.routes.jobs import accepted
+from convscope.api.schemas import CorrespondenceRequest, DeadChannelsRequest, InvarianceRequest, JobResponse
 from convscope.api.state import AppState
 from convscope.engine.render import png_bytes
 from convscope.errors import InvalidRequestError
@@ -31,63 +30,13 @@ from convscope.errors import InvalidRequestError
 router = APIRouter(tags=["analyses"])
 
 MAX_PASSES = 4096  # forward passes one study request may ask for
-MAX_REQUEST_IMAGES = 16
 JOB_RESPONSES: dict[int | str, dict[str, Any]] = {
     202: {"model": JobResponse, "description": "started as a job: poll its `url` (also in Location)"},
     **errors(400, 404, 422, 429, 503),
 }
-ImageIds = Annotated[
-    list[Annotated[str, Field(max_length=200)]],
-    Field(min_length=1, max_length=MAX_REQUEST_IMAGES, description="sample ids or upload ids"),
-]
-Layer = Annotated[str | None, Field(max_length=300)]
-
-
-# ---- request bodies -----------------------------------------------------------------------------------
-class InvarianceRequest(BaseModel):
-    """Fig. 5: each transformed copy's feature distance to the untransformed image, and the class probability."""
-
-    images: ImageIds = Field(default_factory=lambda: ["chelsea"])
-    transform: Literal["translation", "scale", "rotation"] = "translation"
-    start: float | None = Field(default=None, description="default: -60 px, 1.0×, 0°")
-    stop: float | None = Field(default=None, description="default: 60 px, 1.8×, 350°")
-    steps: int | None = Field(default=None, ge=1, le=361, description="default: 13, 9, 36")
-    low_layer: Layer = Field(default=None, description="a module name or NAME:input (default: the first conv)")
-    high_layer: Layer = Field(default=None, description="default: penultimate (the classifier's input)")
-    edge: Literal["fill", "wrap"] = Field(default="fill", description="wrap: circular shift (translation only)")
-    target: int | None = Field(default=None, ge=0, description="class (default: the untransformed top-1)")
-
-
-class CorrespondenceRequest(BaseModel):
-    """Fig. 8 / Table 1: Δ of occluding the same part in every image, against random same-size boxes."""
-
-    images: ImageIds
-    parts: dict[
-        Annotated[str, Field(max_length=100)],
-        list[list[float]] | dict[Annotated[str, Field(max_length=200)], list[float]],
-    ] = Field(
-        description="per part, one box [x, y, width, height] per image (a list in image order, or {image id: box})",
-        examples=[{"left_eye": [[81, 39, 14, 9], [84, 56, 24, 14]]}],
-    )
-    size: int | None = Field(default=None, ge=1, le=4096, description="the frame the boxes are in (default: S)")
-    layers: list[Annotated[str, Field(max_length=300)]] | None = Field(
-        default=None, min_length=1, max_length=4, description="default: the last conv layer and the penultimate"
-    )
-    draws: int = Field(default=5, ge=1, le=100, description="random-box draws")
-    seed: int = Field(default=0, ge=0, le=2**32 - 1)
-
-
-class DeadChannelsRequest(BaseModel):
-    images: list[Annotated[str, Field(max_length=200)]] | None = Field(
-        default=None, min_length=1, max_length=256, description="image ids (default, or null: every sample photo)"
-    )
 
 
 # ---- helpers ------------------------------------------------------------------------------------------
-def _accepted(job: Job) -> JSONResponse:
-    return JSONResponse(job_response(job).model_dump(mode="json"), status_code=202, headers={"Location": job_url(job)})
-
-
 def _check_passes(passes: int) -> None:
     if passes > MAX_PASSES:
         raise InvalidRequestError(
@@ -146,7 +95,7 @@ def invariance_job(
         )
         return invariance_response(result)
 
-    return _accepted(state.jobs.submit("invariance", work, total=total))
+    return accepted(state.jobs.submit("invariance", work, total=total))
 
 
 @router.get(
@@ -173,7 +122,7 @@ def invariance_preview(
     def make() -> tuple[bytes, dict[str, str]]:
         mean = engine.model.mean
         fill = (round(255 * mean[0]), round(255 * mean[1]), round(255 * mean[2]))
-        copy = transformed_image(source.image, engine.input_size, transform, value, fill, edge)
+        copy = transformed_image(source.image, engine.input_size, transform, value, fill, edge, engine.model.crop_pct)
         return png_bytes(copy), {}
 
     key = cache_key("invariance-preview", engine.name, source.id, id(source.image), transform, value, edge)
@@ -232,7 +181,7 @@ def correspondence_job(
         )
         return correspondence_response(result)
 
-    return _accepted(state.jobs.submit("correspondence", work, total=total))
+    return accepted(state.jobs.submit("correspondence", work, total=total))
 
 
 # ---- filters ------------------------------------------------------------------------------------------------
@@ -323,4 +272,4 @@ def dead_channels_job(
         )
         return dead_response(layers, [source.id for source in sources], time.perf_counter() - began)
 
-    return _accepted(state.jobs.submit("dead-channels", work, total=len(sources)))
+    return accepted(state.jobs.submit("dead-channels", work, total=len(sources)))

@@ -34,7 +34,8 @@ def upload_image(
         raise TooLargeError(f"the file is larger than the limit of {limit:,} bytes")
     settings = state.settings
     image = decode_image(data, max_pixels=settings.max_pixels, max_aspect=settings.max_aspect_ratio)
-    check_resized(image.size, settings.input_size)
+    # the largest input side a loaded model may resize it to (every model's own unless one is set)
+    check_resized(image.size, settings.input_size or max(engine.input_size for engine in state.pool.engines()))
     item = state.store.add(image, owner=client)
     response.headers["Location"] = f"/api/images/{item.id}"
     width, height = image.size

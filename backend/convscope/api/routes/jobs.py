@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path
+from fastapi.responses import JSONResponse
 
 from convscope.api.deps import ClientDep, StateDep
 from convscope.api.jobs import Job
@@ -16,6 +17,12 @@ JobId = Annotated[str, Path(description="id from the 202 answer that started the
 
 def job_url(job: Job) -> str:
     return f"/api/jobs/{job.id}"
+
+
+def accepted(job: Job, **headers: str) -> JSONResponse:
+    """`202 Accepted` with the job (and its URL in `Location`): how every route answers long work."""
+    body = job_response(job).model_dump(mode="json")
+    return JSONResponse(body, status_code=202, headers={"Location": job_url(job), **headers})
 
 
 def job_response(job: Job) -> JobResponse:

@@ -3,18 +3,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
 
 from convscope.api.deps import EngineDep, PoolDep, PreparedDep
 from convscope.api.routes.common import MODEL_ERRORS, errors
-from convscope.api.schemas import LayerResponse, ModelInfo, PredictionResponse
+from convscope.api.schemas import LabelInfo, LayerResponse, ModelInfo, PredictionResponse, Preprocessing
 
 router = APIRouter(tags=["models"])
-
-
-class LabelInfo(BaseModel):
-    index: int
-    label: str
 
 
 @router.get(
@@ -33,6 +27,7 @@ async def list_models(pool: PoolDep) -> list[ModelInfo]:
             input_size=row.input_size,
             description=row.description,
             loaded=row.loaded,
+            preprocessing=Preprocessing.model_validate(pool.get(row.name).model.preprocessing) if row.loaded else None,
         )
         for row in pool.summaries()
     ]
@@ -45,8 +40,8 @@ async def list_models(pool: PoolDep) -> list[ModelInfo]:
     summary="every layer with a 4-D output, in forward order, with shape and receptive field",
     responses=errors(404, 422, 503),
 )
-async def list_layers(engine: EngineDep) -> list[dict[str, object]]:
-    return [info.to_dict() for info in engine.layers()]
+async def list_layers(engine: EngineDep) -> list[LayerResponse]:
+    return [LayerResponse.from_info(info) for info in engine.layers()]
 
 
 @router.get(
@@ -70,7 +65,4 @@ def predictions(
     prepared: PreparedDep,
     top: Annotated[int, Query(ge=1, le=1000, description="how many classes")] = 5,
 ) -> list[PredictionResponse]:
-    return [
-        PredictionResponse(index=p.index, label=p.label, probability=p.probability)
-        for p in engine.predict(prepared, top)
-    ]
+    return [PredictionResponse.from_prediction(p) for p in engine.predict(prepared, top)]

@@ -3,13 +3,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
-from fastapi.responses import JSONResponse
 
 from convscope.api.deps import EngineDep, PreparedDep, StateDep
 from convscope.api.jobs import Job
 from convscope.api.openapi import body_examples
 from convscope.api.routes.common import errors
-from convscope.api.routes.jobs import job_response, job_url
+from convscope.api.routes.jobs import accepted
 from convscope.api.schemas import JobResponse, OcclusionRequest, OcclusionResponse
 from convscope.engine import Engine
 from convscope.engine.occlusion import occlude, occlusion_positions_total, occlusion_response
@@ -34,7 +33,7 @@ def _positions(engine: Engine, request: OcclusionRequest) -> int:
 @router.post(
     "/models/{model}/images/{image_id}/occlusion",
     response_model=OcclusionResponse,
-    summary="occlusion sensitivity (paper Fig. 7, DESIGN §4); many positions -> 202 and a job to poll",
+    summary="occlusion sensitivity (paper Fig. 7; definition: docs/architecture.md, Occlusion); many positions -> 202 and a job to poll",
     responses={
         202: {"model": JobResponse, "description": "started as a job: poll its `url` (also in Location)"},
         **errors(400, 404, 422, 429, 503),
@@ -85,4 +84,4 @@ def occlusion(
         return run(job)
 
     job = state.jobs.submit("occlusion", work, total=positions)
-    return JSONResponse(job_response(job).model_dump(mode="json"), status_code=202, headers={"Location": job_url(job)})
+    return accepted(job)

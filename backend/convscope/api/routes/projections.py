@@ -35,7 +35,7 @@ SEED_HEADERS: dict[str, Any] = {
 @router.get(
     "/models/{model}/images/{image_id}/projection",
     response_class=Response,
-    summary="deconvnet projection of one feature map down to pixel space (DESIGN §3), as an S×S RGB PNG",
+    summary="deconvnet projection of one feature map down to pixel space (docs/deconvnet.md), as an S×S RGB PNG",
     responses={**png("the projection, contrast-normalised to 0..255", SEED_HEADERS), **MODEL_ERRORS},
 )
 def projection(

@@ -10,44 +10,31 @@ the bundled sample photos for its default model in the background (a job), unles
 
 from __future__ import annotations
 
-import logging
-import math
-import threading
+from dataclasses import replace
 from typing import Annotated, Any, Literal
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Body, FastAPI, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from convscope.api.budget import check_scan_memory
 from convscope.api.caching import PUBLIC, Rendered, cache_key, etag_of, png_response
-from convscope.api.deps import EngineDep
+from convscope.api.deps import EngineDep, ScanServiceDep
 from convscope.api.jobs import Job
 from convscope.api.openapi import body_examples
 from convscope.api.routes.activations import LayerQuery
 from convscope.api.routes.common import errors, png
-from convscope.api.routes.jobs import job_response, job_url
-from convscope.api.schemas import (
-    ErrorResponse,
-    JobResponse,
-    ReceptiveFieldInfo,
-    ScanImageRef,
-    ScanInfo,
-    ScanLayerInfo,
-    ScanProgress,
-    ScanRequest,
-    ScanRootInfo,
-    TopEntry,
-    TopResponse,
-)
-from convscope.api.state import AppState
-from convscope.engine import Engine
+from convscope.api.routes.jobs import accepted, job_url
+from convscope.api.scans import ScanService, install, on_startup, scan_url
+from convscope.api.schemas import ErrorResponse, JobResponse, LayerResponse
+from convscope.api.schemas.scans import ScanInfo, ScanProgress, ScanRequest, ScanRootInfo
+from convscope.api.schemas.topk import ScanImageRef, TopEntry, TopResponse
+from convscope.engine import Engine, LayerInfo
 from convscope.engine.render import png_bytes
 from convscope.errors import ConvscopeError, InvalidRequestError
-from convscope.scan.library import SAMPLES_SCAN, ScanEntry, ScanLibrary, normalise_folder
+from convscope.jsonvalues import finite_or_none
+from convscope.scan.library import SAMPLES_SCAN, ScanEntry, normalise_folder
 from convscope.scan.render import ScanRenderer
-
-log = logging.getLogger("convscope.api.scans")
 
 router = APIRouter(tags=["scans"])
 
@@ -59,6 +46,7 @@ CONFLICT: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorResponse, "description": "the scan is unfinished, or was made with other weights"}
 }
 MONTAGE_MAX_CHANNELS = 64
+STARTS_JOB: dict[str, Any] = {"status_code": 202, "response_model": JobResponse}  # 202 + the job, as accepted()
 ModeQuery = Annotated[
     Literal["auto", "deconvnet", "guided", "gradient"],
     Query(description="projection mode; auto: deconvnet where max-pool switches lie below the layer, else guided"),
@@ -67,101 +55,18 @@ MODE_HEADER: dict[str, Any] = {"X-Mode": {"description": "the mode used (auto re
 FOLDERS_LISTED = 200
 
 
-class ScanService:
-    """The app's scans: the library on disk and the jobs writing it."""
-
-    def __init__(self, state: AppState) -> None:
-        self.state = state
-        settings = state.settings
-        self.library = ScanLibrary(settings.scan_dir, settings.scan_roots)
-        self._jobs: dict[tuple[str, str], Job] = {}
-        self._lock = threading.Lock()
-
-    def job_for(self, model: str, scan_id: str) -> Job | None:
-        with self._lock:
-            job = self._jobs.get((model, scan_id))
-        return job if job is not None and not job.finished else None
-
-    def submit(self, model: str, scan_id: str, work: Any) -> Job:
-        """Start a scan job, or return the one already writing this scan."""
-        with self._lock:
-            job = self._jobs.get((model, scan_id))
-            if job is not None and not job.finished:
-                return job
-            job = self.state.jobs.submit("scan", work, shared=True)  # scans are shared; any client may poll
-            self._jobs[(model, scan_id)] = job
-            return job
-
-    def scan_job(self, model: str, scan_id: str, source_factory: Any, **options: Any) -> Any:
-        from convscope.scan.scanner import run_scan
-
-        library, pool, settings = self.library, self.state.pool, self.state.settings
-
-        def work(job: Job) -> dict[str, Any]:
-            while not pool.wait(0.5):
-                job.check_cancelled()
-            engine = pool.get(model)
-            source = source_factory()
-            job.report(0, len(source.paths))
-            result = run_scan(
-                engine,
-                source,
-                library.store(model, scan_id).directory,
-                batch_size=settings.scan_batch_size,
-                resume=True,
-                wait_lock=True,
-                task=job,
-                **options,
-            )
-            data = result.to_dict()
-            data.pop("directory", None)
-            return {"scan": scan_id, "model": model, "url": scan_url(model, scan_id), **data}
-
-        return work
-
-    def start_samples_scan(self) -> Job | None:
-        from convscope.scan.scanner import samples_source
-
-        model = self.state.settings.default_model
-        work = self.scan_job(
-            model,
-            SAMPLES_SCAN,
-            samples_source,
-            replace=True,
-            extra={"label": "the bundled sample photos"},
-        )
-        try:
-            return self.submit(model, SAMPLES_SCAN, work)
-        except ConvscopeError as exc:
-            log.warning("cannot start the sample scan: %s", exc)
-            return None
-
-
-def install(app: FastAPI, state: AppState) -> ScanService:
-    """Add the scan routes' service to the app (call from `create_app`)."""
-    service = ScanService(state)
-    app.state.scans = service
-    return service
-
-
-def on_startup(app: FastAPI) -> None:
-    """Start the background scan of the sample photos (call from the lifespan)."""
-    service: ScanService = app.state.scans
-    if service.state.settings.scan_on_startup:
-        service.start_samples_scan()
-
-
-def get_service(request: Request) -> ScanService:
-    service: ScanService = request.app.state.scans
-    return service
-
-
-def scan_url(model: str, scan_id: str) -> str:
-    return f"/api/models/{quote(model, safe='')}/scans/{quote(scan_id, safe='')}"
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
+def _with_rules(engine: Engine, layer: LayerInfo) -> LayerInfo:
+    """A scanned layer with the engine's switch and rule facts (the manifest keeps the shape only)."""
+    try:
+        known = engine.layer(layer.name)
+    except ConvscopeError:
+        return layer
+    return replace(
+        layer,
+        has_switches=known.has_switches,
+        rules_covered=known.rules_covered,
+        rules_uncovered=known.rules_uncovered,
+    )
 
 
 def _scan_info(service: ScanService, engine: Engine, entry: ScanEntry) -> ScanInfo:
@@ -181,19 +86,7 @@ def _scan_info(service: ScanService, engine: Engine, entry: ScanEntry) -> ScanIn
         label=label,
         images=config.image_count,
         top=config.top,
-        layers=[
-            ScanLayerInfo(
-                name=layer.name,
-                kind=layer.kind,
-                channels=layer.channels,
-                height=layer.height,
-                width=layer.width,
-                receptive_field=ReceptiveFieldInfo(
-                    size=round(layer.rf_size, 3), stride=round(layer.rf_stride, 3), offset=round(layer.rf_offset, 3)
-                ),
-            )
-            for layer in config.layers
-        ],
+        layers=[LayerResponse.from_info(_with_rules(engine, layer)) for layer in config.layers],
         progress=ScanProgress(
             images_done=progress.images_done,
             skipped=progress.skipped,
@@ -222,15 +115,13 @@ def _renderer(service: ScanService, engine: Engine, model: str, scan_id: str) ->
     summary="the model's top-k scans (the sample scan first), finished or running",
     responses=errors(404, 422, 503),
 )
-def list_scans(request: Request, engine: EngineDep) -> list[ScanInfo]:
-    service = get_service(request)
+def list_scans(service: ScanServiceDep, engine: EngineDep) -> list[ScanInfo]:
     return [_scan_info(service, engine, entry) for entry in service.library.list(engine.name)]
 
 
 @router.post(
     "/models/{model}/scans",
-    status_code=202,
-    response_model=JobResponse,
+    **STARTS_JOB,
     summary="scan the sample photos, or a folder under one of the server's scan roots (a job; poll its url)",
     responses={
         403: {"model": ErrorResponse, "description": "no scan roots, or the folder is outside them"},
@@ -240,59 +131,42 @@ def list_scans(request: Request, engine: EngineDep) -> list[ScanInfo]:
         samples={"samples": True, "layers": ["conv_head"], "top": 9}, folder={"folder": "photos/cats"}
     ),
 )
-def start_scan(request: Request, engine: EngineDep, body: Annotated[ScanRequest, Body()]) -> JSONResponse:
+def start_scan(service: ScanServiceDep, engine: EngineDep, body: Annotated[ScanRequest, Body()]) -> JSONResponse:
     from convscope.scan.scanner import folder_source, resolve_layers, samples_source
 
-    service = get_service(request)
     layers: str | list[str] | None = body.layers
     if body.layers == ["all"]:
         layers = "all"
+    source: Any = samples_source
+    extra: dict[str, Any] = {"label": "the bundled sample photos"}
     if body.folder is not None:
         folder = service.library.resolve_folder(body.folder)
-        infos = resolve_layers(engine, layers)  # unknown layers: 404 now, not in the job
-        check_scan_memory(service.state.settings, infos, service.state.settings.scan_batch_size)
-        scan_id = service.library.folder_scan_id(body.folder, body.layers, body.top)
         label = normalise_folder(body.folder)
-        work = service.scan_job(
-            engine.name,
-            scan_id,
-            lambda: folder_source(folder, confine=True),
-            layers=layers,
-            top=body.top,
-            replace=True,  # the folder changed since its last scan: scan it anew
-            extra={"label": label, "folder": label},
-        )
+        source, extra = (lambda: folder_source(folder, confine=True)), {"label": label, "folder": label}
+    infos = resolve_layers(engine, layers)  # unknown layers: 404 now, not in the job
+    check_scan_memory(service.state.settings, infos, service.state.settings.scan_batch_size)
+    if body.folder is not None:
+        scan_id = service.library.folder_scan_id(body.folder, body.layers, body.top)
     else:
-        infos = resolve_layers(engine, layers)
-        check_scan_memory(service.state.settings, infos, service.state.settings.scan_batch_size)
         scan_id = service.library.samples_scan_id(body.layers, body.top)
-        work = service.scan_job(
-            engine.name,
-            scan_id,
-            samples_source,
-            layers=layers,
-            top=body.top,
-            replace=True,
-            extra={"label": "the bundled sample photos"},
-        )
+    # replace=True: a folder that changed since its last scan is scanned anew
+    work = service.scan_job(engine.name, scan_id, source, layers=layers, top=body.top, replace=True, extra=extra)
     job = service.submit(engine.name, scan_id, work)
-    return JSONResponse(job_response(job).model_dump(mode="json"), status_code=202, headers={"Location": job_url(job)})
+    return accepted(job)
 
 
 @router.post(
     "/models/{model}/scans/{scan_id}/resume",
-    status_code=202,
-    response_model=JobResponse,
+    **STARTS_JOB,
     summary="finish an interrupted scan from its last checkpoint (a job; poll its url)",
     responses={
         403: {"model": ErrorResponse, "description": "the scanned folder is no longer inside a scan root"},
         **errors(404, 422, 429, 503),
     },
 )
-def resume_scan(request: Request, engine: EngineDep, scan_id: ScanId) -> JSONResponse:
+def resume_scan(service: ScanServiceDep, engine: EngineDep, scan_id: ScanId) -> JSONResponse:
     from convscope.scan.scanner import folder_source, samples_source
 
-    service = get_service(request)
     entry = service.library.get(engine.name, scan_id)
     manifest = entry.manifest
     options: dict[str, Any] = {
@@ -306,7 +180,7 @@ def resume_scan(request: Request, engine: EngineDep, scan_id: ScanId) -> JSONRes
     else:
         work = service.scan_job(engine.name, scan_id, samples_source, **options)
     job = service.submit(engine.name, scan_id, work)
-    return JSONResponse(job_response(job).model_dump(mode="json"), status_code=202, headers={"Location": job_url(job)})
+    return accepted(job)
 
 
 @router.get(
@@ -315,8 +189,7 @@ def resume_scan(request: Request, engine: EngineDep, scan_id: ScanId) -> JSONRes
     summary="one scan: what was scanned, its layers and progress",
     responses=errors(404, 422, 503),
 )
-def get_scan(request: Request, engine: EngineDep, scan_id: ScanId) -> ScanInfo:
-    service = get_service(request)
+def get_scan(service: ScanServiceDep, engine: EngineDep, scan_id: ScanId) -> ScanInfo:
     return _scan_info(service, engine, service.library.get(engine.name, scan_id))
 
 
@@ -327,14 +200,13 @@ def get_scan(request: Request, engine: EngineDep, scan_id: ScanId) -> ScanInfo:
     responses={**errors(404, 422, 503), **CONFLICT},
 )
 def top(
-    request: Request,
+    service: ScanServiceDep,
     engine: EngineDep,
     scan_id: ScanId,
     layer: LayerQuery,
     channel: ChannelQuery,
     mode: ModeQuery = "deconvnet",
 ) -> TopResponse:
-    service = get_service(request)
     renderer = _renderer(service, engine, engine.name, scan_id)
     entries = renderer.entries(layer, channel)
     resolved = engine.resolve_mode(layer, mode)
@@ -348,7 +220,7 @@ def top(
         rows.append(
             TopEntry(
                 rank=rank,
-                value=_finite(entry.value),
+                value=finite_or_none(entry.value),
                 image=ScanImageRef(
                     index=entry.image, id=image_id, sample=samples, url=f"{base}/images/{entry.image}.png"
                 ),
@@ -380,6 +252,7 @@ def _png(request: Request, body: bytes, headers: dict[str, str] | None = None) -
 )
 def top_image(
     request: Request,
+    service: ScanServiceDep,
     engine: EngineDep,
     scan_id: ScanId,
     rank: Annotated[int, Path(ge=0, le=10_000, description="0 = the strongest")],
@@ -388,7 +261,7 @@ def top_image(
     channel: ChannelQuery,
     mode: ModeQuery = "deconvnet",
 ) -> Response:
-    renderer = _renderer(get_service(request), engine, engine.name, scan_id)
+    renderer = _renderer(service, engine, engine.name, scan_id)
     resolved = engine.resolve_mode(layer, mode)
     return _png(request, renderer.png(layer, channel, rank, kind, resolved), {"X-Mode": resolved})
 
@@ -401,11 +274,11 @@ def top_image(
 )
 def scan_image(
     request: Request,
+    service: ScanServiceDep,
     engine: EngineDep,
     scan_id: ScanId,
     index: Annotated[int, Path(ge=0, le=2**53, description="image index in the scan")],
 ) -> Response:
-    service = get_service(request)
     entry = service.library.get(engine.name, scan_id)
     renderer = ScanRenderer(entry.store)
     key = cache_key("scan-image", engine.name, scan_id, entry.manifest.created_at, index)
@@ -416,11 +289,18 @@ def scan_image(
 @router.get(
     "/models/{model}/scans/{scan_id}/montage.png",
     response_class=Response,
-    summary="a Fig. 2-style montage: per channel its top-k projections (in `mode`) beside the image patches",
-    responses={**png("RGB PNG", MODE_HEADER), **errors(404, 422, 503), **CONFLICT},
+    summary="a Fig. 2-style montage: per channel its top-k projections (in `mode`) beside the image patches; "
+    "202 and a job to poll (its result names this URL) until it has been rendered",
+    responses={
+        **png("RGB PNG", MODE_HEADER),
+        202: {"model": JobResponse, "description": "being rendered as a job: poll its `url`, then GET this again"},
+        **errors(404, 422, 429, 503),
+        **CONFLICT,
+    },
 )
 def montage_png(
     request: Request,
+    service: ScanServiceDep,
     engine: EngineDep,
     scan_id: ScanId,
     layer: LayerQuery,
@@ -433,17 +313,24 @@ def montage_png(
 ) -> Response:
     from convscope.scan.montage import montage, parse_channels
 
-    service = get_service(request)
     renderer = _renderer(service, engine, engine.name, scan_id)
     wanted = parse_channels(channels, renderer.manifest.layer(layer).channels)
     if len(wanted) > MONTAGE_MAX_CHANNELS:
         raise InvalidRequestError(f"at most {MONTAGE_MAX_CHANNELS} channels per montage")
     resolved = engine.resolve_mode(layer, mode)
     key = cache_key("montage", engine.name, scan_id, renderer.manifest.updated_at, layer, tuple(wanted), tile, resolved)
-    item = service.state.responses.render(
-        key, lambda: (png_bytes(montage(renderer, layer, wanted, tile=tile, mode=resolved)), {"X-Mode": resolved})
-    )
-    return png_response(request, item, PUBLIC)
+    responses = service.state.responses
+    item = responses.get(key)
+    if item is not None:
+        return png_response(request, item, PUBLIC)
+    url = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+
+    def work(job: Job) -> dict[str, Any]:  # up to 64 × k projections: never in a request thread
+        body = png_bytes(montage(renderer, layer, wanted, tile=tile, mode=resolved, task=job))
+        responses.put(key, Rendered(body, etag_of(body), {"X-Mode": resolved}))
+        return {"url": url, "layer": layer, "channels": wanted, "mode": resolved}
+
+    return accepted(service.montage(key, work, len(wanted)), **{"Retry-After": "1"})
 
 
 @router.get(
@@ -451,8 +338,7 @@ def montage_png(
     response_model=list[ScanRootInfo],
     summary="the folders this server may scan: each scan root and its subfolders (POST .../scans with folder)",
 )
-def list_scan_roots(request: Request) -> list[ScanRootInfo]:
-    service = get_service(request)
+def list_scan_roots(service: ScanServiceDep) -> list[ScanRootInfo]:
     out = []
     for name, root in sorted(service.library.roots.items()):
         try:
@@ -466,4 +352,4 @@ def list_scan_roots(request: Request) -> list[ScanRootInfo]:
     return out
 
 
-__all__ = ["ScanService", "install", "on_startup", "router"]
+__all__ = ["ScanService", "install", "on_startup", "router", "scan_url"]

@@ -26,7 +26,7 @@ from convscope.api.jobs import Job
 from convscope.api.openapi import body_examples
 from convscope.api.routes.common import errors, png
 from convscope.api.routes.jobs import job_response, job_url
-from convscope.api.schemas import ErrorResponse, JobResponse
+from convscope.api.schemas import ErrorResponse, JobResponse, StudyList, StudySummary
 from convscope.api.state import AppState
 from convscope.errors import NotFoundError
 from convscope.scan.library import ForbiddenError
@@ -40,21 +40,6 @@ StudyId = Annotated[
     str,
     Path(description="a study id from GET /api/studies", examples=["digits~ablation"], max_length=300),
 ]
-
-
-class StudySummary(BaseModel):
-    id: str = Field(description="path of the study's JSON below the studies folder, `~` for `/`, no `.json`")
-    kind: str = Field(description="training, evolution, ablation or probe")
-    title: str
-    modified: str = Field(description="when the study was written (ISO 8601, UTC)")
-    url: str = Field(description="the study document")
-    image_url: str | None = Field(default=None, description="its PNG (the evolution montage), if any")
-    table_url: str | None = Field(default=None, description="its Markdown table, if any")
-
-
-class StudyList(BaseModel):
-    studies_dir: str | None = Field(description="the name of the folder searched (the studies_dir setting)")
-    studies: list[StudySummary]
 
 
 def _summary(study: StudyFile) -> StudySummary:

@@ -30,7 +30,7 @@ from convscope.api.deps import EngineDep, StateDep
 from convscope.api.jobs import Job, current_client
 from convscope.api.openapi import body_examples
 from convscope.api.routes.common import MODEL_ERRORS, errors, png
-from convscope.api.routes.jobs import job_response, job_url
+from convscope.api.routes.jobs import accepted
 from convscope.api.schemas import JobResponse
 from convscope.api.state import AppState
 from convscope.engine import Engine
@@ -194,7 +194,7 @@ def start_visualization(request: Request, engine: EngineDep, body: Visualization
 
     key = (current_client.get(), engine.name, id(engine), target)  # jobs belong to their client
     job = service.submit(key, work, total)
-    return JSONResponse(job_response(job).model_dump(mode="json"), status_code=202, headers={"Location": job_url(job)})
+    return accepted(job)
 
 
 Channel = Annotated[int, Query(ge=0, description="channel of the layer (class for logit)")]

@@ -1,0 +1,61 @@
+"""The API's pydantic models, one module per resource; they make `/openapi.json` and `/docs`
+describe every endpoint, and the CLI's `--json` output is made from the same models so the
+two cannot drift. Everything is re-exported here (`from convscope.api.schemas import X`)."""
+
+from convscope.api.schemas.analyses import CorrespondenceRequest, DeadChannelsRequest, InvarianceRequest
+from convscope.api.schemas.common import EngineMemory, ErrorResponse, HealthResponse
+from convscope.api.schemas.images import ActivationsResponse, SampleInfo, SpriteInfo, UploadResponse
+from convscope.api.schemas.jobs import JobError, JobResponse
+from convscope.api.schemas.models import (
+    LabelInfo,
+    LayerResponse,
+    ModelInfo,
+    PredictionResponse,
+    Preprocessing,
+    ReceptiveFieldInfo,
+    RuleCoverage,
+)
+from convscope.api.schemas.occlusion import (
+    OcclusionFeature,
+    OcclusionReference,
+    OcclusionRequest,
+    OcclusionResponse,
+)
+from convscope.api.schemas.scans import ScanInfo, ScanProgress, ScanRequest, ScanRootInfo
+from convscope.api.schemas.studies import StudyList, StudySummary
+from convscope.api.schemas.topk import ScanImageRef, TopEntry, TopResponse
+
+__all__ = [
+    "ActivationsResponse",
+    "CorrespondenceRequest",
+    "DeadChannelsRequest",
+    "EngineMemory",
+    "ErrorResponse",
+    "HealthResponse",
+    "InvarianceRequest",
+    "JobError",
+    "JobResponse",
+    "LabelInfo",
+    "LayerResponse",
+    "ModelInfo",
+    "OcclusionFeature",
+    "OcclusionReference",
+    "OcclusionRequest",
+    "OcclusionResponse",
+    "PredictionResponse",
+    "Preprocessing",
+    "ReceptiveFieldInfo",
+    "RuleCoverage",
+    "SampleInfo",
+    "ScanImageRef",
+    "ScanInfo",
+    "ScanProgress",
+    "ScanRequest",
+    "ScanRootInfo",
+    "SpriteInfo",
+    "StudyList",
+    "StudySummary",
+    "TopEntry",
+    "TopResponse",
+    "UploadResponse",
+]
