@@ -105,8 +105,19 @@ RULES: dict[tuple[str, str], list[Rule]] = {
 
 
 def document_rules(document: dict[str, Any]) -> None:
-    """Add `x-convscope-rules` to each operation above, and its rules to the descriptions of their statuses."""
+    """Add `x-convscope-rules` to each operation above, and its rules to the descriptions of their statuses;
+    document the 400 any operation with a request body sends for a body that cannot be parsed."""
     paths = document.get("paths", {})
+    for item in paths.values():
+        for operation in item.values():
+            if isinstance(operation, dict) and "requestBody" in operation:
+                operation.setdefault("responses", {}).setdefault(
+                    "400",
+                    {
+                        "description": "malformed request body (not parseable as its content type)",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+                    },
+                )
     for (method, path), rules in RULES.items():
         operation = paths.get(path, {}).get(method)
         if operation is None:
