@@ -77,3 +77,13 @@ def test_unknown_image_is_404(client: TestClient) -> None:
         f"/api/models/{MODEL}/images/nope/projections", json={"layer": LAYER, "seeds": [{"channel": 0}]}
     )
     assert response.status_code == 404
+
+
+def test_a_batch_counts_as_interactive_work() -> None:
+    """Running jobs yield to a batch as to a single projection (api/priority.py)."""
+    from convscope.api.priority import _interactive
+
+    assert _interactive("POST", f"/api/models/{MODEL}/images/chelsea/projections")
+    assert _interactive("GET", f"/api/models/{MODEL}/images/chelsea/projection")
+    assert not _interactive("GET", f"/api/models/{MODEL}/images/chelsea/projections")
+    assert not _interactive("POST", f"/api/models/{MODEL}/images/chelsea/occlusion")
