@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -16,6 +17,7 @@ from convscope.engine.render import png_bytes, projection_image
 from convscope.engine.rules import Mode
 from convscope.errors import InvalidRequestError
 
+log = logging.getLogger("convscope.api")
 router = APIRouter(tags=["projections"])
 
 SEED_HEADERS: dict[str, Any] = {
@@ -125,6 +127,7 @@ def batch_projections(
     body: ProjectionsRequest,
     state: StateDep,
     engine: EngineDep,
+    image: ImageDep,
     prepared: PreparedDep,
 ) -> list[ProjectionItem]:
     limit = state.settings.max_projection_seeds
@@ -143,5 +146,6 @@ def batch_projections(
             item = Rendered(body_bytes, etag_of(body_bytes), headers)
             state.responses.put(key, item)
             found[key] = item
+    log.debug("projections of %s on %s: %d seeds, %d computed", image.id, body.layer, len(seeds), len(missing))
     rendered = {key: item for key, item in found.items() if item is not None}  # every key by now
     return [_item(seed.channel, seed.select, rendered[key]) for seed, key in zip(seeds, keys, strict=True)]
