@@ -116,6 +116,24 @@ def test_activations_and_their_maps(api: Client) -> None:
         assert abs(int(maps[channel, y, x]) - expected) <= 1, channel
 
 
+def test_batch_projections_equal_single_ones(api: Client) -> None:
+    seeds = [{"channel": 3}, {"channel": 4, "select": "map"}, {"channel": 5, "y": 1, "x": 2}]
+    batch = api.batch_projections("chelsea", LAYER, seeds, mode="auto")
+    assert len(batch) == 3
+    singles = [
+        api.projection("chelsea", LAYER, 3, mode="auto"),
+        api.projection("chelsea", LAYER, 4, mode="auto", select="map"),
+        api.projection("chelsea", LAYER, 5, mode="auto", y=1, x=2),
+    ]
+    for got, want in zip(batch, singles, strict=True):
+        assert got.mode == want.mode == "guided"
+        assert (got.seed_y, got.seed_x, got.seed_value) == (want.seed_y, want.seed_x, want.seed_value)
+        assert got.image.tobytes() == want.image.tobytes()
+    with pytest.raises(ApiError) as error:
+        api.batch_projections("chelsea", LAYER, [])
+    assert error.value.status_code == 422
+
+
 def test_projection_image_and_seed(api: Client) -> None:
     info = api.activations("chelsea", LAYER)
     channel = int(np.argmax(info["max"]))

@@ -15,6 +15,7 @@ from fastapi_offline import FastAPIOffline
 from convscope import __version__
 from convscope.api import errors, openapi
 from convscope.api.limits import BodyLimitMiddleware
+from convscope.api.metrics import MetricsMiddleware
 from convscope.api.pool import ModelLoader, ModelPool, default_loader
 from convscope.api.priority import InteractiveMiddleware
 from convscope.api.routes import api_router
@@ -90,6 +91,8 @@ def create_app(settings: Settings | None = None, *, loader: ModelLoader = defaul
         app.add_middleware(InteractiveMiddleware, gate=state.jobs.gate)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(BodyTimeoutMiddleware, body_timeout=settings.body_timeout)
+    state.metrics.watch(state)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics, templates=lambda: app.openapi()["paths"])
     app.add_middleware(  # outermost: Host, token and client id before anything else
         SecurityMiddleware,
         trusted_hosts=trusted_hosts(settings),

@@ -25,6 +25,7 @@ OCTET_STREAM = "application/octet-stream"
 # Route functions whose names are nouns: the readable operation id for each.
 OPERATION_IDS: dict[str, str] = {
     "health": "get_health",
+    "metrics": "get_metrics",
     "predictions": "get_predictions",
     "samples": "list_samples",
     "thumbnail": "get_sample_thumbnail",
@@ -54,6 +55,7 @@ OPERATION_IDS: dict[str, str] = {
 
 TAGS: list[dict[str, str]] = [
     {"name": "health", "description": "is the server ready"},
+    {"name": "metrics", "description": "Prometheus metrics: requests, projection batch sizes, jobs, engines"},
     {"name": "models", "description": "the loaded models, their layers, labels and predictions"},
     {"name": "samples", "description": "the bundled real photos (usable as {image_id})"},
     {"name": "images", "description": "uploads and the S×S model input of any image"},

@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     # caches
     response_cache_entries: int = Field(default=256, ge=0, description="rendered PNGs kept in memory (0: none)")
     prepared_cache_entries: int = Field(default=64, ge=1, description="preprocessed images kept per server")
+    max_projection_seeds: int = Field(
+        default=64, ge=1, description="most seeds in one POST .../projections batch (more: 422)"
+    )
 
     # occlusion and jobs
     occlusion_job_threshold: int = Field(

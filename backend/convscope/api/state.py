@@ -11,6 +11,7 @@ from cachetools import LRUCache
 
 from convscope.api.caching import ResponseCache
 from convscope.api.jobs import InteractiveGate, JobManager
+from convscope.api.metrics import Metrics
 from convscope.api.pool import ModelPool
 from convscope.api.settings import Settings
 from convscope.api.store import ImageStore
@@ -47,6 +48,7 @@ class AppState:
     jobs: JobManager
     responses: ResponseCache
     prepared: LRU[tuple[str, str], PreparedImage]
+    metrics: Metrics = field(default_factory=Metrics)
     on_load_failed: list[Callable[[], None]] = field(default_factory=list)
     _loading: threading.Thread | None = field(default=None, repr=False)
     _start_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)

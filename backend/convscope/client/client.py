@@ -8,6 +8,7 @@ calls; a `token` goes out as `Authorization: Bearer <token>`. Every refused requ
 
 from __future__ import annotations
 
+import base64
 import io
 import mimetypes
 import os
@@ -54,6 +55,25 @@ def _decode_png(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.load()
     return image
+
+
+def _batch_entry(entry: Mapping[str, Any]) -> Projection:
+    """One entry of POST .../projections: its data-URL PNG decoded, its seed as `projection` gives it."""
+    data = base64.b64decode(str(entry["png"]).split(",", 1)[1])
+    headers = {
+        "X-Seed-Value": repr(float(entry["seed_value"])),
+        "X-Seed-Y": str(entry["seed_y"]),
+        "X-Seed-X": str(entry["seed_x"]),
+        "X-Mode": str(entry["mode"]),
+    }
+    return Projection(
+        image=_decode_png(data),
+        seed_value=float(entry["seed_value"]),
+        seed_y=int(entry["seed_y"]),
+        seed_x=int(entry["seed_x"]),
+        mode=str(entry["mode"]),
+        headers=headers,
+    )
 
 
 def _file_part(image: ImageInput, filename: str | None) -> tuple[str, bytes, str]:
@@ -234,6 +254,22 @@ class Client:
             mode=seeds.get("X-Mode"),
             headers=seeds,
         )
+
+    def batch_projections(
+        self,
+        image_id: str,
+        layer: str,
+        seeds: list[Mapping[str, Any]],
+        model: str | None = None,
+        *,
+        mode: Mode = "deconvnet",
+    ) -> list[Projection]:
+        """Many projections of one image and layer in one request (one recorded forward pass on the
+        server); `seeds` are `{"channel": c}`, optionally with `"select"` or `"y"` and `"x"`. One
+        `Projection` per seed, in order, equal to what `projection` returns for the same seed."""
+        body = {"layer": layer, "mode": mode, "seeds": [dict(seed) for seed in seeds]}
+        entries = self._json("POST", self._image_url(model, image_id, "projections"), json=body)
+        return [_batch_entry(entry) for entry in entries]
 
     def occlusion(
         self,

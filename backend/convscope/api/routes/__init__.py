@@ -8,6 +8,7 @@ from convscope.api.routes import (
     health,
     images,
     jobs,
+    metrics,
     models,
     occlusion,
     projections,
@@ -21,5 +22,6 @@ for module in (health, models, samples, images, activations, projections, occlus
     api_router.include_router(module.router)
 api_router.include_router(studies.router)
 api_router.include_router(visualize.router)
+api_router.include_router(metrics.router)
 
 __all__ = ["api_router"]

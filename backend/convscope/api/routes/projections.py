@@ -1,18 +1,23 @@
 from __future__ import annotations
 
+import base64
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
-from convscope.api.caching import cache_key, png_response
+from convscope.api.caching import Rendered, cache_key, etag_of, png_response
 from convscope.api.deps import EngineDep, ImageDep, PreparedDep, StateDep
+from convscope.api.openapi import body_examples
 from convscope.api.routes.activations import LayerQuery
 from convscope.api.routes.common import MODEL_ERRORS, png
-from convscope.engine.engine import Select
+from convscope.api.schemas import ProjectionItem, ProjectionsRequest
+from convscope.engine.engine import Projection, Seed, Select
 from convscope.engine.render import png_bytes, projection_image
 from convscope.engine.rules import Mode
 from convscope.errors import InvalidRequestError
 
+log = logging.getLogger("convscope.api")
 router = APIRouter(tags=["projections"])
 
 SEED_HEADERS: dict[str, Any] = {
@@ -63,16 +68,84 @@ def projection(
     rule = engine.resolve_mode(layer, mode)
 
     def make() -> tuple[bytes, dict[str, str]]:
-        result = engine.project(prepared, layer, channel, mode=rule, select=select, position=position)
-        seed_y, seed_x = result.seed_position
-        headers = {
-            "X-Seed-Value": repr(float(result.seed_value)),
-            "X-Seed-Y": str(seed_y),
-            "X-Seed-X": str(seed_x),
-            "X-Mode": result.mode,
-        }
-        return png_bytes(projection_image(result.projection)), headers
+        state.metrics.batch_sizes.labels(engine.name).observe(1)
+        return _rendered(engine.project(prepared, layer, channel, mode=rule, select=select, position=position))
 
-    key = cache_key("projection", engine.name, prepared.key, layer, channel, rule, select, position)
+    key = _key(engine.name, prepared.key, layer, channel, rule, select, position)
     item = state.responses.render(key, make)
     return png_response(request, item, image.cache_control)
+
+
+def _key(*parts: object) -> str:
+    """The response-cache key of one projection PNG, shared by the single and the batch endpoint."""
+    return cache_key("projection", *parts)
+
+
+def _rendered(result: Projection) -> tuple[bytes, dict[str, str]]:
+    """A projection's PNG and its X-* headers, exactly as the single endpoint sends them."""
+    seed_y, seed_x = result.seed_position
+    headers = {
+        "X-Seed-Value": repr(float(result.seed_value)),
+        "X-Seed-Y": str(seed_y),
+        "X-Seed-X": str(seed_x),
+        "X-Mode": result.mode,
+    }
+    return png_bytes(projection_image(result.projection)), headers
+
+
+def _item(channel: int, select: Select, rendered: Rendered) -> ProjectionItem:
+    headers = rendered.headers
+    return ProjectionItem(
+        channel=channel,
+        select=select,
+        mode=headers["X-Mode"],  # type: ignore[arg-type]
+        seed_value=float(headers["X-Seed-Value"]),
+        seed_y=int(headers["X-Seed-Y"]),
+        seed_x=int(headers["X-Seed-X"]),
+        etag=rendered.etag,
+        png="data:image/png;base64," + base64.b64encode(rendered.body).decode("ascii"),
+    )
+
+
+@router.post(
+    "/models/{model}/images/{image_id}/projections",
+    summary="many projections of one image and layer in one response, sharing one recorded forward pass",
+    description="One entry per seed, in order; each PNG is byte-identical to GET .../projection with the same "
+    "parameters (same ETag) and comes as a data URL, so a client needs one round trip. Projections already "
+    "rendered are reused; the others are computed in one `Engine.project_many` call. More seeds than the "
+    "server's `max_projection_seeds` (default 64), or none, is a 422.",
+    responses=MODEL_ERRORS,
+    openapi_extra=body_examples(
+        top_three_channels={"layer": "blocks.4.0.conv_pw", "mode": "auto", "seeds": [{"channel": c} for c in range(3)]},
+        one_unit_and_a_map={
+            "layer": "conv_stem",
+            "seeds": [{"channel": 0, "y": 10, "x": 20}, {"channel": 1, "select": "map"}],
+        },
+    ),
+)
+def batch_projections(
+    body: ProjectionsRequest,
+    state: StateDep,
+    engine: EngineDep,
+    image: ImageDep,
+    prepared: PreparedDep,
+) -> list[ProjectionItem]:
+    limit = state.settings.max_projection_seeds
+    if len(body.seeds) > limit:
+        raise InvalidRequestError(f"{len(body.seeds)} seeds is more than this server's limit of {limit} per request")
+    rule = engine.resolve_mode(body.layer, body.mode)  # 404 for an unknown layer
+    seeds = [Seed(s.channel, s.select, (s.y, s.x) if s.y is not None and s.x is not None else None) for s in body.seeds]
+    keys = [_key(engine.name, prepared.key, body.layer, s.channel, rule, s.select, s.position) for s in seeds]
+    found = {key: state.responses.get(key) for key in keys}
+    missing = list(dict.fromkeys(key for key, item in found.items() if item is None))
+    if missing:
+        todo = [seeds[keys.index(key)] for key in missing]
+        state.metrics.batch_sizes.labels(engine.name).observe(len(todo))
+        for key, result in zip(missing, engine.project_many(prepared, body.layer, todo, mode=rule), strict=True):
+            body_bytes, headers = _rendered(result)
+            item = Rendered(body_bytes, etag_of(body_bytes), headers)
+            state.responses.put(key, item)
+            found[key] = item
+    log.debug("projections of %s on %s: %d seeds, %d computed", image.id, body.layer, len(seeds), len(missing))
+    rendered = {key: item for key, item in found.items() if item is not None}  # every key by now
+    return [_item(seed.channel, seed.select, rendered[key]) for seed, key in zip(seeds, keys, strict=True)]

@@ -21,6 +21,7 @@ from convscope.api.schemas.occlusion import (
     OcclusionRequest,
     OcclusionResponse,
 )
+from convscope.api.schemas.projections import ProjectionItem, ProjectionSeed, ProjectionsRequest
 from convscope.api.schemas.scans import ScanInfo, ScanProgress, ScanRequest, ScanRootInfo
 from convscope.api.schemas.studies import StudyList, StudySummary
 from convscope.api.schemas.topk import ScanImageRef, TopEntry, TopResponse
@@ -44,6 +45,9 @@ __all__ = [
     "OcclusionResponse",
     "PredictionResponse",
     "Preprocessing",
+    "ProjectionItem",
+    "ProjectionSeed",
+    "ProjectionsRequest",
     "ReceptiveFieldInfo",
     "RuleCoverage",
     "SampleInfo",
