@@ -51,7 +51,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_layers(args: argparse.Namespace) -> int:
     engine = _load_engine(args)
-    rows = [info.to_dict() for info in engine.layers()]
+    rows = [info.to_dict() for info in engine.projection_starts()]  # 4-D layers, then linear ones and logits
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -270,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(project)
     project.add_argument("--image", required=True)
     project.add_argument("--layer", required=True)
-    project.add_argument("--channel", type=int, required=True)
+    project.add_argument(
+        "--channel", type=int, required=True, help="channel; for logits and linear layers the unit (class) index"
+    )
     project.add_argument(
         "--mode",
         default="deconvnet",

@@ -67,6 +67,11 @@ class LayerResponse(BaseModel):
         "mode=auto resolves to deconvnet here, to guided elsewhere"
     )
     rules: RuleCoverage
+    units: int | None = Field(
+        default=None,
+        description="2-D projection starts only (`logits`, linear layers): the unit count (channels = units, 1×1); "
+        "channel = unit index, select does not apply",
+    )
 
 
 class SampleInfo(BaseModel):
