@@ -159,3 +159,33 @@ def test_argument_errors_exit_2() -> None:
         "magic",
     )
     assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_project_from_a_logit(tmp_path: Path) -> None:
+    raw = tmp_path / "l.npz"
+    result = run(
+        "project", "--model", "efficientnet_lite0", "--image", str(get_sample("chelsea").path), "--layer", "logits",
+        "--channel", "285", "--mode", "gradient", "--out", str(tmp_path / "l.png"), "--raw", str(raw),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = np.load(raw)
+    assert list(data["seed_position"]) == [0, 0]
+    assert float(np.abs(data["projection"]).max()) > 0
+
+
+def test_project_from_a_logit_out_of_range_exits_2(tmp_path: Path) -> None:
+    result = run(
+        "project", "--model", "efficientnet_lite0", "--image", str(get_sample("chelsea").path), "--layer", "logits",
+        "--channel", "1000", "--out", str(tmp_path / "x.png"),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "0..999" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_layers_json_lists_linear_layers_and_logits() -> None:
+    result = run("layers", "--model", "zfnet", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert rows[-1]["name"] == "logits" and rows[-1]["units"] == 1000 and rows[-1]["kind"] == "Logits"
+    linear = [row for row in rows if row["kind"] == "Linear"]
+    assert linear and all(row["units"] == row["channels"] and row["height"] == 1 for row in linear)

@@ -63,7 +63,9 @@ def cmd_layers(args: argparse.Namespace) -> int:
     from convscope.api.schemas import LayerResponse
 
     engine = _load_engine(args)
-    layers = [LayerResponse.from_info(info) for info in engine.layers()]
+    layers = [
+        LayerResponse.from_info(info) for info in engine.projection_starts()
+    ]  # 4-D layers, then linear ones and logits
     if args.json:
         print(json.dumps(_json(layers, exclude_none=True), indent=2))  # as GET .../layers
         return 0
@@ -278,7 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(project)
     project.add_argument("--image", required=True)
     project.add_argument("--layer", required=True)
-    project.add_argument("--channel", type=int, required=True)
+    project.add_argument(
+        "--channel", type=int, required=True, help="channel; for logits and linear layers the unit (class) index"
+    )
     project.add_argument(
         "--mode",
         default="deconvnet",

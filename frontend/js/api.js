@@ -173,7 +173,10 @@ export const urls = {
 export const api = {
   health: (opts) => request(urls.health(), opts),
   models: (opts) => request(urls.models(), opts),
-  layers: (model, opts) => request(urls.layers(model), opts),
+  /** The model's 4-D layers (what the layer tree, scans and occlusion choose from). */
+  layers: async (model, opts) => (await request(urls.layers(model), opts)).filter((row) => row.units == null),
+  /** Every projection start, the 2-D ones (`logits`, linear layers: rows with `units`) included. */
+  projectionStarts: (model, opts) => request(urls.layers(model), opts),
   samples: (opts) => request(urls.samples(), opts),
   predictions: (model, id, opts) => request(urls.predictions(model, id), opts),
   activations: (model, id, layer, opts) => request(urls.activations(model, id, layer), opts),

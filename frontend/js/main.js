@@ -50,7 +50,7 @@ let quietFallback = false; // a model switch drops a layer the new model lacks w
 let fallbackNote = null; // the layer a "no such layer" note is about; the note goes when the layer changes
 
 const input = createInputPanel({ root: $('[data-panel="input"]'), store, settled });
-const predictions = createPredictionsPanel({ root: $('[data-panel="predictions"]') });
+const predictions = createPredictionsPanel({ root: $('[data-panel="predictions"]'), store });
 const layers = createLayersPanel({ root: $('[data-panel="layers"]'), store });
 const maps = createMapsPanel({ root: $('[data-panel="maps"]'), store, tooltip });
 const recon = createReconPanel({
@@ -202,6 +202,8 @@ function onChange(state, changed) {
   if (changed.has("model") || changed.has("image")) {
     track(predictions.load(state));
     track(recon.loadInput(state, currentModel()?.input_size));
+  } else if (changed.has("class") || changed.has("mode")) {
+    track(predictions.loadClassView(state));
   }
   if (!changed.has("model")) proceed(state, changed);
   top9.sync(state, changed);

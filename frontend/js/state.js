@@ -11,7 +11,7 @@
 // `auto` (the default) resolves per layer: see layermeta.resolveMode
 export const MODES = ["auto", "deconvnet", "guided", "gradient"];
 export const SELECTS = ["max", "map"];
-export const HASH_KEYS = ["model", "image", "layer", "channel", "mode", "select", "unit", "tab"];
+export const HASH_KEYS = ["model", "image", "layer", "channel", "mode", "select", "unit", "tab", "class"];
 
 const DEFAULTS = {
   model: null,
@@ -22,6 +22,7 @@ const DEFAULTS = {
   select: "max",
   unit: null,
   tab: "explore",
+  class: null, // the class whose logit the Top-5 panel projects (its class view)
 };
 
 /** Parse a hash like "#model=a&channel=3" into a partial state (unknown or bad values dropped). */
@@ -31,9 +32,9 @@ export function parseHash(hash) {
   for (const key of HASH_KEYS) {
     if (!params.has(key)) continue;
     const raw = params.get(key);
-    if (key === "channel") {
+    if (key === "channel" || key === "class") {
       const n = Number.parseInt(raw, 10);
-      if (Number.isInteger(n) && n >= 0 && String(n) === raw.trim()) out.channel = n;
+      if (Number.isInteger(n) && n >= 0 && String(n) === raw.trim()) out[key] = n;
     } else if (key === "mode") {
       if (MODES.includes(raw)) out.mode = raw;
     } else if (key === "select") {

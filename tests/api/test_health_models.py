@@ -93,9 +93,12 @@ def test_layers_are_the_engine_layers_in_module_order(client: TestClient, engine
     response = client.get(f"/api/models/{MODEL}/layers")
     assert response.status_code == 200
     rows = response.json()
+    # the 4-D layers in module order, then the 2-D projection starts (linear layers, logits)
     assert rows == [
-        LayerResponse.from_info(info).model_dump(mode="json", exclude_none=True) for info in engine.layers()
+        LayerResponse.from_info(info).model_dump(mode="json", exclude_none=True)
+        for info in [*engine.layers(), *engine.unit_layers()]
     ]
+    assert [row["name"] for row in rows[-2:]] == ["classifier", "logits"]
     # EfficientNet-Lite0's stem: 32 channels, stride 2, 3×3 field; the head: 1280 channels at 7×7.
     first = rows[0]
     assert (first["name"], first["channels"], first["height"], first["width"]) == ("conv_stem", 32, 112, 112)
@@ -104,7 +107,7 @@ def test_layers_are_the_engine_layers_in_module_order(client: TestClient, engine
     assert (head["channels"], head["height"], head["width"]) == (1280, 7, 7)
     assert head["receptive_field"]["stride"] == 32.0
     order = [name for name, _ in engine.model.module.named_modules()]
-    positions = [order.index(row["name"]) for row in rows]
+    positions = [order.index(row["name"]) for row in rows[:-1]]  # all but `logits`, the model output
     assert positions == sorted(positions), "layers come in module order"
     assert all(set(row["receptive_field"]) == {"size", "stride", "offset"} for row in rows)
 

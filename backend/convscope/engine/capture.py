@@ -5,7 +5,7 @@ error, and only acts on calls made in the thread that entered it (so two threads
 passes through one model never see each other's captures). It does two things:
 
 - `names`: record the first 4-D output each named module produces (for the
-  recorded forward pass of a projection). With a graph, the original output is
+  recorded forward pass of a projection; with `linear`, nn.Linear's 2-D outputs too). With a graph, the original output is
   kept and a clone passed on where a later in-place operation could rewrite it
   (`clone`: those layers; None: every one), the others are kept as they are and
   their version counters checked afterwards (`rewritten()`); without a graph, a
@@ -74,6 +74,7 @@ class LayerCapture:
         *,
         taps: Iterable[Tap] = (),
         clone: Collection[str] | None = None,
+        linear: bool = False,
     ) -> None:
         self.model = model
         modules = dict(model.named_modules())
@@ -84,6 +85,7 @@ class LayerCapture:
         self._layers = [(n, m) for n, m in modules.items() if n and (wanted is None or n in wanted)]
         self._tapped_modules = [(tap, modules[tap.module]) for tap in self.taps]
         self._clone = clone
+        self._linear = linear  # also record nn.Linear modules' 2-D outputs
         self.outputs: dict[str, torch.Tensor] = {}
         self.tapped: dict[Tap, torch.Tensor] = {}
         # (tensor, its version when recorded): outputs kept uncloned, and the clones passed on
@@ -96,7 +98,10 @@ class LayerCapture:
         def hook(module: nn.Module, inputs: Any, output: Any) -> Any:
             if threading.get_ident() != self._thread:
                 return None
-            if not (isinstance(output, torch.Tensor) and output.dim() == 4) or name in self.outputs:
+            if not isinstance(output, torch.Tensor) or name in self.outputs:
+                return None
+            flat = self._linear and output.dim() == 2 and isinstance(module, nn.Linear)
+            if output.dim() != 4 and not flat:
                 return None
             if output.requires_grad:
                 self.outputs[name] = output

@@ -320,8 +320,8 @@ def backward_if_cheaper(
 ) -> torch.Tensor | None:
     """The cone projection when it is supported and needs at most `max_ratio` (default
     `MAX_RATIO`) of the dense work on the CPU; None means: take the dense backward pass."""
-    if image.device.type != "cpu" or rule not in RULES:
-        return None
+    if image.device.type != "cpu" or rule not in RULES or output.dim() != 4:
+        return None  # a 2-D seed (logits, a linear layer) reaches the whole image: dense
     seed_plan = plan(output, image, grad, rule)
     if not seed_plan.supported or seed_plan.ratio > (MAX_RATIO if max_ratio is None else max_ratio):
         return None

@@ -29,7 +29,7 @@ import torch
 from cachetools import LRUCache
 from PIL import Image
 
-from convscope.engine import cone
+from convscope.engine import cone, units
 from convscope.engine.capture import LayerCapture, Tap
 from convscope.engine.graph import path_facts
 from convscope.engine.memory import held_bytes, model_storages
@@ -57,6 +57,7 @@ class LayerInfo:
     has_switches: bool = False  # a max-pool with switches lies below (on a path from the input)
     rules_covered: tuple[str, ...] = ()  # element-wise activations below/at the layer with an engine rule
     rules_uncovered: tuple[str, ...] = ()  # ... and those without one (plain derivative in every mode)
+    units: int | None = None  # a 2-D start (logits, a linear layer): its unit count; channels = units, 1×1
 
     @property
     def auto_mode(self) -> Rule:
@@ -229,6 +230,7 @@ class Engine:
         self._copied_layers: set[str] | None = None
         self._layers = self._inspect_layers()
         self._layer_index = {info.name: info for info in self._layers}
+        self._start_index = {info.name: info for info in [*self._layers, *self._unit_layers]}
 
     def __repr__(self) -> str:
         return f"Engine({self.name!r}, device={str(self.device)!r})"
@@ -263,6 +265,21 @@ class Engine:
             raise NotFoundError(f"model {self.name!r} has no layer {name!r} with a 4-D output")
         return info
 
+    def unit_layers(self) -> list[LayerInfo]:
+        """The 2-D projection starts (engine/units.py): each linear layer's output, then `logits`."""
+        return list(self._unit_layers)
+
+    def projection_starts(self) -> list[LayerInfo]:
+        """Every layer a projection can start from: `layers()`, then `unit_layers()`."""
+        return [*self._layers, *self._unit_layers]
+
+    def start(self, name: str) -> LayerInfo:
+        """A projection start by name: a 4-D layer or a 2-D one (`logits`, a linear layer)."""
+        info = self._start_index.get(name)
+        if info is None:
+            raise NotFoundError(f"model {self.name!r} has no layer {name!r} to project from")
+        return info
+
     def last_conv_layer(self) -> str:
         """The last layer that is a convolution (the default for occlusion's feature map)."""
         convs = [info.name for info in self._layers if "Conv" in info.kind]
@@ -275,8 +292,11 @@ class Engine:
         modules = dict(self.model.module.named_modules())
         order = {name: index for index, name in enumerate(modules)}
         facts = path_facts(record.outputs, record.image)
+        kinds = {name: type(module).__name__ for name, module in modules.items()} | {units.LOGITS: "Logits"}
+        self._unit_layers = units.unit_infos(record.outputs, kinds, facts, size, order)
         infos = []
-        for name, output in sorted(record.outputs.items(), key=lambda item: order[item[0]]):
+        four_d = {name: output for name, output in record.outputs.items() if output.dim() == 4}
+        for name, output in sorted(four_d.items(), key=lambda item: order[item[0]]):
             _, channels, height, width = output.shape
             field_ = receptive_field(output, record.image, size)
             here = facts[name]
@@ -318,7 +338,7 @@ class Engine:
             with (
                 self._computing(),
                 torch.enable_grad(),
-                LayerCapture(self.model.module, clone=copied) as capture,
+                LayerCapture(self.model.module, clone=copied, linear=True) as capture,
                 RuleMode(box),
             ):
                 logits = self.model.module(image)
@@ -329,8 +349,11 @@ class Engine:
             elif rewritten:
                 self._copied_layers = copied | rewritten
                 continue
-            held = held_bytes([image, *capture.outputs.values()], self._model_storages)
-            return _Record(image, logits.detach(), capture.outputs, box, held)
+            outputs = dict(capture.outputs)
+            if logits.dim() == 2 and units.LOGITS not in outputs:
+                outputs[units.LOGITS] = logits  # the class scores, a projection start
+            held = held_bytes([image, *outputs.values()], self._model_storages)
+            return _Record(image, logits.detach(), outputs, box, held)
         raise RuntimeError("the recorded forward pass keeps rewriting its outputs in place")  # pragma: no cover
 
     def _record(self, image: PreparedImage) -> _Record:
@@ -472,7 +495,7 @@ class Engine:
     # ---- projections ----------------------------------------------------------------
     def resolve_mode(self, layer: str, mode: str) -> Rule:
         """The rule a projection of `layer` uses for `mode` (`auto`: see `LayerInfo.auto_mode`)."""
-        info = self.layer(layer)
+        info = self.start(layer)
         if mode not in MODES:
             raise InvalidRequestError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
         if mode == "auto":
@@ -480,9 +503,12 @@ class Engine:
         return mode  # type: ignore[return-value]
 
     def _validate(self, layer: str, seeds: Sequence[Seed]) -> LayerInfo:
-        info = self.layer(layer)
+        info = self.start(layer)
         if not seeds:
             raise InvalidRequestError("no seeds to project")
+        if info.units is not None:
+            units.validate_unit_seeds(info, seeds)
+            return info
         for seed in seeds:
             if not 0 <= seed.channel < info.channels:
                 raise InvalidRequestError(
@@ -507,7 +533,9 @@ class Engine:
         select: Select = "max",
         position: tuple[int, int] | None = None,
     ) -> Projection:
-        """Project one channel's activation(s) down to pixel space (docs/deconvnet.md)."""
+        """Project one channel's activation(s) down to pixel space (docs/deconvnet.md). On a 2-D start
+        (`logits`, a linear layer) `channel` is the unit (class) index, `select` is ignored and
+        `position` must be None or (0, 0) (engine/units.py)."""
         return self.project_many(image, layer, [Seed(channel, select, position)], mode)[0]
 
     def project_many(
@@ -515,13 +543,20 @@ class Engine:
     ) -> list[Projection]:
         """Project many seeds of one image in one backward pass; one projection per seed."""
         rule = self.resolve_mode(layer, mode)
-        self._validate(layer, seeds)
+        info = self._validate(layer, seeds)
         record = self._record(image)
         output = record.outputs[layer]
-        grads, values, positions = self._seed_tensor(output, seeds)
+        if info.units is not None:
+            grads, values, positions = units.unit_seed_tensor(output, seeds)
+        else:
+            grads, values, positions = self._seed_tensor(output, seeds)
         projections = self._go_back(record, output, grads, rule)
+
+        def selected(seed: Seed) -> str:
+            return "unit" if info.units is not None else "position" if seed.position else seed.select
+
         return [
-            Projection(layer, seed.channel, rule, "position" if seed.position else seed.select, value, pos, proj)
+            Projection(layer, seed.channel, rule, selected(seed), value, pos, proj)
             for seed, value, pos, proj in zip(seeds, values, positions, projections, strict=True)
         ]
 

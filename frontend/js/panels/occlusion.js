@@ -794,11 +794,20 @@ export async function mount(panel, context) {
   markStale();
   renderReadout();
   await Promise.all([loadLayers(), loadLabels()]);
+  useClass(ctx.store.get().class);
   root.dataset.ready = "true";
+}
+
+/** The class chosen in the Top-5 panel (`class` in the hash) becomes the target. */
+function useClass(index) {
+  if (index === null || index === undefined) return;
+  const name = labels[index]?.label;
+  el.target.value = name ? `${name} (${index})` : String(index);
 }
 
 export function update(state, changed) {
   if (!root) return;
+  if (changed.has("class")) useClass(state.class);
   if (changed.has("model") || changed.has("image")) {
     describeCurrent();
     markStale();

@@ -37,11 +37,12 @@ async def list_models(pool: PoolDep) -> list[ModelInfo]:
     "/models/{model}/layers",
     response_model=list[LayerResponse],
     response_model_exclude_none=True,
-    summary="every layer with a 4-D output, in forward order, with shape and receptive field",
+    summary="every layer with a 4-D output, in forward order, with shape and receptive field; then the 2-D "
+    "projection starts (linear layers, `logits`) with their `units`",
     responses=errors(404, 422, 503),
 )
 async def list_layers(engine: EngineDep) -> list[LayerResponse]:
-    return [LayerResponse.from_info(info) for info in engine.layers()]
+    return [LayerResponse.from_info(info) for info in engine.projection_starts()]
 
 
 @router.get(

@@ -66,12 +66,18 @@ class LayerResponse(BaseModel):
         "mode=auto resolves to deconvnet here, to guided elsewhere"
     )
     rules: RuleCoverage
+    units: int | None = Field(
+        default=None,
+        description="2-D projection starts only (`logits`, linear layers): the unit count (channels = units, 1×1); "
+        "channel = unit index, select does not apply",
+    )
 
     @classmethod
     def from_info(cls, info: LayerInfo) -> LayerResponse:
         """The API's (and `convscope layers --json`'s) description of an engine layer."""
         rules = RuleCoverage(covered=list(info.rules_covered), uncovered=list(info.rules_uncovered))
-        fields = {name: getattr(info, name) for name in ("name", "kind", "channels", "height", "width", "has_switches")}
+        names = ("name", "kind", "channels", "height", "width", "has_switches", "units")
+        fields = {name: getattr(info, name) for name in names}
         return cls(**fields, receptive_field=ReceptiveFieldInfo.model_validate(info.receptive_field), rules=rules)
 
 

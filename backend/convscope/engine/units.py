@@ -1,0 +1,94 @@
+"""Projection starts on 2-D (N×K) outputs: the model's logits and its fully connected layers.
+
+A class score or a fully connected unit is projected like a feature map's unit: the
+seed is one unit holding its value, and the engine's rules carry it down through the
+recorded graph (linear layers: transposed weights, no bias; flatten and global
+pooling: their linear adjoint; max-pool: its switches) — all of this is what
+autograd's backward of those operations is. `select` and positions do not apply
+(a 2-D layer has no spatial map): `select` is ignored, a position must be None or (0, 0).
+
+The logits are the start named `LOGITS`; the softmax probabilities are not a start,
+since the softmax couples every class (a probability's gradient mixes all logits).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+from convscope.engine.graph import PathFacts
+from convscope.engine.receptive_field import ReceptiveField
+from convscope.errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from convscope.engine.engine import LayerInfo, Seed
+
+LOGITS = "logits"  # the model's output, as a projection start
+
+
+def whole_field(image_size: int) -> ReceptiveField:
+    """A 2-D unit sees the whole input."""
+    return ReceptiveField(float(image_size), float(image_size), image_size / 2.0 - 0.5, True)
+
+
+def unit_infos(
+    outputs: Mapping[str, torch.Tensor],
+    kinds: Mapping[str, str],
+    facts: Mapping[str, PathFacts],
+    image_size: int,
+    order: Mapping[str, int],
+) -> list[LayerInfo]:
+    """A LayerInfo for each 2-D output (channels = units, height = width = 1), in forward
+    order, the logits last."""
+    from convscope.engine.engine import LayerInfo
+
+    names = [name for name, output in outputs.items() if output.dim() == 2]
+    names.sort(key=lambda name: order.get(name, len(order)))
+    infos = []
+    for name in names:
+        units = int(outputs[name].shape[1])
+        here = facts.get(name, PathFacts())
+        infos.append(
+            LayerInfo(
+                name,
+                kinds.get(name, "Linear"),
+                units,
+                1,
+                1,
+                whole_field(image_size),
+                has_switches=here.has_switches,
+                rules_covered=tuple(sorted(here.covered)),
+                rules_uncovered=tuple(sorted(here.uncovered)),
+                units=units,
+            )
+        )
+    return infos
+
+
+def validate_unit_seeds(info: LayerInfo, seeds: Sequence[Seed]) -> None:
+    for seed in seeds:
+        if not 0 <= seed.channel < info.channels:
+            raise InvalidRequestError(
+                f"unit {seed.channel} is out of range for layer {info.name!r} (0..{info.channels - 1})"
+            )
+        if seed.position is not None and tuple(seed.position) != (0, 0):
+            raise InvalidRequestError(
+                f"layer {info.name!r} has no spatial map (its {info.channels} units are 1×1): "
+                "give no position, or (0, 0)"
+            )
+
+
+def unit_seed_tensor(
+    output: torch.Tensor, seeds: Sequence[Seed]
+) -> tuple[torch.Tensor, list[float], list[tuple[int, int]]]:
+    """K seeds on an N×K output: each one unit holding its value (position (0, 0))."""
+    values_row = output.detach()[0]
+    grads = torch.zeros((len(seeds), *output.shape), dtype=output.dtype, device=output.device)
+    values: list[float] = []
+    for k, seed in enumerate(seeds):
+        value = values_row[seed.channel]
+        grads[k, 0, seed.channel] = value
+        values.append(float(value))
+    return grads, values, [(0, 0)] * len(seeds)
