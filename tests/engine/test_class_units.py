@@ -75,7 +75,9 @@ def test_logits_and_linear_layers_are_projection_starts(tiny: tuple[Engine, nn.S
     assert (logits.kind, logits.units, logits.channels, logits.height, logits.width) == ("Logits", 5, 5, 1, 1)
     assert starts["fc1"].kind == "Linear" and starts["fc1"].units == 6
     assert logits.has_switches and engine.resolve_mode("logits", "auto") == "deconvnet"
-    assert logits.to_dict()["units"] == 5
+    from convscope.api.schemas import LayerResponse
+
+    assert LayerResponse.from_info(logits).model_dump(exclude_none=True)["units"] == 5
     assert "logits" not in {info.name for info in engine.layers()}  # the 4-D list is unchanged
     assert [info.name for info in engine.projection_starts()][-1] == "logits"
 
