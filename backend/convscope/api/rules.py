@@ -88,6 +88,11 @@ RULES: dict[tuple[str, str], list[Rule]] = {
         (422, "y and x are given together, or neither", r"give both y and x"),
         *MODEL_RULES,
     ],
+    ("post", "/api/models/{model}/images/{image_id}/projections"): [
+        (422, "each seed gives y and x together, or neither", r"give both y and x"),
+        (422, "at most CONVSCOPE_MAX_PROJECTION_SEEDS seeds per request", r"seeds is more than"),
+        *MODEL_RULES,
+    ],
     ("get", "/api/models/{model}/images/{image_id}/activations"): MODEL_RULES,
     ("get", "/api/models/{model}/images/{image_id}/activations/sprite.png"): MODEL_RULES,
     ("post", "/api/images"): IMAGE_RULES,
