@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import re
 import secrets
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from convscope.api.asgi import send_json
 from convscope.api.jobs import current_client
 
 CLIENT_COOKIE = "convscope_client"
@@ -59,22 +59,6 @@ def host_name(host: str) -> str:
     if host.count(":") == 1:
         return host.split(":", 1)[0]
     return host
-
-
-async def _send_json(send: Send, status: int, detail: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 class SecurityMiddleware:
@@ -131,9 +115,7 @@ class SecurityMiddleware:
         headers = scope.get("headers", [])
         host = next((value.decode("latin-1") for name, value in headers if name == b"host"), "")
         if not self.any_host and host_name(host) not in self.trusted:
-            await _send_json(
-                send, 400, f"untrusted Host header {host!r}; add it to CONVSCOPE_TRUSTED_HOSTS to serve it"
-            )
+            await send_json(send, 400, f"untrusted Host header {host!r}; add it to CONVSCOPE_TRUSTED_HOSTS to serve it")
             return
         path: str = scope.get("path", "")
         is_api = path == "/api" or path.startswith("/api/")
@@ -142,7 +124,7 @@ class SecurityMiddleware:
         if is_api and self.token is not None and path not in PUBLIC_PATHS:
             ok, by_header = self._authorised(headers, cookies)
             if not ok:
-                await _send_json(
+                await send_json(
                     send,
                     401,
                     "this server needs its token: send `Authorization: Bearer <token>` (CONVSCOPE_TOKEN)",
@@ -161,7 +143,7 @@ class SecurityMiddleware:
             allowed = self._allowed_methods(scope)
             if allowed is not None:
                 allow = ", ".join(sorted(allowed)).encode()
-                await _send_json(send, 405, f"method {scope.get('method')} is not allowed here", [(b"allow", allow)])
+                await send_json(send, 405, f"method {scope.get('method')} is not allowed here", [(b"allow", allow)])
                 return
         if not extra:
             await self.app(scope, receive, send)

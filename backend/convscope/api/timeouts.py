@@ -11,12 +11,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import anyio
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from convscope.api.asgi import send_json
 
 
 def _base_protocol() -> type[Any]:
@@ -118,16 +119,4 @@ class BodyTimeoutMiddleware:
         except BodyStalledError as exc:  # raised outside the app's exception handlers
             if started:
                 raise
-            body = json.dumps({"detail": exc.detail}).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 408,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                        (b"connection", b"close"),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            await send_json(send, 408, exc.detail, [(b"connection", b"close")])
