@@ -458,8 +458,8 @@ class Engine:
             return record
 
     def logits(self, image: PreparedImage) -> torch.Tensor:
-        """The model's logits for the image (1-D, on the CPU): from its recorded pass when
-        there is one, else from a no-grad pass (which records no graph)."""
+        """The model's logits for the image (1-D, on the CPU): from its recorded pass when a
+        whole one is cached, else from a no-grad pass (which records no graph)."""
         record = self._cached_record(image, None)
         if record is not None and record.logits is not None:
             return record.logits[0].float().cpu()
@@ -490,7 +490,7 @@ class Engine:
 
     def activations(self, image: PreparedImage, layer: str) -> torch.Tensor:
         """The layer's feature maps for the image, C×H×W on the CPU: from its recorded pass
-        when there is one, else from a no-grad pass (which records no graph)."""
+        when a cached one holds the layer, else from a no-grad pass (which records no graph)."""
         self.layer(layer)
         record = self._cached_record(image, layer)
         if record is not None:
