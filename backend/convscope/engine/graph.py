@@ -8,6 +8,8 @@ deconvnet projection depend on the image beyond the seed's position. `covered`
 names the activations on those paths that go through the engine's rule functions
 (`engine/rules.py`); `uncovered` names element-wise non-linearities that reach the
 backward pass with their plain derivative in every mode (e.g. a sigmoid gate).
+`fold_to_image` is the children-first walk down to the input that these facts and the
+receptive fields (`engine/receptive_field.py`) are computed with.
 """
 
 from __future__ import annotations
