@@ -177,7 +177,11 @@ def test_occlusion_method_approx_and_adaptive_are_passed_through(api: Client) ->
     assert (dense["method"], dense["method_requested"]) == ("dense", "dense")
     assert (incremental["method"], incremental["method_requested"]) == ("incremental", "incremental")
     assert dense["approximate"] is incremental["approximate"] is False
-    probabilities = [(a, b) for ra, rb in zip(dense["probability"], incremental["probability"], strict=True) for a, b in zip(ra, rb, strict=True)]
+    probabilities = [
+        (a, b)
+        for ra, rb in zip(dense["probability"], incremental["probability"], strict=True)
+        for a, b in zip(ra, rb, strict=True)
+    ]
     assert all(a is not None and b is not None and abs(a - b) <= 1e-5 for a, b in probabilities)
     capped = api.occlusion("chelsea", size=112, stride=56, approx=0.5)
     assert capped["approximate"] is True and capped["approx"] == 0.5 and capped["method"] == "incremental"

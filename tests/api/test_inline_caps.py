@@ -90,7 +90,9 @@ def test_a_client_at_its_in_request_limit_gets_429_while_another_clients_occlusi
     with _clients(base) as (alice, bob), ThreadPoolExecutor(4) as pool:
         with engine.lock:  # every admitted occlusion waits for the model inside its request
             held = [pool.submit(alice.post, OCCLUDE, json=SMALL) for _ in range(RUNNING_PER_CLIENT)]
-            _wait(lambda: state.jobs.inline_running(_id(alice)) == RUNNING_PER_CLIENT, "Alice's occlusions did not start")
+            _wait(
+                lambda: state.jobs.inline_running(_id(alice)) == RUNNING_PER_CLIENT, "Alice's occlusions did not start"
+            )
             refused = alice.post(OCCLUDE, json=SMALL)  # answered at once, without the model
             assert refused.status_code == 429, refused.text
             detail = refused.json()["detail"]
@@ -115,7 +117,9 @@ def test_occlusions_in_requests_count_as_the_clients_jobs(server: tuple[str, App
     with _clients(base) as (alice, bob), ThreadPoolExecutor(4) as pool:
         with engine.lock:
             held = [pool.submit(alice.post, OCCLUDE, json=SMALL) for _ in range(RUNNING_PER_CLIENT)]
-            _wait(lambda: state.jobs.inline_running(_id(alice)) == RUNNING_PER_CLIENT, "Alice's occlusions did not start")
+            _wait(
+                lambda: state.jobs.inline_running(_id(alice)) == RUNNING_PER_CLIENT, "Alice's occlusions did not start"
+            )
             job = alice.post(OCCLUDE, json=LARGE)
             assert job.status_code == 202, job.text
             for body in (SMALL, LARGE):

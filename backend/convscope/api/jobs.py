@@ -202,7 +202,9 @@ class JobManager:
             job._future = self._executor.submit(self._run_next)
         return job
 
-    def run_inline(self, kind: str, fn: Callable[[Job], Any], total: int = 0, *, owner: str | None = _FROM_CONTEXT) -> Any:
+    def run_inline(
+        self, kind: str, fn: Callable[[Job], Any], total: int = 0, *, owner: str | None = _FROM_CONTEXT
+    ) -> Any:
         """Run small work in the calling thread (the request's own) and return its result, counted
         as one of the client's jobs while it runs: 429 past the server's cap or the client's, and
         past `client_max_running` of the client's inline work at once (so a client firing many
