@@ -160,7 +160,9 @@ class Settings(BaseSettings):
     header_timeout: float = Field(default=10.0, gt=0, description="seconds to receive a request's headers")
     body_timeout: float = Field(default=10.0, gt=0, description="seconds the request body may stall between chunks")
     client_max_jobs: int = Field(default=6, ge=1, description="queued and running jobs per client before 429")
-    client_max_running_jobs: int = Field(default=2, ge=1, description="jobs of one client running at once")
+    client_max_running_jobs: int = Field(
+        default=2, ge=1, description="jobs of one client running at once (and its occlusions answered in requests)"
+    )
     interactive_wait_s: float = Field(
         default=5.0, ge=0, description="longest a job waits between batches for interactive requests to finish"
     )
