@@ -19,6 +19,7 @@ fails is redone one request at a time. A request cancelled while it waits leaves
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 import time
@@ -121,7 +122,8 @@ class ProjectionQueue:
                 return
             batch = self._take()
             self._running += 1
-            task = loop.create_task(self._execute(batch))
+            # a context of its own: a batch serves many clients, it runs as none of them (jobs.current_client)
+            task = loop.create_task(self._execute(batch), context=contextvars.Context())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         if self._timer is not None and not self._pending:
