@@ -22,7 +22,26 @@ from convscope.errors import InvalidRequestError
 from convscope.images import PreparedImage
 from convscope.samples import load_sample
 
-WIDE = WINDOW_CAP_MS  # the widest window: requests started together always share it
+WIDE = WINDOW_CAP_MS  # the widest window: the timer that ends it fires within 50 ms (real time)
+
+
+class Clock:
+    """The queue's clock, moved by the test: a window is over when the test says so, never because a
+    busy machine was slow between two requests."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def settle(clock: Clock, *requests: Awaitable[Any], errors: bool = False) -> list[Any]:
+    """Start the requests, let each reach the queue, end the window, and wait for their answers."""
+    tasks = [asyncio.ensure_future(request) for request in requests]
+    await asyncio.sleep(0)  # every request is waiting in the queue now
+    clock.now += 1.0  # the window is over
+    return await asyncio.gather(*tasks, return_exceptions=errors)
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +54,12 @@ def images(engine: Engine) -> dict[str, PreparedImage]:
     return {name: engine.prepare(load_sample(name)) for name in ("chelsea", "coffee")}
 
 
-def run(engine: Engine, body: Callable[[Coalescer, Any], Awaitable[Any]], **options: Any) -> tuple[Any, Any]:
-    """Run `body(coalescer, spy)` on a fresh event loop; `spy` wraps the engine's project_many."""
-    coalescer = Coalescer(**{"window_ms": WIDE, "metrics": Metrics(), **options})
+def run(engine: Engine, body: Callable[[Coalescer, Clock], Awaitable[Any]], **options: Any) -> tuple[Any, Any]:
+    """Run `body(coalescer, clock)` on a fresh event loop; returns its result and a spy on project_many."""
+    clock = Clock()
+    coalescer = Coalescer(**{"window_ms": WIDE, "metrics": Metrics(), "clock": clock, **options})
     with mock.patch.object(engine, "project_many", wraps=engine.project_many) as spy:
-        result = asyncio.run(body(coalescer, spy))
+        result = asyncio.run(body(coalescer, clock))
     return result, spy
 
 
@@ -66,8 +86,8 @@ def test_requests_within_the_window_share_one_call_and_equal_unbatched_answers(
     image = images["chelsea"]
     seeds = [Seed(0), Seed(1, "map"), Seed(2, position=(3, 4)), Seed(0)]  # Seed(0) twice: computed once
 
-    async def body(coalescer: Coalescer, spy: Any) -> list[Any]:
-        return await asyncio.gather(*(coalescer.project(engine, image, "conv2", "guided", [s]) for s in seeds))
+    async def body(coalescer: Coalescer, clock: Clock) -> list[Any]:
+        return await settle(clock, *(coalescer.project(engine, image, "conv2", "guided", [s]) for s in seeds))
 
     answers, spy = run(engine, body)
     assert calls(spy) == [(image.key, "conv2", "guided", seeds[:3])]
@@ -78,12 +98,12 @@ def test_requests_within_the_window_share_one_call_and_equal_unbatched_answers(
 def test_a_request_after_the_batch_left_starts_the_next_one(engine: Engine, images: dict[str, PreparedImage]) -> None:
     image = images["chelsea"]
 
-    async def body(coalescer: Coalescer, spy: Any) -> None:
+    async def body(coalescer: Coalescer, clock: Clock) -> None:
         first = asyncio.create_task(coalescer.project(engine, image, "conv1", "deconvnet", [Seed(0)]))
-        await asyncio.sleep(0)  # well within the window: joins the first batch
-        second = asyncio.create_task(coalescer.project(engine, image, "conv1", "deconvnet", [Seed(1)]))
-        await asyncio.gather(first, second)
-        await coalescer.project(engine, image, "conv1", "deconvnet", [Seed(2)])  # the window is long over
+        await asyncio.sleep(0)
+        clock.now += WIDE / 2000  # half the window later: joins the first batch
+        await settle(clock, first, coalescer.project(engine, image, "conv1", "deconvnet", [Seed(1)]))
+        await settle(clock, coalescer.project(engine, image, "conv1", "deconvnet", [Seed(2)]))  # a new window
 
     _, spy = run(engine, body)
     assert [seeds for *_, seeds in calls(spy)] == [[Seed(0), Seed(1)], [Seed(2)]]
@@ -102,9 +122,9 @@ def test_a_full_batch_leaves_at_once_and_a_large_request_stays_whole(
 ) -> None:
     image = images["coffee"]
 
-    async def body(coalescer: Coalescer, spy: Any) -> None:
-        singles = [coalescer.project(engine, image, "conv1", "gradient", [Seed(c)]) for c in range(3)]
-        await asyncio.gather(*singles)
+    async def body(coalescer: Coalescer, clock: Clock) -> None:
+        await settle(clock, *(coalescer.project(engine, image, "conv1", "gradient", [Seed(c)]) for c in range(3)))
+        # alone and larger than a batch: it leaves at once, whole (the window is never over here)
         await coalescer.project(engine, image, "conv1", "gradient", [Seed(c, "map") for c in range(4)])
 
     _, spy = run(engine, body, max_seeds=2)
@@ -122,8 +142,8 @@ def test_a_batch_is_grouped_by_layer_mode_and_image(engine: Engine, images: dict
     ]
     metrics = Metrics()
 
-    async def body(coalescer: Coalescer, spy: Any) -> list[Any]:
-        return await asyncio.gather(*(coalescer.project(engine, i, layer, rule, [s]) for i, layer, rule, s in wanted))
+    async def body(coalescer: Coalescer, clock: Clock) -> list[Any]:
+        return await settle(clock, *(coalescer.project(engine, i, layer, rule, [s]) for i, layer, rule, s in wanted))
 
     answers, spy = run(engine, body, metrics=metrics)
     assert sorted(calls(spy), key=repr) == sorted(
@@ -148,9 +168,9 @@ def test_a_batch_is_grouped_by_layer_mode_and_image(engine: Engine, images: dict
 def test_an_error_fails_only_its_own_request(engine: Engine, images: dict[str, PreparedImage]) -> None:
     image = images["chelsea"]
 
-    async def body(coalescer: Coalescer, spy: Any) -> list[Any]:
+    async def body(coalescer: Coalescer, clock: Clock) -> list[Any]:
         requests = [coalescer.project(engine, image, "conv2", "deconvnet", [Seed(c)]) for c in (0, 999, 1)]
-        return await asyncio.gather(*requests, return_exceptions=True)
+        return await settle(clock, *requests, errors=True)
 
     (good, bad, other), spy = run(engine, body)
     assert isinstance(bad, InvalidRequestError) and "out of range" in str(bad)
@@ -163,12 +183,14 @@ def test_an_error_fails_only_its_own_request(engine: Engine, images: dict[str, P
 def test_a_cancelled_request_leaves_its_batch(engine: Engine, images: dict[str, PreparedImage]) -> None:
     image = images["coffee"]
 
-    async def body(coalescer: Coalescer, spy: Any) -> tuple[list[Any], bool]:
+    async def body(coalescer: Coalescer, clock: Clock) -> tuple[list[Any], bool]:
         tasks = [asyncio.create_task(coalescer.project(engine, image, "conv2", "guided", [Seed(c)])) for c in range(3)]
         await asyncio.sleep(0)  # all three are waiting for the window
         assert coalescer.queue(engine).waiting == 3
         tasks[1].cancel()
-        done = await asyncio.gather(tasks[0], tasks[2])
+        await asyncio.sleep(0)
+        assert coalescer.queue(engine).waiting == 2
+        done = await settle(clock, tasks[0], tasks[2])
         return done, tasks[1].cancelled()
 
     (done, cancelled), spy = run(engine, body)

@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import anyio.to_thread
@@ -65,7 +65,7 @@ class _Request:
     rule: Rule
     seeds: tuple[Seed, ...]
     future: asyncio.Future[list[Rendered]]
-    arrived: float  # the loop's clock
+    arrived: float  # the queue's clock
 
     @property
     def group(self) -> tuple[str, str, str]:
@@ -87,8 +87,16 @@ class _Outcome:
 class ProjectionQueue:
     """The batching queue of one engine on one event loop (made by `Coalescer`)."""
 
-    def __init__(self, engine: Engine, window_s: float, max_seeds: int, metrics: Metrics | None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        window_s: float,
+        max_seeds: int,
+        metrics: Metrics | None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.engine = engine
+        self.clock = clock  # seconds, for arrivals and windows (None: the event loop's clock)
         self.window_s = window_s
         self.max_seeds = max_seeds
         self.slots = engine.workers
@@ -101,9 +109,12 @@ class ProjectionQueue:
     async def project(self, image: PreparedImage, layer: str, rule: Rule, seeds: Sequence[Seed]) -> list[Rendered]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Rendered]] = loop.create_future()
-        self._pending.append(_Request(image, layer, rule, tuple(seeds), future, loop.time()))
+        self._pending.append(_Request(image, layer, rule, tuple(seeds), future, self._now(loop)))
         self._pump()
         return await future  # a cancelled wait cancels the future: its batch drops it
+
+    def _now(self, loop: asyncio.AbstractEventLoop) -> float:
+        return self.clock() if self.clock is not None else loop.time()
 
     @property
     def waiting(self) -> int:
@@ -115,10 +126,11 @@ class ProjectionQueue:
         self._pending = [request for request in self._pending if not request.future.done()]
         loop = asyncio.get_running_loop()
         while self._pending and self._running < self.slots:
+            now = self._now(loop)
             due = self._pending[0].arrived + self.window_s
-            if sum(len(request.seeds) for request in self._pending) < self.max_seeds and loop.time() < due:
+            if sum(len(request.seeds) for request in self._pending) < self.max_seeds and now < due:
                 if self._timer is None:
-                    self._timer = loop.call_at(due, self._on_timer)
+                    self._timer = loop.call_later(due - now, self._on_timer)
                 return
             batch = self._take()
             self._running += 1
@@ -147,8 +159,7 @@ class ProjectionQueue:
         return batch
 
     async def _execute(self, batch: list[_Request]) -> None:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = self._now(asyncio.get_running_loop())
         waits = [started - request.arrived for request in batch]
         try:
             outcome = await anyio.to_thread.run_sync(self._compute, batch)
@@ -242,6 +253,7 @@ class Coalescer:
         window_ms: float = DEFAULT_WINDOW_MS,
         max_seeds: int = DEFAULT_MAX_SEEDS,
         metrics: Metrics | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if not 0 <= window_ms <= WINDOW_CAP_MS:
             raise ValueError(f"the projection window must be 0..{WINDOW_CAP_MS:g} ms, got {window_ms!r}")
@@ -250,6 +262,7 @@ class Coalescer:
         self.window_s = window_ms / 1000.0
         self.max_seeds = max_seeds
         self.metrics = metrics
+        self.clock = clock  # for tests: a clock they move (windows then end when they say)
         self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Engine, ProjectionQueue]] = (
             weakref.WeakKeyDictionary()
         )
@@ -262,7 +275,9 @@ class Coalescer:
             queues = self._queues.setdefault(loop, {})
             queue = queues.get(engine)
             if queue is None:
-                queue = queues[engine] = ProjectionQueue(engine, self.window_s, self.max_seeds, self.metrics)
+                queue = queues[engine] = ProjectionQueue(
+                    engine, self.window_s, self.max_seeds, self.metrics, self.clock
+                )
             return queue
 
     async def project(
