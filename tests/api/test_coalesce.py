@@ -5,6 +5,7 @@ and every answer is the unbatched one byte for byte."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 from unittest import mock
@@ -131,7 +132,10 @@ def test_a_full_batch_leaves_at_once_and_a_large_request_stays_whole(
     assert [len(seeds) for *_, seeds in calls(spy)] == [2, 1, 4]
 
 
-def test_a_batch_is_grouped_by_layer_mode_and_image(engine: Engine, images: dict[str, PreparedImage]) -> None:
+def test_a_batch_is_grouped_by_layer_mode_and_image(
+    engine: Engine, images: dict[str, PreparedImage], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="convscope.api.coalesce")
     chelsea, coffee = images["chelsea"], images["coffee"]
     wanted = [
         (chelsea, "conv1", "deconvnet", Seed(0)),
@@ -163,6 +167,9 @@ def test_a_batch_is_grouped_by_layer_mode_and_image(engine: Engine, images: dict
     assert histogram(metrics, "convscope_projection_queue_wait_seconds")[0] == 5.0
     count, seconds = histogram(metrics, "convscope_projection_model_seconds")
     assert count == 1.0 and seconds > 0
+    # and one log line for the batch
+    lines = [r.getMessage() for r in caplog.records if r.name == "convscope.api.coalesce"]
+    assert len(lines) == 1 and lines[0].startswith("projection batch on tiny: 5 requests, 5 seeds computed in 4 groups")
 
 
 def test_an_error_fails_only_its_own_request(engine: Engine, images: dict[str, PreparedImage]) -> None:

@@ -28,15 +28,14 @@ def server() -> Iterator[str]:
     """No rendered-PNG cache: every request does its model work (the recorded passes stay cached)."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {"CONVSCOPE_RESPONSE_CACHE_ENTRIES": "0", "CONVSCOPE_DEVICE": "cpu", "CONVSCOPE_LOG_LEVEL": "debug"}
+    env = {"CONVSCOPE_RESPONSE_CACHE_ENTRIES": "0", "CONVSCOPE_DEVICE": "cpu"}
     process = start_server(port, "--model", MODEL, env=env)
     try:
         wait_healthy(process, base)
         yield base
     finally:
         if process.poll() is None:
-            output = stop(process)
-            assert "projection batch on" in output, output[-2000:]  # one debug line per batch
+            stop(process)
 
 
 def batches(base: str) -> tuple[float, float]:
