@@ -132,7 +132,7 @@ def histogram_delta(before: dict[float, float], after: dict[float, float]) -> di
     for bound in sorted(after):
         cumulative = after[bound] - before.get(bound, 0.0)
         label = "more" if bound == float("inf") else f"{bound:g}" if bound <= 2 else f"<={bound:g}"
-        out[label] = int(round(cumulative - below))
+        out[label] = round(cumulative - below)
         below = cumulative
     return out
 
@@ -203,9 +203,7 @@ def main() -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     scenarios = [int(part) for part in args.clients.split(",") if part.strip()]
-    process, listening, healthy = start(
-        args.model, port, args.torch_threads, args.device, args.workers, args.window_ms
-    )
+    process, listening, healthy = start(args.model, port, args.torch_threads, args.device, args.workers, args.window_ms)
     try:
         layers = httpx.get(f"{base}/api/models/{args.model}/layers", timeout=60).json()
         channels = {row["name"]: row["channels"] for row in layers if row["name"] in LAYERS}
@@ -238,8 +236,11 @@ def main() -> None:
                 "batch_seeds": histogram_delta(before[HISTOGRAMS[1]], after[HISTOGRAMS[1]]),
             }
             rows.append(row)
-            print(f"{clients} clients: {row['throughput_rps']} projections/s, p50 {row['p50_ms']} ms, "
-                  f"p95 {row['p95_ms']} ms", flush=True)
+            print(
+                f"{clients} clients: {row['throughput_rps']} projections/s, p50 {row['p50_ms']} ms, "
+                f"p95 {row['p95_ms']} ms",
+                flush=True,
+            )
             print(f"  requests per batch: {_buckets(row['batch_requests'])}", flush=True)  # type: ignore[arg-type]
             print(f"  seeds per batch:    {_buckets(row['batch_seeds'])}", flush=True)  # type: ignore[arg-type]
         figures["server"] = rows

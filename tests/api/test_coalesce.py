@@ -111,7 +111,7 @@ def test_a_request_after_the_batch_left_starts_the_next_one(engine: Engine, imag
 
 
 def test_the_window_has_a_cap() -> None:
-    with pytest.raises(ValueError, match="0..50 ms"):
+    with pytest.raises(ValueError, match=r"0\.\.50 ms"):
         Coalescer(window_ms=WINDOW_CAP_MS + 1)
     with pytest.raises(ValidationError):
         Settings(projection_window_ms=WINDOW_CAP_MS + 1)

@@ -79,10 +79,7 @@ def requests_of(index: int, upload_id: str) -> list[tuple[str, str, dict[str, An
 
 
 def send(client: httpx.Client, method: str, path: str, data: dict[str, Any]) -> bytes:
-    if method == "GET":
-        response = client.get(path, params=data)
-    else:
-        response = client.post(path, json=data)
+    response = client.get(path, params=data) if method == "GET" else client.post(path, json=data)
     assert response.status_code == 200, response.text
     return response.content
 
