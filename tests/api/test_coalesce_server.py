@@ -58,7 +58,7 @@ def upload(client: httpx.Client, index: int) -> str:
     image = load_sample("astronaut").rotate(index * 7, expand=True)
     image = ImageOps.mirror(image) if index % 2 else image
     response = client.post("/api/images", files={"file": ("mine.png", png(image.convert("RGB")), "image/png")})
-    assert response.status_code == 200, response.text
+    assert response.status_code == 201, response.text
     return str(response.json()["id"])
 
 
