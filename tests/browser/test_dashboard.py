@@ -255,6 +255,7 @@ def test_a_keyboard_walk_prefetches_the_next_channels_in_one_batch(
     tab.on("request", lambda r: singles.append(r.url) if "/projection?" in r.url else None)
     tab.goto(f"{server_url}/#image=coffee&layer={layer['name']}&channel=0&mode=guided")
     wait_projection(tab, layer=layer["name"], channel=0, mode="guided")
+    expect(tab.locator(TILES)).to_have_count(layer["channels"])
     order = tile_order(tab)
     at = 0  # the first tile of the grid's order: the walk has channels ahead
     tab.locator(f'[data-role="tile-grid"] [data-channel="{order[at]}"]').click()
