@@ -3,6 +3,7 @@ under the configured roots; refusals for folders outside them."""
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 from collections.abc import Iterator
@@ -152,6 +153,25 @@ def test_top_k_projections_follow_the_mode(client: TestClient, bundled: dict[str
     montage = client.get(f"{BASE}/samples/montage.png", params=params)
     assert montage.status_code == 200 and montage.headers["x-mode"] == "guided"
     assert client.get(f"{BASE}/samples/top", params={"layer": "relu2", "channel": 0, "mode": "nope"}).status_code == 422
+
+
+def test_the_top_k_projections_in_one_answer_are_the_pngs(client: TestClient, bundled: dict[str, Any]) -> None:
+    """GET .../top/projections (the dashboard's Top 9 in one request): each rank's data URL holds the bytes of
+    its projection_url, in the requested mode."""
+    params = {"layer": "relu2", "channel": 3, "mode": "guided"}
+    entries = client.get(f"{BASE}/samples/top", params=params).json()["entries"]
+    answer = client.get(f"{BASE}/samples/top/projections", params=params)
+    assert answer.status_code == 200, answer.text
+    items = answer.json()
+    assert [item["rank"] for item in items] == [entry["rank"] for entry in entries] and len(items) == 9
+    for entry, item in zip(entries, items, strict=True):
+        single = client.get(entry["projection_url"])
+        assert item["mode"] == "guided" == single.headers["x-mode"]
+        assert base64.b64decode(item["png"].removeprefix("data:image/png;base64,")) == single.content
+        assert item["etag"] == single.headers["etag"]
+    bad = client.get(f"{BASE}/samples/top/projections", params={**params, "channel": 999})
+    assert bad.status_code == 422 and "out of range" in bad.json()["detail"]
+    assert client.get(f"{BASE}/nope/top/projections", params=params).status_code == 404
 
 
 def test_scan_roots_lists_the_folders_a_client_may_scan(client: TestClient, roots: Path) -> None:

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from convscope.models import DEFAULT_MODEL
 
 MiB = 1024 * 1024
+PROJECTION_WINDOW_CAP_MS = 50.0  # the longest coalescing window (api/coalesce.py): a click must not wait for company
 # `testserver` is the name Starlette's in-process TestClient sends; a dotless name cannot be
 # registered in public DNS, so it cannot be used for DNS rebinding.
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "testserver")
@@ -109,6 +110,16 @@ class Settings(BaseSettings):
     prepared_cache_entries: int = Field(default=64, ge=1, description="preprocessed images kept per server")
     max_projection_seeds: int = Field(
         default=64, ge=1, description="most seeds in one POST .../projections batch (more: 422)"
+    )
+    projection_window_ms: float = Field(
+        default=2.0,
+        ge=0,
+        le=PROJECTION_WINDOW_CAP_MS,
+        description="projection requests arriving within this many ms of the first waiting one are computed as one "
+        "batch (api/coalesce.py; 0: batch only while the model is busy; at most 50)",
+    )
+    projection_batch_seeds: int = Field(
+        default=64, ge=1, le=4096, description="most seeds one coalesced projection batch computes"
     )
 
     # occlusion and jobs
