@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from convscope.engine import Engine
 from convscope.errors import InvalidRequestError
@@ -266,6 +267,12 @@ def test_files_the_gpu_decoder_cannot_take_go_to_pillow_or_are_skipped(tmp_path:
     assert set(errors) == {"c.jpg", "f.jpg"} and "truncated" in str(errors["c.jpg"])
     upright = pil_pixels(files["e.jpg"], 64, 1.0)  # the rotated photo went through Pillow, exactly
     assert torch.equal(pixels[indices.index(4)], upright)
+
+    # through a reader worker process, the JPEG's bytes reach the main process intact
+    loader = DataLoader(reader, batch_sampler=[list(range(len(reader)))], num_workers=1, collate_fn=collate)
+    (from_worker,) = list(loader)
+    assert [(index, bytes(data.numpy())) for index, data in from_worker.raw] == [(0, whole)]
+    assert [record.error is None for record in from_worker.records] == [True, True, False, True, True, False]
 
     # a file that fails on the device falls back to Pillow, which gives the reason
     decoded = DeviceDecoder("cpu", 64).decode([as_tensor(whole), as_tensor(files["f.jpg"])])

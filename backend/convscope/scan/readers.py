@@ -107,7 +107,8 @@ class ImageReader(Dataset[Item]):
             return Item(index, None, None, f"cannot read: {exc.strerror or exc}")
         digest = sha256_bytes(data)
         if self.decoder == "nvjpeg" and gpu_decodable(data, self.size, self.crop_pct):
-            return Item(index, None, digest, None, raw=torch.frombuffer(bytearray(data), dtype=torch.uint8))
+            raw = torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy())  # shareable with the main process
+            return Item(index, None, digest, None, raw=raw)
         try:
             tensor = pil_pixels(data, self.size, self.crop_pct)
         except Exception as exc:

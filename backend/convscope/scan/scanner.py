@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -56,6 +56,9 @@ from convscope.scan.store import (
 from convscope.scan.topk import TopK
 from convscope.scan.walk import IMAGE_EXTENSIONS, list_images, sha256_file
 from convscope.tasks import Cancelled, Task, as_task
+
+if TYPE_CHECKING:
+    from convscope.scan.gpudecode import DeviceDecoder
 
 log = logging.getLogger("convscope.scan")
 
@@ -167,11 +170,15 @@ def scan_config(
 
 
 # ---- reading images: convscope.scan.readers ------------------------------------------------------
-def _decoded(batch: Batch, decoder: Any, device: torch.device) -> tuple[torch.Tensor | None, list[int]]:
+def _decoded(
+    batch: Batch, decoder: DeviceDecoder | None, device: torch.device
+) -> tuple[torch.Tensor | None, list[int]]:
     """The batch's N×S×S×3 uint8 pixels (on `device` when the GPU decoded some) and their image indices;
     files the GPU decoder could not take get their reason in the batch's records."""
     if not batch.raw:
         return batch.tensor, batch.indices
+    if decoder is None:
+        raise RuntimeError("a batch holds undecoded JPEGs but the scan has no device decoder")
     decoded = decoder.decode([data for _, data in batch.raw])
     records = {record.index: record for record in batch.records}
     parts = [batch.tensor.to(device, non_blocking=True)] if batch.tensor is not None else []
