@@ -77,7 +77,9 @@ def _make_photo(job: tuple[Path, int, int]) -> None:
         crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     longer = int(side * rng.uniform(0.75, 1.25))
     factor = longer / max(crop.size)
-    crop = crop.resize((max(8, round(crop.width * factor)), max(8, round(crop.height * factor))), Image.Resampling.BILINEAR)
+    crop = crop.resize(
+        (max(8, round(crop.width * factor)), max(8, round(crop.height * factor))), Image.Resampling.BILINEAR
+    )
     path = folder / f"part{index // PER_FOLDER:03d}" / f"photo{index:06d}.jpg"
     crop.save(path, quality=int(rng.integers(85, 96)))
 
@@ -121,7 +123,10 @@ def bare_decode(engine: Engine, source: ImageSource, batch_size: int) -> None:
     module, size, crop_pct = engine.model.module, engine.input_size, engine.model.crop_pct
     with torch.no_grad():
         for first in range(0, len(source.paths), batch_size):
-            pixels = [pil_pixels(source.file(i).read_bytes(), size, crop_pct) for i in range(first, min(len(source.paths), first + batch_size))]
+            pixels = [
+                pil_pixels(source.file(i).read_bytes(), size, crop_pct)
+                for i in range(first, min(len(source.paths), first + batch_size))
+            ]
             module(model_input(torch.stack(pixels), engine))
     synchronise(engine)
 
@@ -185,7 +190,9 @@ def main() -> None:
         batches = [torch.stack(pixels[i : i + args.batch_size]) for i in range(0, len(pixels), args.batch_size)]
         if cuda:
             batches = [batch.pin_memory() for batch in batches]
-        expected = normalise(resize_and_crop(first[0], size, engine.model.crop_pct), engine.model.mean, engine.model.std)
+        expected = normalise(
+            resize_and_crop(first[0], size, engine.model.crop_pct), engine.model.mean, engine.model.std
+        )
         assert torch.allclose(model_input(batches[0][:1], engine).cpu(), expected, atol=1e-5)  # the scan's input
 
         runs: dict[str, tuple[int, Callable[[], object]]] = {
@@ -203,7 +210,9 @@ def main() -> None:
                     ),
                 )
         for decoder in decoders:  # warm-up: cuDNN's kernel choice, nvJPEG's start-up, the page cache
-            scan_once(engine, subset(source, min(args.images, 2 * args.batch_size)), work, layers, args.batch_size, 0, decoder)
+            scan_once(
+                engine, subset(source, min(args.images, 2 * args.batch_size)), work, layers, args.batch_size, 0, decoder
+            )
         bare(engine, batches, args.batch_size, args.batch_size)
 
         walls: dict[str, list[float]] = {name: [] for name in runs}
@@ -214,7 +223,9 @@ def main() -> None:
                 walls[name].append(time.perf_counter() - started)
 
         device = torch.cuda.get_device_name(engine.device) if cuda else platform.processor() or platform.machine()
-        print(f"# scan benchmark: {args.model} on {args.device} ({device}), {args.images} JPEGs of ~{args.image_size} px")
+        print(
+            f"# scan benchmark: {args.model} on {args.device} ({device}), {args.images} JPEGs of ~{args.image_size} px"
+        )
         print(f"# generated in {made:.1f} s ({os.cpu_count()} processes; 0: reused {folder})")
         print(f"# batch {args.batch_size}; layers {', '.join(layers)}; top-9; N = {many} reader workers")
         print(
@@ -243,7 +254,9 @@ def main() -> None:
                 "batch_size": args.batch_size,
                 "workers": many,
                 "cpus": os.cpu_count(),
-                "rows": {name: {"images": runs[name][0], "seconds": min(walls[name]), "img_s": rates[name]} for name in runs},
+                "rows": {
+                    name: {"images": runs[name][0], "seconds": min(walls[name]), "img_s": rates[name]} for name in runs
+                },
                 "torchrun_seconds": spans,
             }
             Path(args.json).write_text(json.dumps(record, indent=2) + "\n")

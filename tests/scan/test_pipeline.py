@@ -181,7 +181,12 @@ def test_the_decoder_is_recorded_and_a_resume_with_another_is_refused(
     options = {"layers": LAYERS, "top": 3, "batch_size": 3}
     with pytest.raises(Cancelled):
         run_scan(
-            tiny_engine, folder_source(image_dir), out, checkpoint_images=3, task=CallbackTask(should_stop=lambda: True), **options
+            tiny_engine,
+            folder_source(image_dir),
+            out,
+            checkpoint_images=3,
+            task=CallbackTask(should_stop=lambda: True),
+            **options,
         )
     path = out / "manifest.json"
     data = json.loads(path.read_text())

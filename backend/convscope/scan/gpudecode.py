@@ -103,7 +103,6 @@ class DeviceDecoder:
         return pixels[0, :, top : top + size, left : left + size].permute(1, 2, 0).contiguous()
 
 
-
 def _tiny_jpeg() -> torch.Tensor:
     """An 8×8 JPEG (made with Pillow), to probe the decoder at start-up."""
     import io
