@@ -240,6 +240,8 @@ def test_the_device_decoder_is_close_to_pillow(device: str) -> None:
         assert pixels.shape == (224, 224, 3) and pixels.dtype == torch.uint8 and pixels.device.type == device
         difference = (pixels.cpu().int() - pil_pixels(data, 224, 0.875).int()).abs().float()
         assert difference.mean() < 1.5, float(difference.mean())  # resampling, not content
+        if device == "cpu":  # libjpeg, as Pillow's: only the resampler differs, by a level at most here
+            assert difference.max() <= 2, int(difference.max())
 
 
 def test_files_the_gpu_decoder_cannot_take_go_to_pillow_or_are_skipped(tmp_path: Path) -> None:

@@ -81,7 +81,7 @@ class DistributedContext(LocalContext):
             dist.init_process_group(backend=self.backend)
         self._comm_device = torch.device(device)
         # control messages on the CPU: a gloo group beside NCCL, the default group under gloo
-        self._control = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
+        self._control: Any = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
 
     def broadcast(self, obj: Any) -> Any:
         import torch.distributed as dist
