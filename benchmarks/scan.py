@@ -226,7 +226,7 @@ def main() -> None:
         print(
             f"# scan benchmark: {args.model} on {args.device} ({device}), {args.images} JPEGs of ~{args.image_size} px"
         )
-        print(f"# generated in {made:.1f} s ({os.cpu_count()} processes; 0: reused {folder})")
+        print(f"# generated in {made:.1f} s on {os.cpu_count()} processes" if made else f"# reused {folder}")
         print(f"# batch {args.batch_size}; layers {', '.join(layers)}; top-9; N = {many} reader workers")
         print(
             f"# {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads; "

@@ -28,6 +28,14 @@ from convscope.images import check_resized
 from convscope.scan.readers import pil_pixels, reason
 
 
+def _indexed(device: torch.device | str) -> torch.device:
+    """`cuda` -> `cuda:N` (the current device): the decoder is given a definite GPU."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def check_available(device: torch.device) -> None:
     """Refuse `--decoder nvjpeg` where it cannot run: no CUDA device, or no nvJPEG in torchvision."""
     if device.type != "cuda":
@@ -41,7 +49,7 @@ def check_available(device: torch.device) -> None:
         probe = _tiny_jpeg()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            decode_jpeg([probe], mode=ImageReadMode.RGB, device=device)
+            decode_jpeg([probe], mode=ImageReadMode.RGB, device=_indexed(device))
     except Exception as exc:
         raise InvalidRequestError(f"--decoder nvjpeg is not available here (torchvision's nvJPEG: {exc})") from None
 
@@ -50,7 +58,7 @@ class DeviceDecoder:
     """Decodes JPEG bytes to S×S×3 uint8 images on `device` (see the module docstring)."""
 
     def __init__(self, device: torch.device | str, size: int, crop_pct: float = 1.0) -> None:
-        self.device, self.size, self.crop_pct = torch.device(device), size, crop_pct
+        self.device, self.size, self.crop_pct = _indexed(device), size, crop_pct
 
     def decode(self, files: Sequence[torch.Tensor]) -> list[torch.Tensor | str]:
         """One S×S×3 uint8 tensor on the device per file, or the reason it could not be decoded."""
