@@ -385,7 +385,7 @@ def run_scan(
         plan = context.broadcast(plan)
         if plan.action == "error":
             raise ScanStoreError(plan.message)
-        if plan.digest != digest:
+        if context.any(plan.digest != digest):  # every process stops, not only the one that differs
             raise ScanStoreError("the processes see different image lists; is the folder changing?")
         total_images = len(source.paths)
         if plan.action == "done":
