@@ -239,9 +239,10 @@ def test_the_device_decoder_is_close_to_pillow(device: str) -> None:
         assert isinstance(pixels, torch.Tensor), pixels
         assert pixels.shape == (224, 224, 3) and pixels.dtype == torch.uint8 and pixels.device.type == device
         difference = (pixels.cpu().int() - pil_pixels(data, 224, 0.875).int()).abs().float()
-        assert difference.mean() < 1.5, float(difference.mean())  # resampling, not content
-        if device == "cpu":  # libjpeg, as Pillow's: only the resampler differs, by a level at most here
-            assert difference.max() <= 2, int(difference.max())
+        if device == "cpu":  # libjpeg, as Pillow's: only the resampler differs (by ~0.15 levels, at most 1, here)
+            assert difference.mean() < 0.5 and difference.max() <= 2, (float(difference.mean()), int(difference.max()))
+        else:  # nvJPEG's own IDCT and chroma upsampling on top: close, not the same
+            assert difference.mean() < 3.0, float(difference.mean())
 
 
 def test_files_the_gpu_decoder_cannot_take_go_to_pillow_or_are_skipped(tmp_path: Path) -> None:
