@@ -92,6 +92,29 @@ def test_the_device_kept_state_on_the_cpu_equals_the_old_host_bookkeeping() -> N
     assert new.host() is new and new.to("cpu") is new  # on the CPU: no copies
 
 
+def test_updates_and_merges_never_read_the_state_back_to_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    maps = maps_with_ties(3)
+    state, other = TopK.empty(6, 5, 7), TopK.empty(6, 5, 7)
+    other.update(maps[20:], torch.arange(20, 30))
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a copy to the host (on a GPU: a wait for it)")
+
+    for name in ("cpu", "item", "tolist", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    state.update(maps[:10], torch.arange(10))
+    state.update(maps[10:20], torch.arange(10, 20))
+    state.merge(other)
+    monkeypatch.undo()
+    old = HostTopK(6, 5)
+    for start in (0, 10, 20):
+        old.update(maps[start : start + 10], list(range(start, start + 10)))
+    assert torch.equal(old.values, state.values) and torch.equal(old.images, state.images)
+    with pytest.raises(AssertionError, match="a copy to the host"):  # the guard works
+        monkeypatch.setattr(torch.Tensor, "tolist", refuse)
+        state.entries(0)
+
+
 @CUDA
 def test_top_k_on_the_gpu_equals_the_cpu_result() -> None:
     maps = maps_with_ties(2)
