@@ -312,6 +312,30 @@ def test_files_the_gpu_decoder_cannot_take_go_to_pillow_or_are_skipped(tmp_path:
     assert isinstance(decoded[1], str) and "not an image" in decoded[1]
 
 
+def test_the_gpu_decoder_scan_loop_on_the_cpu(
+    tmp_path: Path, image_dir: Path, tiny_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole `--decoder nvjpeg` loop (workers passing raw JPEGs, batches decoded by `DeviceDecoder`,
+    fallbacks, records), with torchvision's CPU decoder standing in for nvJPEG: only the check that
+    refuses it without CUDA is switched off here."""
+    import convscope.scan.gpudecode as gpudecode
+
+    monkeypatch.setattr(gpudecode, "check_available", lambda device: None)
+    source = folder_source(image_dir)
+    run_scan(tiny_engine, source, tmp_path / "pil", layers=LAYERS, top=4, batch_size=5)
+    result = run_scan(
+        tiny_engine, source, tmp_path / "device", layers=LAYERS, top=4, batch_size=5, workers=1, decoder="nvjpeg"
+    )
+    assert (result.status, result.skipped) == ("complete", 1)
+    manifest = json.loads((tmp_path / "device" / "manifest.json").read_text())
+    assert manifest["settings"]["decoder"] == "nvjpeg" and [e["id"] for e in manifest["skipped"]] == ["broken.jpg"]
+    pil, device = dump(tmp_path / "pil"), dump(tmp_path / "device")
+    assert pil[1] == device[1]  # the same files, hashes and skip reasons
+    same = sum(mine[4] == theirs[4] for mine, theirs in zip(pil[0], device[0], strict=True))
+    assert same >= 0.9 * len(pil[0])  # pixels a level apart here and there: nearly the same top-k
+    assert max(abs(float(m[3]) - float(t[3])) for m, t in zip(pil[0], device[0], strict=True)) < 0.05
+
+
 @CUDA
 def test_a_gpu_decoder_scan_records_its_decoder_and_skips_bad_files(tmp_path: Path, image_dir: Path) -> None:
     engine = Engine(load_model(TINY, input_size=SIZE), device_name="cuda")
