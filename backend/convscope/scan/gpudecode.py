@@ -7,6 +7,10 @@ Pillow's output), centre-cropped to S×S, all on the device. The pixels are clos
 Pillow's but not bit-identical, which is why a scan records its decoder and refuses to
 resume with another.
 
+On a GPU the decoding runs on a side stream of its own, which the model's stream then waits
+for on the device (not the host): whatever torchvision waits for while decoding the next
+batch, it is not the forward pass of this one, which keeps running.
+
 If the batched call fails (one bad file fails it all), the files are decoded one by one;
 a file that fails on the GPU is decoded with Pillow in this process, and if that fails
 too it is skipped with Pillow's reason.
@@ -59,11 +63,27 @@ class DeviceDecoder:
 
     def __init__(self, device: torch.device | str, size: int, crop_pct: float = 1.0) -> None:
         self.device, self.size, self.crop_pct = _indexed(device), size, crop_pct
+        self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
     def decode(self, files: Sequence[torch.Tensor]) -> list[torch.Tensor | str]:
-        """One S×S×3 uint8 tensor on the device per file, or the reason it could not be decoded."""
+        """One S×S×3 uint8 tensor on the device per file, or the reason it could not be decoded;
+        on a GPU ready for work queued on the current stream after this call."""
         if not files:
             return []
+        if self._stream is None:
+            return self._decode(files)
+        # no wait for the current stream: the inputs are host bytes, and the caching allocator
+        # never hands the side stream a block still in use on another stream
+        current = torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(self._stream):
+            out = self._decode(files)
+        current.wait_stream(self._stream)  # on the device: the model's stream waits, the host does not
+        for result in out:
+            if isinstance(result, torch.Tensor):
+                result.record_stream(current)  # made on the side stream, used on the current one
+        return out
+
+    def _decode(self, files: Sequence[torch.Tensor]) -> list[torch.Tensor | str]:
         images = self._decode_all(list(files))
         out: list[torch.Tensor | str] = []
         for data, image in zip(files, images, strict=True):
