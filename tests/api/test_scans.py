@@ -274,3 +274,33 @@ def test_no_roots_and_no_start_up_scan(tmp_path: Path) -> None:
         assert client.get("/api/jobs").json() == []
         response = client.post(BASE, json={"folder": "photos/set1"})
         assert response.status_code == 403 and "no scan roots" in response.json()["detail"]
+
+
+def test_resuming_a_scan_made_with_another_decoder_fails_naming_both(
+    client: TestClient, engine: Engine, roots: Path, bundled: dict[str, Any]
+) -> None:
+    import json
+
+    from convscope.tasks import CallbackTask, Cancelled
+
+    store = client.app.state.scans.library.store(MODEL, "made-on-a-gpu")  # type: ignore[attr-defined]
+    with pytest.raises(Cancelled):  # an interrupted folder scan, as the server would have begun it
+        run_scan(
+            engine,
+            folder_source(roots / "set1", confine=True),
+            store.directory,
+            layers=["relu2"],
+            top=3,
+            batch_size=2,
+            checkpoint_images=2,
+            extra={"label": "photos/set1", "folder": "photos/set1"},
+            task=CallbackTask(should_stop=lambda: True),
+        )
+    manifest = json.loads(store.manifest_path.read_text())
+    manifest["settings"]["decoder"] = "nvjpeg"  # begun with the GPU decoder (the CLI's --decoder nvjpeg)
+    store.manifest_path.write_text(json.dumps(manifest))
+    info = client.get(f"{BASE}/made-on-a-gpu").json()
+    assert info["status"] == "interrupted" and info["resume_url"]
+    job = poll(client, client.post(info["resume_url"]).json()["url"])
+    assert job["state"] == "failed" and job["error"]["status"] == 409, job
+    assert "the 'nvjpeg' decoder, not 'pil'" in job["error"]["detail"]
