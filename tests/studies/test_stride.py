@@ -28,7 +28,7 @@ from convscope.studies.stride import (
 )
 from convscope.studies.train import TrainConfig, select_split
 
-TINY = TrainConfig(data="digits", epochs=1, batch_size=32, limit=96, checkpoint_epochs="none", seed=3)
+TINY = TrainConfig(data="digits", epochs=1, batch_size=32, limit=96, checkpoint_epochs="0", seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +145,18 @@ def test_both_first_layers_train_on_identical_data_and_are_measured_alike(
         assert dead["channels"] == never
         weight = model.module.features.conv1.weight
         assert np.allclose(variant["bands"], band_energies(weight).mean(axis=0), atol=1e-6)
+        # the learned part is measured against the run's own initialisation (its epoch-0 checkpoint)
+        initial = torch.load(folder / variant["run"] / "epoch-0.pt", weights_only=True)["features.conv1.weight"]
+        assert variant["moved"] == pytest.approx(float((weight - initial).norm() / initial.norm()), rel=1e-5)
+        assert 0 < variant["moved"] < 2
+        w, w0 = weight.double().flatten(1), initial.double().flatten(1)
+        residual = w - ((w * w0).sum(1, keepdim=True) / (w0 * w0).sum(1, keepdim=True)) * w0
+        assert torch.allclose(
+            (residual * w0).sum(1), torch.zeros(len(w), dtype=torch.float64), atol=1e-9
+        )  # orthogonal to the init
+        assert variant["learned_share"] == pytest.approx(float(residual.pow(2).sum() / w.pow(2).sum()), rel=1e-6)
+        learned = band_energies(residual.reshape(weight.shape)).mean(axis=0)
+        assert np.allclose(variant["learned"]["bands"], learned, atol=1e-6)
 
 
 def test_the_study_is_deterministic_for_a_seed(

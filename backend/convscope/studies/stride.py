@@ -41,7 +41,7 @@ from convscope.errors import ConvscopeError, InvalidRequestError
 from convscope.models.zfnet import FIRST_LAYERS
 from convscope.studies.data import ImageSet, dataset_id, load_dataset
 from convscope.studies.store import FORMAT_VERSION, markdown_table
-from convscope.studies.train import Echo, TrainConfig, parse_checkpoint_epochs, select_split, train
+from convscope.studies.train import Echo, TrainConfig, build_model, parse_checkpoint_epochs, select_split, train
 from convscope.tasks import Task
 
 SPECTRUM_SIZE = 64
@@ -186,33 +186,65 @@ def _conv_geometry(conv: nn.Conv2d) -> dict[str, int]:
     }
 
 
-def first_conv(engine: Any) -> nn.Conv2d:
+def conv1_of(module: nn.Module) -> nn.Conv2d:
     """A ZF net's conv1 (`features.conv1`)."""
-    conv = dict(engine.model.module.named_modules()).get("features.conv1")
+    conv = dict(module.named_modules()).get("features.conv1")
     if not isinstance(conv, nn.Conv2d):
-        raise InvalidRequestError(f"model {engine.name!r} has no features.conv1 convolution (not a ZF net)")
+        raise InvalidRequestError("the model has no features.conv1 convolution (not a ZF net)")
     return conv
 
 
+def first_conv(engine: Any) -> nn.Conv2d:
+    """The conv1 of an Engine's ZF net."""
+    return conv1_of(engine.model.module)
+
+
+def spectrum_measures(weight: torch.Tensor, stride: int) -> dict[str, Any]:
+    """Mean radial spectrum, bands, dominant-band counts and aliased share of a conv weight's filters."""
+    power = filter_power(weight)
+    live = power.sum(axis=(1, 2)) > 0
+    rings = radial_spectrum(power)[live]
+    mean_rings = rings.mean(axis=0) if len(rings) else np.zeros(RINGS)
+    per_filter_bands = bands_from_rings(rings)
+    aliased = aliased_share(power[live], stride)
+    dominant = per_filter_bands.argmax(axis=1) if len(per_filter_bands) else np.zeros(0, int)
+    return {
+        "radial": [float(v) for v in mean_rings],
+        "bands": [float(v) for v in bands_from_rings(mean_rings)],
+        "dominant_counts": [int((dominant == k).sum()) for k in range(3)],
+        "aliased": float(aliased.mean()) if len(aliased) else 0.0,
+    }
+
+
+def learned_part(weight: torch.Tensor, initial: torch.Tensor) -> torch.Tensor:
+    """Per filter, W − c·W₀ with c = ⟨W, W₀⟩ / ‖W₀‖²: what is left of W once its initialisation,
+    rescaled as well as it can be, is taken out (orthogonal to W₀)."""
+    dims = tuple(range(1, weight.dim()))
+    scale = (weight * initial).sum(dim=dims, keepdim=True) / initial.pow(2).sum(dim=dims, keepdim=True).clamp_min(1e-24)
+    return weight - scale * initial
+
+
 def measure_first_layer(
-    engine: Any, images: ImageSet, batch_size: int = 128, task: Task | None = None
+    engine: Any,
+    images: ImageSet,
+    batch_size: int = 128,
+    task: Task | None = None,
+    initial: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """Dead, collapsed, spectrum, bands and aliasing of a ZF net's conv1 (an Engine on a checkpoint)."""
+    """Dead, collapsed, spectrum, bands and aliasing of a ZF net's conv1 (an Engine on a checkpoint).
+
+    With the layer's `initial` weight W₀ (the run's seeded initialisation), also how far training
+    moved it (`moved`: ‖W − W₀‖ / ‖W₀‖) and the spectrum of what it learned (`learned`): per filter
+    the part of W that is not a rescaled W₀, W − c·W₀ with c = ⟨W, W₀⟩ / ‖W₀‖² (the RMS cap and
+    weight decay rescale the random initialisation, which would otherwise count as white noise
+    "learned"), and that part's share of the filter energy (`learned_share`, ‖W − c·W₀‖² / ‖W‖²)."""
     conv = first_conv(engine)
     geometry = _conv_geometry(conv)
     dead_layers = _dead_per_layer(engine, images, batch_size, task)
     conv1 = next(row for row in dead_layers if row["layer"] == "features.conv1")
     collapsed, rms = collapsed_filters(conv.weight)
-    power = filter_power(conv.weight)
-    live = power.sum(axis=(1, 2)) > 0
-    rings = radial_spectrum(power)[live]
-    mean_rings = rings.mean(axis=0) if len(rings) else np.zeros(RINGS)
-    per_filter_bands = bands_from_rings(rings)
-    aliased = aliased_share(power[live], geometry["stride"])
-    white_aliased = float(aliased_mask(geometry["stride"]).mean())
-    dominant = per_filter_bands.argmax(axis=1) if len(per_filter_bands) else np.zeros(0, int)
     map_side = engine.layer("features.conv1").height
-    return {
+    measures: dict[str, Any] = {
         "conv1": {**geometry, "map": int(map_side)},
         "dead": {
             "count": conv1["dead"],
@@ -221,12 +253,17 @@ def measure_first_layer(
             "per_layer": {row["layer"]: row["dead"] for row in dead_layers},
         },
         "collapsed": {"count": len(collapsed), "channels": collapsed, "rms": [float(v) for v in rms]},
-        "radial": [float(v) for v in mean_rings],
-        "bands": [float(v) for v in bands_from_rings(mean_rings)],
-        "dominant_counts": [int((dominant == k).sum()) for k in range(3)],
-        "aliased": float(aliased.mean()) if len(aliased) else 0.0,
-        "aliased_white": white_aliased,
+        **spectrum_measures(conv.weight, geometry["stride"]),
+        "aliased_white": float(aliased_mask(geometry["stride"]).mean()),
     }
+    if initial is not None:
+        weight = conv.weight.detach().double().cpu()
+        start = initial.detach().double().cpu()
+        measures["moved"] = float((weight - start).norm() / start.norm().clamp_min(1e-12))
+        residual = learned_part(weight, start)
+        measures["learned_share"] = float(residual.pow(2).sum() / weight.pow(2).sum().clamp_min(1e-24))
+        measures["learned"] = spectrum_measures(residual, geometry["stride"])
+    return measures
 
 
 def stride_study(
@@ -270,7 +307,8 @@ def stride_study(
         fingerprints.add(result.log["dataset"]["fingerprint"])
         final = folder / "runs" / name / f"epoch-{epoch_label(config.epochs)}.pt"
         engine = Engine(load_checkpoint(final), device_name=device, cache_size=1)
-        measures = measure_first_layer(engine, measured_on, batch_size)
+        initial = conv1_of(build_model(run_config, len(images.classes))).weight  # the run's seeded init
+        measures = measure_first_layer(engine, measured_on, batch_size, initial=initial)
         mosaics[name] = variant_mosaic(first_conv(engine).weight, columns=8)
         variants.append(
             {
@@ -360,6 +398,26 @@ def stride_markdown(document: dict[str, Any]) -> str:
         f"dead and collapsed over {document['images']['count']} images; bands: mean share of filter energy at "
         "ρ < 1/3, 1/3–2/3, ≥ 2/3 of Nyquist; aliased: share above the output grid's Nyquist (1/(2·stride)).\n"
     )
+    learned_rows = [
+        [
+            v["first_layer"],
+            f"{v['moved']:.3f}",
+            f"{v['learned_share']:.3f}",
+            *(f"{x:.3f}" for x in v["learned"]["bands"]),
+            f"{v['learned']['aliased']:.3f} ({v['aliased_white']:.3f})",
+        ]
+        for v in document["variants"]
+        if "learned" in v
+    ]
+    learned = (
+        "\nWhat training added: per filter W − c·W₀, the final conv1 less its best-rescaled seeded "
+        "initialisation W₀ (share: of the final filters' energy):\n\n"
+        + markdown_table(
+            ["First layer", "‖W − W₀‖ / ‖W₀‖", "Share", "Low", "Mid", "High", "Aliased (white)"], learned_rows
+        )
+        if learned_rows
+        else ""
+    )
     spectrum = document["spectrum"]
     edges = spectrum["ring_edges"]
     ring_rows = [
@@ -375,6 +433,7 @@ def stride_markdown(document: dict[str, Any]) -> str:
         f"# {document['title']}\n\n"
         + markdown_table(header, rows)
         + note
+        + learned
         + "\nMean radial power spectrum of the conv1 filters (share of energy per ring of ρ):\n\n"
         + rings
     )
