@@ -185,3 +185,15 @@ def test_stride_command_writes_the_table_and_pictures(tmp_path: Path, capsys: py
     assert main(["stride", "--data", "digits", "--first-layers", "zf", "--out", str(tmp_path / "x")]) == 2
     assert main(["stride", "--data", "digits", "--first-layers", "zf,vgg", "--out", str(tmp_path / "x")]) == 2
     assert "unknown first layer 'vgg'" in capsys.readouterr().err
+
+
+def test_train_command_takes_the_first_layer(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    argv = ["train", "--data", "faces", "--limit", "40", "--epochs", "1", "--batch-size", "20", "--checkpoints", "1"]
+    assert main([*argv, "--first-layer", "alexnet", "--threads", "1", "--device", "cpu", "--out", str(out)]) == 0
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["architecture"]["first_layer"] == "alexnet" and meta["train"]["first_layer"] == "alexnet"
+    model = load_checkpoint(out / "epoch-1.pt")
+    assert model.module.features.conv1.kernel_size == (11, 11)
+    log = json.loads((out / "log.json").read_text())
+    assert log["title"].endswith("alexnet first layer") and len(log["dataset"]["fingerprint"]) == 64
