@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from convscope.engine import Tap
@@ -182,3 +184,34 @@ def test_in_place_rectifiers_stay_in_place_and_keep_only_their_output() -> None:
     assert getattr(relu6, "convscope_op", None) == "relu"  # y.relu_() straight below conv7
     storage = relu6.saved_tensors[0].untyped_storage().data_ptr()
     assert conv7._saved_input.untyped_storage().data_ptr() == storage
+
+
+class HalvesInPlace(nn.Module):
+    """In-place ReLUs on two views of one map (its channel halves), then a convolution."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(42)
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv1(x)
+        F.relu(y[:, :2], inplace=True)
+        y[:, 2:].relu_()  # bumps the version the first half's view shares
+        return self.fc(self.conv2(y).mean(dim=(2, 3)))
+
+
+def test_in_place_rectifiers_on_views_still_go_back() -> None:
+    module = HalvesInPlace().eval()
+    engine = make_engine(module, SIZE, classes=3)
+    image = engine.prepare(load_sample("rocket"))
+    x = image.tensor.clone().requires_grad_(True)
+    conv2 = module.conv2(torch.relu(module.conv1(x)))  # the same function, out of place
+    value = conv2[0, 1].amax()
+    (expected,) = torch.autograd.grad(value, x)
+    seed = float(value.detach())
+    result = engine.project(image, "conv2", 1, mode="gradient")
+    assert result.seed_value == pytest.approx(seed, rel=1e-6)
+    torch.testing.assert_close(result.projection, seed * expected[0], rtol=1e-5, atol=1e-7)

@@ -216,9 +216,17 @@ def _activate(x: torch.Tensor, name: str, params: tuple[Any, ...], box: RuleBox,
 
 
 def _rectify(x: torch.Tensor, lower: float, upper: float | None, box: RuleBox, inplace: bool) -> torch.Tensor:
-    # in place as the call asked (a leaf that requires grad cannot be: a copy then)
-    in_place = inplace and not (x.is_leaf and x.requires_grad)
-    out: torch.Tensor = _Rectifier.apply(x, lower, upper, box, in_place)
+    out: torch.Tensor
+    if not inplace or (x.is_leaf and x.requires_grad):  # (such a leaf cannot be rewritten: a copy)
+        out = _Rectifier.apply(x, lower, upper, box, False)
+        return out
+    if x._is_view():
+        # A view shares its version counter with its base and the base's other views, which a
+        # later in-place op (on the next channels, say) may bump: the output it saves would be
+        # refused on the way back. Rectify a copy, then write it back as the call asked.
+        out = _Rectifier.apply(x, lower, upper, box, False)
+        return x.copy_(out)
+    out = _Rectifier.apply(x, lower, upper, box, True)
     return out
 
 
