@@ -37,15 +37,22 @@ def in_place_net() -> nn.Sequential:
     )
 
 
-class SometimesInPlace(nn.Module):
-    """Rewrites conv1's output in place only for images whose mean is positive (data-dependent)."""
+class TwoConvs(nn.Module):
+    """conv1 (3→4), conv2 (4→4) and a 3-class head, seeded; subclasses say how they connect."""
 
-    def __init__(self) -> None:
+    def __init__(self, seed: int) -> None:
         super().__init__()
-        torch.manual_seed(41)
+        torch.manual_seed(seed)
         self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
         self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
         self.fc = nn.Linear(4, 3)
+
+
+class SometimesInPlace(TwoConvs):
+    """Rewrites conv1's output in place only for images whose mean is positive (data-dependent)."""
+
+    def __init__(self) -> None:
+        super().__init__(41)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv1(x)
@@ -186,15 +193,11 @@ def test_in_place_rectifiers_stay_in_place_and_keep_only_their_output() -> None:
     assert conv7._saved_input.untyped_storage().data_ptr() == storage
 
 
-class HalvesInPlace(nn.Module):
+class HalvesInPlace(TwoConvs):
     """In-place ReLUs on two views of one map (its channel halves), then a convolution."""
 
     def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(42)
-        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
-        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
-        self.fc = nn.Linear(4, 3)
+        super().__init__(42)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv1(x)

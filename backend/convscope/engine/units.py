@@ -66,45 +66,37 @@ def unit_starts(
     image_size: int,
     order: Mapping[str, int],
 ) -> tuple[list[LayerInfo], list[LayerInfo]]:
-    """The listed 2-D starts (`unit_infos` less the layers that are the logits), and those
-    aliases of `logits` (starts too, not listed)."""
-    infos = unit_infos(outputs, kinds, facts, image_size, order)
+    """A LayerInfo for each 2-D output (channels = units, height = width = 1), in forward
+    order, the logits last: the listed starts, and the layers that are aliases of `logits`
+    (starts too, not listed)."""
+    names = sorted(
+        (name for name, output in outputs.items() if output.dim() == 2), key=lambda name: order.get(name, len(order))
+    )
+    infos = [
+        _unit_info(
+            name, int(outputs[name].shape[1]), kinds.get(name, "Linear"), facts.get(name, PathFacts()), image_size
+        )
+        for name in names
+    ]
     aliases = logits_aliases(outputs)
     return [info for info in infos if info.name not in aliases], [info for info in infos if info.name in aliases]
 
 
-def unit_infos(
-    outputs: Mapping[str, torch.Tensor],
-    kinds: Mapping[str, str],
-    facts: Mapping[str, PathFacts],
-    image_size: int,
-    order: Mapping[str, int],
-) -> list[LayerInfo]:
-    """A LayerInfo for each 2-D output (channels = units, height = width = 1), in forward
-    order, the logits last (aliases of the logits included: see `unit_starts`)."""
+def _unit_info(name: str, units: int, kind: str, here: PathFacts, image_size: int) -> LayerInfo:
     from convscope.engine.engine import LayerInfo
 
-    names = [name for name, output in outputs.items() if output.dim() == 2]
-    names.sort(key=lambda name: order.get(name, len(order)))
-    infos = []
-    for name in names:
-        units = int(outputs[name].shape[1])
-        here = facts.get(name, PathFacts())
-        infos.append(
-            LayerInfo(
-                name,
-                kinds.get(name, "Linear"),
-                units,
-                1,
-                1,
-                whole_image(image_size),  # a 2-D unit sees the whole input
-                has_switches=here.has_switches,
-                rules_covered=tuple(sorted(here.covered)),
-                rules_uncovered=tuple(sorted(here.uncovered)),
-                units=units,
-            )
-        )
-    return infos
+    return LayerInfo(
+        name,
+        kind,
+        units,
+        1,
+        1,
+        whole_image(image_size),  # a 2-D unit sees the whole input
+        has_switches=here.has_switches,
+        rules_covered=tuple(sorted(here.covered)),
+        rules_uncovered=tuple(sorted(here.uncovered)),
+        units=units,
+    )
 
 
 def validate_unit_seeds(info: LayerInfo, seeds: Sequence[Seed]) -> None:
