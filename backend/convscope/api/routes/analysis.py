@@ -22,7 +22,16 @@ from convscope.api.jobs import Job
 from convscope.api.openapi import body_examples
 from convscope.api.routes.common import MODEL_ERRORS, errors, png
 from convscope.api.routes.jobs import accepted
-from convscope.api.schemas import CorrespondenceRequest, DeadChannelsRequest, InvarianceRequest, JobResponse
+from convscope.api.schemas import (
+    CorrespondenceRequest,
+    CorrespondenceResponse,
+    DeadChannelsRequest,
+    DeadChannelsResponse,
+    FiltersResponse,
+    InvarianceRequest,
+    InvarianceResponse,
+    JobResponse,
+)
 from convscope.api.state import AppState
 from convscope.engine.render import png_bytes
 from convscope.errors import InvalidRequestError
@@ -64,7 +73,7 @@ def invariance_job(
     state: StateDep, engine: EngineDep, client: ClientDep, body: InvarianceRequest | None = None
 ) -> JSONResponse:
     from convscope.analysis.features import first_conv_layer, resolve_feature
-    from convscope.analysis.invariance import invariance, invariance_response, transform_values
+    from convscope.analysis.invariance import invariance, transform_values
 
     request = body or InvarianceRequest()
     values = transform_values(request.transform, request.start, request.stop, request.steps)
@@ -93,7 +102,7 @@ def invariance_job(
             batch_size=_batch(state),
             task=job,
         )
-        return invariance_response(result)
+        return InvarianceResponse.from_result(result).model_dump(mode="json")
 
     return accepted(state.jobs.submit("invariance", work, total=total))
 
@@ -154,7 +163,7 @@ def correspondence_demo(engine: EngineDep) -> dict[str, Any]:
 def correspondence_job(
     state: StateDep, engine: EngineDep, client: ClientDep, body: CorrespondenceRequest
 ) -> JSONResponse:
-    from convscope.analysis.correspondence import correspondence, correspondence_response, parse_parts
+    from convscope.analysis.correspondence import correspondence, parse_parts
     from convscope.analysis.features import resolve_feature
 
     annotation: dict[str, Any] = {"parts": body.parts, "size": body.size or engine.input_size}
@@ -179,7 +188,7 @@ def correspondence_job(
             batch_size=_batch(state),
             task=job,
         )
-        return correspondence_response(result)
+        return CorrespondenceResponse.from_result(result).model_dump(mode="json")
 
     return accepted(state.jobs.submit("correspondence", work, total=total))
 
@@ -190,23 +199,15 @@ FilterLayer = Annotated[str | None, Query(max_length=300, description="a Conv2d 
 
 @router.get(
     "/models/{model}/filters",
+    response_model=FiltersResponse,
     summary="a conv layer's filters (default: the first): shape, stride, frequency coverage, mosaic URL (Fig. 6)",
     responses=MODEL_ERRORS,
 )
-def filters(engine: EngineDep, layer: FilterLayer = None) -> dict[str, Any]:
-    from urllib.parse import quote
-
+def filters(engine: EngineDep, layer: FilterLayer = None) -> FiltersResponse:
     from convscope.analysis.filters import conv_weight, frequency_coverage
 
     name, conv = conv_weight(engine, layer)
-    coverage = frequency_coverage(engine, name).to_dict()
-    return {
-        "layer": name,
-        "in_channels": int(conv.in_channels),
-        "out_channels": int(conv.out_channels),
-        "frequency": coverage,
-        "mosaic_url": f"/api/models/{quote(engine.name, safe='')}/filters/mosaic.png?layer={quote(name, safe='')}",
-    }
+    return FiltersResponse.from_coverage(engine.name, frequency_coverage(engine, name), int(conv.in_channels))
 
 
 @router.get(
@@ -247,7 +248,7 @@ def filter_mosaic_png(
 def dead_channels_job(
     state: StateDep, engine: EngineDep, client: ClientDep, body: DeadChannelsRequest | None = None
 ) -> JSONResponse:
-    from convscope.analysis.filters import dead_channels, dead_response, measurement_points
+    from convscope.analysis.filters import DeadChannels, dead_channels, measurement_points
     from convscope.samples import list_samples
 
     ids = (body.images if body is not None else None) or [sample.id for sample in list_samples()]
@@ -270,6 +271,7 @@ def dead_channels_job(
             batch_size=min(8, _batch(state)),
             task=job,
         )
-        return dead_response(layers, [source.id for source in sources], time.perf_counter() - began)
+        dead = DeadChannels([source.id for source in sources], layers, time.perf_counter() - began)
+        return DeadChannelsResponse.from_result(dead).model_dump(mode="json")
 
     return accepted(state.jobs.submit("dead-channels", work, total=len(sources)))

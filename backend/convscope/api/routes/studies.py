@@ -18,15 +18,14 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, Field
 
 from convscope.api.caching import Rendered, etag_of, png_response
 from convscope.api.deps import StateDep
 from convscope.api.jobs import Job
 from convscope.api.openapi import body_examples
 from convscope.api.routes.common import errors, png
-from convscope.api.routes.jobs import job_response, job_url
-from convscope.api.schemas import ErrorResponse, JobResponse, StudyList, StudySummary
+from convscope.api.routes.jobs import accepted
+from convscope.api.schemas import DigitsRunRequest, ErrorResponse, JobResponse, StudyList, StudySummary
 from convscope.api.state import AppState
 from convscope.errors import NotFoundError
 from convscope.scan.library import ForbiddenError
@@ -123,10 +122,6 @@ def study_table(study_id: StudyId, state: StateDep) -> PlainTextResponse:
     return PlainTextResponse(path.read_text(), media_type="text/markdown; charset=utf-8")
 
 
-class DigitsRunRequest(BaseModel):
-    epochs: int = Field(default=5, ge=1, le=30, description="epochs of zfnet-small on the digits (about 5 s each)")
-
-
 DIGITS_RUN = "digits-run"
 
 
@@ -164,4 +159,4 @@ def run_digits(state: StateDep, body: Annotated[DigitsRunRequest | None, Body()]
         return {"run": DIGITS_RUN, "epochs": body.epochs, "final": result.final}
 
     job = state.jobs.submit("study", work, total=body.epochs)
-    return JSONResponse(job_response(job).model_dump(mode="json"), status_code=202, headers={"Location": job_url(job)})
+    return accepted(job)

@@ -16,22 +16,21 @@ from __future__ import annotations
 
 import contextlib
 import mimetypes
-import threading
 from pathlib import Path as FilePath
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel, Field
 
 from convscope.api.caching import PUBLIC, Rendered, etag_of, png_response
-from convscope.api.deps import EngineDep, StateDep
+from convscope.api.deps import EngineDep, FeatvisDep, StateDep
 from convscope.api.jobs import Job, current_client
 from convscope.api.openapi import body_examples
 from convscope.api.routes.common import MODEL_ERRORS, errors, png
 from convscope.api.routes.jobs import accepted
 from convscope.api.schemas import JobResponse
+from convscope.api.schemas.featvis import MAX_API_STEPS, AtlasInfo, ObjectiveName, StoredUnit, VisualizationRequest
 from convscope.api.state import AppState
 from convscope.engine import Engine
 from convscope.errors import InvalidRequestError, NotFoundError
@@ -39,73 +38,8 @@ from convscope.featvis.limits import DEFAULT_STEPS, MAX_SIZE, MIN_SIZE
 
 router = APIRouter(tags=["feature visualisation"])
 
-MAX_API_STEPS = 2048
-MAX_CHANNELS = 64
 MAX_UNIT_STEPS = 64 * 512  # channels × steps one request may ask for
 BATCH = 16  # units optimised together
-
-ObjectiveName = Literal["channel", "unit", "logit"]
-
-
-class VisualizationRequest(BaseModel):
-    """Units of one layer to visualise (for `logit`, `channels` are classes and `layer` is unused)."""
-
-    layer: str | None = Field(default=None, max_length=300, description="module name (not needed for logit)")
-    channels: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, max_length=MAX_CHANNELS)
-    objective: ObjectiveName = "channel"
-    steps: int = Field(default=DEFAULT_STEPS, ge=1, le=MAX_API_STEPS, description="Adam steps")
-    size: int | None = Field(default=None, ge=MIN_SIZE, le=MAX_SIZE, description="image side (default: the model's)")
-    seed: int = Field(default=0, ge=0, le=2**32 - 1)
-    position: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] | None = Field(
-        default=None, description="unit objective: [y, x] in the layer's map (default: its centre)"
-    )
-
-
-class StoredUnit(BaseModel):
-    channel: int
-    cached: bool
-    value: float | None = Field(description="the objective reached (when cached)")
-    url: str = Field(description="its PNG (404 until computed)")
-
-
-class AtlasInfo(BaseModel):
-    available: bool
-    url: str | None = Field(description="the atlas's index.html, served read-only by this server")
-    model: str | None = None
-
-
-# ---- the service: one cache, one job per distinct request ------------------------------------------
-class FeatvisService:
-    def __init__(self, state: AppState) -> None:
-        from convscope.featvis.cache import FeatvisCache, default_cache_dir
-
-        directory = getattr(state.settings, "featvis_dir", None) or default_cache_dir()
-        self.cache = FeatvisCache(directory)
-        self.state = state
-        self._jobs: dict[tuple[Any, ...], Job] = {}
-        self._lock = threading.Lock()
-
-    def submit(self, key: tuple[Any, ...], work: Any, total: int) -> Job:
-        with self._lock:
-            job = self._jobs.get(key)
-            if job is not None and not job.finished:
-                return job
-            job = self.state.jobs.submit("visualization", work, total=total)
-            self._jobs = {k: v for k, v in self._jobs.items() if not v.finished}
-            self._jobs[key] = job
-            return job
-
-
-_service_lock = threading.Lock()
-
-
-def get_service(request: Request) -> FeatvisService:
-    with _service_lock:
-        service: FeatvisService | None = getattr(request.app.state, "featvis", None)
-        if service is None:
-            service = FeatvisService(request.app.state.convscope)
-            request.app.state.featvis = service
-        return service
 
 
 def image_url(model: str, target: Any, channel: int) -> str:
@@ -163,8 +97,7 @@ def _position(y: int | None, x: int | None) -> tuple[int, int] | None:
         class_logit={"objective": "logit", "channels": [285], "steps": 128},
     ),
 )
-def start_visualization(request: Request, engine: EngineDep, body: VisualizationRequest) -> JSONResponse:
-    service = get_service(request)
+def start_visualization(service: FeatvisDep, engine: EngineDep, body: VisualizationRequest) -> JSONResponse:
     target = _target(engine, body.layer, body.channels, body.objective, body.steps, body.size, body.seed, body.position)
     cache = service.cache
     missing = [c for c in target.channels if not cache.has(engine, target, c)]
@@ -212,7 +145,7 @@ Coordinate = Annotated[int | None, Query(ge=0, description="unit objective: the 
     responses=MODEL_ERRORS,
 )
 def stored_visualization(
-    request: Request,
+    service: FeatvisDep,
     engine: EngineDep,
     channel: Channel,
     layer: Layer = None,
@@ -223,7 +156,6 @@ def stored_visualization(
     y: Coordinate = None,
     x: Coordinate = None,
 ) -> StoredUnit:
-    service = get_service(request)
     target = _target(engine, layer, [channel], objective, steps, size, seed, _position(y, x))
     vis = service.cache.get(engine, target, channel)
     return StoredUnit(
@@ -242,6 +174,7 @@ def stored_visualization(
 )
 def visualization_png(
     request: Request,
+    service: FeatvisDep,
     engine: EngineDep,
     channel: Channel,
     layer: Layer = None,
@@ -252,7 +185,6 @@ def visualization_png(
     y: Coordinate = None,
     x: Coordinate = None,
 ) -> Response:
-    service = get_service(request)
     target = _target(engine, layer, [channel], objective, steps, size, seed, _position(y, x))
     path = service.cache.path(engine, target, channel, ".png")
     if not service.cache.has(engine, target, channel):
@@ -310,4 +242,4 @@ def atlas_file(state: StateDep, path: Annotated[str, Path(max_length=500)]) -> R
     return FileResponse(wanted, media_type=media, headers={"Cache-Control": "no-cache"})
 
 
-__all__ = ["FeatvisService", "router"]
+__all__ = ["router"]
