@@ -416,8 +416,7 @@ function hover(index, { sticky = false } = {}) {
     ),
   );
   const first = result.images[0];
-  const params = new URLSearchParams({ image: first.image, transform: result.transform, value: String(value), edge: result.edge });
-  el.preview.src = ctx.urls.invariancePreview(result.model, params);
+  el.preview.src = ctx.urls.invariancePreview(result.model, { image: first.image, transform: result.transform, value, edge: result.edge });
   el.preview.title = `${first.image}, ${result.transform} ${fmt(value)} ${unit}`;
   el.preview.hidden = false;
 }

@@ -42,9 +42,8 @@ export async function startJob(url, body, options = {}) {
   return followJob(started, { ...options, job });
 }
 
-/** Ask the server to cancel `job` (a no-op before it exists or after it ended); `cancelJob(ctx, job)` works too. */
-export async function cancelJob(first, second) {
-  const job = second === undefined ? first : second;
+/** Ask the server to cancel `job` (a no-op before it exists or after it ended). */
+export async function cancelJob(job) {
   if (!job) return;
   job.cancelled = true;
   if (!job.url) return;
@@ -54,6 +53,3 @@ export async function cancelJob(first, second) {
     /* already finished */
   }
 }
-
-/** The older call shape (ctx, url, body, onProgress, job) of startJob, kept for views that use it. */
-export const runJob = (_ctx, url, body, onProgress, job = {}) => startJob(url, body, { onProgress, job });
