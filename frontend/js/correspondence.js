@@ -8,7 +8,7 @@
 // every image. POST /api/models/{m}/analyses/correspondence runs it as a job.
 
 import { injectStyle } from "./util.js";
-import { cancelJob, startJob } from "./jobs.js";
+import { jobControls } from "./jobs.js";
 
 const PART_COLOURS = ["#ff7a6b", "#6fd08c", "#3ee0ff", "#f0b43c", "#c792ea", "#ff9edb", "#9fb4ff", "#e0e0e0"];
 const MAX_IMAGES = 16;
@@ -57,7 +57,7 @@ let parts = []; // ordered part names
 let boxes = {}; // part -> image -> [x, y, w, h]
 let active = null;
 let result = null;
-let running = null;
+let controls = null; // the Run / Cancel / progress of the job (jobs.js)
 let size = 224;
 const pictures = new Map(); // image id -> HTMLImageElement
 const el = {};
@@ -81,8 +81,9 @@ function build() {
   el.draws = h("input", { type: "number", min: "1", max: "100", value: "5", "aria-label": "Random draws", dataset: { role: "cor-draws" } });
   el.seed = h("input", { type: "number", min: "0", value: "0", "aria-label": "Random seed", dataset: { role: "cor-seed" } });
   el.run = h("button", { type: "button", class: "btn", dataset: { role: "cor-run" }, onclick: run }, "Run");
-  el.cancel = h("button", { type: "button", class: "btn", hidden: true, onclick: cancel, dataset: { role: "cor-cancel" } }, "Cancel");
+  el.cancel = h("button", { type: "button", class: "btn", hidden: true, dataset: { role: "cor-cancel" } }, "Cancel");
   el.progress = h("progress", { max: 1, value: 0, hidden: true, "aria-label": "Progress" });
+  controls = jobControls({ root, run: el.run, cancel: el.cancel, progress: el.progress });
   el.error = h("div", { class: "error", role: "alert", hidden: true, dataset: { role: "cor-error" } });
   el.table = h("div", { dataset: { role: "cor-result" } });
   el.summary = h("span", { class: "panel-note", dataset: { role: "cor-summary" } });
@@ -366,35 +367,13 @@ async function run() {
     draws: Math.round(Number(el.draws.value)) || 5,
     seed: Math.max(0, Math.round(Number(el.seed.value)) || 0),
   };
-  const job = { url: null, cancelled: false };
-  running = job;
-  el.run.disabled = true;
-  el.cancel.hidden = false;
-  el.progress.hidden = false;
-  el.progress.value = 0;
-  root.dataset.state = "running";
-  try {
-    const data = await startJob(ctx.urls.analysis(model(), "correspondence"), body, { onProgress: (s) => (el.progress.value = s.progress), job });
-    if (running !== job) return;
-    result = data;
-    renderTable();
-    root.dataset.state = "done";
-  } catch (error) {
-    if (running !== job) return;
-    root.dataset.state = error.aborted ? "cancelled" : "failed";
-    ctx.showError(el.error, error.aborted ? "Cancelled." : error.message);
-  } finally {
-    if (running === job) {
-      running = null;
-      el.run.disabled = false;
-      el.cancel.hidden = true;
-      el.progress.hidden = true;
-    }
-  }
-}
-
-async function cancel() {
-  await cancelJob(running);
+  await controls.start(ctx.urls.analysis(model(), "correspondence"), body, {
+    onResult: (data) => {
+      result = data;
+      renderTable();
+    },
+    onError: (error) => ctx.showError(el.error, error.aborted ? "Cancelled." : error.message),
+  });
 }
 
 function renderTable() {

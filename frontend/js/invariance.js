@@ -8,7 +8,7 @@
 // reads out all images' values at that step and shows the transformed copy.
 
 import { injectStyle, svg } from "./util.js";
-import { cancelJob, startJob } from "./jobs.js";
+import { jobControls } from "./jobs.js";
 
 const COLOURS = ["#f0b43c", "#3ee0ff", "#ff7a6b", "#6fd08c", "#c792ea", "#ff9edb", "#9fb4ff", "#e0e0e0"];
 const RANGES = {
@@ -58,7 +58,7 @@ let root = null;
 let samples = [];
 let chosen = [];
 let result = null;
-let running = null; // { url, cancelled }
+let controls = null; // the Run / Cancel / progress of the job (jobs.js)
 let hoverIndex = null;
 const el = {};
 
@@ -107,8 +107,9 @@ function build() {
     h("option", { value: "wrap" }, "circular shift"),
   );
   el.run = h("button", { type: "button", class: "btn", dataset: { role: "inv-run" }, onclick: run }, "Run");
-  el.cancel = h("button", { type: "button", class: "btn", hidden: true, dataset: { role: "inv-cancel" }, onclick: cancel }, "Cancel");
+  el.cancel = h("button", { type: "button", class: "btn", hidden: true, dataset: { role: "inv-cancel" } }, "Cancel");
   el.progress = h("progress", { max: 1, value: 0, hidden: true, "aria-label": "Progress", dataset: { role: "inv-progress" } });
+  controls = jobControls({ root, run: el.run, cancel: el.cancel, progress: el.progress });
   el.error = h("div", { class: "error", role: "alert", hidden: true, dataset: { role: "inv-error" } });
   el.relative = h("input", { type: "checkbox", checked: true, dataset: { role: "inv-relative" }, onchange: () => draw() });
   el.legend = h("ul", { class: "ana-legend", dataset: { role: "inv-legend" }, "aria-label": "Images" });
@@ -232,36 +233,14 @@ async function run() {
     edge: el.edge.value,
   };
   ctx.showError(el.error, "");
-  const job = { url: null, cancelled: false };
-  running = job;
-  el.run.disabled = true;
-  el.cancel.hidden = false;
-  el.progress.hidden = false;
-  el.progress.value = 0;
-  root.dataset.state = "running";
-  try {
-    const data = await startJob(ctx.urls.analysis(model, "invariance"), body, { onProgress: (s) => (el.progress.value = s.progress), job });
-    if (running !== job) return;
-    result = { ...data, model };
-    hoverIndex = null;
-    draw();
-    root.dataset.state = "done";
-  } catch (error) {
-    if (running !== job) return;
-    root.dataset.state = error.aborted ? "cancelled" : "failed";
-    ctx.showError(el.error, error.aborted ? "Cancelled." : error.message);
-  } finally {
-    if (running === job) {
-      running = null;
-      el.run.disabled = false;
-      el.cancel.hidden = true;
-      el.progress.hidden = true;
-    }
-  }
-}
-
-async function cancel() {
-  await cancelJob(running);
+  await controls.start(ctx.urls.analysis(model, "invariance"), body, {
+    onResult: (data) => {
+      result = { ...data, model };
+      hoverIndex = null;
+      draw();
+    },
+    onError: (error) => ctx.showError(el.error, error.aborted ? "Cancelled." : error.message),
+  });
 }
 
 // ---- charts ------------------------------------------------------------------------------------------
