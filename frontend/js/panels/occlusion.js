@@ -24,7 +24,7 @@
 
 import { gradientCss, lut } from "../colormap.js";
 import { autoContrast } from "../imageops.js";
-import { followJob } from "../jobs.js";
+import { cancelJob, followJob } from "../jobs.js";
 import { hasSwitches, isPassThrough } from "../layermeta.js";
 import { fmt } from "../util.js";
 
@@ -376,7 +376,7 @@ async function run() {
     let data = await ctx.busy(el.results, ctx.api.postJson(url, body));
     const isJob = data && data.state && data.url && !("rows" in data);
     if (job.cancelled) {
-      if (isJob) ctx.request(data.url, { init: { method: "DELETE" } }).catch(() => {});
+      if (isJob) cancelJob({ url: data.url });
       throw Object.assign(new Error("cancelled"), { aborted: true });
     }
     if (isJob) data = await followJob(data, { job, onProgress: showProgress, failure: "The occlusion job failed on the server." });
@@ -423,17 +423,13 @@ function setRunning(on) {
 async function cancel() {
   const job = running;
   if (!job) return;
-  job.cancelled = true;
   if (!job.url) {
+    job.cancelled = true;
     finish("cancelled"); // the answer has not come yet: forget it (a job it starts is deleted)
     return;
   }
   el.progressText.textContent = "cancelling…";
-  try {
-    await ctx.request(job.url, { init: { method: "DELETE" } });
-  } catch {
-    /* it finished meanwhile */
-  }
+  await cancelJob(job);
 }
 
 // ---- drawing ---------------------------------------------------------------------------------------
