@@ -31,12 +31,12 @@ from convscope.api.schemas import CorrespondenceResponse
 from convscope.engine import Engine
 from convscope.errors import InvalidRequestError, NotFoundError
 from convscope.samples import list_samples
+from convscope.tasks import CallbackTask
 
 
 def correspondence_response(result: CorrespondenceResult) -> dict[str, Any]:
     """The JSON the API's job and `convscope correspond --json` give for a result."""
     return CorrespondenceResponse.from_result(result).model_dump(mode="json")
-from convscope.tasks import CallbackTask
 
 
 @pytest.fixture(scope="module")

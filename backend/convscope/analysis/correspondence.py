@@ -321,12 +321,20 @@ class CorrespondenceResult:
         """Table 1: one row per occluded part (its Δ and p-value) and one for random boxes (mean ± std
         over draws), per layer."""
         rows = [
-            TableRow(part, {layer: TableCell(self.part_delta[part][layer], None, self.p_value(part, layer)) for layer in self.layers})
+            TableRow(
+                part,
+                {
+                    layer: TableCell(self.part_delta[part][layer], None, self.p_value(part, layer))
+                    for layer in self.layers
+                },
+            )
             for part in self.parts
         ]
         random_all = {layer: self.random_summary(layer) for layer in self.layers}
         rows.append(
-            TableRow(RANDOM, {layer: TableCell(random_all[layer].mean, random_all[layer].std, None) for layer in self.layers})
+            TableRow(
+                RANDOM, {layer: TableCell(random_all[layer].mean, random_all[layer].std, None) for layer in self.layers}
+            )
         )
         return rows
 

@@ -123,9 +123,9 @@ class InvarianceImage(BaseModel):
             target=curve.target,
             target_label=curve.target_label,
             norm=LowHigh(low=curve.low_norm, high=curve.high_norm),
-            distance=LowHighCurves(low=curve.low_distance, high=curve.high_distance),
+            distance=LowHighCurves(low=list(curve.low_distance), high=list(curve.high_distance)),
             relative_distance=LowHighCurves(low=curve.relative_low, high=curve.relative_high),
-            probability=curve.probability,
+            probability=list(curve.probability),
             top_label=curve.top_label,
             top_label_names=[labels[i] for i in curve.top_label],
         )
@@ -243,8 +243,10 @@ class CorrespondenceResponse(BaseModel):
             PartResult(
                 name=part,
                 boxes=boxes,
-                delta=result.part_delta[part],
-                random_same_size={layer: RandomDelta.from_summary(result.random_summary(layer, part)) for layer in layers},
+                delta={layer: result.part_delta[part][layer] for layer in layers},
+                random_same_size={
+                    layer: RandomDelta.from_summary(result.random_summary(layer, part)) for layer in layers
+                },
                 p_value={layer: result.p_value(part, layer) for layer in layers},
                 delta_nonzero={layer: result.part_delta_nonzero[part][layer] for layer in layers},
                 p_value_nonzero={layer: result.p_value(part, layer, nonzero=True) for layer in layers},
