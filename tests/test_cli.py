@@ -21,6 +21,14 @@ def run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def project(sample: str, layer: str, channel: int, *args: str) -> subprocess.CompletedProcess[str]:
+    """`convscope project` of a sample photo with the default model."""
+    image = str(get_sample(sample).path)
+    return run(
+        "project", "--model", "efficientnet_lite0", "--image", image, "--layer", layer, "--channel", str(channel), *args
+    )
+
+
 def test_predict_json_on_a_real_photo() -> None:
     result = run(
         "predict", "--model", "efficientnet_lite0", "--image", str(get_sample("coffee").path), "--top", "3", "--json"
@@ -34,10 +42,7 @@ def test_predict_json_on_a_real_photo() -> None:
 
 def test_project_writes_png_and_raw(tmp_path: Path) -> None:
     out, raw = tmp_path / "p.png", tmp_path / "p.npz"
-    result = run(
-        "project", "--model", "efficientnet_lite0", "--image", str(get_sample("chelsea").path),
-        "--layer", "blocks.2", "--channel", "7", "--mode", "guided", "--out", str(out), "--raw", str(raw),
-    )  # fmt: skip
+    result = project("chelsea", "blocks.2", 7, "--mode", "guided", "--out", str(out), "--raw", str(raw))
     assert result.returncode == 0, result.stderr
     image = Image.open(out)
     assert image.size == (224, 224) and image.mode == "RGB"
@@ -65,10 +70,7 @@ def test_project_writes_png_and_raw(tmp_path: Path) -> None:
 
 def test_project_whole_map_seed(tmp_path: Path) -> None:
     raw = tmp_path / "m.npz"
-    result = run(
-        "project", "--model", "efficientnet_lite0", "--image", str(get_sample("rocket").path), "--layer", "conv_stem",
-        "--channel", "3", "--select", "map", "--out", str(tmp_path / "m.png"), "--raw", str(raw),
-    )  # fmt: skip
+    result = project("rocket", "conv_stem", 3, "--select", "map", "--out", str(tmp_path / "m.png"), "--raw", str(raw))
     assert result.returncode == 0, result.stderr
     assert list(np.load(raw)["seed_position"]) == [-1, -1]
 
@@ -163,10 +165,9 @@ def test_argument_errors_exit_2() -> None:
 
 def test_project_from_a_logit(tmp_path: Path) -> None:
     raw = tmp_path / "l.npz"
-    result = run(
-        "project", "--model", "efficientnet_lite0", "--image", str(get_sample("chelsea").path), "--layer", "logits",
-        "--channel", "285", "--mode", "gradient", "--out", str(tmp_path / "l.png"), "--raw", str(raw),
-    )  # fmt: skip
+    result = project(
+        "chelsea", "logits", 285, "--mode", "gradient", "--out", str(tmp_path / "l.png"), "--raw", str(raw)
+    )
     assert result.returncode == 0, result.stderr
     data = np.load(raw)
     assert list(data["seed_position"]) == [0, 0]
@@ -174,10 +175,7 @@ def test_project_from_a_logit(tmp_path: Path) -> None:
 
 
 def test_project_from_a_logit_out_of_range_exits_2(tmp_path: Path) -> None:
-    result = run(
-        "project", "--model", "efficientnet_lite0", "--image", str(get_sample("chelsea").path), "--layer", "logits",
-        "--channel", "1000", "--out", str(tmp_path / "x.png"),
-    )  # fmt: skip
+    result = project("chelsea", "logits", 1000, "--out", str(tmp_path / "x.png"))
     assert result.returncode == 2
     assert "0..999" in result.stderr and "Traceback" not in result.stderr
 

@@ -95,16 +95,10 @@ class FeatvisCache:
             return None
         with self._lock:
             self.hits += 1
-        position = meta.get("position")
-        return Visualization(
-            model=engine.name,
-            layer=target.layer,
-            channel=int(channel),
-            objective=target.objective,
-            steps=target.steps,
-            size=target.size,
-            seed=target.seed,
-            position=tuple(position) if position else None,  # type: ignore[arg-type]
+        return Visualization.of_target(
+            engine.name,
+            target,
+            channel,
             image=image,
             input=array,
             value=float(meta["value"]),

@@ -20,7 +20,7 @@ from convscope.api.caching import cache_key, png_response
 from convscope.api.deps import ClientDep, EngineDep, StateDep, prepare, resolve_image
 from convscope.api.jobs import Job
 from convscope.api.openapi import body_examples
-from convscope.api.routes.common import MODEL_ERRORS, errors, png
+from convscope.api.routes.common import MODEL_ERRORS, errors, png_route
 from convscope.api.routes.jobs import accepted
 from convscope.api.schemas import (
     CorrespondenceRequest,
@@ -107,11 +107,11 @@ def invariance_job(
     return accepted(state.jobs.submit("invariance", work, total=total))
 
 
-@router.get(
+@png_route(
+    router,
     "/models/{model}/analyses/invariance/preview.png",
-    response_class=Response,
-    summary="one transformed copy of an image, as the invariance study feeds it to the model (S×S PNG)",
-    responses={**png("the transformed S×S model input"), **MODEL_ERRORS},
+    "one transformed copy of an image, as the invariance study feeds it to the model (S×S PNG)",
+    "the transformed S×S model input",
 )
 def invariance_preview(
     request: Request,
@@ -210,11 +210,11 @@ def filters(engine: EngineDep, layer: FilterLayer = None) -> FiltersResponse:
     return FiltersResponse.from_coverage(engine.name, frequency_coverage(engine, name), int(conv.in_channels))
 
 
-@router.get(
+@png_route(
+    router,
     "/models/{model}/filters/mosaic.png",
-    response_class=Response,
-    summary="the filters of a conv layer as tiles, each contrast-normalised on its own (row-major)",
-    responses={**png("the mosaic"), **MODEL_ERRORS},
+    "the filters of a conv layer as tiles, each contrast-normalised on its own (row-major)",
+    "the mosaic",
 )
 def filter_mosaic_png(
     request: Request,

@@ -1,10 +1,15 @@
-"""OpenAPI fragments shared by the routers."""
+"""OpenAPI fragments shared by the routers, and `png_route` for the routes that answer a PNG."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Response
 
 from convscope.api.schemas import ErrorResponse
+
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
 
 PNG_CONTENT: dict[str, Any] = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
 CACHE_HEADERS: dict[str, Any] = {
@@ -36,3 +41,18 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 MODEL_ERRORS = errors(404, 422, 503)
+
+
+def png_route(
+    router: APIRouter,
+    path: str,
+    summary: str,
+    image: str,
+    *,
+    headers: dict[str, Any] | None = None,
+    responses: dict[int | str, dict[str, Any]] | None = None,
+) -> Callable[[Endpoint], Endpoint]:
+    """`router.get(path)` for a route whose answer is a PNG (`image` describes it): its 200 with the
+    caching `headers`, its 304, and the error `responses` (default: MODEL_ERRORS)."""
+    errors_ = MODEL_ERRORS if responses is None else responses
+    return router.get(path, response_class=Response, summary=summary, responses={**png(image, headers), **errors_})

@@ -23,7 +23,7 @@ from convscope.api.deps import EngineDep, ScanServiceDep
 from convscope.api.jobs import Job
 from convscope.api.openapi import body_examples
 from convscope.api.routes.activations import LayerQuery
-from convscope.api.routes.common import errors, png
+from convscope.api.routes.common import MODEL_ERRORS, errors, png_route
 from convscope.api.routes.jobs import accepted, job_url
 from convscope.api.scans import ScanService, install, on_startup, scan_url
 from convscope.api.schemas import ErrorResponse, JobResponse, LayerResponse
@@ -240,15 +240,13 @@ def _png(request: Request, body: bytes, headers: dict[str, str] | None = None) -
     return png_response(request, Rendered(body, etag_of(body), headers or {}), PUBLIC)
 
 
-@router.get(
+@png_route(
+    router,
     "/models/{model}/scans/{scan_id}/top/{rank}/{kind}.png",
-    response_class=Response,
-    summary="the receptive-field crop (kind=crop) or the projection (kind=projection, in `mode`) of one top-k entry",
-    responses={
-        **png("RGB PNG, the size of the unit's receptive field", MODE_HEADER),
-        **errors(404, 422, 503),
-        **CONFLICT,
-    },
+    "the receptive-field crop (kind=crop) or the projection (kind=projection, in `mode`) of one top-k entry",
+    "RGB PNG, the size of the unit's receptive field",
+    headers=MODE_HEADER,
+    responses={**MODEL_ERRORS, **CONFLICT},
 )
 def top_image(
     request: Request,
@@ -266,11 +264,12 @@ def top_image(
     return _png(request, renderer.png(layer, channel, rank, kind, resolved), {"X-Mode": resolved})
 
 
-@router.get(
+@png_route(
+    router,
     "/models/{model}/scans/{scan_id}/images/{index}.png",
-    response_class=Response,
-    summary="a scanned image as the model saw it (S×S)",
-    responses={**png("RGB PNG, S×S"), **errors(404, 422, 503), **CONFLICT},
+    "a scanned image as the model saw it (S×S)",
+    "RGB PNG, S×S",
+    responses={**MODEL_ERRORS, **CONFLICT},
 )
 def scan_image(
     request: Request,
@@ -286,13 +285,14 @@ def scan_image(
     return png_response(request, item, PUBLIC)
 
 
-@router.get(
+@png_route(
+    router,
     "/models/{model}/scans/{scan_id}/montage.png",
-    response_class=Response,
-    summary="a Fig. 2-style montage: per channel its top-k projections (in `mode`) beside the image patches; "
+    "a Fig. 2-style montage: per channel its top-k projections (in `mode`) beside the image patches; "
     "202 and a job to poll (its result names this URL) until it has been rendered",
+    "RGB PNG",
+    headers=MODE_HEADER,
     responses={
-        **png("RGB PNG", MODE_HEADER),
         202: {"model": JobResponse, "description": "being rendered as a job: poll its `url`, then GET this again"},
         **errors(404, 422, 429, 503),
         **CONFLICT,

@@ -23,7 +23,7 @@ from convscope.api.caching import Rendered, etag_of, png_response
 from convscope.api.deps import StateDep
 from convscope.api.jobs import Job
 from convscope.api.openapi import body_examples
-from convscope.api.routes.common import errors, png
+from convscope.api.routes.common import errors, png_route
 from convscope.api.routes.jobs import accepted
 from convscope.api.schemas import DigitsRunRequest, ErrorResponse, JobResponse, StudyList, StudySummary
 from convscope.api.state import AppState
@@ -88,11 +88,12 @@ def get_study(study_id: StudyId, state: StateDep) -> dict[str, Any]:
     return document
 
 
-@router.get(
+@png_route(
+    router,
     "/studies/{study_id}/image.png",
-    response_class=Response,
-    summary="the study's image (the evolution montage: rows = feature maps, columns = epochs)",
-    responses={**png("the montage"), **errors(404)},
+    "the study's image (the evolution montage: rows = feature maps, columns = epochs)",
+    "the montage",
+    responses=errors(404),
 )
 def study_image(study_id: StudyId, request: Request, state: StateDep) -> Response:
     path = _find(state, study_id).related("image")

@@ -16,18 +16,19 @@ from __future__ import annotations
 
 import contextlib
 import mimetypes
+from dataclasses import dataclass
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 
 from convscope.api.caching import PUBLIC, Rendered, etag_of, png_response
 from convscope.api.deps import EngineDep, FeatvisDep, StateDep
 from convscope.api.jobs import Job, current_client
 from convscope.api.openapi import body_examples
-from convscope.api.routes.common import MODEL_ERRORS, errors, png
+from convscope.api.routes.common import MODEL_ERRORS, errors, png_route
 from convscope.api.routes.jobs import accepted
 from convscope.api.schemas import JobResponse
 from convscope.api.schemas.featvis import MAX_API_STEPS, AtlasInfo, ObjectiveName, StoredUnit, VisualizationRequest
@@ -138,54 +139,55 @@ Seed = Annotated[int, Query(ge=0, le=2**32 - 1)]
 Coordinate = Annotated[int | None, Query(ge=0, description="unit objective: the position (default: centre)")]
 
 
+@dataclass(frozen=True)
+class StoredUnitQuery:
+    """One unit named in a query string, checked: the channel and its optimisation target."""
+
+    channel: int
+    target: Any
+
+
+def stored_unit_query(
+    engine: EngineDep,
+    channel: Channel,
+    layer: Layer = None,
+    objective: ObjectiveName = "channel",
+    steps: Steps = DEFAULT_STEPS,
+    size: Size = None,
+    seed: Seed = 0,
+    y: Coordinate = None,
+    x: Coordinate = None,
+) -> StoredUnitQuery:
+    return StoredUnitQuery(channel, _target(engine, layer, [channel], objective, steps, size, seed, _position(y, x)))
+
+
+UnitQuery = Annotated[StoredUnitQuery, Depends(stored_unit_query)]
+
+
 @router.get(
     "/models/{model}/visualizations",
     response_model=StoredUnit,
     summary="whether one unit's optimised image is stored, and where",
     responses=MODEL_ERRORS,
 )
-def stored_visualization(
-    service: FeatvisDep,
-    engine: EngineDep,
-    channel: Channel,
-    layer: Layer = None,
-    objective: ObjectiveName = "channel",
-    steps: Steps = DEFAULT_STEPS,
-    size: Size = None,
-    seed: Seed = 0,
-    y: Coordinate = None,
-    x: Coordinate = None,
-) -> StoredUnit:
-    target = _target(engine, layer, [channel], objective, steps, size, seed, _position(y, x))
-    vis = service.cache.get(engine, target, channel)
+def stored_visualization(service: FeatvisDep, engine: EngineDep, unit: UnitQuery) -> StoredUnit:
+    vis = service.cache.get(engine, unit.target, unit.channel)
     return StoredUnit(
-        channel=channel,
+        channel=unit.channel,
         cached=vis is not None,
         value=vis.value if vis else None,
-        url=image_url(engine.name, target, channel),
+        url=image_url(engine.name, unit.target, unit.channel),
     )
 
 
-@router.get(
+@png_route(
+    router,
     "/models/{model}/visualizations/image.png",
-    response_class=Response,
-    summary="one unit's optimised image (S×S RGB PNG), once a job has computed it",
-    responses={**png("RGB PNG, S×S"), **MODEL_ERRORS},
+    "one unit's optimised image (S×S RGB PNG), once a job has computed it",
+    "RGB PNG, S×S",
 )
-def visualization_png(
-    request: Request,
-    service: FeatvisDep,
-    engine: EngineDep,
-    channel: Channel,
-    layer: Layer = None,
-    objective: ObjectiveName = "channel",
-    steps: Steps = DEFAULT_STEPS,
-    size: Size = None,
-    seed: Seed = 0,
-    y: Coordinate = None,
-    x: Coordinate = None,
-) -> Response:
-    target = _target(engine, layer, [channel], objective, steps, size, seed, _position(y, x))
+def visualization_png(request: Request, service: FeatvisDep, engine: EngineDep, unit: UnitQuery) -> Response:
+    target, channel = unit.target, unit.channel
     path = service.cache.path(engine, target, channel, ".png")
     if not service.cache.has(engine, target, channel):
         raise NotFoundError(
