@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,16 +175,22 @@ def run_target(
     engine: Engine,
     target: Target,
     *,
+    channels: Sequence[int] | None = None,
     batch_size: int | None = None,
     lr: float = LEARNING_RATE,
     task: Task | None = None,
+    on_result: Callable[[Visualization], None] | None = None,
 ) -> list[Visualization]:
-    """`visualize` for an already checked target."""
-    channels = list(target.channels)
-    width = len(channels) if batch_size is None else max(1, batch_size)
-    batches = [channels[i : i + width] for i in range(0, len(channels), width)]
+    """`visualize` for an already checked target: its `channels` (default: all of them) in batches;
+    `on_result` sees each unit as soon as its batch is done. Progress is in steps."""
+    wanted = list(target.channels if channels is None else channels)
+    width = max(1, len(wanted) if batch_size is None else batch_size)
+    batches = [wanted[i : i + width] for i in range(0, len(wanted), width)]
     total = target.steps * len(batches)
     results: list[Visualization] = []
     for index, batch in enumerate(batches):
-        results.extend(optimise(engine, target, batch, lr=lr, task=task, done=index * target.steps, total=total))
+        for vis in optimise(engine, target, batch, lr=lr, task=task, done=index * target.steps, total=total):
+            if on_result is not None:
+                on_result(vis)
+            results.append(vis)
     return results
