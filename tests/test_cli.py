@@ -89,46 +89,19 @@ def test_layers_json() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("predict", "--model", "nope", "--image", "{photo}"), "unknown model 'nope'"),
-        (("predict", "--model", "zfnet", "--image", "{missing}"), "image file not found"),
-        (("predict", "--model", "zfnet", "--image", "{text}"), "not an image"),
-        (("predict", "--model", "zfnet", "--weights", "{missing}", "--image", "{photo}"), "weights file not found"),
+        ("predict --model nope --image {photo}", "unknown model 'nope'"),
+        ("predict --model zfnet --image {missing}", "image file not found"),
+        ("predict --model zfnet --image {text}", "not an image"),
+        ("predict --model zfnet --weights {missing} --image {photo}", "weights file not found"),
+        ("project --model zfnet --image {photo} --layer nope --channel 0 --out {png}", "no layer 'nope'"),
         (
-            (
-                "project",
-                "--model",
-                "zfnet",
-                "--image",
-                "{photo}",
-                "--layer",
-                "nope",
-                "--channel",
-                "0",
-                "--out",
-                "{png}",
-            ),
-            "no layer 'nope'",
-        ),
-        (
-            (
-                "project",
-                "--model",
-                "zfnet",
-                "--image",
-                "{photo}",
-                "--layer",
-                "features.conv1",
-                "--channel",
-                "96",
-                "--out",
-                "{png}",
-            ),
+            "project --model zfnet --image {photo} --layer features.conv1 --channel 96 --out {png}",
             "channel 96 is out of range",
         ),
-        (("layers", "--model", "no_such_pkg_zz:f"), "cannot import module"),
+        ("layers --model no_such_pkg_zz:f", "cannot import module"),
     ],
 )
-def test_bad_input_exits_2_with_one_line(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+def test_bad_input_exits_2_with_one_line(tmp_path: Path, args: str, message: str) -> None:
     text = tmp_path / "notes.txt"
     text.write_text("hello, not a picture")
     values = {
@@ -137,7 +110,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path, args: tuple[str, ...], 
         "text": str(text),
         "png": str(tmp_path / "o.png"),
     }
-    result = run(*(arg.format(**values) for arg in args))
+    result = run(*(arg.format(**values) for arg in args.split()))
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -145,21 +118,8 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path, args: tuple[str, ...], 
 
 
 def test_argument_errors_exit_2() -> None:
-    result = run(
-        "project",
-        "--model",
-        "zfnet",
-        "--image",
-        "x.png",
-        "--layer",
-        "a",
-        "--channel",
-        "0",
-        "--out",
-        "o.png",
-        "--mode",
-        "magic",
-    )
+    args = ["project", "--model", "zfnet", "--image", "x.png", "--layer", "a", "--channel", "0", "--out", "o.png"]
+    result = run(*args, "--mode", "magic")
     assert result.returncode == 2 and "invalid choice" in result.stderr
 
 

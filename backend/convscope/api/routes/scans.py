@@ -10,11 +10,11 @@ the bundled sample photos for its default model in the background (a job), unles
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Body, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from convscope.api.budget import check_scan_memory
@@ -31,6 +31,7 @@ from convscope.api.schemas.scans import ScanInfo, ScanProgress, ScanRequest, Sca
 from convscope.api.schemas.topk import ScanImageRef, TopEntry, TopResponse
 from convscope.engine import Engine, LayerInfo
 from convscope.engine.render import png_bytes
+from convscope.engine.rules import Rule
 from convscope.errors import ConvscopeError, InvalidRequestError
 from convscope.jsonvalues import finite_or_none
 from convscope.scan.library import SAMPLES_SCAN, ScanEntry, normalise_folder
@@ -106,6 +107,33 @@ def _scan_info(service: ScanService, engine: Engine, entry: ScanEntry) -> ScanIn
 def _renderer(service: ScanService, engine: Engine, model: str, scan_id: str) -> ScanRenderer:
     entry = service.library.get(model, scan_id)
     return service.library.renderer(entry, engine)
+
+
+@dataclass(frozen=True)
+class ScanChannel:
+    """One channel of a scan named by the query: the scan's renderer, the layer, the channel, and the
+    projection mode resolved for the layer (mode=auto: deconvnet where switches lie below it)."""
+
+    scan_id: str
+    renderer: ScanRenderer
+    layer: str
+    channel: int
+    mode: Rule
+
+
+def scan_channel(
+    service: ScanServiceDep,
+    engine: EngineDep,
+    scan_id: ScanId,
+    layer: LayerQuery,
+    channel: ChannelQuery,
+    mode: ModeQuery = "deconvnet",
+) -> ScanChannel:
+    renderer = _renderer(service, engine, engine.name, scan_id)
+    return ScanChannel(scan_id, renderer, layer, channel, engine.resolve_mode(layer, mode))
+
+
+ScanChannelDep = Annotated[ScanChannel, Depends(scan_channel)]
 
 
 # ---- routes ---------------------------------------------------------------------------------------
@@ -199,17 +227,9 @@ def get_scan(service: ScanServiceDep, engine: EngineDep, scan_id: ScanId) -> Sca
     summary="the top-k of one channel: values, source images, and URLs of their crops and projections",
     responses={**errors(404, 422, 503), **CONFLICT},
 )
-def top(
-    service: ScanServiceDep,
-    engine: EngineDep,
-    scan_id: ScanId,
-    layer: LayerQuery,
-    channel: ChannelQuery,
-    mode: ModeQuery = "deconvnet",
-) -> TopResponse:
-    renderer = _renderer(service, engine, engine.name, scan_id)
+def top(engine: EngineDep, unit: ScanChannelDep) -> TopResponse:
+    renderer, layer, channel, resolved, scan_id = unit.renderer, unit.layer, unit.channel, unit.mode, unit.scan_id
     entries = renderer.entries(layer, channel)
-    resolved = engine.resolve_mode(layer, mode)
     base = scan_url(engine.name, scan_id)
     query = urlencode({"layer": layer, "channel": channel})
     projection_query = urlencode({"layer": layer, "channel": channel, "mode": resolved})
@@ -250,18 +270,12 @@ def _png(request: Request, body: bytes, headers: dict[str, str] | None = None) -
 )
 def top_image(
     request: Request,
-    service: ScanServiceDep,
-    engine: EngineDep,
-    scan_id: ScanId,
+    unit: ScanChannelDep,
     rank: Annotated[int, Path(ge=0, le=10_000, description="0 = the strongest")],
     kind: Annotated[Literal["crop", "projection"], Path(description="crop or projection")],
-    layer: LayerQuery,
-    channel: ChannelQuery,
-    mode: ModeQuery = "deconvnet",
 ) -> Response:
-    renderer = _renderer(service, engine, engine.name, scan_id)
-    resolved = engine.resolve_mode(layer, mode)
-    return _png(request, renderer.png(layer, channel, rank, kind, resolved), {"X-Mode": resolved})
+    png = unit.renderer.png(unit.layer, unit.channel, rank, kind, unit.mode)
+    return _png(request, png, {"X-Mode": unit.mode})
 
 
 @png_route(

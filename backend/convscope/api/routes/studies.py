@@ -22,10 +22,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from convscope.api.caching import Rendered, etag_of, png_response
 from convscope.api.deps import StateDep
 from convscope.api.jobs import Job
-from convscope.api.openapi import body_examples
-from convscope.api.routes.common import errors, png_route
+from convscope.api.routes.common import errors, job_route, png_route
 from convscope.api.routes.jobs import accepted
-from convscope.api.schemas import DigitsRunRequest, ErrorResponse, JobResponse, StudyList, StudySummary
+from convscope.api.schemas import DigitsRunRequest, ErrorResponse, StudyList, StudySummary
 from convscope.api.state import AppState
 from convscope.errors import NotFoundError
 from convscope.scan.library import ForbiddenError
@@ -126,16 +125,12 @@ def study_table(study_id: StudyId, state: StateDep) -> PlainTextResponse:
 DIGITS_RUN = "digits-run"
 
 
-@router.post(
+@job_route(
+    router,
     "/studies/digits",
-    status_code=202,
-    response_model=JobResponse,
-    summary="train the small digits study (zfnet-small on scikit-learn's digits) as a job; poll its url",
-    responses={
-        403: {"model": ErrorResponse, "description": "no studies folder is configured"},
-        **errors(422, 429),
-    },
-    openapi_extra=body_examples(quick={"epochs": 5}, one_epoch={"epochs": 1}),
+    "train the small digits study (zfnet-small on scikit-learn's digits) as a job; poll its url",
+    examples={"quick": {"epochs": 5}, "one_epoch": {"epochs": 1}},
+    responses={403: {"model": ErrorResponse, "description": "no studies folder is configured"}, **errors(422, 429)},
 )
 def run_digits(state: StateDep, body: Annotated[DigitsRunRequest | None, Body()] = None) -> JSONResponse:
     body = body or DigitsRunRequest()

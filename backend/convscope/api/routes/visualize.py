@@ -27,10 +27,8 @@ from fastapi.responses import FileResponse, JSONResponse
 from convscope.api.caching import PUBLIC, Rendered, etag_of, png_response
 from convscope.api.deps import EngineDep, FeatvisDep, StateDep
 from convscope.api.jobs import Job, current_client
-from convscope.api.openapi import body_examples
-from convscope.api.routes.common import MODEL_ERRORS, errors, png_route
+from convscope.api.routes.common import MODEL_ERRORS, errors, job_route, png_route
 from convscope.api.routes.jobs import accepted
-from convscope.api.schemas import JobResponse
 from convscope.api.schemas.featvis import MAX_API_STEPS, AtlasInfo, ObjectiveName, StoredUnit, VisualizationRequest
 from convscope.api.state import AppState
 from convscope.engine import Engine
@@ -84,19 +82,15 @@ def _position(y: int | None, x: int | None) -> tuple[int, int] | None:
 
 
 # ---- routes ---------------------------------------------------------------------------------------
-@router.post(
+@job_route(
+    router,
     "/models/{model}/visualizations",
-    status_code=202,
-    response_model=JobResponse,
-    summary="optimise an image for each channel of one layer (feature visualisation), as a job",
-    responses={
-        202: {"model": JobResponse, "description": "started (or joined) a job: poll its `url`"},
-        **errors(400, 404, 422, 429, 503),
+    "optimise an image for each channel of one layer (feature visualisation), as a job",
+    examples={
+        "three_channels": {"layer": "blocks.4", "channels": [0, 1, 2], "steps": 128},
+        "class_logit": {"objective": "logit", "channels": [285], "steps": 128},
     },
-    openapi_extra=body_examples(
-        three_channels={"layer": "blocks.4", "channels": [0, 1, 2], "steps": 128},
-        class_logit={"objective": "logit", "channels": [285], "steps": 128},
-    ),
+    started="started (or joined) a job: poll its `url`",
 )
 def start_visualization(service: FeatvisDep, engine: EngineDep, body: VisualizationRequest) -> JSONResponse:
     target = _target(engine, body.layer, body.channels, body.objective, body.steps, body.size, body.seed, body.position)
