@@ -8,6 +8,7 @@ problem, never a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -159,70 +160,16 @@ def cmd_occlude(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_scan(args: argparse.Namespace) -> int:
-    from convscope.scan.commands import scan_main
+def _lazy(package: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """The command `convscope.<package>.commands.<name>`, imported when it runs (the parser stays light)."""
 
-    return scan_main(args)
+    def run(args: argparse.Namespace) -> int:
+        command: Callable[[argparse.Namespace], int] = getattr(
+            importlib.import_module(f"convscope.{package}.commands"), name
+        )
+        return command(args)
 
-
-def cmd_montage(args: argparse.Namespace) -> int:
-    from convscope.scan.commands import montage_main
-
-    return montage_main(args)
-
-
-def cmd_invariance(args: argparse.Namespace) -> int:
-    from convscope.analysis.commands import invariance_main
-
-    return invariance_main(args)
-
-
-def cmd_correspond(args: argparse.Namespace) -> int:
-    from convscope.analysis.commands import correspond_main
-
-    return correspond_main(args)
-
-
-def cmd_filters(args: argparse.Namespace) -> int:
-    from convscope.analysis.commands import filters_main
-
-    return filters_main(args)
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from convscope.studies.commands import train_main
-
-    return train_main(args)
-
-
-def cmd_evolution(args: argparse.Namespace) -> int:
-    from convscope.studies.commands import evolution_main
-
-    return evolution_main(args)
-
-
-def cmd_ablate(args: argparse.Namespace) -> int:
-    from convscope.studies.commands import ablate_main
-
-    return ablate_main(args)
-
-
-def cmd_probe(args: argparse.Namespace) -> int:
-    from convscope.studies.commands import probe_main
-
-    return probe_main(args)
-
-
-def cmd_visualize(args: argparse.Namespace) -> int:
-    from convscope.featvis.commands import visualize_main
-
-    return visualize_main(args)
-
-
-def cmd_atlas(args: argparse.Namespace) -> int:
-    from convscope.featvis.commands import atlas_main
-
-    return atlas_main(args)
+    return run
 
 
 def _positive_int(text: str) -> int:
@@ -359,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint-every", type=_positive_int, default=1024, help="images between checkpoints (resume points)"
     )
     scan.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is no terminal")
-    scan.set_defaults(func=cmd_scan)
+    scan.set_defaults(func=_lazy("scan", "scan_main"))
 
     montage = sub.add_parser("montage", help="Fig. 2-style montage of a scan: top-k projections beside their patches")
     montage.add_argument("--scan", required=True, help="a store directory written by `convscope scan`")
@@ -368,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     montage.add_argument("--tile", type=_positive_int, default=64, help="side of each tile in pixels")
     montage.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     montage.add_argument("--out", required=True, help="PNG to write")
-    montage.set_defaults(func=cmd_montage)
+    montage.set_defaults(func=_lazy("scan", "montage_main"))
 
     _add_analysis_parsers(sub)
     _add_study_parsers(sub)
@@ -383,12 +330,12 @@ def _add_featvis_parsers(sub: argparse._SubParsersAction) -> None:  # type: igno
     vis = sub.add_parser("visualize", help="an image that maximises one unit (feature visualisation by optimisation)")
     _add_model(vis)
     add_visualize_arguments(vis)
-    vis.set_defaults(func=cmd_visualize)
+    vis.set_defaults(func=_lazy("featvis", "visualize_main"))
 
     atlas = sub.add_parser("atlas", help="a static site (opens from file://): per unit its optimised image and top 9")
     _add_model(atlas)
     add_atlas_arguments(atlas)
-    atlas.set_defaults(func=cmd_atlas)
+    atlas.set_defaults(func=_lazy("featvis", "atlas_main"))
 
 
 def _add_analysis_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -409,7 +356,7 @@ def _add_analysis_parsers(sub: argparse._SubParsersAction) -> None:  # type: ign
     inv.add_argument("--batch-size", type=_positive_int, default=16)
     inv.add_argument("--json", required=True, dest="json_out", help="file to write the JSON result to ('-': stdout)")
     inv.add_argument("--plot", default=None, help="PNG with the three curves (matplotlib)")
-    inv.set_defaults(func=cmd_invariance)
+    inv.set_defaults(func=_lazy("analysis", "invariance_main"))
 
     cor = sub.add_parser("correspond", help="correspondence Δ of occluded parts against random boxes (Table 1)")
     _add_model(cor, required=False)
@@ -425,7 +372,7 @@ def _add_analysis_parsers(sub: argparse._SubParsersAction) -> None:  # type: ign
     cor.add_argument("--seed", type=int, default=0)
     cor.add_argument("--batch-size", type=_positive_int, default=16)
     cor.add_argument("--json", required=True, dest="json_out", help="file to write the JSON result to ('-': stdout)")
-    cor.set_defaults(func=cmd_correspond)
+    cor.set_defaults(func=_lazy("analysis", "correspond_main"))
 
     fil = sub.add_parser("filters", help="layer-1 filters, their frequency coverage, dead channels (Fig. 6)")
     _add_model(fil, required=False)
@@ -437,7 +384,7 @@ def _add_analysis_parsers(sub: argparse._SubParsersAction) -> None:  # type: ign
     fil.add_argument("--scale", type=_positive_int, default=8, help="mosaic pixels per filter weight")
     fil.add_argument("--batch-size", type=_positive_int, default=8)
     fil.add_argument("--json", required=True, dest="json_out", help="file to write the JSON result to ('-': stdout)")
-    fil.set_defaults(func=cmd_filters)
+    fil.set_defaults(func=_lazy("analysis", "filters_main"))
 
 
 def _add_training_arguments(parser: argparse.ArgumentParser, epochs: int) -> None:
@@ -474,7 +421,7 @@ def _add_study_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore
     )
     tr.add_argument("--no-resume", action="store_true", help="start over even if --out holds a run")
     tr.add_argument("--out", required=True, help="run folder (model.json, epoch-E.pt, state.pt, log.json)")
-    tr.set_defaults(func=cmd_train)
+    tr.set_defaults(func=_lazy("studies", "train_main"))
 
     ev = sub.add_parser("evolution", help="strongest activation of feature maps across checkpoints (Fig. 4)")
     ev.add_argument("--checkpoints", required=True, help="a `convscope train` run folder")
@@ -493,7 +440,7 @@ def _add_study_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore
     ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ev.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     ev.add_argument("--out", required=True, help="FILE.png or FILE.json (both are written)")
-    ev.set_defaults(func=cmd_evolution)
+    ev.set_defaults(func=_lazy("studies", "evolution_main"))
 
     ab = sub.add_parser("ablate", help="retrain with layers removed or resized; Table 3 (JSON + Markdown)")
     _add_training_arguments(ab, epochs=10)
@@ -504,7 +451,7 @@ def _add_study_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore
     )
     ab.add_argument("--seeds", type=_positive_int, default=1, help="runs per variant (seeds seed..seed+N-1)")
     ab.add_argument("--out", required=True, help="folder: ablation.json, ablation.md, runs/")
-    ab.set_defaults(func=cmd_ablate)
+    ab.set_defaults(func=_lazy("studies", "ablate_main"))
 
     pr = sub.add_parser("probe", help="linear SVM / softmax on each layer's pooled features (Table 7)")
     _add_model(pr)
@@ -523,7 +470,7 @@ def _add_study_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore
     pr.add_argument("--batch-size", type=_positive_int, default=32)
     pr.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     pr.add_argument("--out", required=True, help="FILE.json (FILE.md is written beside it)")
-    pr.set_defaults(func=cmd_probe)
+    pr.set_defaults(func=_lazy("studies", "probe_main"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
