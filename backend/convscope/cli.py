@@ -117,9 +117,9 @@ def cmd_project(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from convscope.api.server import run_server
+    from convscope.api.server import build_settings, run_server
 
-    return run_server(host=args.host, port=args.port, models=args.model, device=args.device, insecure=args.insecure)
+    return run_server(build_settings(args.host, args.port, args.model, args.device, args.insecure))
 
 
 def cmd_occlude(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -410,28 +410,14 @@ def correspondence(
             for k, key in enumerate(occluders, start=1):
                 eps[name][key].append(stacked[0] - stacked[k])
 
-    part_delta = {
-        part: {name: sign_hamming_delta(torch.stack(eps[name][(part, None)])) for name in layer_names}
-        for part in checked
-    }
-    random_delta = [
-        {
-            part: {name: sign_hamming_delta(torch.stack(eps[name][(part, draw)])) for name in layer_names}
-            for part in checked
-        }
-        for draw in range(draws)
-    ]
-    part_delta_nonzero = {
-        part: {name: nonzero_sign_delta(torch.stack(eps[name][(part, None)])) for name in layer_names}
-        for part in checked
-    }
-    random_delta_nonzero = [
-        {
-            part: {name: nonzero_sign_delta(torch.stack(eps[name][(part, draw)])) for name in layer_names}
-            for part in checked
-        }
-        for draw in range(draws)
-    ]
+    def per_part(measure: Callable[[torch.Tensor], float], draw: int | None) -> dict[str, dict[str, float]]:
+        """part -> layer -> `measure` of the images' ε, for the part's boxes (draw None) or one random draw."""
+        return {part: {name: measure(torch.stack(eps[name][(part, draw)])) for name in layer_names} for part in checked}
+
+    part_delta = per_part(sign_hamming_delta, None)
+    random_delta = [per_part(sign_hamming_delta, draw) for draw in range(draws)]
+    part_delta_nonzero = per_part(nonzero_sign_delta, None)
+    random_delta_nonzero = [per_part(nonzero_sign_delta, draw) for draw in range(draws)]
     return CorrespondenceResult(
         images=names,
         layers=layer_names,

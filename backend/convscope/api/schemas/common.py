@@ -7,6 +7,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 
+def refuse_booleans(value: object) -> object:
+    """For `field_validator(..., mode="before")` on integer fields of a JSON body: JSON true is not the
+    integer 1 (JSON Schema agrees); 16.0 still is 16."""
+    if isinstance(value, bool):
+        raise ValueError("expected an integer, not a boolean")
+    return value
+
+
 class ErrorResponse(BaseModel):
     detail: str = Field(description="what was wrong, in words")
     errors: list[dict[str, Any]] | None = Field(

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from convscope.api.schemas.common import refuse_booleans
+
 
 class OcclusionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -33,13 +35,7 @@ class OcclusionRequest(BaseModel):
         "where the target's probability dropped most",
     )
 
-    @field_validator("size", "stride", "target", mode="before")
-    @classmethod
-    def _no_booleans(cls, value: object) -> object:
-        """JSON true is not the integer 1 (JSON Schema agrees); 16.0 still is 16."""
-        if isinstance(value, bool):
-            raise ValueError("expected an integer, not a boolean")
-        return value
+    _whole_numbers = field_validator("size", "stride", "target", mode="before")(refuse_booleans)
 
 
 class OcclusionFeature(BaseModel):
