@@ -7,7 +7,7 @@
 // two layers. Lower Δ = the part's occlusion changes the features the same way in
 // every image. POST /api/models/{m}/analyses/correspondence runs it as a job.
 
-import { injectStyle } from "./util.js";
+import { injectStyle, panel } from "./util.js";
 import { jobControls } from "./jobs.js";
 
 const PART_COLOURS = ["#ff7a6b", "#6fd08c", "#3ee0ff", "#f0b43c", "#c792ea", "#ff9edb", "#9fb4ff", "#e0e0e0"];
@@ -88,29 +88,26 @@ function build() {
   el.table = h("div", { dataset: { role: "cor-result" } });
   el.summary = h("span", { class: "panel-note", dataset: { role: "cor-summary" } });
 
-  const left = h(
-    "section",
-    { class: "panel", "aria-labelledby": "cor-title" },
-    h(
-      "header",
-      { class: "panel-head" },
-      h("h2", { id: "cor-title" }, "Correspondence · Fig. 8"),
+  const left = panel(
+    { id: "cor-title", title: "Correspondence · Fig. 8" },
+    [
       h(
         "div",
         { class: "panel-tools" },
         h("button", { type: "button", class: "btn", onclick: loadDemo, dataset: { role: "cor-demo" }, title: "Eyes and nose on the sample photos with faces" }, "Demo boxes"),
         h("button", { type: "button", class: "btn", onclick: clearBoxes, dataset: { role: "cor-clear" } }, "Clear boxes"),
       ),
-    ),
+    ],
     h("div", { class: "cor-bar" }, h("span", { class: "label" }, "Images"), el.images),
     h("div", { class: "cor-bar" }, h("span", { class: "label" }, "Draw"), el.parts, el.newPart, h("button", { type: "button", class: "btn", onclick: addPart }, "Add part")),
     el.stages,
     h("p", { class: "cor-note" }, "Drag on an image to box the selected part there (drawing again replaces it). Boxes are in the model's input frame."),
   );
-  const right = h(
-    "section",
-    { class: "panel", "aria-labelledby": "cor-table-title" },
-    h("header", { class: "panel-head" }, h("h2", { id: "cor-table-title" }, "Δ · Table 1"), el.summary),
+  const right = panel(
+    { id: "cor-table-title", title: "Δ · Table 1" },
+    [
+      el.summary,
+    ],
     h(
       "div",
       { class: "cor-set" },
@@ -413,9 +410,9 @@ function renderTable() {
 }
 
 // ---- the tab interface --------------------------------------------------------------------------------------------------
-async function mount(panel, context) {
+async function mount(section, context) {
   ctx = context;
-  root = panel;
+  root = section;
   injectStyle("css-analysis-correspondence", CSS);
   build();
   const info = (ctx.models() || []).find((m) => m.name === model());

@@ -7,7 +7,7 @@
 // Three hand-drawn SVG charts show every chosen image as one line; hovering a chart
 // reads out all images' values at that step and shows the transformed copy.
 
-import { injectStyle, svg } from "./util.js";
+import { injectStyle, panel, svg } from "./util.js";
 import { jobControls } from "./jobs.js";
 
 const COLOURS = ["#f0b43c", "#3ee0ff", "#ff7a6b", "#6fd08c", "#c792ea", "#ff9edb", "#9fb4ff", "#e0e0e0"];
@@ -118,10 +118,9 @@ function build() {
   el.readout = h("div", { dataset: { role: "inv-readout" }, "aria-live": "polite" });
   el.summary = h("span", { class: "panel-note", dataset: { role: "inv-summary" } });
 
-  const form = h(
-    "section",
-    { class: "panel", "aria-labelledby": "inv-title" },
-    h("header", { class: "panel-head" }, h("h2", { id: "inv-title" }, "Invariance · Fig. 5")),
+  const form = panel(
+    { id: "inv-title", title: "Invariance · Fig. 5" },
+    [],
     h(
       "div",
       { class: "ana-form" },
@@ -142,16 +141,12 @@ function build() {
       ),
     ),
   );
-  const results = h(
-    "section",
-    { class: "panel", "aria-labelledby": "inv-results-title" },
-    h(
-      "header",
-      { class: "panel-head" },
-      h("h2", { id: "inv-results-title" }, "Curves"),
+  const results = panel(
+    { id: "inv-results-title", title: "Curves" },
+    [
       h("label", { class: "check", title: "Divide each distance by the norm of the untransformed image's features" }, el.relative, h("span", {}, "relative to ‖x₀‖")),
       el.summary,
-    ),
+    ],
     el.legend,
     el.charts,
     h("div", { class: "ana-readout" }, el.preview, el.readout),
@@ -401,9 +396,9 @@ function hover(index, { sticky = false } = {}) {
 }
 
 // ---- the tab interface ----------------------------------------------------------------------------
-async function mount(panel, context) {
+async function mount(section, context) {
   ctx = context;
-  root = panel;
+  root = section;
   injectStyle("css-analysis-invariance", CSS);
   build();
   renderLayers();

@@ -11,7 +11,7 @@
 // Long training runs are CLI jobs; this view only reads their results.
 
 import { jobControls } from "./jobs.js";
-import { injectStyle } from "./util.js";
+import { injectStyle, panel } from "./util.js";
 
 const CSS = `
 .stu { display: grid; grid-template-columns: 290px minmax(0, 1fr); gap: var(--gap); align-items: start; }
@@ -92,10 +92,11 @@ function build() {
     h(
       "div",
       { class: "stu" },
-      h(
-        "section",
-        { class: "panel", "aria-labelledby": "studies-list-title" },
-        h("header", { class: "panel-head" }, h("h2", { id: "studies-list-title" }, "Finished studies"), h("div", { class: "panel-tools" }, refresh)),
+      panel(
+        { id: "studies-list-title", title: "Finished studies" },
+        [
+          h("div", { class: "panel-tools" }, refresh),
+        ],
         el.list,
         el.where,
       ),
@@ -445,9 +446,9 @@ function renderTraining(doc) {
   ];
 }
 
-async function mount(panel, context) {
+async function mount(section, context) {
   ctx = context;
-  root = panel;
+  root = section;
   injectStyle("css-studies", CSS);
   build();
   await load();

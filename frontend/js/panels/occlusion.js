@@ -26,7 +26,7 @@ import { gradientCss, lut } from "../colormap.js";
 import { autoContrast } from "../imageops.js";
 import { cancelJob, followJob } from "../jobs.js";
 import { hasSwitches, isPassThrough } from "../layermeta.js";
-import { fmt } from "../util.js";
+import { fmt, panel } from "../util.js";
 
 const CMAP = { probability: "inferno", activity: "viridis" };
 // categorical colours for the label map (the rest share OTHER)
@@ -185,19 +185,15 @@ function build() {
   );
   el.grid.append(projection);
 
-  const results = h(
-    "section",
-    { class: "panel occ-results", "aria-labelledby": "occ-results-title" },
-    h(
-      "header",
-      { class: "panel-head" },
-      h("h2", { id: "occ-results-title" }, "Maps"),
+  const results = panel(
+    { id: "occ-results-title", title: "Maps", className: "occ-results" },
+    [
       el.summary,
       h("div", { class: "occ-view-tools" },
         h("label", { class: "check", title: "Colour the probability from 0 to 1 instead of its smallest to largest value" }, el.unitScale, h("span", {}, "P on 0–1")),
         h("label", { class: "check", title: "Opacity of the maps over the input" }, h("span", {}, "opacity"), el.opacity),
       ),
-    ),
+    ],
     el.ran,
     el.stale,
     el.grid,
@@ -781,9 +777,9 @@ function markStale() {
 }
 
 // ---- the tab interface -------------------------------------------------------------------------------
-async function mount(panel, context) {
+async function mount(section, context) {
   ctx = context;
-  root = panel;
+  root = section;
   root.classList.add("occlusion-view");
   build();
   describeCurrent();
@@ -824,6 +820,6 @@ function show() {
 }
 
 /** The view, as tabs.js takes it: createView({root, ctx}) → {ready, update, show}. */
-export function createView({ root: panel, ctx: context }) {
-  return { ready: mount(panel, context), update, show };
+export function createView({ root: section, ctx: context }) {
+  return { ready: mount(section, context), update, show };
 }
