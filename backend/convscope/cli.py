@@ -182,6 +182,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return value
+
+
 def _add_model(parser: argparse.ArgumentParser, required: bool = True) -> None:
     from convscope.models import DEFAULT_MODEL
 
@@ -298,8 +308,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--layers", default=None, help="all, or comma-separated layer names (default: one layer per resolution)"
     )
     scan.add_argument("--top", type=_positive_int, default=9, help="entries kept per channel")
-    scan.add_argument("--batch-size", type=_positive_int, default=32)
-    scan.add_argument("--workers", type=int, default=0, help="image-reading worker processes (per process)")
+    scan.add_argument(
+        "--batch-size", type=_positive_int, default=None, help="images per forward pass (default: 32 CPU, 128 GPU)"
+    )
+    scan.add_argument(
+        "--workers",
+        type=_non_negative_int,
+        default=None,
+        help="reader processes per scanning process (default: its share of the cores, less one)",
+    )
+    scan.add_argument(
+        "--decoder",
+        choices=["pil", "nvjpeg"],
+        default="pil",
+        help="JPEG decoder: pil (CPU, the default) or nvjpeg (on the GPU; recorded, a resume must use the same)",
+    )
     scan.add_argument("--size", type=_positive_int, default=None, help="model input side S (default: the model's)")
     scan.add_argument("--resume", action="store_true", help="continue an interrupted scan in --out")
     scan.add_argument(
@@ -412,7 +435,7 @@ def _add_training_arguments(parser: argparse.ArgumentParser, epochs: int) -> Non
 
 
 def _add_study_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """`train`, `evolution`, `ablate` and `probe` (paper Fig. 4, Tables 3 and 7; issue 9)."""
+    """`train`, `evolution`, `ablate`, `probe`, `stride`, `convergence` (paper Figs. 4 and 6, Tables 3 and 7)."""
     tr = sub.add_parser("train", help="train a ZF net (SGD, dropout, filter renormalisation); resumable")
     _add_training_arguments(tr, epochs=10)
     tr.add_argument("--remove", default=None, help="layers to remove, e.g. conv3,conv4 or 6,7 (Table 3)")
@@ -420,6 +443,9 @@ def _add_study_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore
         "--checkpoints", default="all", help="epochs to save: all, none, or e.g. 0.25,0.5,1,2,5,10 (fractions: early)"
     )
     tr.add_argument("--no-resume", action="store_true", help="start over even if --out holds a run")
+    tr.add_argument(
+        "--first-layer", default="zf", choices=["zf", "alexnet"], help="conv1 7×7/2 (zf) or 11×11/4 (alexnet; Fig. 6)"
+    )
     tr.add_argument("--out", required=True, help="run folder (model.json, epoch-E.pt, state.pt, log.json)")
     tr.set_defaults(func=_lazy("studies", "train_main"))
 
@@ -452,6 +478,34 @@ def _add_study_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore
     ab.add_argument("--seeds", type=_positive_int, default=1, help="runs per variant (seeds seed..seed+N-1)")
     ab.add_argument("--out", required=True, help="folder: ablation.json, ablation.md, runs/")
     ab.set_defaults(func=_lazy("studies", "ablate_main"))
+
+    st = sub.add_parser("stride", help="train stride-4 and stride-2 first layers alike; dead filters, spectra (Fig. 6)")
+    _add_training_arguments(st, epochs=10)
+    st.add_argument(
+        "--first-layers", default="zf,alexnet", help="first layers to compare: zf (7×7/2), alexnet (11×11/4)"
+    )
+    st.add_argument("--checkpoints", default="all", help="epochs each run saves (the last is always saved)")
+    st.add_argument("--no-resume", action="store_true", help="retrain the runs even if --out holds them")
+    st.add_argument("--out", required=True, help="folder: stride.json, stride.md, stride*.png, runs/")
+    st.set_defaults(func=_lazy("studies", "stride_main"))
+
+    cv = sub.add_parser("convergence", help="per layer, top-9 overlap with the final checkpoint's, per epoch (Fig. 4)")
+    cv.add_argument("--checkpoints", required=True, help="a `convscope train` run folder")
+    cv.add_argument("--images", required=True, help="digits, faces or an ImageFolder directory")
+    cv.add_argument("--split", default="train", choices=["train", "val", "all"], help="which of the run's images")
+    cv.add_argument("--limit", type=_positive_int, default=None, help="a stratified subset of N images")
+    cv.add_argument("--layers", default=None, help="comma-separated layers (default: every conv layer)")
+    cv.add_argument(
+        "--epochs", default=None, help="only these checkpoints, e.g. 1,2,5,10 (the last one is the reference)"
+    )
+    cv.add_argument("--top", type=_positive_int, default=9, help="k of the top-k image sets")
+    cv.add_argument("--threshold", type=float, default=2 / 3, help="a layer has settled once it stays ≥ this")
+    cv.add_argument("--batch-size", type=_positive_int, default=128)
+    cv.add_argument("--seed", type=int, default=0, help="seed of the --limit subset")
+    cv.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    cv.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    cv.add_argument("--out", required=True, help="FILE.json (FILE.md is written beside it)")
+    cv.set_defaults(func=_lazy("studies", "convergence_main"))
 
     pr = sub.add_parser("probe", help="linear SVM / softmax on each layer's pooled features (Table 7)")
     _add_model(pr)

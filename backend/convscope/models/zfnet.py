@@ -2,6 +2,12 @@
 
 At a 224×224 input the maps are 110, 55, 26, 13, 13, 13 and 6 pixels wide (conv1
 padding 1, ceil-mode pooling), exactly as in the paper.
+
+`first_layer="alexnet"` is the first layer the paper's Fig. 6 compares against:
+Krizhevsky et al.'s 11×11 filters at stride 4 (padding 2), with conv2 at stride 1
+(5×5, padding 2) so that every later map keeps its size — the change the paper made
+the other way round (§4.1). At 224×224 its maps are 55, 27, 27, 13, …, 6; at 64×64
+(`zfnet-small`) 15, 7, 7, 3, 3, 3, 1 — pool2 onwards exactly as the ZF layer's.
 """
 
 from __future__ import annotations
@@ -26,6 +32,13 @@ SMALL_WIDTHS = (32, 64, 96, 96, 64)
 SMALL_FC_WIDTH = 512
 SMALL_INPUT_SIZE = 64
 
+# conv1 and conv2 as (kernel, stride, padding) for each first layer (the paper's Fig. 6):
+# the paper's own 7×7/2, and Krizhevsky et al.'s 11×11/4 with a stride-1 conv2.
+FIRST_LAYERS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int]]] = {
+    "zf": ((7, 2, 1), (5, 2, 0)),
+    "alexnet": ((11, 4, 2), (5, 1, 2)),
+}
+
 
 class ZFNet(nn.Module):
     """conv1..conv5 with ReLU, max-pooling and cross-map contrast normalisation; fc6, fc7, fc8."""
@@ -38,20 +51,25 @@ class ZFNet(nn.Module):
         input_size: int = 224,
         dropout: float = 0.5,
         remove: Iterable[str | int] = (),
+        first_layer: str = "zf",
     ) -> None:
         """`remove` drops whole layers as in the paper's Table 3 (e.g. `("conv3", "conv4")`,
-        `(6, 7)`); the layers that remain keep their names and the shapes still connect."""
+        `(6, 7)`); the layers that remain keep their names and the shapes still connect.
+        `first_layer` is "zf" (7×7/2) or "alexnet" (11×11/4, conv2 at stride 1; Fig. 6)."""
         super().__init__()
+        if first_layer not in FIRST_LAYERS:
+            raise ValueError(f"unknown first layer {first_layer!r}; use {' or '.join(FIRST_LAYERS)}")
+        (k1, s1, p1), (k2, s2, p2) = FIRST_LAYERS[first_layer]
         c1, c2, c3, c4, c5 = widths
         self.input_size = input_size
         self.removed = removable_layers(remove)
         gone = set(self.removed)
         features: list[tuple[str, nn.Module]] = [
-            ("conv1", nn.Conv2d(3, c1, kernel_size=7, stride=2, padding=1)),
+            ("conv1", nn.Conv2d(3, c1, kernel_size=k1, stride=s1, padding=p1)),
             ("relu1", nn.ReLU(inplace=True)),
             ("pool1", nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)),
             ("norm1", nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0)),
-            ("conv2", nn.Conv2d(c1, c2, kernel_size=5, stride=2, padding=0)),
+            ("conv2", nn.Conv2d(c1, c2, kernel_size=k2, stride=s2, padding=p2)),
             ("relu2", nn.ReLU(inplace=True)),
             ("pool2", nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)),
             ("norm2", nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0)),
@@ -83,6 +101,7 @@ class ZFNet(nn.Module):
             "input_size": input_size,
             "dropout": dropout,
             "remove": list(self.removed),
+            "first_layer": first_layer,
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -127,10 +146,17 @@ def zfnet_small(
     input_size: int = SMALL_INPUT_SIZE,
     dropout: float = 0.5,
     remove: Iterable[str | int] = (),
+    first_layer: str = "zf",
 ) -> ZFNet:
     """The ZF topology with fewer channels for small inputs (64×64: maps 30, 15, 6, 3, 3, 3, 1)."""
     return ZFNet(
-        num_classes=num_classes, widths=widths, fc_width=fc_width, input_size=input_size, dropout=dropout, remove=remove
+        num_classes=num_classes,
+        widths=widths,
+        fc_width=fc_width,
+        input_size=input_size,
+        dropout=dropout,
+        remove=remove,
+        first_layer=first_layer,
     )
 
 
@@ -146,6 +172,7 @@ def zfnet_from_config(config: dict[str, Any]) -> ZFNet:
         input_size=int(config.get("input_size", 224)),
         dropout=float(config.get("dropout", 0.5)),
         remove=tuple(str(r) for r in config.get("remove", ())),
+        first_layer=str(config.get("first_layer", "zf")),
     )
 
 
@@ -177,6 +204,10 @@ def config_from_state_dict(state: dict[str, torch.Tensor], input_size: int | Non
         else:
             widths.append(widths[-1])
             remove.append(f"conv{index}")
+    first_layer = next(
+        (name for name, (conv1, _) in FIRST_LAYERS.items() if conv1[0] == state["features.conv1.weight"].shape[-1]),
+        "zf",
+    )
     fc_width = 4096
     for index in (6, 7):
         key = f"classifier.fc{index}.weight"
@@ -197,10 +228,11 @@ def config_from_state_dict(state: dict[str, torch.Tensor], input_size: int | Non
         "input_size": input_size,
         "dropout": 0.5,
         "remove": remove,
+        "first_layer": first_layer,
     }
     if input_size is None:
         for size in (SMALL_INPUT_SIZE, 224, *range(16, 513)):
-            if channels * _pool5_side(size) ** 2 == flat:
+            if channels * _pool5_side(size, first_layer) ** 2 == flat:
                 config["input_size"] = size
                 break
         else:
@@ -208,10 +240,11 @@ def config_from_state_dict(state: dict[str, torch.Tensor], input_size: int | Non
     return config
 
 
-def _pool5_side(size: int) -> int:
+def _pool5_side(size: int, first_layer: str = "zf") -> int:
     """Side of pool5's map for a size×size input (0 when the input is too small)."""
+    conv1, conv2 = FIRST_LAYERS[first_layer]
     side = size
-    for kernel, stride, padding in ((7, 2, 1), (3, 2, -1), (5, 2, 0), (3, 2, -1), (3, 2, -1)):
+    for kernel, stride, padding in (conv1, (3, 2, -1), conv2, (3, 2, -1), (3, 2, -1)):
         if padding < 0:  # ceil-mode max-pool, no padding
             side = -(-(side - kernel) // stride) + 1
         elif side + 2 * padding < kernel:

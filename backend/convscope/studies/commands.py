@@ -1,4 +1,4 @@
-"""The `train`, `evolution`, `ablate` and `probe` commands (issue 9), called from `convscope.cli`."""
+"""The `train`, `evolution`, `ablate`, `probe`, `stride` and `convergence` commands, called from `convscope.cli`."""
 
 from __future__ import annotations
 
@@ -56,6 +56,7 @@ def train_config(args: argparse.Namespace, **overrides: Any) -> Any:
         "limit": args.limit,
         "seed": args.seed,
         "checkpoint_epochs": getattr(args, "checkpoints", "all"),
+        "first_layer": getattr(args, "first_layer", None) or "zf",
     }
     values.update(overrides)
     return TrainConfig(**values)
@@ -85,27 +86,48 @@ def _output_pair(out: str, image_suffix: str = ".png") -> tuple[Path, Path]:
     return base.with_suffix(".json"), base.with_suffix(image_suffix)
 
 
-def evolution_main(args: argparse.Namespace) -> int:
-    from convscope.studies.checkpoints import list_checkpoints, run_metadata
-    from convscope.studies.data import dataset_id, load_dataset, stratified_subset
-    from convscope.studies.evolution import feature_evolution, parse_layers
-    from convscope.studies.store import write_json
-    from convscope.studies.train import TrainConfig, epoch_label, select_split
+def _run_checkpoints(args: argparse.Namespace) -> list[Any]:
+    """The run folder's checkpoints, only those of `--epochs` when given."""
+    from convscope.studies.checkpoints import list_checkpoints
+    from convscope.studies.train import epoch_label
 
-    _threads(args)
     checkpoints = list_checkpoints(args.checkpoints)
     if args.epochs:
-        wanted = {epoch_label(float(e)) for e in args.epochs.split(",") if e.strip()}
+        try:
+            wanted = {epoch_label(float(e)) for e in args.epochs.split(",") if e.strip()}
+        except ValueError:
+            raise InvalidRequestError(f"--epochs must be comma-separated numbers, not {args.epochs!r}") from None
         checkpoints = [c for c in checkpoints if c.label in wanted]
         if not checkpoints:
             raise InvalidRequestError(f"none of epochs {args.epochs} has a checkpoint in {args.checkpoints}")
-    meta = run_metadata(args.checkpoints)
+    return checkpoints
+
+
+def _run_images(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[Any, bool]:
+    """The `--images` set, cut to the run's `--split` when it is the run's own data, then `--limit`;
+    and whether it was the run's data."""
+    from convscope.studies.data import dataset_id, load_dataset, stratified_subset
+    from convscope.studies.train import TrainConfig, select_split
+
     images = load_dataset(args.images)
     same_data = meta.get("dataset") == dataset_id(args.images)
     run = TrainConfig.from_dict(meta["train"]) if same_data and isinstance(meta.get("train"), dict) else TrainConfig()
     images = select_split(images, run, args.split if same_data else "all")
     if args.limit:
         images = images.subset(stratified_subset(images.labels, args.limit, seed=args.seed))
+    return images, same_data
+
+
+def evolution_main(args: argparse.Namespace) -> int:
+    from convscope.studies.checkpoints import run_metadata
+    from convscope.studies.data import dataset_id
+    from convscope.studies.evolution import feature_evolution, parse_layers
+    from convscope.studies.store import write_json
+
+    _threads(args)
+    checkpoints = _run_checkpoints(args)
+    meta = run_metadata(args.checkpoints)
+    images, same_data = _run_images(args, meta)
     json_path, png_path = _output_pair(args.out)
     title = f"Feature evolution (Fig. 4): {meta.get('arch', 'zfnet')} on {dataset_id(args.images)}"
     with ConsoleTask("evolution", unit="ckpt", total=len(checkpoints)) as task:
@@ -182,4 +204,56 @@ def probe_main(args: argparse.Namespace) -> int:
         raise ConvscopeError(f"cannot write {json_path}: {exc.strerror or exc}") from None
     print(result.markdown, end="")
     print(f"-> {json_path}, {md_path}")
+    return 0
+
+
+def convergence_main(args: argparse.Namespace) -> int:
+    from convscope.studies.checkpoints import run_metadata
+    from convscope.studies.convergence import feature_convergence
+    from convscope.studies.data import dataset_id
+    from convscope.studies.store import write_json, write_text
+
+    _threads(args)
+    checkpoints = _run_checkpoints(args)
+    meta = run_metadata(args.checkpoints)
+    images, same_data = _run_images(args, meta)
+    layers = [name.strip() for name in args.layers.split(",") if name.strip()] if args.layers else None
+    json_path, md_path = _output_pair(args.out, ".md")
+    title = f"Feature convergence (Fig. 4): {meta.get('arch', 'zfnet')} on {dataset_id(args.images)}"
+    with ConsoleTask("convergence", unit="ckpt", total=len(checkpoints)) as task:
+        flags = pick(args, "top", "threshold", "batch_size", "device")
+        result = feature_convergence(checkpoints, images, layers, title=title, task=task, **flags)
+    document = result.document
+    document["markdown"] = md_path.name
+    document["images"]["split"] = args.split if same_data else "all"
+    try:
+        write_text(md_path, result.markdown)
+        write_json(json_path, document)
+    except OSError as exc:
+        raise ConvscopeError(f"cannot write {json_path}: {exc.strerror or exc}") from None
+    print(result.markdown, end="")
+    print(f"-> {json_path}, {md_path}")
+    return 0
+
+
+def stride_main(args: argparse.Namespace) -> int:
+    from convscope.studies.store import write_json, write_text
+    from convscope.studies.stride import parse_first_layers, stride_study
+
+    _threads(args)
+    names = parse_first_layers(args.first_layers)
+    config = train_config(args)
+    out = Path(args.out)
+    with ConsoleTask("train", unit="batch") as task:
+        result = stride_study(config, out, names, device=args.device, resume=not args.no_resume, task=task, echo=_echo)
+    try:
+        for name, mosaic in result.mosaics.items():
+            mosaic.save(out / f"stride-{name}.png")
+        result.combined.save(out / "stride.png")
+        write_text(out / "stride.md", result.markdown)
+        write_json(out / "stride.json", result.document)
+    except OSError as exc:
+        raise ConvscopeError(f"cannot write into {out}: {exc.strerror or exc}") from None
+    print(result.markdown, end="")
+    print(f"-> {out / 'stride.json'}, {out / 'stride.md'}, {out / 'stride.png'}")
     return 0

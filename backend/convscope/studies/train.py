@@ -41,6 +41,7 @@ from convscope.fileio import atomic_write
 from convscope.models.spec import IMAGENET_MEAN, IMAGENET_STD
 from convscope.models.zfnet import (
     CONFIG_FILE,
+    FIRST_LAYERS,
     SMALL_FC_WIDTH,
     SMALL_INPUT_SIZE,
     SMALL_WIDTHS,
@@ -84,6 +85,7 @@ class TrainConfig:
     limit: int | None = None  # use a stratified subset of this many images (quick runs)
     seed: int = 0
     checkpoint_epochs: str = "all"  # "all", "none", or a list such as "0.25,0.5,1,2,5,10"
+    first_layer: str = "zf"  # "zf" (7×7/2) or "alexnet" (11×11/4, conv2 at stride 1; the paper's Fig. 6)
 
     # fields that may change when a run is resumed
     RESUMABLE_CHANGES = ("epochs", "checkpoint_epochs")
@@ -97,6 +99,8 @@ class TrainConfig:
             raise InvalidRequestError("batch size and learning rate must be positive")
         if self.init not in INITS:
             raise InvalidRequestError(f"unknown init {self.init!r}; use {', '.join(INITS)}")
+        if self.first_layer not in FIRST_LAYERS:
+            raise InvalidRequestError(f"unknown first layer {self.first_layer!r}; use {' or '.join(FIRST_LAYERS)}")
         try:
             self.remove = removable_layers(self.remove)
         except ValueError as exc:
@@ -172,6 +176,7 @@ def build_model(config: TrainConfig, num_classes: int) -> ZFNet:
             input_size=config.resolved_input_size,
             dropout=config.dropout,
             remove=config.remove,
+            first_layer=config.first_layer,
         )
     except RuntimeError as exc:  # an input too small for the topology
         raise InvalidRequestError(
@@ -230,6 +235,17 @@ class Tensors:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+
+def split_fingerprint(split: Tensors) -> str:
+    """SHA-256 of a split's images (as the model sees them, uint8) and labels, in order: two runs
+    with the same fingerprint trained on the same pixels with the same labels."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    digest.update(split.images.cpu().contiguous().numpy().tobytes())
+    digest.update(split.labels.cpu().numpy().astype("<i8").tobytes())
+    return digest.hexdigest()
 
 
 @dataclass
@@ -343,7 +359,8 @@ def _rng_seed(seed: int, epoch: int) -> int:
 def _same_run(saved: dict[str, Any], config: TrainConfig) -> bool:
     mine = config.to_dict()
     ignore = set(TrainConfig.RESUMABLE_CHANGES)
-    return all(saved.get(k) == v for k, v in mine.items() if k not in ignore)
+    defaults = TrainConfig().to_dict()  # a field a run's log predates had its default then
+    return all(saved.get(k, defaults[k]) == v for k, v in mine.items() if k not in ignore)
 
 
 def _load_state(path: Path) -> dict[str, Any]:
@@ -386,7 +403,8 @@ def train(
         "version": FORMAT_VERSION,
         "finished": False,
         "title": f"{config.arch} on {dataset_id(config.data)}"
-        + (f" without {','.join(config.remove)}" if config.remove else ""),
+        + (f" without {','.join(config.remove)}" if config.remove else "")
+        + (f", {config.first_layer} first layer" if config.first_layer != "zf" else ""),
         "config": config.to_dict(),
         "architecture": model.config,
         "parameters": count_parameters(model),
@@ -394,6 +412,7 @@ def train(
             **prepared.data.describe(),
             "train": len(prepared.train),
             "val": len(prepared.val),
+            "fingerprint": split_fingerprint(prepared.train),
         },
         "device": str(torch_device),
         "epochs": [],

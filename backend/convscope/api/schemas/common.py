@@ -8,10 +8,10 @@ from pydantic import BaseModel, Field
 
 
 def refuse_booleans(value: object) -> object:
-    """For `field_validator(..., mode="before")` on integer fields of a JSON body: JSON true is not the
-    integer 1 (JSON Schema agrees); 16.0 still is 16."""
+    """For `field_validator(..., mode="before")` on number fields of a JSON body: JSON true is not the
+    number 1 (JSON Schema agrees); 16.0 still is 16."""
     if isinstance(value, bool):
-        raise ValueError("expected an integer, not a boolean")
+        raise ValueError("expected a number, not a boolean")
     return value
 
 

@@ -35,7 +35,7 @@ class OcclusionRequest(BaseModel):
         "where the target's probability dropped most",
     )
 
-    _whole_numbers = field_validator("size", "stride", "target", mode="before")(refuse_booleans)
+    _no_booleans = field_validator("size", "stride", "target", "approx", "adaptive", mode="before")(refuse_booleans)
 
 
 class OcclusionFeature(BaseModel):
