@@ -172,24 +172,23 @@ def _lazy(package: str, name: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
+def _int_at_least(low: int, words: str) -> Callable[[str], int]:
+    """An argparse type: an integer of at least `low` (`words` says so when it is not)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} must be {words}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
-    return value
+_positive_int = _int_at_least(1, "at least 1")
+_non_negative_int = _int_at_least(0, "0 or more")
 
 
 def _add_model(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -410,6 +409,14 @@ def _add_analysis_parsers(sub: argparse._SubParsersAction) -> None:  # type: ign
     fil.set_defaults(func=_lazy("analysis", "filters_main"))
 
 
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """What a study of a finished training run reads (`evolution`, `convergence`): its checkpoints, over images."""
+    parser.add_argument("--checkpoints", required=True, help="a `convscope train` run folder")
+    parser.add_argument("--images", required=True, help="digits, faces or an ImageFolder directory")
+    parser.add_argument("--split", default="train", choices=["train", "val", "all"], help="which of the run's images")
+    parser.add_argument("--limit", type=_positive_int, default=None, help="a stratified subset of N images")
+
+
 def _add_training_arguments(parser: argparse.ArgumentParser, epochs: int) -> None:
     """What decides a training run (`train` and `ablate`); defaults follow the paper where it fits."""
     parser.add_argument("--arch", default="zfnet-small", choices=["zfnet", "zfnet-small"])
@@ -450,10 +457,7 @@ def _add_study_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore
     tr.set_defaults(func=_lazy("studies", "train_main"))
 
     ev = sub.add_parser("evolution", help="strongest activation of feature maps across checkpoints (Fig. 4)")
-    ev.add_argument("--checkpoints", required=True, help="a `convscope train` run folder")
-    ev.add_argument("--images", required=True, help="digits, faces or an ImageFolder directory")
-    ev.add_argument("--split", default="train", choices=["train", "val", "all"], help="which of the run's images")
-    ev.add_argument("--limit", type=_positive_int, default=None, help="a stratified subset of N images")
+    _add_run_arguments(ev)
     ev.add_argument("--layers", default="conv1,conv2,conv3,conv4,conv5", help="conv1,conv5 or conv1:0,5;conv5:3")
     ev.add_argument("--per-layer", type=_positive_int, default=4, help="random channels per layer (seeded)")
     ev.add_argument("--epochs", default=None, help="only these checkpoints, e.g. 1,2,5,10")
@@ -490,10 +494,7 @@ def _add_study_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore
     st.set_defaults(func=_lazy("studies", "stride_main"))
 
     cv = sub.add_parser("convergence", help="per layer, top-9 overlap with the final checkpoint's, per epoch (Fig. 4)")
-    cv.add_argument("--checkpoints", required=True, help="a `convscope train` run folder")
-    cv.add_argument("--images", required=True, help="digits, faces or an ImageFolder directory")
-    cv.add_argument("--split", default="train", choices=["train", "val", "all"], help="which of the run's images")
-    cv.add_argument("--limit", type=_positive_int, default=None, help="a stratified subset of N images")
+    _add_run_arguments(cv)
     cv.add_argument("--layers", default=None, help="comma-separated layers (default: every conv layer)")
     cv.add_argument(
         "--epochs", default=None, help="only these checkpoints, e.g. 1,2,5,10 (the last one is the reference)"
