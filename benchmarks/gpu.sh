@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CUDA checks and benchmarks in one run, for a machine with an NVIDIA GPU.
 #
-# Runs the CUDA tests (tests/engine/test_cuda.py), benchmarks/cuda_precision.py and
+# Runs the CUDA tests (tests/engine/test_cuda.py, tests/scan/test_pipeline.py), benchmarks/cuda_precision.py and
 # benchmarks/{projection,server,scan,occlusion}.py with --device cuda, each under its own time
 # limit, and writes every log to OUT (default ./out/gpu). Name steps to run only those.
 # Needs the project importable: either installed (`pip install -e .[test]`) or, on a machine
@@ -35,10 +35,11 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $OUT/NAME.log
 
 step env 60 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; \
     $PY -c 'import torch, timm, captum, fastapi; print(torch.__version__, timm.__version__, captum.__version__, fastapi.__version__, torch.cuda.get_device_name(0))'"
-step tests 150 "$PY" -m pytest -q -p no:cacheprovider tests/engine/test_cuda.py tests/engine/test_devices.py
+step tests 240 "$PY" -m pytest -q -p no:cacheprovider tests/engine/test_cuda.py tests/engine/test_devices.py \
+    tests/scan/test_pipeline.py
 step precision 120 "$PY" benchmarks/cuda_precision.py
 step projection 120 "$PY" benchmarks/projection.py --device cuda --repeats 9
 step projection-tf32 120 "$PY" benchmarks/projection.py --device cuda --repeats 9 --tf32
 step server 120 "$PY" benchmarks/server.py --device cuda --requests 120 --json "$OUT/server.json"
-step scan 120 "$PY" benchmarks/scan.py --device cuda --processes '' --workers 6
+step scan 300 "$PY" benchmarks/scan.py --device cuda --images 20000 --slow-images 2000 --json "$OUT/scan.json"
 step occlusion 150 "$PY" benchmarks/occlusion.py --device cuda --pairs 3 --batch 8 16 32 128

@@ -189,3 +189,5 @@ def test_layers_json_lists_linear_layers_and_logits() -> None:
     assert rows[-1]["name"] == "logits" and rows[-1]["units"] == 1000 and rows[-1]["kind"] == "Logits"
     linear = [row for row in rows if row["kind"] == "Linear"]
     assert linear and all(row["units"] == row["channels"] and row["height"] == 1 for row in linear)
+    names = [row["name"] for row in rows]  # fc8 is the model's output: one row for the class scores, `logits`
+    assert names.count("logits") == 1 and "classifier.fc8" not in names and "classifier.fc7" in names

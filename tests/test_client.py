@@ -169,6 +169,46 @@ def test_large_occlusion_waits_on_the_job_with_progress(api: Client) -> None:
     assert any(job["kind"] == "occlusion" and job["state"] == "succeeded" for job in api.jobs())
 
 
+def test_occlusion_method_approx_and_adaptive_are_passed_through(api: Client) -> None:
+    """The occlusion request's `method`, `approx` and `adaptive` reach the server, in the answer at
+    once and through a job; exact methods agree; the approximations are labelled."""
+    dense = api.occlusion("chelsea", size=112, stride=56, method="dense")
+    incremental = api.occlusion("chelsea", size=112, stride=56, method="incremental")
+    assert (dense["method"], dense["method_requested"]) == ("dense", "dense")
+    assert (incremental["method"], incremental["method_requested"]) == ("incremental", "incremental")
+    assert dense["approximate"] is incremental["approximate"] is False
+    probabilities = [
+        (a, b)
+        for ra, rb in zip(dense["probability"], incremental["probability"], strict=True)
+        for a, b in zip(ra, rb, strict=True)
+    ]
+    assert all(a is not None and b is not None and abs(a - b) <= 1e-5 for a, b in probabilities)
+    capped = api.occlusion("chelsea", size=112, stride=56, approx=0.5)
+    assert capped["approximate"] is True and capped["approx"] == 0.5 and capped["method"] == "incremental"
+    drilled = api.occlusion("chelsea", size=128, stride=32, method="dense", adaptive=0.25)
+    assert drilled["approximate"] is True and drilled["adaptive"] == 0.25 and drilled["approx"] is None
+    as_job = api.occlusion("chelsea", size=48, stride=32, method="dense")  # 36 positions: a job
+    assert as_job["method_requested"] == as_job["method"] == "dense" and (as_job["rows"], as_job["cols"]) == (6, 6)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "word"),
+    [
+        ({"method": "fast"}, "method"),
+        ({"approx": 1.5}, "approx"),
+        ({"approx": 0.5, "method": "dense"}, "approx needs the incremental method"),
+        ({"adaptive": 0}, "adaptive"),
+        ({"approx": True}, "boolean"),
+    ],
+)
+def test_bad_occlusion_method_or_approximation_is_422_with_the_servers_detail(
+    api: Client, arguments: dict[str, object], word: str
+) -> None:
+    with pytest.raises(ApiError) as error:
+        api.occlusion("chelsea", size=112, stride=56, **arguments)  # type: ignore[arg-type]
+    assert error.value.status_code == 422 and word in error.value.detail
+
+
 def test_a_task_that_asks_to_stop_cancels_the_job_on_the_server(api: Client) -> None:
     before = {job["id"] for job in api.jobs()}
     with pytest.raises(Cancelled):

@@ -247,6 +247,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return value
+
+
 def _add_model(parser: argparse.ArgumentParser, required: bool = True) -> None:
     from convscope.models import DEFAULT_MODEL
 
@@ -363,8 +373,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--layers", default=None, help="all, or comma-separated layer names (default: one layer per resolution)"
     )
     scan.add_argument("--top", type=_positive_int, default=9, help="entries kept per channel")
-    scan.add_argument("--batch-size", type=_positive_int, default=32)
-    scan.add_argument("--workers", type=int, default=0, help="image-reading worker processes (per process)")
+    scan.add_argument(
+        "--batch-size", type=_positive_int, default=None, help="images per forward pass (default: 32 CPU, 128 GPU)"
+    )
+    scan.add_argument(
+        "--workers",
+        type=_non_negative_int,
+        default=None,
+        help="reader processes per scanning process (default: its share of the cores, less one)",
+    )
+    scan.add_argument(
+        "--decoder",
+        choices=["pil", "nvjpeg"],
+        default="pil",
+        help="JPEG decoder: pil (CPU, the default) or nvjpeg (on the GPU; recorded, a resume must use the same)",
+    )
     scan.add_argument("--size", type=_positive_int, default=None, help="model input side S (default: the model's)")
     scan.add_argument("--resume", action="store_true", help="continue an interrupted scan in --out")
     scan.add_argument(

@@ -131,6 +131,14 @@ export async function request(url, { slot = null, signal = null, as = "json", in
 
 const enc = encodeURIComponent;
 
+/** A `data:` URL (as the batch endpoints send PNGs) as a Blob, without a network request. */
+export async function dataBlob(dataUrl) {
+  const comma = dataUrl.indexOf(",");
+  const type = dataUrl.slice(5, comma).split(";")[0] || "application/octet-stream";
+  const bytes = Uint8Array.from(atob(dataUrl.slice(comma + 1)), (c) => c.charCodeAt(0));
+  return new Blob([bytes], { type });
+}
+
 function query(params) {
   const search = new URLSearchParams();
   for (const [key, value] of Object.entries(params)) {
@@ -154,6 +162,8 @@ export const urls = {
   // a view without a mode of its own (an empty choice) gets auto, as the Explore view's default
   projection: (model, id, { layer, channel, mode, select, y = null, x = null }) =>
     `/api/models/${enc(model)}/images/${enc(id)}/projection?${query({ layer, channel, mode: mode || "auto", select, y, x })}`,
+  /** POST: many projections of one image and layer in one request (a list of seeds). */
+  projections: (model, id) => `/api/models/${enc(model)}/images/${enc(id)}/projections`,
   occlusion: (model, id) => `/api/models/${enc(model)}/images/${enc(id)}/occlusion`,
   labels: (model) => `/api/models/${enc(model)}/labels`,
   filters: (model, layer = null) => `/api/models/${enc(model)}/filters${layer ? `?${query({ layer })}` : ""}`,
@@ -168,6 +178,8 @@ export const urls = {
   /** A scan's top-k of one channel; `scanUrl` is the scan's own `url`. */
   scanTop: (scanUrl, { layer, channel, mode }) => `${scanUrl}/top?${query({ layer, channel, mode })}`,
   scanMontage: (scanUrl, { layer, channels, mode, tile }) => `${scanUrl}/montage.png?${query({ layer, channels, mode, tile })}`,
+  /** A scan's top-k projections of one channel, all in one answer; `scanUrl` is the scan's own `url`. */
+  scanTopProjections: (scanUrl, { layer, channel, mode }) => `${scanUrl}/top/projections?${query({ layer, channel, mode })}`,
 };
 
 export const api = {
@@ -191,6 +203,17 @@ export const api = {
     };
     const mode = headers.get("X-Mode"); // the rule the server used (auto resolved)
     return { blob, mode, seedValue: num("X-Seed-Value", null), seedY: num("X-Seed-Y", -1), seedX: num("X-Seed-X", -1) };
+  },
+  /**
+   * Many projections of one image and layer in one request: `seeds` = [{channel, select?, y?, x?}, ...].
+   * → one {blob, mode, seedValue, seedY, seedX} per seed, in order (the bytes of `projection()`'s blob).
+   */
+  async projections(model, id, { layer, mode, seeds }, opts = {}) {
+    const body = { layer, mode: mode || "auto", seeds };
+    const entries = await api.postJson(urls.projections(model, id), body, opts);
+    return Promise.all(
+      entries.map(async (e) => ({ blob: await dataBlob(e.png), mode: e.mode, seedValue: e.seed_value, seedY: e.seed_y, seedX: e.seed_x })),
+    );
   },
   /** Upload a File/Blob; → {id, width, height} */
   upload(file, filename = "image.png", opts = {}) {

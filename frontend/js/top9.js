@@ -6,6 +6,8 @@
 // position; the part outside the image is drawn in a neutral hatch with the image edge
 // marked. Tiles show a placeholder until their picture arrives; a click enlarges a pair
 // to the full receptive field, with a button that opens the image in the Explore view.
+// The nine projections come in one request (`urls.scanTopProjections`, data URLs); should
+// it fail, each tile asks for its own PNG, so one unreadable image breaks only its tile.
 //
 // It owns its DOM (built inside the `[data-panel="top9"]` section) and reads the view
 // state only; main.js calls `sync(state, changed)` on every change. Scans are jobs,
@@ -88,10 +90,12 @@ export function createTop9Panel({ root, store, upload, modeFor, inputSize }) {
   let timer = null;
   let shownKey = null;
   let generation = 0;
+  let tileSet = 0; // the projection tiles' current set (see loadProjections)
 
   const resolvedMode = (state) => modeFor(state)?.mode ?? state.mode; // the server resolves auto too
 
   function clearTiles() {
+    tileSet += 1;
     projections.replaceChildren();
     crops.replaceChildren();
     hover.textContent = "";
@@ -295,8 +299,30 @@ export function createTop9Panel({ root, store, upload, modeFor, inputSize }) {
     };
     img.addEventListener("load", () => settle(true), { once: true });
     img.addEventListener("error", () => settle(false), { once: true });
-    img.src = url;
+    if (url) img.src = url;
     return button;
+  }
+
+  /** The projection tiles' pictures, all nine in one request (each tile's own URL if that fails). */
+  async function loadProjections(body, tiles, state) {
+    const mine = ++tileSet; // tiles rebuilt since: this answer is not theirs
+    if (!body.entries.length) return;
+    let items = [];
+    try {
+      const url = urls.scanTopProjections(body.scanUrl, { layer: state.layer, channel: state.channel, mode: body.mode });
+      items = await request(url, { slot: "top9-projections" });
+    } catch (error) {
+      if (isAbort(error) || mine !== tileSet) return;
+      items = []; // fall back: one request per tile
+    }
+    if (mine !== tileSet) return;
+    const byRank = new Map(items.map((item) => [item.rank, item]));
+    body.entries.forEach((entry, i) => {
+      const item = byRank.get(entry.rank);
+      entry.projectionSrc = item ? item.png : entry.projection_url;
+      tiles[i].dataset.mode = item ? item.mode : body.mode;
+      tiles[i].querySelector("img").src = entry.projectionSrc;
+    });
   }
 
   async function show(state, scan) {
@@ -320,7 +346,9 @@ export function createTop9Panel({ root, store, upload, modeFor, inputSize }) {
       root.dataset.tilesLoading = String(total);
       root.dataset.mode = body.mode;
       progressLine.textContent = total ? `loading 0 of ${total} pictures…` : "";
-      projections.replaceChildren(...body.entries.map((e) => tile(e, e.projection_url, "projection", state, scan, onSettled)));
+      const projectionTiles = body.entries.map((e) => tile(e, null, "projection", state, scan, onSettled));
+      projections.replaceChildren(...projectionTiles);
+      loadProjections({ ...body, scanUrl: scan.url }, projectionTiles, state);
       crops.replaceChildren(...body.entries.map((e) => tile(e, e.crop_url, "patch", state, scan, onSettled)));
       hover.textContent = body.entries.length ? "" : "No activations were recorded for this channel.";
       note.textContent = `${body.mode} · ${scan.images} images`;
@@ -416,7 +444,7 @@ export function createTop9Panel({ root, store, upload, modeFor, inputSize }) {
       show(entry, state, scan) {
         current = { entry, state };
         const [top, left, bottom, right] = entry.box;
-        for (const [img, url] of [[projImg, entry.projection_url], [cropImg, entry.crop_url]]) {
+        for (const [img, url] of [[projImg, entry.projectionSrc || entry.projection_url], [cropImg, entry.crop_url]]) {
           img.src = url;
           img.parentElement.querySelector(".top9-border")?.remove();
           const border = borderOverlay(entry.box);

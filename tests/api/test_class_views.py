@@ -31,6 +31,18 @@ def test_layers_list_logits_with_their_units_after_the_4d_layers(client: TestCli
     assert all("units" not in row for row in rows if row["height"] > 1)
 
 
+def test_the_class_scores_are_one_row_and_classifier_an_alias(client: TestClient) -> None:
+    """EfficientNet-Lite0's `classifier` output is the logits: listed once, as `logits`; a URL
+    naming `classifier` still gets the same projection."""
+    names = [row["name"] for row in client.get(f"{BASE}/layers").json()]
+    assert names.count("logits") == 1 and "classifier" not in names
+    params = {"channel": 281, "mode": "gradient"}
+    logits = client.get(f"{BASE}/images/chelsea/projection", params={"layer": "logits", **params})
+    alias = client.get(f"{BASE}/images/chelsea/projection", params={"layer": "classifier", **params})
+    assert logits.status_code == alias.status_code == 200, alias.text
+    assert logits.content == alias.content
+
+
 def test_projection_from_two_classes_differs(client: TestClient) -> None:
     tabby = _projection(client, 281)
     espresso = _projection(client, 967)

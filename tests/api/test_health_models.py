@@ -98,7 +98,8 @@ def test_layers_are_the_engine_layers_in_module_order(client: TestClient, engine
         LayerResponse.from_info(info).model_dump(mode="json", exclude_none=True)
         for info in [*engine.layers(), *engine.unit_layers()]
     ]
-    assert [row["name"] for row in rows[-2:]] == ["classifier", "logits"]
+    # `classifier` is the model's output: one row for the class scores, `logits`
+    assert rows[-1]["name"] == "logits" and "classifier" not in [row["name"] for row in rows]
     # EfficientNet-Lite0's stem: 32 channels, stride 2, 3×3 field; the head: 1280 channels at 7×7.
     first = rows[0]
     assert (first["name"], first["channels"], first["height"], first["width"]) == ("conv_stem", 32, 112, 112)

@@ -53,6 +53,15 @@ def test_metrics_parse_and_move_after_projections(client: TestClient) -> None:
         - _value(before, f"{sizes}_bucket", model=MODEL, le="2.0")
         == 2
     )
+    # each request was its own batch (sent one after the other): waited for, and timed
+    for name in ("convscope_projection_batch_requests", "convscope_projection_queue_wait_seconds"):
+        assert _value(after, f"{name}_count", model=MODEL) == _value(before, f"{name}_count", model=MODEL) + 2
+    assert _value(after, "convscope_projection_batch_requests_sum", model=MODEL) == (
+        _value(before, "convscope_projection_batch_requests_sum", model=MODEL) + 2
+    )
+    model_time = "convscope_projection_model_seconds"
+    assert _value(after, f"{model_time}_count", model=MODEL) == _value(before, f"{model_time}_count", model=MODEL) + 2
+    assert _value(after, f"{model_time}_sum", model=MODEL) > _value(before, f"{model_time}_sum", model=MODEL)
     backward = "convscope_engine_backward_passes_total"
     assert _value(after, backward, model=MODEL) >= _value(before, backward, model=MODEL) + 3
     assert _value(after, "convscope_engine_forward_passes_total", model=MODEL) >= 1

@@ -140,6 +140,8 @@ def test_a_job_can_be_cancelled(client: TestClient) -> None:
         ({"approx": 0.5, "method": "dense"}, 422, "approx needs the incremental method"),
         ({"adaptive": 0}, 422, "adaptive"),
         ({"adaptive": 2}, 422, "adaptive"),
+        ({"approx": True}, 422, "boolean"),
+        ({"adaptive": True}, 422, "boolean"),
     ],
 )
 def test_bad_requests(client: TestClient, body: dict, status: int, word: str) -> None:  # type: ignore[type-arg]

@@ -3,6 +3,7 @@ under the configured roots; refusals for folders outside them."""
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 from collections.abc import Iterator
@@ -154,6 +155,25 @@ def test_top_k_projections_follow_the_mode(client: TestClient, bundled: dict[str
     assert client.get(f"{BASE}/samples/top", params={"layer": "relu2", "channel": 0, "mode": "nope"}).status_code == 422
 
 
+def test_the_top_k_projections_in_one_answer_are_the_pngs(client: TestClient, bundled: dict[str, Any]) -> None:
+    """GET .../top/projections (the dashboard's Top 9 in one request): each rank's data URL holds the bytes of
+    its projection_url, in the requested mode."""
+    params = {"layer": "relu2", "channel": 3, "mode": "guided"}
+    entries = client.get(f"{BASE}/samples/top", params=params).json()["entries"]
+    answer = client.get(f"{BASE}/samples/top/projections", params=params)
+    assert answer.status_code == 200, answer.text
+    items = answer.json()
+    assert [item["rank"] for item in items] == [entry["rank"] for entry in entries] and len(items) == 9
+    for entry, item in zip(entries, items, strict=True):
+        single = client.get(entry["projection_url"])
+        assert item["mode"] == "guided" == single.headers["x-mode"]
+        assert base64.b64decode(item["png"].removeprefix("data:image/png;base64,")) == single.content
+        assert item["etag"] == single.headers["etag"]
+    bad = client.get(f"{BASE}/samples/top/projections", params={**params, "channel": 999})
+    assert bad.status_code == 422 and "out of range" in bad.json()["detail"]
+    assert client.get(f"{BASE}/nope/top/projections", params=params).status_code == 404
+
+
 def test_scan_roots_lists_the_folders_a_client_may_scan(client: TestClient, roots: Path) -> None:
     listed = client.get("/api/scan-roots").json()
     # the symlink out of the root is not offered (a scan of it is refused)
@@ -254,3 +274,33 @@ def test_no_roots_and_no_start_up_scan(tmp_path: Path) -> None:
         assert client.get("/api/jobs").json() == []
         response = client.post(BASE, json={"folder": "photos/set1"})
         assert response.status_code == 403 and "no scan roots" in response.json()["detail"]
+
+
+def test_resuming_a_scan_made_with_another_decoder_fails_naming_both(
+    client: TestClient, engine: Engine, roots: Path, bundled: dict[str, Any]
+) -> None:
+    import json
+
+    from convscope.tasks import CallbackTask, Cancelled
+
+    store = client.app.state.scans.library.store(MODEL, "made-on-a-gpu")  # type: ignore[attr-defined]
+    with pytest.raises(Cancelled):  # an interrupted folder scan, as the server would have begun it
+        run_scan(
+            engine,
+            folder_source(roots / "set1", confine=True),
+            store.directory,
+            layers=["relu2"],
+            top=3,
+            batch_size=2,
+            checkpoint_images=2,
+            extra={"label": "photos/set1", "folder": "photos/set1"},
+            task=CallbackTask(should_stop=lambda: True),
+        )
+    manifest = json.loads(store.manifest_path.read_text())
+    manifest["settings"]["decoder"] = "nvjpeg"  # begun with the GPU decoder (the CLI's --decoder nvjpeg)
+    store.manifest_path.write_text(json.dumps(manifest))
+    info = client.get(f"{BASE}/made-on-a-gpu").json()
+    assert info["status"] == "interrupted" and info["resume_url"]
+    job = poll(client, client.post(info["resume_url"]).json()["url"])
+    assert job["state"] == "failed" and job["error"]["status"] == 409, job
+    assert "the 'nvjpeg' decoder, not 'pil'" in job["error"]["detail"]

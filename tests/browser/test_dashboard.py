@@ -6,6 +6,7 @@ never from hard-coded outputs.
 
 from __future__ import annotations
 
+import json
 import re
 import urllib.request
 from pathlib import Path
@@ -242,6 +243,38 @@ def test_a_newer_click_wins_over_stale_requests(tab: Any, server_url: str, layer
     wait_projection(tab, layer=layer["name"], channel=6)
     assert recon.get_attribute("data-request-shown") == recon.get_attribute("data-request-wanted")
     assert hash_state(tab)["channel"] == "6"
+
+
+def test_a_keyboard_walk_prefetches_the_next_channels_in_one_batch(
+    tab: Any, server_url: str, layers: list[dict[str, Any]]
+) -> None:
+    layer = pick_layer(layers)
+    batches: list[Any] = []  # POST .../projections, each once finished
+    singles: list[str] = []  # GET .../projection URLs asked for
+    tab.on("requestfinished", lambda r: batches.append(r) if r.url.endswith("/projections") else None)
+    tab.on("request", lambda r: singles.append(r.url) if "/projection?" in r.url else None)
+    tab.goto(f"{server_url}/#image=coffee&layer={layer['name']}&channel=0&mode=guided")
+    wait_projection(tab, layer=layer["name"], channel=0, mode="guided")
+    expect(tab.locator(TILES)).to_have_count(layer["channels"])
+    order = tile_order(tab)
+    at = 0  # the first tile of the grid's order: the walk has channels ahead
+    tab.locator(f'[data-role="tile-grid"] [data-channel="{order[at]}"]').click()
+    wait_projection(tab, layer=layer["name"], channel=order[at], mode="guided")
+    expect(tab.locator('[data-panel="reconstruction"]')).to_have_attribute("data-projections-pending", "0")
+    assert not batches  # a click prefetches nothing
+    with tab.expect_request_finished(lambda r: r.url.endswith("/projections")) as finished:
+        tab.keyboard.press("ArrowRight")
+        wait_projection(tab, layer=layer["name"], channel=order[at + 1], mode="guided")
+    expect(tab.locator('[data-panel="reconstruction"]')).to_have_attribute("data-projections-pending", "0")
+    assert len(batches) == 1, [r.url for r in batches]
+    body = json.loads(finished.value.post_data or "{}")
+    assert body["layer"] == layer["name"] and body["mode"] == "guided"
+    assert [seed["channel"] for seed in body["seeds"]] == order[at + 2 : at + 6]  # the next four, one request
+    # the next step is answered from the batch: no request of its own
+    asked = len(singles)
+    tab.keyboard.press("ArrowRight")
+    wait_projection(tab, layer=layer["name"], channel=order[at + 2], mode="guided")
+    assert not [url for url in singles[asked:] if f"channel={order[at + 2]}&" in url]
 
 
 def test_upload_a_photo_and_a_non_image(

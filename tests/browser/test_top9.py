@@ -82,13 +82,19 @@ def test_top9_shows_the_bundled_scan_and_opens_an_image(tab: Any, server_url: st
     expected = get_json(f"{server_url}{scan['url']}/top?{query}&mode=auto")["entries"]
     assert len(expected) == 9
 
+    finished: list[str] = []  # every request the page completed
+    tab.on("requestfinished", lambda request: finished.append(request.url))
     tab.goto(f"{server_url}/#image=chelsea&layer={layer['name']}&channel={channel}")
     wait_tiles(tab, 9)
     # the projections are in the page's (auto-resolved) mode; tiles are at least 96 px
     shown_mode = tab.get_attribute('[data-panel="top9"]', "data-mode")
     assert shown_mode == get_json(f"{server_url}{scan['url']}/top?{query}&mode=auto")["mode"]
-    urls = tab.eval_on_selector_all(f"{PROJECTIONS} img", "els => els.map(e => e.src)")
-    assert all(f"mode={shown_mode}" in url for url in urls)
+    modes = tab.eval_on_selector_all(PROJECTIONS, "els => els.map(e => e.dataset.mode)")
+    assert modes == [shown_mode] * 9
+    # the nine projections came in one request (the batch), none one by one
+    batches = [url for url in finished if "/top/projections?" in url and f"mode={shown_mode}" in url]
+    assert len(batches) == 1, batches
+    assert not [url for url in finished if re.search(r"/top/\d+/projection\.png", url)]
     sides = tab.eval_on_selector_all(PROJECTIONS, "els => els.map(e => e.getBoundingClientRect().width)")
     assert min(sides) >= 96
     for selector in (PROJECTIONS, CROPS):
@@ -173,22 +179,22 @@ def test_top9_follows_the_mode_and_shows_placeholders(tab: Any, server_url: str,
     guided = projection_pixels(tab)
 
     held: list[Any] = []
-    tab.route("**/top/*/projection.png*", lambda route: held.append(route))
+    tab.route("**/top/projections?*", lambda route: held.append(route))  # the nine come in one request
     tab.locator('[data-role="mode-group"] label').filter(has=tab.locator('input[value="gradient"]')).click()
     loading = tab.locator('[data-role="top9-projections"] .top9-tile[data-state="loading"]')
     expect(loading).to_have_count(9)
     expect(loading.first).to_be_visible()
     expect(tab.locator('[data-role="top9-progress"]')).to_contain_text("loading")
     deadline = time.monotonic() + 60
-    while len(held) < 9 and time.monotonic() < deadline:  # every picture was asked for, and held
+    while not held and time.monotonic() < deadline:  # the pictures were asked for, and held
         tab.wait_for_timeout(50)
-    assert len(held) == 9
+    assert len(held) == 1 and "mode=gradient" in held[0].request.url
     for route in held:
         route.continue_()
-    tab.unroute("**/top/*/projection.png*")
+    tab.unroute("**/top/projections?*")
     wait_tiles(tab, 9, mode="gradient")
-    urls = tab.eval_on_selector_all(f"{PROJECTIONS} img", "els => els.map(e => e.src)")
-    assert all("mode=gradient" in url for url in urls)
+    modes = tab.eval_on_selector_all(PROJECTIONS, "els => els.map(e => e.dataset.mode)")
+    assert modes == ["gradient"] * 9
     assert projection_pixels(tab) != guided
     expect(tab.locator('[data-role="top9-montage"]')).to_have_attribute("href", re.compile("mode=gradient"))
 

@@ -70,7 +70,7 @@ def tiny() -> tuple[Engine, nn.Sequential]:
 def test_logits_and_linear_layers_are_projection_starts(tiny: tuple[Engine, nn.Sequential]) -> None:
     engine, _ = tiny
     starts = {info.name: info for info in engine.unit_layers()}
-    assert list(starts) == ["fc1", "fc2", "logits"]
+    assert list(starts) == ["fc1", "logits"]  # fc2's output is the model's output: one row, `logits`
     logits = engine.start("logits")
     assert (logits.kind, logits.units, logits.channels, logits.height, logits.width) == ("Logits", 5, 5, 1, 1)
     assert starts["fc1"].kind == "Linear" and starts["fc1"].units == 6
@@ -118,9 +118,47 @@ def test_unit_out_of_range_names_the_range(tiny: tuple[Engine, nn.Sequential]) -
     assert engine.project(image, "logits", 1, position=(0, 0)).seed_position == (0, 0)
 
 
+def test_the_layer_that_is_the_output_is_one_start_named_logits(tiny: tuple[Engine, nn.Sequential]) -> None:
+    """fc2 produces the logits: listed once (as `logits`), and `fc2` still projects (an alias)
+    to the same picture."""
+    engine, _ = tiny
+    listed = [info.name for info in engine.projection_starts()]
+    assert listed.count("logits") == 1 and "fc2" not in listed
+    alias = engine.start("fc2")
+    assert (alias.units, alias.channels) == (5, 5)
+    image = engine.prepare(load_sample("chelsea"))
+    for mode in ("deconvnet", "gradient"):
+        one = engine.project(image, "logits", 3, mode=mode)
+        other = engine.project(image, "fc2", 3, mode=mode)
+        assert float(one.projection.abs().max()) > 0
+        assert torch.equal(one.projection, other.projection) and one.seed_value == other.seed_value
+
+
+def test_a_linear_layer_below_a_final_op_stays_its_own_start() -> None:
+    """When something follows the last linear layer (here a ReLU), its output is not the
+    logits: both are listed."""
+    net = _tiny_net()
+    net.add_module("relu3", nn.ReLU())
+    engine = make_engine(net, SIZE, classes=5)
+    assert [info.name for info in engine.unit_layers()] == ["fc1", "fc2", "logits"]
+
+
 @functools.cache
 def _default_engine() -> Engine:
     return Engine(load_model("efficientnet_lite0"), device_name="cpu", cache_size=2)
+
+
+def test_default_model_lists_one_row_for_the_class_scores() -> None:
+    """EfficientNet-Lite0's `classifier` is its output: the layer list has `logits` once and no
+    `classifier` row; `classifier` is still accepted (old links, CLI calls) and is the same start."""
+    engine = _default_engine()
+    names = [info.name for info in engine.projection_starts()]
+    assert names[-1] == "logits" and names.count("logits") == 1 and "classifier" not in names
+    assert [info.name for info in engine.unit_layers()] == ["logits"]
+    image = engine.prepare(load_sample("chelsea"))
+    one = engine.project(image, "logits", 281, mode="gradient")
+    other = engine.project(image, "classifier", 281, mode="gradient")
+    assert torch.equal(one.projection, other.projection)
 
 
 def test_default_model_gradient_from_a_logit_equals_plain_autograd() -> None:

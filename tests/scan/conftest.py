@@ -55,7 +55,9 @@ def tiny_engine() -> Engine:
 
 
 def cli_env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "OMP_NUM_THREADS": "1", **extra}
+    # this checkout's sources first (not another copy a virtual environment may have installed)
+    path = os.pathsep.join([str(ROOT / "tests"), str(ROOT / "backend")])
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **extra}
     return env
 
 

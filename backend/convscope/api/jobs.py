@@ -5,7 +5,8 @@ small thread pool. A `Job` is a `convscope.tasks.Task`: the function passes it
 on as `task=job` to the library, which reports progress with `job.report(done,
 total)` and raises `convscope.tasks.Cancelled` at its next checkpoint once
 `job.should_stop()` is true. Finished jobs are kept for polling (the oldest are
-forgotten first); too many unfinished jobs -> 429.
+forgotten first); too many unfinished jobs -> 429. Small work answered inside its
+request (`run_inline`: an occlusion of few positions) counts like a job while it runs.
 """
 
 from __future__ import annotations
@@ -163,6 +164,7 @@ class JobManager:
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._queues: OrderedDict[str | None, deque[Job]] = OrderedDict()  # queued jobs per owner
         self._served: dict[str | None, int] = {}  # owner -> the turn its last job started in
+        self._inline: dict[str | None, int] = {}  # owner -> its work running inside requests (run_inline)
         self._turn = 0
         self._lock = threading.Lock()
         self._closed = False
@@ -200,16 +202,60 @@ class JobManager:
             job._future = self._executor.submit(self._run_next)
         return job
 
+    def run_inline(
+        self, kind: str, fn: Callable[[Job], Any], total: int = 0, *, owner: str | None = _FROM_CONTEXT
+    ) -> Any:
+        """Run small work in the calling thread (the request's own) and return its result, counted
+        as one of the client's jobs while it runs: 429 past the server's cap or the client's, and
+        past `client_max_running` of the client's inline work at once (so a client firing many
+        small requests in parallel cannot take every thread). Between batches it waits for
+        interactive requests, as a job does (`Job.report`)."""
+        if owner is _FROM_CONTEXT:
+            owner = current_client.get()
+        with self._lock:
+            if self._closed:
+                raise TooManyJobsError("the server is shutting down")
+            self._check_caps(owner)
+            running = self._inline.get(owner, 0)
+            limit = self.client_max_running
+            if owner is not None and limit is not None and running >= limit:
+                raise TooManyJobsError(
+                    f"you already have {running} {kind} requests being answered (the limit per client is "
+                    f"{limit} at once); wait for one to finish"
+                )
+            self._inline[owner] = running + 1
+        job = Job(id=f"inline-{secrets.token_urlsafe(6)}", kind=kind, fn=fn, total=total, owner=owner, state="running")
+        job._gate = self.gate
+        job.started_at = time.time()
+        try:
+            return fn(job)
+        finally:
+            with self._lock:
+                left = self._inline.get(owner, 1) - 1
+                if left > 0:
+                    self._inline[owner] = left
+                else:
+                    self._inline.pop(owner, None)
+
+    def inline_running(self, owner: str | None = _FROM_CONTEXT) -> int:
+        """How much of `owner`'s work `run_inline` is running now."""
+        if owner is _FROM_CONTEXT:
+            owner = current_client.get()
+        with self._lock:
+            return self._inline.get(owner, 0)
+
     # ---- per-client caps and fair order (issue 19) --------------------------------------------------
     def _check_caps(self, owner: str | None) -> None:
-        """429 past the server's cap, or past this client's own (lock held)."""
+        """429 past the server's cap, or past this client's own; in-request work (`run_inline`)
+        counts too (lock held)."""
         active = [job for job in self._jobs.values() if not job.finished]
-        if len(active) >= self.max_active:
+        count = len(active) + sum(self._inline.values())
+        if count >= self.max_active:
             raise TooManyJobsError(
-                f"{len(active)} jobs are already queued or running (the limit is {self.max_active}); retry later"
+                f"{count} jobs are already queued or running (the limit is {self.max_active}); retry later"
             )
         if owner is not None and self.client_max_jobs is not None:
-            mine = sum(1 for job in active if job.owner == owner)
+            mine = sum(1 for job in active if job.owner == owner) + self._inline.get(owner, 0)
             if mine >= self.client_max_jobs:
                 raise TooManyJobsError(
                     f"you already have {mine} jobs queued or running (the limit per client is "

@@ -3,8 +3,8 @@
 One registry per app (`Metrics`), never the process-wide default, so several apps in one process
 keep their own counts. `MetricsMiddleware` counts requests and times them per route template
 (`/api/models/{model}/images/{image_id}/projection`, never the raw path: bounded label values);
-the projection routes record how many seeds each model call computed; jobs and engine counters
-are read when scraped.
+the projection queue (api/coalesce.py) records each batch's seeds and requests, how long each request
+waited for its batch and how long the model worked on it; jobs and engine counters are read when scraped.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from convscope.api.state import AppState
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+SECONDS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 ENGINE_COUNTERS = ("forward_passes", "inference_passes", "backward_passes", "cone_passes", "cache_hits")
 
 
@@ -45,9 +46,31 @@ class Metrics:
         )
         self.batch_sizes = Histogram(
             "convscope_projection_batch_size",
-            "seeds computed per projection call (1 for the single endpoint; cached seeds not counted)",
+            "seeds computed per coalesced projection batch (requests of one window, every layer and image; "
+            "a seed asked for twice and rendered PNGs already cached not counted)",
             ("model",),
             buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_requests = Histogram(
+            "convscope_projection_batch_requests",
+            "projection requests (single or batch endpoint) answered by one coalesced batch",
+            ("model",),
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "convscope_projection_queue_wait_seconds",
+            "time a projection request waited for its batch to start (the window, then a free engine slot)",
+            ("model",),
+            buckets=SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+        self.model_seconds = Histogram(
+            "convscope_projection_model_seconds",
+            "time the engine spent on one coalesced batch (Engine.project_many calls, PNG encoding not counted)",
+            ("model",),
+            buckets=SECONDS_BUCKETS,
             registry=self.registry,
         )
 

@@ -44,6 +44,7 @@ OPERATION_IDS: dict[str, str] = {
     "study_table": "get_study_table",
     "top": "get_top",
     "top_image": "get_top_image",
+    "top_projections": "get_top_projections",
     "scan_image": "get_scan_image",
     "montage_png": "get_montage",
     "stored_visualization": "get_stored_visualization",

@@ -103,6 +103,7 @@ RULES: dict[tuple[str, str], list[Rule]] = {
     ("post", "/api/models/{model}/analyses/dead-channels"): ANALYSIS_RULES,
     ("post", "/api/models/{model}/scans"): SCAN_RULES,
     ("get", "/api/models/{model}/scans/{scan_id}/top"): MODEL_RULES,
+    ("get", "/api/models/{model}/scans/{scan_id}/top/projections"): MODEL_RULES,
     ("get", "/api/models/{model}/scans/{scan_id}/montage.png"): [
         (422, "channels are below the layer's channel count, at most 64 of them", r"channel"),
     ],

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from convscope.models import DEFAULT_MODEL
 
 MiB = 1024 * 1024
+PROJECTION_WINDOW_CAP_MS = 50.0  # the longest coalescing window (api/coalesce.py): a click must not wait for company
 # `testserver` is the name Starlette's in-process TestClient sends; a dotless name cannot be
 # registered in public DNS, so it cannot be used for DNS rebinding.
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "testserver")
@@ -110,6 +111,16 @@ class Settings(BaseSettings):
     max_projection_seeds: int = Field(
         default=64, ge=1, description="most seeds in one POST .../projections batch (more: 422)"
     )
+    projection_window_ms: float = Field(
+        default=2.0,
+        ge=0,
+        le=PROJECTION_WINDOW_CAP_MS,
+        description="projection requests arriving within this many ms of the first waiting one are computed as one "
+        "batch (api/coalesce.py; 0: batch only while the model is busy; at most 50)",
+    )
+    projection_batch_seeds: int = Field(
+        default=64, ge=1, le=4096, description="most seeds one coalesced projection batch computes"
+    )
 
     # occlusion and jobs
     occlusion_job_threshold: int = Field(
@@ -160,7 +171,9 @@ class Settings(BaseSettings):
     header_timeout: float = Field(default=10.0, gt=0, description="seconds to receive a request's headers")
     body_timeout: float = Field(default=10.0, gt=0, description="seconds the request body may stall between chunks")
     client_max_jobs: int = Field(default=6, ge=1, description="queued and running jobs per client before 429")
-    client_max_running_jobs: int = Field(default=2, ge=1, description="jobs of one client running at once")
+    client_max_running_jobs: int = Field(
+        default=2, ge=1, description="jobs of one client running at once (and its occlusions answered in requests)"
+    )
     interactive_wait_s: float = Field(
         default=5.0, ge=0, description="longest a job waits between batches for interactive requests to finish"
     )

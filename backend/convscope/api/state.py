@@ -10,6 +10,7 @@ from typing import Generic, TypeVar
 from cachetools import LRUCache
 
 from convscope.api.caching import ResponseCache
+from convscope.api.coalesce import Coalescer
 from convscope.api.jobs import InteractiveGate, JobManager
 from convscope.api.metrics import Metrics
 from convscope.api.pool import ModelPool
@@ -49,6 +50,7 @@ class AppState:
     responses: ResponseCache
     prepared: LRU[tuple[str, str], PreparedImage]
     metrics: Metrics = field(default_factory=Metrics)
+    projections: Coalescer = field(default_factory=Coalescer)  # the projection batching queues (api/coalesce.py)
     on_load_failed: list[Callable[[], None]] = field(default_factory=list)
     _loading: threading.Thread | None = field(default=None, repr=False)
     _start_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -75,6 +77,7 @@ class AppState:
 
     @classmethod
     def build(cls, settings: Settings, pool: ModelPool) -> AppState:
+        metrics = Metrics()
         return cls(
             settings=settings,
             pool=pool,
@@ -89,4 +92,6 @@ class AppState:
             ),
             responses=ResponseCache(settings.response_cache_entries),
             prepared=LRU(settings.prepared_cache_entries),
+            metrics=metrics,
+            projections=Coalescer(settings.projection_window_ms, settings.projection_batch_seeds, metrics),
         )

@@ -32,6 +32,7 @@ from convscope.client.types import (
     Mode,
     ModelInfo,
     Occlusion,
+    OcclusionMethod,
     Prediction,
     Projection,
     SampleInfo,
@@ -280,13 +281,33 @@ class Client:
         stride: int = 16,
         target: int | None = None,
         layer: str | None = None,
+        method: OcclusionMethod = "auto",
+        approx: float | None = None,
+        adaptive: float | None = None,
         task: Task | None = None,
         timeout: float | None = None,
         poll: float = 0.25,
     ) -> Occlusion:
         """Occlusion maps (paper Fig. 7). Many positions run as a server job: this waits for it,
-        reporting progress to `task` and cancelling the job when `task.should_stop()`."""
-        body = {"size": size, "stride": stride, "target": target, "layer": layer}
+        reporting progress to `task` and cancelling the job when `task.should_stop()`.
+
+        `method`: "incremental" reruns only the patch of each layer the occluder can change (exact),
+        "dense" the whole model per position, "auto" (the server's default) incremental where it plans
+        at most 2/3 of dense's arithmetic; the answer's `method`, `planned_ratio` and `note` say what
+        ran. Opt-in approximations, labelled `approximate` in the answer: `approx` caps each layer's
+        recomputed patch at that share τ of its map (0 < τ ≤ 1; not with "dense"), `adaptive`
+        occludes at twice the stride and then at the stride only in that share of the cells where
+        the target's probability dropped most (0 < share ≤ 1). The server checks every argument:
+        a bad one raises `ApiError` (422) with its detail."""
+        body = {
+            "size": size,
+            "stride": stride,
+            "target": target,
+            "layer": layer,
+            "method": method,
+            "approx": approx,
+            "adaptive": adaptive,
+        }
         response = self.request("POST", self._image_url(model, image_id, "occlusion"), json=body)
         if response.status_code == 202:
             job = self.wait_job(cast(Job, response.json()), task=task, timeout=timeout, poll=poll)

@@ -14,6 +14,7 @@ from PIL import Image
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 Mode = Literal["auto", "deconvnet", "guided", "gradient"]
 Select = Literal["max", "map"]
+OcclusionMethod = Literal["auto", "dense", "incremental"]
 
 
 class Health(TypedDict, total=False):
@@ -107,6 +108,15 @@ class Occlusion(TypedDict, total=False):
     feature: OcclusionFeature
     top_label_names: dict[str, str]
     unoccluded: dict[str, Any]
+    method: Literal["dense", "incremental"]  # the method that ran
+    method_requested: OcclusionMethod
+    planned_ratio: float | None  # incremental's planned arithmetic over dense's
+    approximate: bool  # approx or adaptive made the maps approximate
+    approx: float | None
+    adaptive: float | None
+    positions_computed: int
+    seconds: float
+    note: str | None  # why another method ran than the one asked for
 
 
 class JobError(TypedDict):

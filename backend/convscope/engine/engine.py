@@ -230,7 +230,8 @@ class Engine:
         self._copied_layers: set[str] | None = None
         self._layers = self._inspect_layers()
         self._layer_index = {info.name: info for info in self._layers}
-        self._start_index = {info.name: info for info in [*self._layers, *self._unit_layers]}
+        starts = [*self._layers, *self._unit_layers, *self._unit_aliases]  # aliases: starts, not listed
+        self._start_index = {info.name: info for info in starts}
 
     def __repr__(self) -> str:
         return f"Engine({self.name!r}, device={str(self.device)!r})"
@@ -266,7 +267,8 @@ class Engine:
         return info
 
     def unit_layers(self) -> list[LayerInfo]:
-        """The 2-D projection starts (engine/units.py): each linear layer's output, then `logits`."""
+        """The 2-D projection starts (engine/units.py): each linear layer's output, then `logits`
+        (a linear layer whose output is the model's output is `logits`, not listed twice)."""
         return list(self._unit_layers)
 
     def projection_starts(self) -> list[LayerInfo]:
@@ -293,7 +295,7 @@ class Engine:
         order = {name: index for index, name in enumerate(modules)}
         facts = path_facts(record.outputs, record.image)
         kinds = {name: type(module).__name__ for name, module in modules.items()} | {units.LOGITS: "Logits"}
-        self._unit_layers = units.unit_infos(record.outputs, kinds, facts, size, order)
+        self._unit_layers, self._unit_aliases = units.unit_starts(record.outputs, kinds, facts, size, order)
         infos = []
         four_d = {name: output for name, output in record.outputs.items() if output.dim() == 4}
         for name, output in sorted(four_d.items(), key=lambda item: order[item[0]]):

@@ -9,6 +9,10 @@ autograd's backward of those operations is. `select` and positions do not apply
 
 The logits are the start named `LOGITS`; the softmax probabilities are not a start,
 since the softmax couples every class (a probability's gradient mixes all logits).
+Where the model's output is a linear layer's own output (EfficientNet-Lite0's
+`classifier`, VGG's `classifier.6`, ResNet's `fc`), that layer and `logits` are one
+start: only `logits` is listed, and the layer's name stays a projection start (an
+alias, so links and CLI calls naming it keep working).
 """
 
 from __future__ import annotations
@@ -33,6 +37,47 @@ def whole_field(image_size: int) -> ReceptiveField:
     return ReceptiveField(float(image_size), float(image_size), image_size / 2.0 - 0.5, True)
 
 
+def is_same_output(kept: torch.Tensor, other: torch.Tensor) -> bool:
+    """`other` is `kept` itself, or a clone of it (`LayerCapture` records a layer's own output
+    and may pass a clone on to the rest of the network): one value, one autograd node."""
+    if other is kept:
+        return True
+    if kept.grad_fn is None:
+        return False
+    node = other.grad_fn
+    while node is not None and type(node).__name__ == "CloneBackward0":
+        node = node.next_functions[0][0]
+        if node is kept.grad_fn:
+            return True
+    return False
+
+
+def logits_aliases(outputs: Mapping[str, torch.Tensor]) -> set[str]:
+    """The 2-D layers whose output is the model's output (`LOGITS`) itself."""
+    logits = outputs.get(LOGITS)
+    if logits is None:
+        return set()
+    return {
+        name
+        for name, output in outputs.items()
+        if name != LOGITS and output.dim() == 2 and is_same_output(output, logits)
+    }
+
+
+def unit_starts(
+    outputs: Mapping[str, torch.Tensor],
+    kinds: Mapping[str, str],
+    facts: Mapping[str, PathFacts],
+    image_size: int,
+    order: Mapping[str, int],
+) -> tuple[list[LayerInfo], list[LayerInfo]]:
+    """The listed 2-D starts (`unit_infos` less the layers that are the logits), and those
+    aliases of `logits` (starts too, not listed)."""
+    infos = unit_infos(outputs, kinds, facts, image_size, order)
+    aliases = logits_aliases(outputs)
+    return [info for info in infos if info.name not in aliases], [info for info in infos if info.name in aliases]
+
+
 def unit_infos(
     outputs: Mapping[str, torch.Tensor],
     kinds: Mapping[str, str],
@@ -41,7 +86,7 @@ def unit_infos(
     order: Mapping[str, int],
 ) -> list[LayerInfo]:
     """A LayerInfo for each 2-D output (channels = units, height = width = 1), in forward
-    order, the logits last."""
+    order, the logits last (aliases of the logits included: see `unit_starts`)."""
     from convscope.engine.engine import LayerInfo
 
     names = [name for name, output in outputs.items() if output.dim() == 2]

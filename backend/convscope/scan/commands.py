@@ -25,7 +25,7 @@ def scan_main(args: argparse.Namespace) -> int:
         source = folder_source(args.images)
         console = ConsoleTask("scan", unit="img", show=True if args.progress else None)
         with console if context.is_main else contextlib.nullcontext(None) as task:
-            flags = pick(args, "layers", "top", "batch_size", "workers", "resume", "weights")
+            flags = pick(args, "layers", "top", "batch_size", "workers", "decoder", "resume", "weights")
             result = run_scan(
                 engine, source, args.out, context=context, task=task, checkpoint_images=args.checkpoint_every, **flags
             )

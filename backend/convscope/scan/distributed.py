@@ -9,6 +9,10 @@ sharding, so every batch (and hence every activation) is the same as in a single
 process, and the merge is an exact selection: the result equals a single-process
 scan.
 
+The top-k tensors are gathered where they live (on the GPUs with NCCL); the small
+control messages (the plan, the image records, "should we stop?") go through a gloo
+group on the CPU, so asking every batch whether to stop never waits for the GPU.
+
 A single process uses `LocalContext`, which has the same interface with no
 communication.
 """
@@ -76,28 +80,31 @@ class DistributedContext(LocalContext):
         if self._owns_group:
             dist.init_process_group(backend=self.backend)
         self._comm_device = torch.device(device)
+        # control messages on the CPU: a gloo group beside NCCL, the default group under gloo
+        self._control: Any = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
 
     def broadcast(self, obj: Any) -> Any:
         import torch.distributed as dist
 
         box = [obj if self.rank == 0 else None]
-        dist.broadcast_object_list(box, src=0, device=self._comm_device)
+        dist.broadcast_object_list(box, src=0, group=self._control, device=torch.device("cpu"))
         return box[0]
 
     def all_gather_objects(self, obj: Any) -> list[Any]:
         import torch.distributed as dist
 
         out: list[Any] = [None] * self.world
-        dist.all_gather_object(out, obj)
+        dist.all_gather_object(out, obj, group=self._control)
         return out
 
     def _all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """Every rank's `tensor`, on the communication device (the GPU with NCCL)."""
         import torch.distributed as dist
 
         local = tensor.to(self._comm_device)
         parts = [torch.empty_like(local) for _ in range(self.world)]
         dist.all_gather(parts, local)
-        return [part.cpu() for part in parts]
+        return parts
 
     def merge_topk(self, states: dict[str, TopK]) -> None:
         if not states:
@@ -134,8 +141,8 @@ class DistributedContext(LocalContext):
     def any(self, flag: bool) -> bool:
         import torch.distributed as dist
 
-        tensor = torch.tensor([1 if flag else 0], device=self._comm_device)
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        tensor = torch.tensor([1 if flag else 0])  # on the CPU: no wait for the GPU's queue
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=self._control)
         return bool(tensor.item())
 
     def close(self) -> None:

@@ -8,6 +8,12 @@ rank 0 commits a checkpoint to the store. A `convscope.tasks.Task` sees progress
 (rank 0) and may stop the scan: at the next checkpoint the work so far is
 committed and `Cancelled` is raised; `resume=True` later continues from there to
 the same result an uninterrupted scan gives.
+
+Nothing waits on the device per batch: reader workers (`convscope.scan.readers`)
+read, hash and decode ahead of the model into page-locked memory, the copies to the
+GPU are asynchronous, and the running top-k stays on the device until a checkpoint
+copies it to the host. A file that cannot be read or decoded is skipped: logged, kept
+with its reason in the store's image list and the manifest's `skipped` list.
 """
 
 from __future__ import annotations
@@ -20,17 +26,24 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from convscope.engine import Engine, LayerInfo
 from convscope.errors import ConvscopeError, InvalidRequestError
-from convscope.images import DEFAULT_MAX_PIXELS, decode_image, resize_and_crop
 from convscope.layer_names import resolve_name
 from convscope.scan.distributed import LocalContext
+from convscope.scan.readers import (
+    DECODERS,
+    Batch,
+    ImageReader,
+    collate,
+    default_batch_size,
+    default_workers,
+    model_input,
+)
 from convscope.scan.store import (
     ImageRecord,
     ImageSource,
@@ -41,8 +54,11 @@ from convscope.scan.store import (
     ScanStoreError,
 )
 from convscope.scan.topk import TopK
-from convscope.scan.walk import IMAGE_EXTENSIONS, list_images, sha256_bytes, sha256_file
+from convscope.scan.walk import IMAGE_EXTENSIONS, list_images, sha256_file
 from convscope.tasks import Cancelled, Task, as_task
+
+if TYPE_CHECKING:
+    from convscope.scan.gpudecode import DeviceDecoder
 
 log = logging.getLogger("convscope.scan")
 
@@ -124,7 +140,12 @@ def model_fingerprint(module: torch.nn.Module) -> str:
 
 
 def scan_config(
-    engine: Engine, source: ImageSource, layers: Sequence[LayerInfo], top: int, weights: str | None = None
+    engine: Engine,
+    source: ImageSource,
+    layers: Sequence[LayerInfo],
+    top: int,
+    weights: str | None = None,
+    decoder: str = "pil",
 ) -> ScanConfig:
     if top < 1:
         raise InvalidRequestError("--top must be at least 1")
@@ -144,70 +165,31 @@ def scan_config(
         source_root=source.root,
         image_count=len(source.paths),
         image_list_sha256=source.digest(),
+        decoder=decoder,
     )
 
 
-# ---- reading images ------------------------------------------------------------------------------
-@dataclass
-class _Item:
-    index: int
-    tensor: torch.Tensor | None  # S×S×3 uint8: the S×S image the model sees, before normalisation
-    sha256: str | None
-    error: str | None
-
-
-class _Images(Dataset[_Item]):
-    """Reads, hashes, decodes, resizes and crops one image (docs/architecture.md "Preprocessing"); never raises for a bad file.
-
-    Items stay uint8 (a quarter of the bytes between reader processes and to the device);
-    `model_input` normalises whole batches on the model's device."""
-
-    def __init__(self, source: ImageSource, size: int, crop_pct: float = 1.0) -> None:
-        self.source, self.size, self.crop_pct = source, size, crop_pct
-
-    def __len__(self) -> int:
-        return len(self.source.paths)
-
-    def __getitem__(self, index: int) -> _Item:
-        try:
-            data = self.source.file(index).read_bytes()
-        except OSError as exc:
-            return _Item(index, None, None, f"cannot read: {exc.strerror or exc}")
-        digest = sha256_bytes(data)
-        try:
-            image = decode_image(data, max_pixels=DEFAULT_MAX_PIXELS)
-            tensor = torch.from_numpy(np.array(resize_and_crop(image, self.size, self.crop_pct), dtype=np.uint8))
-        except ConvscopeError as exc:
-            return _Item(index, None, digest, str(exc))
-        except Exception as exc:  # a decoder bug must not end a long scan
-            return _Item(index, None, digest, f"{type(exc).__name__}: {exc}")
-        return _Item(index, tensor, digest, None)
-
-
-def model_input(batch: torch.Tensor, engine: Engine) -> torch.Tensor:
-    """N×S×S×3 uint8 -> the normalised N×3×S×S float32 input, on the engine's device.
-
-    The same float32 operations as `convscope.images.normalise` (x / 255, − mean, / std),
-    so every value is bitwise the one a single prepared image gets."""
-    device = engine.device
-    pixels = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).contiguous()
-    mean = torch.tensor(engine.model.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(engine.model.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    return (pixels.float() / 255.0 - mean) / std
-
-
-@dataclass
-class _Batch:
-    indices: list[int]
-    tensor: torch.Tensor | None
-    records: list[ImageRecord]
-
-
-def _collate(items: list[_Item]) -> _Batch:
-    good = [item for item in items if item.tensor is not None]
-    tensor = torch.stack([item.tensor for item in good]) if good else None  # type: ignore[misc]
-    records = [ImageRecord(item.index, item.sha256, item.error) for item in items]
-    return _Batch([item.index for item in good], tensor, records)
+# ---- reading images: convscope.scan.readers ------------------------------------------------------
+def _decoded(
+    batch: Batch, decoder: DeviceDecoder | None, device: torch.device
+) -> tuple[torch.Tensor | None, list[int]]:
+    """The batch's N×S×S×3 uint8 pixels (on `device` when the GPU decoded some) and their image indices;
+    files the GPU decoder could not take get their reason in the batch's records."""
+    if not batch.raw:
+        return batch.tensor, batch.indices
+    if decoder is None:
+        raise RuntimeError("a batch holds undecoded JPEGs but the scan has no device decoder")
+    decoded = decoder.decode([data for _, data in batch.raw])
+    records = {record.index: record for record in batch.records}
+    parts = [batch.tensor.to(device, non_blocking=True)] if batch.tensor is not None else []
+    indices = list(batch.indices)
+    for (index, _), result in zip(batch.raw, decoded, strict=True):
+        if isinstance(result, str):
+            records[index].error = result
+        else:
+            parts.append(result.unsqueeze(0))
+            indices.append(index)
+    return (torch.cat(parts) if parts else None), indices
 
 
 # ---- the scan ------------------------------------------------------------------------------------
@@ -250,14 +232,31 @@ class _Plan:
     message: str = ""
 
 
+def _different_settings(store: ScanStore, old: ScanConfig, new: ScanConfig, different: list[str]) -> str:
+    """Why the store at `store` cannot take this scan, naming both decoders when they differ."""
+    if "decoder" not in different:
+        return (
+            f"{store.directory} holds a scan with different settings ({', '.join(different)}); "
+            "use another --out directory (or delete this one)"
+        )
+    others = [name for name in different if name != "decoder"]
+    also = f"; its other settings differ too ({', '.join(others)})" if others else ""
+    return (
+        f"{store.directory} was scanned with the {old.decoder!r} decoder, not {new.decoder!r}: their pixels "
+        f"differ, so the two would not make one scan; resume it with --decoder {old.decoder}, or use another "
+        f"--out directory{also}"
+    )
+
+
 def _open_store(
     store: ScanStore,
     config: ScanConfig,
     source: ImageSource,
-    batch_size: int,
+    batch_size: int | None,
     resume: bool,
     replace: bool,
     extra: dict[str, Any] | None,
+    device: torch.device,
 ) -> tuple[Manifest, _Plan]:
     """Create, resume or recognise the scan at `store` (rank 0, lock held)."""
     if store.exists():
@@ -268,17 +267,14 @@ def _open_store(
             shutil.rmtree(store.directory / "cache", ignore_errors=True)
             store.manifest_path.unlink()
         elif different:
-            raise ScanStoreError(
-                f"{store.directory} holds a scan with different settings ({', '.join(different)}); "
-                "use another --out directory (or delete this one)"
-            )
+            raise ScanStoreError(_different_settings(store, manifest.config, config, different))
         elif manifest.complete:
             done = Progress(**vars(manifest.progress))
             return manifest, _Plan("done", done.next_batch, manifest.batch_size, done.images_done, done.skipped)
         elif not resume:
             raise ScanStoreError(f"{store.directory} holds an unfinished scan; pass --resume to continue it")
         else:
-            if manifest.batch_size != batch_size:
+            if batch_size is not None and manifest.batch_size != batch_size:
                 log.warning("resuming with the scan's batch size %d (not %d)", manifest.batch_size, batch_size)
             progress = store.progress()
             return manifest, _Plan(
@@ -289,8 +285,9 @@ def _open_store(
                 progress.skipped,
                 progress.seconds,
             )
-    manifest = store.create(config, source, batch_size, extra)
-    return manifest, _Plan("scan", 0, batch_size)
+    size = default_batch_size(device) if batch_size is None else batch_size
+    manifest = store.create(config, source, size, extra)
+    return manifest, _Plan("scan", 0, size)
 
 
 def check_writable(store: ScanStore) -> None:
@@ -325,8 +322,9 @@ def run_scan(
     *,
     layers: str | Sequence[str] | None = None,
     top: int = 9,
-    batch_size: int = 32,
-    workers: int = 0,
+    batch_size: int | None = None,
+    workers: int | None = 0,
+    decoder: str = "pil",
     resume: bool = False,
     weights: str | None = None,
     context: LocalContext | None = None,
@@ -338,13 +336,26 @@ def run_scan(
 ) -> ScanResult:
     """Scan `source` into the store at `out` (see the module docstring); rank 0 reports progress.
 
+    `batch_size=None`: 32 on the CPU, 128 on a GPU (a resumed scan keeps its own).
+    `workers`: reader worker processes (0: read in this process; None: the cores this
+    process may use, shared among torchrun's processes on this machine, less one).
+    `decoder`: "pil" (Pillow on the CPU, the default) or "nvjpeg" (on the GPU; needs
+    CUDA); it is recorded, and a scan is resumed only with its own decoder.
     `replace=True` replaces a store made with other settings instead of refusing it
     (the server does this for its own sample scans). When `task.should_stop()` turns
     true the work done so far is checkpointed and `Cancelled` is raised; a later
     `resume=True` run continues it.
     """
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise InvalidRequestError("--batch-size must be at least 1")
+    if workers is not None and workers < 0:
+        raise InvalidRequestError("--workers must be 0 or more")
+    if decoder not in DECODERS:
+        raise InvalidRequestError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
+    if decoder == "nvjpeg":
+        from convscope.scan.gpudecode import check_available
+
+        check_available(engine.device)
     context = context or LocalContext(engine.device_name)
     started = time.perf_counter()
     store = ScanStore(out)
@@ -364,8 +375,8 @@ def run_scan(
         if lock is not None:
             try:
                 lock.__enter__()
-                config = scan_config(engine, source, infos, top, weights)
-                manifest, plan = _open_store(store, config, source, batch_size, resume, replace, extra)
+                config = scan_config(engine, source, infos, top, weights, decoder)
+                manifest, plan = _open_store(store, config, source, batch_size, resume, replace, extra, engine.device)
                 plan.digest = digest
             except ConvscopeError as exc:
                 plan = _Plan("error", message=str(exc))
@@ -374,7 +385,7 @@ def run_scan(
         plan = context.broadcast(plan)
         if plan.action == "error":
             raise ScanStoreError(plan.message)
-        if plan.digest != digest:
+        if context.any(plan.digest != digest):  # every process stops, not only the one that differs
             raise ScanStoreError("the processes see different image lists; is the folder changing?")
         total_images = len(source.paths)
         if plan.action == "done":
@@ -391,7 +402,8 @@ def run_scan(
             plan,
             infos,
             top,
-            workers,
+            default_workers() if workers is None else workers,
+            decoder,
             context,
             task,
             checkpoint_images,
@@ -411,6 +423,7 @@ def _scan(
     infos: Sequence[LayerInfo],
     top: int,
     workers: int,
+    decoder: str,
     context: LocalContext,
     task: Task | None,
     checkpoint_images: int,
@@ -424,6 +437,8 @@ def _scan(
     remaining = max(0, total_batches - plan.next_batch)
     rounds = math.ceil(remaining / world)
     every = max(1, math.ceil(checkpoint_images / (batch_size * world)))
+    device = engine.device
+    on_cuda = device.type == "cuda"
 
     def batch_range(batch: int) -> list[int]:
         return list(range(batch * batch_size, min(total_images, (batch + 1) * batch_size)))
@@ -433,18 +448,24 @@ def _scan(
 
     mine = [plan.next_batch + r * world + rank for r in range(rounds)]
     mine = [batch for batch in mine if batch < total_batches]
-    states = store.load_state() if context.is_main else {}
+    # the running top-k lives on the model's device; the host sees it at checkpoints only
+    states = {name: state.to(device) for name, state in (store.load_state() if context.is_main else {}).items()}
     for info in infos:
         if info.name not in states:
-            states[info.name] = TopK.empty(info.channels, top, info.width)
-    dataset = _Images(source, engine.input_size, engine.model.crop_pct)
+            states[info.name] = TopK.empty(info.channels, top, info.width, device=device)
+    device_decoder = None
+    if decoder == "nvjpeg":
+        from convscope.scan.gpudecode import DeviceDecoder
+
+        device_decoder = DeviceDecoder(device, engine.input_size, engine.model.crop_pct)
+    dataset = ImageReader(source, engine.input_size, engine.model.crop_pct, decoder)
     loader = DataLoader(
         dataset,
         batch_sampler=[batch_range(batch) for batch in mine],
         num_workers=workers,
-        collate_fn=_collate,
-        pin_memory=engine.device.type == "cuda",
-        persistent_workers=False,
+        collate_fn=collate,
+        pin_memory=on_cuda,
+        persistent_workers=False,  # one pass over the scan's batches: the same workers read all of them
         prefetch_factor=4 if workers > 0 else None,
     )
     batches = iter(loader)
@@ -462,7 +483,10 @@ def _scan(
         gathered = context.all_gather_objects(pending)
         if context.is_main and manifest is not None:
             records = [record for part in gathered for record in part]
-            skipped += sum(1 for record in records if record.error is not None)
+            for record in records:
+                if record.error is not None:
+                    skipped += 1
+                    manifest.add_skipped(record.index, source.ids[record.index], record.error)
             done_images = images_before(next_batch)
             state = Progress(
                 next_batch=next_batch,
@@ -471,7 +495,7 @@ def _scan(
                 skipped=skipped,
                 seconds=seconds_before + time.perf_counter() - run_started,
             )
-            store.checkpoint(manifest, state, states, records)
+            store.checkpoint(manifest, state, {name: s.host() for name, s in states.items()}, records)
         pending.clear()
 
     stopped = False
@@ -482,14 +506,21 @@ def _scan(
                 batch = next(batches)
                 snapshot = {name: (s.values, s.images, s.positions) for name, s in states.items()}
                 try:
-                    if batch.tensor is not None:
-                        _, outputs = engine.forward_batch(model_input(batch.tensor, engine), names)
+                    pixels, indices = _decoded(batch, device_decoder, device)
+                    if pixels is not None:
+                        order = torch.tensor(indices, dtype=torch.int64)
+                        if on_cuda:
+                            order = order.pin_memory().to(device, non_blocking=True)
+                        _, outputs = engine.forward_batch(model_input(pixels, engine), names)
                         for name in names:
-                            states[name].update(outputs[name], batch.indices)
+                            states[name].update(outputs[name], order)
                 except KeyboardInterrupt:
                     for name, (values, images, positions) in snapshot.items():  # updates make new tensors
                         states[name].values, states[name].images, states[name].positions = values, images, positions
                     raise
+                for record in batch.records:
+                    if record.error is not None:
+                        log.warning("skipped %s: %s", source.ids[record.index], record.error)
                 pending.extend(batch.records)
                 last_done = mine[round_]
             first_next = plan.next_batch + (round_ + 1) * world
@@ -518,5 +549,5 @@ def _scan(
     if stopped:  # the checkpoint above holds everything scanned so far: resumable
         raise Cancelled(done_images, total_images, "scan")
     if context.is_main and manifest is not None:
-        store.finish(manifest, states)
+        store.finish(manifest, {name: s.host() for name, s in states.items()})
     return ScanResult(store.directory, "complete", total_images, scanned_now, skipped, seconds, names)

@@ -2,8 +2,9 @@
 
 - `manifest.json`: what was scanned and how (model and a fingerprint of its weights,
   layers with their receptive fields, k, the image source with a digest of its file
-  list, settings) and how far the scan got. Rewritten atomically (temporary file +
-  `os.replace`) after every checkpoint.
+  list, settings such as the JPEG decoder) and how far the scan got, with the files it
+  skipped and why (`skipped`). Rewritten atomically (temporary file + `os.replace`)
+  after every checkpoint.
 - `scan.sqlite` (standard-library SQLite): the image list (path, content hash once
   read, why a file was skipped), the running top-k of each layer as of the last
   checkpoint, and once finished the table `topk(layer, channel, rank, value, image, y, x)`.
@@ -147,6 +148,7 @@ class ScanConfig:
     image_count: int
     image_list_sha256: str
     crop_pct: float = 1.0  # see convscope.models.preprocessing
+    decoder: str = "pil"  # "pil" (CPU) or "nvjpeg" (GPU): their pixels differ, so it is part of the identity
 
     def identity(self) -> dict[str, Any]:
         data = asdict(self)
@@ -175,6 +177,9 @@ class ImageRecord:
     error: str | None = None
 
 
+MANIFEST_SKIPPED_LIMIT = 10_000  # files listed in manifest.json; scan.sqlite's `images` table has them all
+
+
 @dataclass
 class Manifest:
     status: str
@@ -185,6 +190,11 @@ class Manifest:
     updated_at: float
     finished_at: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # {"image", "id", "reason"} per unreadable file
+
+    def add_skipped(self, index: int, image_id: str, reason: str) -> None:
+        if len(self.skipped) < MANIFEST_SKIPPED_LIMIT:
+            self.skipped.append({"image": index, "id": image_id, "reason": reason})
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -210,8 +220,9 @@ class Manifest:
                 "list_sha256": self.config.image_list_sha256,
                 "list": f"{DATABASE}:images",
             },
-            "settings": {"batch_size": self.batch_size},
+            "settings": {"batch_size": self.batch_size, "decoder": self.config.decoder},
             "progress": asdict(self.progress),
+            "skipped": self.skipped,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "finished_at": self.finished_at,
@@ -238,6 +249,7 @@ class Manifest:
             image_count=int(images["count"]),
             image_list_sha256=images["list_sha256"],
             crop_pct=float(model.get("crop_pct", 1.0)),  # manifests from before crop_pct: 1
+            decoder=str(data["settings"].get("decoder", "pil")),  # manifests from before the choice: Pillow
         )
         return cls(
             status=data["status"],
@@ -248,6 +260,7 @@ class Manifest:
             updated_at=float(data["updated_at"]),
             finished_at=data.get("finished_at"),
             extra=dict(data.get("extra") or {}),
+            skipped=list(data.get("skipped") or []),
         )
 
     @property

@@ -1,10 +1,12 @@
 // Top-5 predictions: always visible, refreshed whenever the model or image changes.
-// Each one is clickable: its class view is the projection of its logit (layer `logits`,
+// Each one is clickable, and so is any class picked in the "Any class" search below them
+// (classsearch.js): its class view is the projection of its logit (layer `logits`,
 // channel = class) in the current mode, shown below the list; the class goes in the hash
 // (`class=K`) and the Occlusion view opens with it as the target.
 
 import { api, isAbort } from "../api.js";
 import { $, busy, h, percent, showError } from "../util.js";
+import { createClassSearch } from "./classsearch.js";
 
 export function createPredictionsPanel({ root, store }) {
   const list = $('[data-role="predictions"]', root);
@@ -21,7 +23,8 @@ export function createPredictionsPanel({ root, store }) {
     "occlusion map for this class",
   );
   const view = h("figure", { class: "class-view", hidden: true, dataset: { role: "class-view" } }, viewImg, viewCaption, occlusionLink);
-  list.after(view);
+  const search = createClassSearch({ onPick: (index) => choose(index) });
+  list.after(search.root, view);
 
   function choose(index) {
     store.set({ class: index });
@@ -53,6 +56,7 @@ export function createPredictionsPanel({ root, store }) {
     const mine = ++generation;
     showError(errorBox, "");
     if (!state.model || !state.image) return;
+    search.setModel(state.model).then(() => search.show(store.get().class));
     list.classList.add("is-stale");
     try {
       const rows = await busy(root, api.predictions(state.model, state.image, { slot: "predictions" }));
@@ -72,6 +76,7 @@ export function createPredictionsPanel({ root, store }) {
   async function loadClassView(state) {
     const mine = ++viewGeneration;
     for (const li of list.children) li.classList.toggle("is-chosen", Number(li.dataset.index) === state.class);
+    search.show(state.class);
     if (state.class === null || state.class === undefined || !state.model || !state.image) {
       view.hidden = true;
       return;
@@ -88,8 +93,10 @@ export function createPredictionsPanel({ root, store }) {
         viewImg.src = viewUrl;
       });
       if (mine !== viewGeneration) return;
-      viewImg.alt = `projection of the logit of class ${state.class} (${result.mode})`;
-      viewCaption.textContent = `class ${state.class}: its logit projected to pixels (${result.mode})`;
+      const name = search.labelOf(state.class);
+      const called = name ? `class ${state.class} (${name})` : `class ${state.class}`;
+      viewImg.alt = `projection of the logit of ${called} (${result.mode})`;
+      viewCaption.textContent = `${called}: its logit projected to pixels (${result.mode})`;
       view.dataset.class = String(state.class);
       delete view.dataset.loading;
     } catch (error) {

@@ -4,7 +4,8 @@
 //
 // Projections are fetched with fetch() + AbortController and shown through
 // object URLs; a small cache makes flipping back and forth instant, and while
-// the user walks channels with the keyboard the next one is fetched ahead.
+// the user walks channels with the keyboard the next few are fetched ahead, in one
+// request to the batch endpoint (`api.projections`: the same PNG bytes as one by one).
 //
 // Every projection request gets an id; the panel exposes `data-request-wanted` (the
 // newest request asked for), `data-request-shown` (the one whose answer is on screen)
@@ -20,6 +21,7 @@ import { autoContrast } from "../imageops.js";
 import { $, $$, busy, fmt, h, showError } from "../util.js";
 
 const CACHE_SIZE = 48;
+const PREFETCH_AHEAD = 4; // channels fetched ahead of a keyboard walk, in one batch request
 const PREFS_KEY = "convscope.recon";
 const CROP = 144; // canvas pixels of the patches (CSS scales them to the column)
 const OUTSIDE = "#6b717c"; // a patch's part outside the image
@@ -165,14 +167,43 @@ export function createReconPanel({ root, store, maps, layerInfo, modeFor, descri
     }
   }
 
-  /** Cancel every in-flight projection except `keep` (a newer click wins). */
+  /** Cancel every in-flight projection except `keep` (a newer click wins) and the batch it is part of. */
   function cancelOthers(keep) {
+    const kept = new Set(keep.map((key) => cache.get(key)?.controller).filter(Boolean));
     for (const [key, entry] of cache) {
-      if (!entry.result && !keep.includes(key)) {
+      if (!entry.result && !keep.includes(key) && !kept.has(entry.controller)) {
         entry.controller.abort();
         cache.delete(key);
       }
     }
+  }
+
+  /** One batch request for several channels of one image, layer, mode and seed kind: a cache entry each. */
+  function startBatch(states) {
+    const first = states[0];
+    const controller = new AbortController();
+    const t0 = performance.now();
+    const unit = parseUnit(first.unit);
+    const seeds = states.map((s) => (unit ? { channel: s.channel, y: unit[0], x: unit[1] } : { channel: s.channel, select: s.select }));
+    setPending(1);
+    const batch = api
+      .projections(first.model, first.image, { layer: first.layer, mode: effectiveMode(first) ?? "auto", seeds }, { signal: controller.signal })
+      .finally(() => setPending(-1));
+    states.forEach((state, i) => {
+      const entry = { id: ++requests, key: projKey(state), controller, result: null, promise: null };
+      entry.promise = batch
+        .then((results) => {
+          entry.result = { ...results[i], rawUrl: URL.createObjectURL(results[i].blob), autoUrl: null, ms: performance.now() - t0 };
+          remember(entry);
+          return entry.result;
+        })
+        .catch((error) => {
+          if (cache.get(entry.key) === entry) cache.delete(entry.key);
+          throw error;
+        });
+      entry.promise.catch(() => {}); // a prefetched channel nobody asks for
+      cache.set(entry.key, entry);
+    });
   }
 
   async function loadProjection(state, { prefetch = 0 } = {}) {
@@ -251,12 +282,18 @@ export function createReconPanel({ root, store, maps, layerInfo, modeFor, descri
     return result.autoUrl;
   }
 
-  // While walking channels with the keyboard, fetch the next one ahead of time.
+  // While walking channels with the keyboard, fetch the next few ahead of time, in one request.
   function prefetchNeighbour(state, direction) {
-    const next = maps.neighbour(state.channel, direction);
-    if (next === null || next === state.channel) return;
-    const nextState = { ...state, channel: next };
-    if (!cache.has(projKey(nextState))) start(nextState).promise.catch(() => {});
+    const ahead = [];
+    let channel = state.channel;
+    for (let step = 0; step < PREFETCH_AHEAD; step += 1) {
+      const next = maps.neighbour(channel, direction);
+      if (next === null || next === undefined || next === channel || next === state.channel) break;
+      channel = next;
+      const nextState = { ...state, channel: next };
+      if (!cache.has(projKey(nextState))) ahead.push(nextState);
+    }
+    if (ahead.length) startBatch(ahead);
   }
 
   // ---- geometry: marker, overlay, crops, facts ---------------------------------------------

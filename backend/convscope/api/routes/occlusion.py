@@ -78,7 +78,7 @@ def occlusion(
         return dict(occlusion_response(result))
 
     if positions <= settings.occlusion_job_threshold:
-        return run()
+        return state.jobs.run_inline("occlusion", run, total=positions)  # counted against the caps
 
     def work(job: Job) -> dict[str, Any]:
         return run(job)

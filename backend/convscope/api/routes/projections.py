@@ -1,3 +1,6 @@
+"""Projections: the single PNG endpoint and the batch endpoint, both answered through the engine's batching
+queue (api/coalesce.py), which they await without holding a worker thread."""
+
 from __future__ import annotations
 
 import base64
@@ -6,14 +9,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
-from convscope.api.caching import Rendered, cache_key, etag_of, png_response
+from convscope.api.caching import Rendered, cache_key, png_response
 from convscope.api.deps import EngineDep, ImageDep, PreparedDep, StateDep
 from convscope.api.openapi import body_examples
 from convscope.api.routes.activations import LayerQuery
 from convscope.api.routes.common import MODEL_ERRORS, png
 from convscope.api.schemas import ProjectionItem, ProjectionsRequest
-from convscope.engine.engine import Projection, Seed, Select
-from convscope.engine.render import png_bytes, projection_image
+from convscope.engine.engine import Seed, Select
 from convscope.engine.rules import Mode
 from convscope.errors import InvalidRequestError
 
@@ -43,7 +45,7 @@ SEED_HEADERS: dict[str, Any] = {
     summary="deconvnet projection of one feature map down to pixel space (docs/deconvnet.md), as an S×S RGB PNG",
     responses={**png("the projection, contrast-normalised to 0..255", SEED_HEADERS), **MODEL_ERRORS},
 )
-def projection(
+async def projection(
     request: Request,
     state: StateDep,
     engine: EngineDep,
@@ -66,31 +68,17 @@ def projection(
         raise InvalidRequestError("give both y and x for a seed position, or neither")
     position = (y, x) if y is not None and x is not None else None
     rule = engine.resolve_mode(layer, mode)
-
-    def make() -> tuple[bytes, dict[str, str]]:
-        state.metrics.batch_sizes.labels(engine.name).observe(1)
-        return _rendered(engine.project(prepared, layer, channel, mode=rule, select=select, position=position))
-
     key = _key(engine.name, prepared.key, layer, channel, rule, select, position)
-    item = state.responses.render(key, make)
+    item = state.responses.get(key)
+    if item is None:
+        (item,) = await state.projections.project(engine, prepared, layer, rule, [Seed(channel, select, position)])
+        state.responses.put(key, item)
     return png_response(request, item, image.cache_control)
 
 
 def _key(*parts: object) -> str:
     """The response-cache key of one projection PNG, shared by the single and the batch endpoint."""
     return cache_key("projection", *parts)
-
-
-def _rendered(result: Projection) -> tuple[bytes, dict[str, str]]:
-    """A projection's PNG and its X-* headers, exactly as the single endpoint sends them."""
-    seed_y, seed_x = result.seed_position
-    headers = {
-        "X-Seed-Value": repr(float(result.seed_value)),
-        "X-Seed-Y": str(seed_y),
-        "X-Seed-X": str(seed_x),
-        "X-Mode": result.mode,
-    }
-    return png_bytes(projection_image(result.projection)), headers
 
 
 def _item(channel: int, select: Select, rendered: Rendered) -> ProjectionItem:
@@ -112,7 +100,8 @@ def _item(channel: int, select: Select, rendered: Rendered) -> ProjectionItem:
     summary="many projections of one image and layer in one response, sharing one recorded forward pass",
     description="One entry per seed, in order; each PNG is byte-identical to GET .../projection with the same "
     "parameters (same ETag) and comes as a data URL, so a client needs one round trip. Projections already "
-    "rendered are reused; the others are computed in one `Engine.project_many` call. More seeds than the "
+    "rendered are reused; the others are computed in one `Engine.project_many` call (coalesced with other "
+    "requests that arrive within CONVSCOPE_PROJECTION_WINDOW_MS). More seeds than the "
     "server's `max_projection_seeds` (default 64), or none, is a 422.",
     responses=MODEL_ERRORS,
     openapi_extra=body_examples(
@@ -123,7 +112,7 @@ def _item(channel: int, select: Select, rendered: Rendered) -> ProjectionItem:
         },
     ),
 )
-def batch_projections(
+async def batch_projections(
     body: ProjectionsRequest,
     state: StateDep,
     engine: EngineDep,
@@ -140,10 +129,8 @@ def batch_projections(
     missing = list(dict.fromkeys(key for key, item in found.items() if item is None))
     if missing:
         todo = [seeds[keys.index(key)] for key in missing]
-        state.metrics.batch_sizes.labels(engine.name).observe(len(todo))
-        for key, result in zip(missing, engine.project_many(prepared, body.layer, todo, mode=rule), strict=True):
-            body_bytes, headers = _rendered(result)
-            item = Rendered(body_bytes, etag_of(body_bytes), headers)
+        computed = await state.projections.project(engine, prepared, body.layer, rule, todo)
+        for key, item in zip(missing, computed, strict=True):
             state.responses.put(key, item)
             found[key] = item
     log.debug("projections of %s on %s: %d seeds, %d computed", image.id, body.layer, len(seeds), len(missing))

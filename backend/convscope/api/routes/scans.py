@@ -10,6 +10,7 @@ the bundled sample photos for its default model in the background (a job), unles
 
 from __future__ import annotations
 
+import base64
 from dataclasses import replace
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
@@ -28,7 +29,7 @@ from convscope.api.routes.jobs import accepted, job_url
 from convscope.api.scans import ScanService, install, on_startup, scan_url
 from convscope.api.schemas import ErrorResponse, JobResponse, LayerResponse
 from convscope.api.schemas.scans import ScanInfo, ScanProgress, ScanRequest, ScanRootInfo
-from convscope.api.schemas.topk import ScanImageRef, TopEntry, TopResponse
+from convscope.api.schemas.topk import ScanImageRef, TopEntry, TopProjection, TopResponse
 from convscope.engine import Engine, LayerInfo
 from convscope.engine.render import png_bytes
 from convscope.errors import ConvscopeError, InvalidRequestError
@@ -234,6 +235,37 @@ def top(
     return TopResponse(
         scan=scan_id, layer=layer, channel=channel, top=renderer.manifest.config.top, mode=resolved, entries=rows
     )
+
+
+@router.get(
+    "/models/{model}/scans/{scan_id}/top/projections",
+    response_model=list[TopProjection],
+    summary="every top-k projection of one channel (in `mode`) in one answer, as data URLs: the bytes of each "
+    "top/{rank}/projection.png, rendered together (one recorded forward pass per source image)",
+    responses={**errors(404, 422, 503), **CONFLICT},
+)
+def top_projections(
+    service: ScanServiceDep,
+    engine: EngineDep,
+    scan_id: ScanId,
+    layer: LayerQuery,
+    channel: ChannelQuery,
+    mode: ModeQuery = "deconvnet",
+) -> list[TopProjection]:
+    renderer = _renderer(service, engine, engine.name, scan_id)
+    ranks = range(len(renderer.entries(layer, channel)))
+    resolved = engine.resolve_mode(layer, mode)
+    renderer.render(layer, [(channel, rank) for rank in ranks], kinds=("projection",), mode=resolved)
+    bodies = [renderer.png(layer, channel, rank, "projection", resolved) for rank in ranks]
+    return [
+        TopProjection(
+            rank=rank,
+            mode=resolved,
+            etag=etag_of(body),
+            png="data:image/png;base64," + base64.b64encode(body).decode("ascii"),
+        )
+        for rank, body in zip(ranks, bodies, strict=True)
+    ]
 
 
 def _png(request: Request, body: bytes, headers: dict[str, str] | None = None) -> Response:

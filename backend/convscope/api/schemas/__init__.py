@@ -24,7 +24,7 @@ from convscope.api.schemas.occlusion import (
 from convscope.api.schemas.projections import ProjectionItem, ProjectionSeed, ProjectionsRequest
 from convscope.api.schemas.scans import ScanInfo, ScanProgress, ScanRequest, ScanRootInfo
 from convscope.api.schemas.studies import StudyList, StudySummary
-from convscope.api.schemas.topk import ScanImageRef, TopEntry, TopResponse
+from convscope.api.schemas.topk import ScanImageRef, TopEntry, TopProjection, TopResponse
 
 __all__ = [
     "ActivationsResponse",
@@ -60,6 +60,7 @@ __all__ = [
     "StudyList",
     "StudySummary",
     "TopEntry",
+    "TopProjection",
     "TopResponse",
     "UploadResponse",
 ]

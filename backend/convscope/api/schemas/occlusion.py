@@ -33,12 +33,12 @@ class OcclusionRequest(BaseModel):
         "where the target's probability dropped most",
     )
 
-    @field_validator("size", "stride", "target", mode="before")
+    @field_validator("size", "stride", "target", "approx", "adaptive", mode="before")
     @classmethod
     def _no_booleans(cls, value: object) -> object:
-        """JSON true is not the integer 1 (JSON Schema agrees); 16.0 still is 16."""
+        """JSON true is not the number 1 (JSON Schema agrees); 16.0 still is 16."""
         if isinstance(value, bool):
-            raise ValueError("expected an integer, not a boolean")
+            raise ValueError("expected a number, not a boolean")
         return value
 
 

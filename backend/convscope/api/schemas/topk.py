@@ -30,3 +30,12 @@ class TopResponse(BaseModel):
     top: int
     mode: str = Field(default="deconvnet", description="the projection mode of projection_url (auto resolved)")
     entries: list[TopEntry]
+
+
+class TopProjection(BaseModel):
+    """One top-k projection, as `top/{rank}/projection.png` sends it, inside a JSON answer."""
+
+    rank: int
+    mode: str = Field(description="the projection mode (auto resolved)")
+    etag: str = Field(description="the ETag of the same PNG at its projection_url")
+    png: str = Field(description="the PNG as a data URL (data:image/png;base64,...), usable as an img src")
