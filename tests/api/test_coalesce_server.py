@@ -78,6 +78,10 @@ def requests_of(index: int, upload_id: str) -> list[tuple[str, str, dict[str, An
     ]
 
 
+def session(server: str, cookies: httpx.Cookies | None = None) -> httpx.Client:
+    return httpx.Client(base_url=server, timeout=300, cookies=cookies)
+
+
 def send(client: httpx.Client, method: str, path: str, data: dict[str, Any]) -> bytes:
     response = client.get(path, params=data) if method == "GET" else client.post(path, json=data)
     assert response.status_code == 200, response.text
@@ -85,49 +89,57 @@ def send(client: httpx.Client, method: str, path: str, data: dict[str, Any]) -> 
 
 
 def test_sixteen_clients_get_the_one_at_a_time_bytes(server: str) -> None:
-    clients = [httpx.Client(base_url=server, timeout=300) for _ in range(CLIENTS)]
-    try:
-        uploads = [upload(client, index) for index, client in enumerate(clients)]
-        work = [requests_of(index, uploads[index]) for index in range(CLIENTS)]
-        # one at a time: every answer computed alone (each client with its own cookie, for its upload)
-        alone = [[send(client, *request) for request in mine] for client, mine in zip(clients, work, strict=True)]
-        before = batches(server)
+    # Each client keeps its cookie (its own client id) across the phases, but opens fresh connections
+    # in each: an idle keep-alive connection that the server closes (5 s) just as the client reuses
+    # it would fail a request for a reason that has nothing to do with batching.
+    cookies: list[httpx.Cookies] = []
+    uploads: list[str] = []
+    for index in range(CLIENTS):
+        with session(server) as client:
+            uploads.append(upload(client, index))
+            cookies.append(client.cookies)
+    work = [requests_of(index, uploads[index]) for index in range(CLIENTS)]
+    # one at a time: every answer computed alone (each client with its own cookie, for its upload)
+    alone = []
+    for index in range(CLIENTS):
+        with session(server, cookies[index]) as client:
+            alone.append([send(client, *request) for request in work[index]])
+    before = batches(server)
 
-        together: list[list[bytes | None]] = [[None] * len(mine) for mine in work]
-        barrier = threading.Barrier(CLIENTS)
-        errors: list[BaseException] = []
+    together: list[list[bytes | None]] = [[None] * len(mine) for mine in work]
+    barrier = threading.Barrier(CLIENTS)
+    errors: list[BaseException] = []
 
-        def run(index: int) -> None:
-            try:
-                order = list(range(len(work[index])))
-                random.Random(index).shuffle(order)
+    def run(index: int) -> None:
+        try:
+            order = list(range(len(work[index])))
+            random.Random(index).shuffle(order)
+            with session(server, cookies[index]) as client:
                 barrier.wait(timeout=60)
                 for position in order:
-                    together[index][position] = send(clients[index], *work[index][position])
-            except BaseException as exc:  # reported below, with the others'
-                errors.append(exc)
+                    together[index][position] = send(client, *work[index][position])
+        except BaseException as exc:  # reported below, with the others'
+            errors.append(exc)
 
-        threads = [threading.Thread(target=run, args=(index,)) for index in range(CLIENTS)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=600)
-        assert not errors, errors
-        for index in range(CLIENTS):
-            assert together[index] == alone[index], f"client {index}: a coalesced answer differs from its own alone"
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    assert not errors, errors
+    for index in range(CLIENTS):
+        assert together[index] == alone[index], f"client {index}: a coalesced answer differs from its own alone"
 
-        after = batches(server)
-        count, single = after[0] - before[0], after[1] - before[1]
-        assert count >= 1 and count - single >= 1, f"{count} batches, {single} of them answering one request"
+    after = batches(server)
+    count, single = after[0] - before[0], after[1] - before[1]
+    assert count >= 1 and count - single >= 1, f"{count} batches, {single} of them answering one request"
 
-        # uploads stay their client's own: another client's id is unknown to it, even with batching
-        foreign = clients[1].get(
+    # uploads stay their client's own: another client's id is unknown to it, even with batching
+    with session(server, cookies[1]) as client:
+        foreign = client.get(
             f"/api/models/{MODEL}/images/{uploads[0]}/projection", params={"layer": LAYERS[0], "channel": 3}
         )
-        assert foreign.status_code == 404, foreign.text
-    finally:
-        for client in clients:
-            client.close()
+    assert foreign.status_code == 404, foreign.text
 
 
 def test_the_answers_are_real_projections(server: str) -> None:
