@@ -17,10 +17,13 @@ and compares the trained conv1 layers side by side:
   of energy at frequencies the layer's output grid cannot hold — max(|f_x|, |f_y|) ≥ 1/(2·stride)
   — which folds back into lower frequencies of the map. A white-noise kernel's shares are given
   beside each (`white`);
+- **what training added**: per filter the final weight less its seeded initialisation at its
+  best rescaling (`learned_part`), that part's share of the energy, and its spectrum;
 - a mosaic of each variant's filters (PNG), and the two side by side.
 
-Writes `stride.json`, `stride.md`, `stride-<variant>.png`, `stride.png` and the runs under
-`runs/<variant>/` (resumable: an interrupted study continues).
+The runs are trained under `out/runs/<variant>/` (resumable: an interrupted study
+continues); `convscope stride` writes `stride.json`, `stride.md`, `stride-<variant>.png` and
+`stride.png` beside them.
 """
 
 from __future__ import annotations
