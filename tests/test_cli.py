@@ -21,6 +21,14 @@ def run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def project(sample: str, layer: str, channel: int, *args: str) -> subprocess.CompletedProcess[str]:
+    """`convscope project` of a sample photo with the default model."""
+    image = str(get_sample(sample).path)
+    return run(
+        "project", "--model", "efficientnet_lite0", "--image", image, "--layer", layer, "--channel", str(channel), *args
+    )
+
+
 def test_predict_json_on_a_real_photo() -> None:
     result = run(
         "predict", "--model", "efficientnet_lite0", "--image", str(get_sample("coffee").path), "--top", "3", "--json"
@@ -34,10 +42,7 @@ def test_predict_json_on_a_real_photo() -> None:
 
 def test_project_writes_png_and_raw(tmp_path: Path) -> None:
     out, raw = tmp_path / "p.png", tmp_path / "p.npz"
-    result = run(
-        "project", "--model", "efficientnet_lite0", "--image", str(get_sample("chelsea").path),
-        "--layer", "blocks.2", "--channel", "7", "--mode", "guided", "--out", str(out), "--raw", str(raw),
-    )  # fmt: skip
+    result = project("chelsea", "blocks.2", 7, "--mode", "guided", "--out", str(out), "--raw", str(raw))
     assert result.returncode == 0, result.stderr
     image = Image.open(out)
     assert image.size == (224, 224) and image.mode == "RGB"
@@ -65,10 +70,7 @@ def test_project_writes_png_and_raw(tmp_path: Path) -> None:
 
 def test_project_whole_map_seed(tmp_path: Path) -> None:
     raw = tmp_path / "m.npz"
-    result = run(
-        "project", "--model", "efficientnet_lite0", "--image", str(get_sample("rocket").path), "--layer", "conv_stem",
-        "--channel", "3", "--select", "map", "--out", str(tmp_path / "m.png"), "--raw", str(raw),
-    )  # fmt: skip
+    result = project("rocket", "conv_stem", 3, "--select", "map", "--out", str(tmp_path / "m.png"), "--raw", str(raw))
     assert result.returncode == 0, result.stderr
     assert list(np.load(raw)["seed_position"]) == [-1, -1]
 
@@ -87,46 +89,19 @@ def test_layers_json() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("predict", "--model", "nope", "--image", "{photo}"), "unknown model 'nope'"),
-        (("predict", "--model", "zfnet", "--image", "{missing}"), "image file not found"),
-        (("predict", "--model", "zfnet", "--image", "{text}"), "not an image"),
-        (("predict", "--model", "zfnet", "--weights", "{missing}", "--image", "{photo}"), "weights file not found"),
+        ("predict --model nope --image {photo}", "unknown model 'nope'"),
+        ("predict --model zfnet --image {missing}", "image file not found"),
+        ("predict --model zfnet --image {text}", "not an image"),
+        ("predict --model zfnet --weights {missing} --image {photo}", "weights file not found"),
+        ("project --model zfnet --image {photo} --layer nope --channel 0 --out {png}", "no layer 'nope'"),
         (
-            (
-                "project",
-                "--model",
-                "zfnet",
-                "--image",
-                "{photo}",
-                "--layer",
-                "nope",
-                "--channel",
-                "0",
-                "--out",
-                "{png}",
-            ),
-            "no layer 'nope'",
-        ),
-        (
-            (
-                "project",
-                "--model",
-                "zfnet",
-                "--image",
-                "{photo}",
-                "--layer",
-                "features.conv1",
-                "--channel",
-                "96",
-                "--out",
-                "{png}",
-            ),
+            "project --model zfnet --image {photo} --layer features.conv1 --channel 96 --out {png}",
             "channel 96 is out of range",
         ),
-        (("layers", "--model", "no_such_pkg_zz:f"), "cannot import module"),
+        ("layers --model no_such_pkg_zz:f", "cannot import module"),
     ],
 )
-def test_bad_input_exits_2_with_one_line(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+def test_bad_input_exits_2_with_one_line(tmp_path: Path, args: str, message: str) -> None:
     text = tmp_path / "notes.txt"
     text.write_text("hello, not a picture")
     values = {
@@ -135,7 +110,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path, args: tuple[str, ...], 
         "text": str(text),
         "png": str(tmp_path / "o.png"),
     }
-    result = run(*(arg.format(**values) for arg in args))
+    result = run(*(arg.format(**values) for arg in args.split()))
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -143,30 +118,16 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path, args: tuple[str, ...], 
 
 
 def test_argument_errors_exit_2() -> None:
-    result = run(
-        "project",
-        "--model",
-        "zfnet",
-        "--image",
-        "x.png",
-        "--layer",
-        "a",
-        "--channel",
-        "0",
-        "--out",
-        "o.png",
-        "--mode",
-        "magic",
-    )
+    args = ["project", "--model", "zfnet", "--image", "x.png", "--layer", "a", "--channel", "0", "--out", "o.png"]
+    result = run(*args, "--mode", "magic")
     assert result.returncode == 2 and "invalid choice" in result.stderr
 
 
 def test_project_from_a_logit(tmp_path: Path) -> None:
     raw = tmp_path / "l.npz"
-    result = run(
-        "project", "--model", "efficientnet_lite0", "--image", str(get_sample("chelsea").path), "--layer", "logits",
-        "--channel", "285", "--mode", "gradient", "--out", str(tmp_path / "l.png"), "--raw", str(raw),
-    )  # fmt: skip
+    result = project(
+        "chelsea", "logits", 285, "--mode", "gradient", "--out", str(tmp_path / "l.png"), "--raw", str(raw)
+    )
     assert result.returncode == 0, result.stderr
     data = np.load(raw)
     assert list(data["seed_position"]) == [0, 0]
@@ -174,10 +135,7 @@ def test_project_from_a_logit(tmp_path: Path) -> None:
 
 
 def test_project_from_a_logit_out_of_range_exits_2(tmp_path: Path) -> None:
-    result = run(
-        "project", "--model", "efficientnet_lite0", "--image", str(get_sample("chelsea").path), "--layer", "logits",
-        "--channel", "1000", "--out", str(tmp_path / "x.png"),
-    )  # fmt: skip
+    result = project("chelsea", "logits", 1000, "--out", str(tmp_path / "x.png"))
     assert result.returncode == 2
     assert "0..999" in result.stderr and "Traceback" not in result.stderr
 

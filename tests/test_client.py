@@ -18,7 +18,7 @@ import uvicorn
 from PIL import Image
 
 from api.helpers import MODEL, free_port, tiny_loader, tiny_settings
-from api.test_server import start_server, stop, wait_healthy
+from api.test_server import served
 from convscope.api import create_app
 from convscope.client import ApiError, Client
 from convscope.samples import get_sample
@@ -34,8 +34,6 @@ CATS = {281, 282, 283, 284, 285}  # ImageNet: tabby, tiger cat, Persian, Siamese
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     roots = tmp_path_factory.mktemp("roots") / "photos"
     (roots / "empty").mkdir(parents=True)  # a scan root with a folder holding no image
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     env = {
         "CONVSCOPE_DEVICE": "cpu",
         "CONVSCOPE_OCCLUSION_JOB_THRESHOLD": str(JOB_THRESHOLD),
@@ -43,13 +41,8 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "CONVSCOPE_SCAN_DIR": str(tmp_path_factory.mktemp("client-scans")),
         "CONVSCOPE_SCAN_ROOTS": str(roots),
     }
-    process = start_server(port, "--model", MODEL, env=env)
-    try:
-        wait_healthy(process, base)
+    with served("--model", MODEL, env=env) as base:
         yield base
-    finally:
-        if process.poll() is None:
-            stop(process)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ problem, never a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -116,9 +117,9 @@ def cmd_project(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from convscope.api.server import run_server
+    from convscope.api.server import build_settings, run_server
 
-    return run_server(host=args.host, port=args.port, models=args.model, device=args.device, insecure=args.insecure)
+    return run_server(build_settings(args.host, args.port, args.model, args.device, args.insecure))
 
 
 def cmd_occlude(args: argparse.Namespace) -> int:
@@ -159,102 +160,35 @@ def cmd_occlude(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_scan(args: argparse.Namespace) -> int:
-    from convscope.scan.commands import scan_main
+def _lazy(package: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """The command `convscope.<package>.commands.<name>`, imported when it runs (the parser stays light)."""
 
-    return scan_main(args)
+    def run(args: argparse.Namespace) -> int:
+        command: Callable[[argparse.Namespace], int] = getattr(
+            importlib.import_module(f"convscope.{package}.commands"), name
+        )
+        return command(args)
 
-
-def cmd_montage(args: argparse.Namespace) -> int:
-    from convscope.scan.commands import montage_main
-
-    return montage_main(args)
-
-
-def cmd_invariance(args: argparse.Namespace) -> int:
-    from convscope.analysis.commands import invariance_main
-
-    return invariance_main(args)
+    return run
 
 
-def cmd_correspond(args: argparse.Namespace) -> int:
-    from convscope.analysis.commands import correspond_main
+def _int_at_least(low: int, words: str) -> Callable[[str], int]:
+    """An argparse type: an integer of at least `low` (`words` says so when it is not)."""
 
-    return correspond_main(args)
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} must be {words}")
+        return value
 
-
-def cmd_filters(args: argparse.Namespace) -> int:
-    from convscope.analysis.commands import filters_main
-
-    return filters_main(args)
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from convscope.studies.commands import train_main
-
-    return train_main(args)
+    return parse
 
 
-def cmd_evolution(args: argparse.Namespace) -> int:
-    from convscope.studies.commands import evolution_main
-
-    return evolution_main(args)
-
-
-def cmd_ablate(args: argparse.Namespace) -> int:
-    from convscope.studies.commands import ablate_main
-
-    return ablate_main(args)
-
-
-def cmd_probe(args: argparse.Namespace) -> int:
-    from convscope.studies.commands import probe_main
-
-    return probe_main(args)
-
-
-def cmd_stride(args: argparse.Namespace) -> int:
-    from convscope.studies.commands import stride_main
-
-    return stride_main(args)
-
-
-def cmd_convergence(args: argparse.Namespace) -> int:
-    from convscope.studies.commands import convergence_main
-
-    return convergence_main(args)
-
-
-def cmd_visualize(args: argparse.Namespace) -> int:
-    from convscope.featvis.commands import visualize_main
-
-    return visualize_main(args)
-
-
-def cmd_atlas(args: argparse.Namespace) -> int:
-    from convscope.featvis.commands import atlas_main
-
-    return atlas_main(args)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
-    return value
+_positive_int = _int_at_least(1, "at least 1")
+_non_negative_int = _int_at_least(0, "0 or more")
 
 
 def _add_model(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -394,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint-every", type=_positive_int, default=1024, help="images between checkpoints (resume points)"
     )
     scan.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is no terminal")
-    scan.set_defaults(func=cmd_scan)
+    scan.set_defaults(func=_lazy("scan", "scan_main"))
 
     montage = sub.add_parser("montage", help="Fig. 2-style montage of a scan: top-k projections beside their patches")
     montage.add_argument("--scan", required=True, help="a store directory written by `convscope scan`")
@@ -403,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     montage.add_argument("--tile", type=_positive_int, default=64, help="side of each tile in pixels")
     montage.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     montage.add_argument("--out", required=True, help="PNG to write")
-    montage.set_defaults(func=cmd_montage)
+    montage.set_defaults(func=_lazy("scan", "montage_main"))
 
     _add_analysis_parsers(sub)
     _add_study_parsers(sub)
@@ -418,12 +352,12 @@ def _add_featvis_parsers(sub: argparse._SubParsersAction) -> None:  # type: igno
     vis = sub.add_parser("visualize", help="an image that maximises one unit (feature visualisation by optimisation)")
     _add_model(vis)
     add_visualize_arguments(vis)
-    vis.set_defaults(func=cmd_visualize)
+    vis.set_defaults(func=_lazy("featvis", "visualize_main"))
 
     atlas = sub.add_parser("atlas", help="a static site (opens from file://): per unit its optimised image and top 9")
     _add_model(atlas)
     add_atlas_arguments(atlas)
-    atlas.set_defaults(func=cmd_atlas)
+    atlas.set_defaults(func=_lazy("featvis", "atlas_main"))
 
 
 def _add_analysis_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -444,7 +378,7 @@ def _add_analysis_parsers(sub: argparse._SubParsersAction) -> None:  # type: ign
     inv.add_argument("--batch-size", type=_positive_int, default=16)
     inv.add_argument("--json", required=True, dest="json_out", help="file to write the JSON result to ('-': stdout)")
     inv.add_argument("--plot", default=None, help="PNG with the three curves (matplotlib)")
-    inv.set_defaults(func=cmd_invariance)
+    inv.set_defaults(func=_lazy("analysis", "invariance_main"))
 
     cor = sub.add_parser("correspond", help="correspondence Δ of occluded parts against random boxes (Table 1)")
     _add_model(cor, required=False)
@@ -460,7 +394,7 @@ def _add_analysis_parsers(sub: argparse._SubParsersAction) -> None:  # type: ign
     cor.add_argument("--seed", type=int, default=0)
     cor.add_argument("--batch-size", type=_positive_int, default=16)
     cor.add_argument("--json", required=True, dest="json_out", help="file to write the JSON result to ('-': stdout)")
-    cor.set_defaults(func=cmd_correspond)
+    cor.set_defaults(func=_lazy("analysis", "correspond_main"))
 
     fil = sub.add_parser("filters", help="layer-1 filters, their frequency coverage, dead channels (Fig. 6)")
     _add_model(fil, required=False)
@@ -472,7 +406,15 @@ def _add_analysis_parsers(sub: argparse._SubParsersAction) -> None:  # type: ign
     fil.add_argument("--scale", type=_positive_int, default=8, help="mosaic pixels per filter weight")
     fil.add_argument("--batch-size", type=_positive_int, default=8)
     fil.add_argument("--json", required=True, dest="json_out", help="file to write the JSON result to ('-': stdout)")
-    fil.set_defaults(func=cmd_filters)
+    fil.set_defaults(func=_lazy("analysis", "filters_main"))
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """What a study of a finished training run reads (`evolution`, `convergence`): its checkpoints, over images."""
+    parser.add_argument("--checkpoints", required=True, help="a `convscope train` run folder")
+    parser.add_argument("--images", required=True, help="digits, faces or an ImageFolder directory")
+    parser.add_argument("--split", default="train", choices=["train", "val", "all"], help="which of the run's images")
+    parser.add_argument("--limit", type=_positive_int, default=None, help="a stratified subset of N images")
 
 
 def _add_training_arguments(parser: argparse.ArgumentParser, epochs: int) -> None:
@@ -512,13 +454,10 @@ def _add_study_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore
         "--first-layer", default="zf", choices=["zf", "alexnet"], help="conv1 7×7/2 (zf) or 11×11/4 (alexnet; Fig. 6)"
     )
     tr.add_argument("--out", required=True, help="run folder (model.json, epoch-E.pt, state.pt, log.json)")
-    tr.set_defaults(func=cmd_train)
+    tr.set_defaults(func=_lazy("studies", "train_main"))
 
     ev = sub.add_parser("evolution", help="strongest activation of feature maps across checkpoints (Fig. 4)")
-    ev.add_argument("--checkpoints", required=True, help="a `convscope train` run folder")
-    ev.add_argument("--images", required=True, help="digits, faces or an ImageFolder directory")
-    ev.add_argument("--split", default="train", choices=["train", "val", "all"], help="which of the run's images")
-    ev.add_argument("--limit", type=_positive_int, default=None, help="a stratified subset of N images")
+    _add_run_arguments(ev)
     ev.add_argument("--layers", default="conv1,conv2,conv3,conv4,conv5", help="conv1,conv5 or conv1:0,5;conv5:3")
     ev.add_argument("--per-layer", type=_positive_int, default=4, help="random channels per layer (seeded)")
     ev.add_argument("--epochs", default=None, help="only these checkpoints, e.g. 1,2,5,10")
@@ -531,7 +470,7 @@ def _add_study_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore
     ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ev.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     ev.add_argument("--out", required=True, help="FILE.png or FILE.json (both are written)")
-    ev.set_defaults(func=cmd_evolution)
+    ev.set_defaults(func=_lazy("studies", "evolution_main"))
 
     ab = sub.add_parser("ablate", help="retrain with layers removed or resized; Table 3 (JSON + Markdown)")
     _add_training_arguments(ab, epochs=10)
@@ -542,7 +481,7 @@ def _add_study_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore
     )
     ab.add_argument("--seeds", type=_positive_int, default=1, help="runs per variant (seeds seed..seed+N-1)")
     ab.add_argument("--out", required=True, help="folder: ablation.json, ablation.md, runs/")
-    ab.set_defaults(func=cmd_ablate)
+    ab.set_defaults(func=_lazy("studies", "ablate_main"))
 
     st = sub.add_parser("stride", help="train stride-4 and stride-2 first layers alike; dead filters, spectra (Fig. 6)")
     _add_training_arguments(st, epochs=10)
@@ -552,13 +491,10 @@ def _add_study_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore
     st.add_argument("--checkpoints", default="all", help="epochs each run saves (the last is always saved)")
     st.add_argument("--no-resume", action="store_true", help="retrain the runs even if --out holds them")
     st.add_argument("--out", required=True, help="folder: stride.json, stride.md, stride*.png, runs/")
-    st.set_defaults(func=cmd_stride)
+    st.set_defaults(func=_lazy("studies", "stride_main"))
 
     cv = sub.add_parser("convergence", help="per layer, top-9 overlap with the final checkpoint's, per epoch (Fig. 4)")
-    cv.add_argument("--checkpoints", required=True, help="a `convscope train` run folder")
-    cv.add_argument("--images", required=True, help="digits, faces or an ImageFolder directory")
-    cv.add_argument("--split", default="train", choices=["train", "val", "all"], help="which of the run's images")
-    cv.add_argument("--limit", type=_positive_int, default=None, help="a stratified subset of N images")
+    _add_run_arguments(cv)
     cv.add_argument("--layers", default=None, help="comma-separated layers (default: every conv layer)")
     cv.add_argument(
         "--epochs", default=None, help="only these checkpoints, e.g. 1,2,5,10 (the last one is the reference)"
@@ -570,7 +506,7 @@ def _add_study_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore
     cv.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     cv.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     cv.add_argument("--out", required=True, help="FILE.json (FILE.md is written beside it)")
-    cv.set_defaults(func=cmd_convergence)
+    cv.set_defaults(func=_lazy("studies", "convergence_main"))
 
     pr = sub.add_parser("probe", help="linear SVM / softmax on each layer's pooled features (Table 7)")
     _add_model(pr)
@@ -589,7 +525,7 @@ def _add_study_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore
     pr.add_argument("--batch-size", type=_positive_int, default=32)
     pr.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     pr.add_argument("--out", required=True, help="FILE.json (FILE.md is written beside it)")
-    pr.set_defaults(func=cmd_probe)
+    pr.set_defaults(func=_lazy("studies", "probe_main"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -168,12 +168,16 @@ export const urls = {
   labels: (model) => `/api/models/${enc(model)}/labels`,
   filters: (model, layer = null) => `/api/models/${enc(model)}/filters${layer ? `?${query({ layer })}` : ""}`,
   analysis: (model, name) => `/api/models/${enc(model)}/analyses/${name}`,
-  invariancePreview: (model, params) => `/api/models/${enc(model)}/analyses/invariance/preview.png?${params}`,
+  /** `params`: { image, transform, value, edge } */
+  invariancePreview: (model, params) => `/api/models/${enc(model)}/analyses/invariance/preview.png?${query(params)}`,
   studies: () => "/api/studies",
   study: (id) => `/api/studies/${enc(id)}`,
   studyRun: (name) => `/api/studies/${enc(name)}`,
   withVersion: (url, version) => `${url}?${query({ v: version ?? "" })}`,
   scans: (model) => `/api/models/${enc(model)}/scans`,
+  /** POST: start optimising units; with `params` ({ layer, channel, steps, … }): whether one unit is stored. */
+  visualizations: (model, params = null) => `/api/models/${enc(model)}/visualizations${params ? `?${query(params)}` : ""}`,
+  atlas: () => "/api/atlas",
   scanRoots: () => "/api/scan-roots",
   /** A scan's top-k of one channel; `scanUrl` is the scan's own `url`. */
   scanTop: (scanUrl, { layer, channel, mode }) => `${scanUrl}/top?${query({ layer, channel, mode })}`,

@@ -7,7 +7,7 @@
 // normalised on its own as in the paper. POST .../analyses/dead-channels counts,
 // as a job, the channels never positive over the sample photos.
 
-import { injectStyle, svg } from "./util.js";
+import { injectStyle, panel, svg } from "./util.js";
 import { startJob } from "./jobs.js";
 
 const BAND_COLOURS = ["#3ee0ff", "#f0b43c", "#ff7a6b"]; // low, mid, high
@@ -68,24 +68,21 @@ function build() {
   el.deadTable = h("div", { class: "arch-scroll", dataset: { role: "arch-dead" } });
   el.deadError = h("div", { class: "error", role: "alert", hidden: true, dataset: { role: "arch-dead-error" } });
 
-  const mosaicPanel = h(
-    "section",
-    { class: "panel", "aria-labelledby": "arch-filters-title" },
-    h("header", { class: "panel-head" }, h("h2", { id: "arch-filters-title" }, "Filters · Fig. 6"), h("div", { class: "panel-tools arch-tools" }, el.layer)),
+  const mosaicPanel = panel(
+    { id: "arch-filters-title", title: "Filters · Fig. 6" },
+    [
+      h("div", { class: "panel-tools arch-tools" }, el.layer),
+    ],
     h("div", { class: "arch-mosaic" }, el.mosaic, el.facts),
     el.readout,
     el.filtersError,
     h("p", { class: "arch-note" }, "Each filter is scaled to the full 0–255 range on its own (as in the paper), so weak and strong filters are equally visible; hover a tile for its frequency shares."),
   );
-  const bandsPanel = h(
-    "section",
-    { class: "panel", "aria-labelledby": "arch-bands-title" },
-    h(
-      "header",
-      { class: "panel-head" },
-      h("h2", { id: "arch-bands-title" }, "Frequency coverage"),
+  const bandsPanel = panel(
+    { id: "arch-bands-title", title: "Frequency coverage" },
+    [
       h("ul", { class: "arch-legend" }, ...["low", "mid", "high"].map((b, i) => h("li", {}, h("i", { style: { background: BAND_COLOURS[i] } }), b))),
-    ),
+    ],
     el.bands,
     h(
       "p",
@@ -95,15 +92,11 @@ function build() {
       "The paper saw a large stride leave extreme frequencies and little mid-frequency coverage.",
     ),
   );
-  const deadPanel = h(
-    "section",
-    { class: "panel arch-wide", "aria-labelledby": "arch-dead-title" },
-    h(
-      "header",
-      { class: "panel-head" },
-      h("h2", { id: "arch-dead-title" }, "Dead channels"),
+  const deadPanel = panel(
+    { id: "arch-dead-title", title: "Dead channels", className: "arch-wide" },
+    [
       h("div", { class: "panel-tools arch-tools" }, h("label", { class: "check" }, el.onlyDead, h("span", {}, "only layers with dead channels"))),
-    ),
+    ],
     h("div", { class: "arch-run" }, el.run, el.progress, el.deadSummary),
     el.deadError,
     el.deadTable,
@@ -284,9 +277,9 @@ function renderDead() {
 }
 
 // ---- the tab interface -------------------------------------------------------------------------------------------
-async function mount(panel, context) {
+async function mount(section, context) {
   ctx = context;
-  root = panel;
+  root = section;
   injectStyle("css-analysis-architecture", CSS);
   build();
   renderLayerChoices();

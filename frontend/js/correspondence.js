@@ -7,8 +7,8 @@
 // two layers. Lower Δ = the part's occlusion changes the features the same way in
 // every image. POST /api/models/{m}/analyses/correspondence runs it as a job.
 
-import { injectStyle } from "./util.js";
-import { cancelJob, startJob } from "./jobs.js";
+import { injectStyle, panel } from "./util.js";
+import { jobControls } from "./jobs.js";
 
 const PART_COLOURS = ["#ff7a6b", "#6fd08c", "#3ee0ff", "#f0b43c", "#c792ea", "#ff9edb", "#9fb4ff", "#e0e0e0"];
 const MAX_IMAGES = 16;
@@ -57,7 +57,7 @@ let parts = []; // ordered part names
 let boxes = {}; // part -> image -> [x, y, w, h]
 let active = null;
 let result = null;
-let running = null;
+let controls = null; // the Run / Cancel / progress of the job (jobs.js)
 let size = 224;
 const pictures = new Map(); // image id -> HTMLImageElement
 const el = {};
@@ -81,35 +81,33 @@ function build() {
   el.draws = h("input", { type: "number", min: "1", max: "100", value: "5", "aria-label": "Random draws", dataset: { role: "cor-draws" } });
   el.seed = h("input", { type: "number", min: "0", value: "0", "aria-label": "Random seed", dataset: { role: "cor-seed" } });
   el.run = h("button", { type: "button", class: "btn", dataset: { role: "cor-run" }, onclick: run }, "Run");
-  el.cancel = h("button", { type: "button", class: "btn", hidden: true, onclick: cancel, dataset: { role: "cor-cancel" } }, "Cancel");
+  el.cancel = h("button", { type: "button", class: "btn", hidden: true, dataset: { role: "cor-cancel" } }, "Cancel");
   el.progress = h("progress", { max: 1, value: 0, hidden: true, "aria-label": "Progress" });
+  controls = jobControls({ root, run: el.run, cancel: el.cancel, progress: el.progress });
   el.error = h("div", { class: "error", role: "alert", hidden: true, dataset: { role: "cor-error" } });
   el.table = h("div", { dataset: { role: "cor-result" } });
   el.summary = h("span", { class: "panel-note", dataset: { role: "cor-summary" } });
 
-  const left = h(
-    "section",
-    { class: "panel", "aria-labelledby": "cor-title" },
-    h(
-      "header",
-      { class: "panel-head" },
-      h("h2", { id: "cor-title" }, "Correspondence · Fig. 8"),
+  const left = panel(
+    { id: "cor-title", title: "Correspondence · Fig. 8" },
+    [
       h(
         "div",
         { class: "panel-tools" },
         h("button", { type: "button", class: "btn", onclick: loadDemo, dataset: { role: "cor-demo" }, title: "Eyes and nose on the sample photos with faces" }, "Demo boxes"),
         h("button", { type: "button", class: "btn", onclick: clearBoxes, dataset: { role: "cor-clear" } }, "Clear boxes"),
       ),
-    ),
+    ],
     h("div", { class: "cor-bar" }, h("span", { class: "label" }, "Images"), el.images),
     h("div", { class: "cor-bar" }, h("span", { class: "label" }, "Draw"), el.parts, el.newPart, h("button", { type: "button", class: "btn", onclick: addPart }, "Add part")),
     el.stages,
     h("p", { class: "cor-note" }, "Drag on an image to box the selected part there (drawing again replaces it). Boxes are in the model's input frame."),
   );
-  const right = h(
-    "section",
-    { class: "panel", "aria-labelledby": "cor-table-title" },
-    h("header", { class: "panel-head" }, h("h2", { id: "cor-table-title" }, "Δ · Table 1"), el.summary),
+  const right = panel(
+    { id: "cor-table-title", title: "Δ · Table 1" },
+    [
+      el.summary,
+    ],
     h(
       "div",
       { class: "cor-set" },
@@ -366,35 +364,13 @@ async function run() {
     draws: Math.round(Number(el.draws.value)) || 5,
     seed: Math.max(0, Math.round(Number(el.seed.value)) || 0),
   };
-  const job = { url: null, cancelled: false };
-  running = job;
-  el.run.disabled = true;
-  el.cancel.hidden = false;
-  el.progress.hidden = false;
-  el.progress.value = 0;
-  root.dataset.state = "running";
-  try {
-    const data = await startJob(ctx.urls.analysis(model(), "correspondence"), body, { onProgress: (s) => (el.progress.value = s.progress), job });
-    if (running !== job) return;
-    result = data;
-    renderTable();
-    root.dataset.state = "done";
-  } catch (error) {
-    if (running !== job) return;
-    root.dataset.state = error.aborted ? "cancelled" : "failed";
-    ctx.showError(el.error, error.aborted ? "Cancelled." : error.message);
-  } finally {
-    if (running === job) {
-      running = null;
-      el.run.disabled = false;
-      el.cancel.hidden = true;
-      el.progress.hidden = true;
-    }
-  }
-}
-
-async function cancel() {
-  await cancelJob(running);
+  await controls.start(ctx.urls.analysis(model(), "correspondence"), body, {
+    onResult: (data) => {
+      result = data;
+      renderTable();
+    },
+    onError: (error) => ctx.showError(el.error, error.aborted ? "Cancelled." : error.message),
+  });
 }
 
 function renderTable() {
@@ -434,9 +410,9 @@ function renderTable() {
 }
 
 // ---- the tab interface --------------------------------------------------------------------------------------------------
-async function mount(panel, context) {
+async function mount(section, context) {
   ctx = context;
-  root = panel;
+  root = section;
   injectStyle("css-analysis-correspondence", CSS);
   build();
   const info = (ctx.models() || []).find((m) => m.name === model());

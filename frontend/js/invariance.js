@@ -7,8 +7,8 @@
 // Three hand-drawn SVG charts show every chosen image as one line; hovering a chart
 // reads out all images' values at that step and shows the transformed copy.
 
-import { injectStyle, svg } from "./util.js";
-import { cancelJob, startJob } from "./jobs.js";
+import { injectStyle, panel, svg } from "./util.js";
+import { jobControls } from "./jobs.js";
 
 const COLOURS = ["#f0b43c", "#3ee0ff", "#ff7a6b", "#6fd08c", "#c792ea", "#ff9edb", "#9fb4ff", "#e0e0e0"];
 const RANGES = {
@@ -58,7 +58,7 @@ let root = null;
 let samples = [];
 let chosen = [];
 let result = null;
-let running = null; // { url, cancelled }
+let controls = null; // the Run / Cancel / progress of the job (jobs.js)
 let hoverIndex = null;
 const el = {};
 
@@ -107,8 +107,9 @@ function build() {
     h("option", { value: "wrap" }, "circular shift"),
   );
   el.run = h("button", { type: "button", class: "btn", dataset: { role: "inv-run" }, onclick: run }, "Run");
-  el.cancel = h("button", { type: "button", class: "btn", hidden: true, dataset: { role: "inv-cancel" }, onclick: cancel }, "Cancel");
+  el.cancel = h("button", { type: "button", class: "btn", hidden: true, dataset: { role: "inv-cancel" } }, "Cancel");
   el.progress = h("progress", { max: 1, value: 0, hidden: true, "aria-label": "Progress", dataset: { role: "inv-progress" } });
+  controls = jobControls({ root, run: el.run, cancel: el.cancel, progress: el.progress });
   el.error = h("div", { class: "error", role: "alert", hidden: true, dataset: { role: "inv-error" } });
   el.relative = h("input", { type: "checkbox", checked: true, dataset: { role: "inv-relative" }, onchange: () => draw() });
   el.legend = h("ul", { class: "ana-legend", dataset: { role: "inv-legend" }, "aria-label": "Images" });
@@ -117,10 +118,9 @@ function build() {
   el.readout = h("div", { dataset: { role: "inv-readout" }, "aria-live": "polite" });
   el.summary = h("span", { class: "panel-note", dataset: { role: "inv-summary" } });
 
-  const form = h(
-    "section",
-    { class: "panel", "aria-labelledby": "inv-title" },
-    h("header", { class: "panel-head" }, h("h2", { id: "inv-title" }, "Invariance · Fig. 5")),
+  const form = panel(
+    { id: "inv-title", title: "Invariance · Fig. 5" },
+    [],
     h(
       "div",
       { class: "ana-form" },
@@ -141,16 +141,12 @@ function build() {
       ),
     ),
   );
-  const results = h(
-    "section",
-    { class: "panel", "aria-labelledby": "inv-results-title" },
-    h(
-      "header",
-      { class: "panel-head" },
-      h("h2", { id: "inv-results-title" }, "Curves"),
+  const results = panel(
+    { id: "inv-results-title", title: "Curves" },
+    [
       h("label", { class: "check", title: "Divide each distance by the norm of the untransformed image's features" }, el.relative, h("span", {}, "relative to ‖x₀‖")),
       el.summary,
-    ),
+    ],
     el.legend,
     el.charts,
     h("div", { class: "ana-readout" }, el.preview, el.readout),
@@ -232,36 +228,14 @@ async function run() {
     edge: el.edge.value,
   };
   ctx.showError(el.error, "");
-  const job = { url: null, cancelled: false };
-  running = job;
-  el.run.disabled = true;
-  el.cancel.hidden = false;
-  el.progress.hidden = false;
-  el.progress.value = 0;
-  root.dataset.state = "running";
-  try {
-    const data = await startJob(ctx.urls.analysis(model, "invariance"), body, { onProgress: (s) => (el.progress.value = s.progress), job });
-    if (running !== job) return;
-    result = { ...data, model };
-    hoverIndex = null;
-    draw();
-    root.dataset.state = "done";
-  } catch (error) {
-    if (running !== job) return;
-    root.dataset.state = error.aborted ? "cancelled" : "failed";
-    ctx.showError(el.error, error.aborted ? "Cancelled." : error.message);
-  } finally {
-    if (running === job) {
-      running = null;
-      el.run.disabled = false;
-      el.cancel.hidden = true;
-      el.progress.hidden = true;
-    }
-  }
-}
-
-async function cancel() {
-  await cancelJob(running);
+  await controls.start(ctx.urls.analysis(model, "invariance"), body, {
+    onResult: (data) => {
+      result = { ...data, model };
+      hoverIndex = null;
+      draw();
+    },
+    onError: (error) => ctx.showError(el.error, error.aborted ? "Cancelled." : error.message),
+  });
 }
 
 // ---- charts ------------------------------------------------------------------------------------------
@@ -416,16 +390,15 @@ function hover(index, { sticky = false } = {}) {
     ),
   );
   const first = result.images[0];
-  const params = new URLSearchParams({ image: first.image, transform: result.transform, value: String(value), edge: result.edge });
-  el.preview.src = ctx.urls.invariancePreview(result.model, params);
+  el.preview.src = ctx.urls.invariancePreview(result.model, { image: first.image, transform: result.transform, value, edge: result.edge });
   el.preview.title = `${first.image}, ${result.transform} ${fmt(value)} ${unit}`;
   el.preview.hidden = false;
 }
 
 // ---- the tab interface ----------------------------------------------------------------------------
-async function mount(panel, context) {
+async function mount(section, context) {
   ctx = context;
-  root = panel;
+  root = section;
   injectStyle("css-analysis-invariance", CSS);
   build();
   renderLayers();

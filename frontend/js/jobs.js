@@ -42,9 +42,49 @@ export async function startJob(url, body, options = {}) {
   return followJob(started, { ...options, job });
 }
 
-/** Ask the server to cancel `job` (a no-op before it exists or after it ended); `cancelJob(ctx, job)` works too. */
-export async function cancelJob(first, second) {
-  const job = second === undefined ? first : second;
+/**
+ * The controls of one long action, alike in every view: while its job runs, `run` is disabled,
+ * `cancel` (which cancels the job) and `progress` show, and `root.dataset[key]` reads "running";
+ * then "done", "cancelled" or "failed". `start(url, body, { onResult, onError, onProgress, failure })`
+ * runs one job at a time (a start while one runs is ignored); `onResult(result)` is awaited before
+ * the state turns "done", so a page (or a test) that waits for "done" finds the result drawn.
+ */
+export function jobControls({ root, key = "state", run, cancel, progress = null }) {
+  let running = null;
+  cancel.addEventListener("click", () => cancelJob(running));
+  const idle = (on) => {
+    run.disabled = !on;
+    cancel.hidden = on;
+    if (progress) progress.hidden = on;
+  };
+  async function start(url, body, { onResult = () => {}, onError = () => {}, onProgress = () => {}, failure } = {}) {
+    if (running) return;
+    const job = { url: null, cancelled: false };
+    running = job;
+    idle(false);
+    if (progress) progress.value = 0;
+    root.dataset[key] = "running";
+    try {
+      const show = (state) => {
+        if (progress) progress.value = state.progress || 0;
+        onProgress(state);
+      };
+      const result = await startJob(url, body, { job, failure, onProgress: show });
+      await onResult(result);
+      root.dataset[key] = "done";
+    } catch (error) {
+      root.dataset[key] = error.aborted ? "cancelled" : "failed";
+      onError(error);
+    } finally {
+      running = null;
+      idle(true);
+    }
+  }
+  return { start, busy: () => running !== null };
+}
+
+/** Ask the server to cancel `job` (a no-op before it exists or after it ended). */
+export async function cancelJob(job) {
   if (!job) return;
   job.cancelled = true;
   if (!job.url) return;
@@ -54,6 +94,3 @@ export async function cancelJob(first, second) {
     /* already finished */
   }
 }
-
-/** The older call shape (ctx, url, body, onProgress, job) of startJob, kept for views that use it. */
-export const runJob = (_ctx, url, body, onProgress, job = {}) => startJob(url, body, { onProgress, job });

@@ -5,12 +5,12 @@
 import { api, request, urls } from "./api.js";
 import { installKeyboard } from "./keyboard.js";
 import { resolveMode, uncoveredRules } from "./layermeta.js";
-import { createInputPanel } from "./panels/input.js";
-import { createLayersPanel, defaultLayer } from "./panels/layers.js";
-import { createMapsPanel } from "./panels/featuremaps.js";
+import { createView as createInput } from "./panels/input.js";
+import { createView as createLayers, defaultLayer } from "./panels/layers.js";
+import { createView as createMaps } from "./panels/featuremaps.js";
 import { createPredictionsPanel } from "./panels/predictions.js";
-import { createReconPanel } from "./panels/reconstruction.js";
-import { createStartStrip } from "./panels/start.js";
+import { createView as createRecon } from "./panels/reconstruction.js";
+import { createView as createStart } from "./panels/start.js";
 import { HASH_KEYS, parseHash, startHashSync, store } from "./state.js";
 import { createTabs } from "./tabs.js";
 import { createTop9Panel } from "./top9.js";
@@ -40,6 +40,7 @@ async function settled() {
 }
 
 // ---- panels -------------------------------------------------------------------------
+// Every panel, like every tab (tabs.js), is a view: createView({ root, ctx }) -> { update(state, changed), ... }.
 const tooltip = $('[data-role="tooltip"]');
 const help = $('[data-role="help"]');
 let models = [];
@@ -49,24 +50,26 @@ let navAt = 0;
 let quietFallback = false; // a model switch drops a layer the new model lacks without complaint
 let fallbackNote = null; // the layer a "no such layer" note is about; the note goes when the layer changes
 
-const input = createInputPanel({ root: $('[data-panel="input"]'), store, settled });
+const input = createInput({ root: $('[data-panel="input"]'), ctx: { store, settled } });
 const predictions = createPredictionsPanel({ root: $('[data-panel="predictions"]'), store });
-const layers = createLayersPanel({ root: $('[data-panel="layers"]'), store });
-const maps = createMapsPanel({ root: $('[data-panel="maps"]'), store, tooltip });
-const recon = createReconPanel({
+const layers = createLayers({ root: $('[data-panel="layers"]'), ctx: { store } });
+const maps = createMaps({ root: $('[data-panel="maps"]'), ctx: { store, tooltip } });
+const recon = createRecon({
   root: $('[data-panel="reconstruction"]'),
-  store,
-  maps,
-  layerInfo: (name) => (layersModel === store.get().model ? layers.layer(name) : null),
-  modeFor: (state) => modeFor(state),
-  describeImage: (id) => input.describeImage(id),
-  // an image id the server does not know (an old link to an upload): say so once, show a sample
-  onImageMissing: (state, error) => {
-    if (store.get().image !== state.image) return;
-    const fallback = defaultSample();
-    if (!fallback || fallback === state.image) return;
-    input.showError(`Image “${state.image}” is not on the server (${error.message}); uploads are kept only for a while. Showing a sample instead.`);
-    store.set({ image: fallback });
+  ctx: {
+    store,
+    maps,
+    layerInfo: (name) => (layersModel === store.get().model ? layers.layer(name) : null),
+    modeFor: (state) => modeFor(state),
+    describeImage: (id) => input.describeImage(id),
+    // an image id the server does not know (an old link to an upload): say so once, show a sample
+    onImageMissing: (state, error) => {
+      if (store.get().image !== state.image) return;
+      const fallback = defaultSample();
+      if (!fallback || fallback === state.image) return;
+      input.showError(`Image “${state.image}” is not on the server (${error.message}); uploads are kept only for a while. Showing a sample instead.`);
+      store.set({ image: fallback });
+    },
   },
 });
 const tabs = createTabs({
@@ -97,7 +100,7 @@ installKeyboard({
   },
 });
 $('[data-role="help-open"]').addEventListener("click", () => help.showModal());
-createStartStrip({ root: $('[data-role="start-strip"]'), store });
+createStart({ root: $('[data-role="start-strip"]'), ctx: { store } });
 // A map picked where the reconstruction is out of sight (a phone: one column): bring it into view.
 $('[data-panel="maps"]').addEventListener("map-picked", () => {
   const stage = $('[data-role="projection-stage"]');
@@ -126,7 +129,7 @@ async function loadLayers(model) {
     layers.render(rows);
     layersModel = model;
     if (waking) refreshModels();
-    recon.syncControls(store.get()); // the no-switches hint depends on the layer kinds
+    recon.update(store.get()); // the no-switches hint depends on the layer kinds
     proceed(store.get(), new Set(HASH_KEYS));
   } catch (error) {
     if (error.aborted) return;
@@ -179,9 +182,9 @@ function proceed(state, changed) {
       return;
     }
   }
-  layers.sync(state);
+  layers.update(state, changed);
   if (changed.has("model") || changed.has("image") || changed.has("layer")) track(loadMaps(state));
-  maps.sync(state, { scroll: true });
+  maps.update(state, changed);
   const projectionKeys = ["model", "image", "layer", "channel", "mode", "select", "unit"];
   if (projectionKeys.some((k) => changed.has(k))) {
     const keyboard = performance.now() - navAt < 80 && changed.has("channel") ? navDirection : 0;
@@ -193,8 +196,8 @@ function proceed(state, changed) {
 
 function onChange(state, changed) {
   tabs.sync(state, changed);
-  input.sync(state);
-  recon.syncControls(state);
+  input.update(state, changed);
+  recon.update(state, changed);
   if (changed.has("model")) {
     renderModelInfo();
     track(loadLayers(state.model));

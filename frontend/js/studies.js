@@ -10,8 +10,8 @@
 //   - training: loss and accuracy per epoch.
 // Long training runs are CLI jobs; this view only reads their results.
 
-import { cancelJob, startJob } from "./jobs.js";
-import { injectStyle } from "./util.js";
+import { jobControls } from "./jobs.js";
+import { injectStyle, panel } from "./util.js";
 
 const CSS = `
 .stu { display: grid; grid-template-columns: 290px minmax(0, 1fr); gap: var(--gap); align-items: start; }
@@ -92,10 +92,11 @@ function build() {
     h(
       "div",
       { class: "stu" },
-      h(
-        "section",
-        { class: "panel", "aria-labelledby": "studies-list-title" },
-        h("header", { class: "panel-head" }, h("h2", { id: "studies-list-title" }, "Finished studies"), h("div", { class: "panel-tools" }, refresh)),
+      panel(
+        { id: "studies-list-title", title: "Finished studies" },
+        [
+          h("div", { class: "panel-tools" }, refresh),
+        ],
         el.list,
         el.where,
       ),
@@ -105,47 +106,34 @@ function build() {
 }
 
 const DIGITS_EPOCHS = 5;
-let digitsJob = null; // {url, cancelled} of the digits run started here
 
 /** A fresh install: run the small digits study here, as a job with progress. */
 function digitsRunner() {
   const { h } = ctx;
   const progress = h("progress", { max: 1, value: 0, hidden: true, "aria-label": "Digits study progress", "data-role": "studies-run-progress" });
   const status = h("span", { class: "stu-note", "aria-live": "polite", "data-role": "studies-run-status" });
-  const cancel = h("button", { type: "button", class: "btn", hidden: true, "data-role": "studies-run-cancel", onclick: () => cancelJob(digitsJob) }, "Cancel");
+  const cancel = h("button", { type: "button", class: "btn", hidden: true, "data-role": "studies-run-cancel" }, "Cancel");
   const run = h(
     "button",
     { type: "button", class: "btn", "data-role": "studies-run-digits", title: "zfnet-small on scikit-learn's handwritten digits, on this server's CPU" },
     `Train the small digits study (${DIGITS_EPOCHS} epochs, about a minute)`,
   );
-  run.addEventListener("click", async () => {
-    if (digitsJob) return;
-    const job = { url: null, cancelled: false };
-    digitsJob = job;
-    run.disabled = true;
-    cancel.hidden = false;
-    progress.hidden = false;
-    root.dataset.digits = "running";
+  const controls = jobControls({ root, key: "digits", run, cancel, progress });
+  run.addEventListener("click", () => {
+    if (controls.busy()) return;
     status.textContent = "starting…";
-    try {
-      await startJob(ctx.urls.studyRun("digits"), { epochs: DIGITS_EPOCHS }, {
-        job,
-        onProgress: (state) => {
-          progress.value = state.progress || 0;
-          status.textContent = state.state === "queued" ? "waiting for the server…" : `epoch ${state.done} of ${state.total}`;
-        },
-      });
-      root.dataset.digits = "done";
-      status.textContent = "done";
-      await load();
-    } catch (error) {
-      root.dataset.digits = error.aborted ? "cancelled" : "failed";
-      status.textContent = error.aborted ? "cancelled" : `failed: ${error.message}`;
-    } finally {
-      digitsJob = null;
-      run.disabled = false;
-      cancel.hidden = true;
-    }
+    controls.start(ctx.urls.studyRun("digits"), { epochs: DIGITS_EPOCHS }, {
+      onProgress: (state) => {
+        status.textContent = state.state === "queued" ? "waiting for the server…" : `epoch ${state.done} of ${state.total}`;
+      },
+      onResult: async () => {
+        status.textContent = "done";
+        await load();
+      },
+      onError: (error) => {
+        status.textContent = error.aborted ? "cancelled" : `failed: ${error.message}`;
+      },
+    });
   });
   return h("div", { class: "stu-run", "data-role": "studies-run" }, run, cancel, progress, status);
 }
@@ -458,9 +446,9 @@ function renderTraining(doc) {
   ];
 }
 
-async function mount(panel, context) {
+async function mount(section, context) {
   ctx = context;
-  root = panel;
+  root = section;
   injectStyle("css-studies", CSS);
   build();
   await load();

@@ -10,10 +10,8 @@
 // `root` is the tab's <section data-tab-panel="ID"> (created if index.html has none); `ctx`
 // is { store, api, urls, request, busy, showError, h, layers(), models() }. The current model
 // and image are store.get().model / .image. The tab id is kept in the URL hash as `tab=ID`.
-// Long work goes through jobs.js, every URL through api.js's `urls`.
-//
-// The Occlusion view (paper Fig. 7) is js/panels/occlusion.js; it still exports the older
-// mount/update/show functions, which `viewOf` wraps into the same shape.
+// Long work goes through jobs.js, every URL through api.js's `urls`. The Explore tab's panels
+// (js/panels/*.js) are views of the same shape, made by main.js with their own ctx.
 
 import { h } from "./util.js";
 
@@ -26,12 +24,6 @@ export const TABS = [
   { id: "studies", label: "Studies", module: "./studies.js" },
   { id: "unit", label: "Unit", module: "./unit.js" },
 ];
-
-/** A view module's view: its createView, or the older mount/update/show exports wrapped alike. */
-function viewOf(mod, root, ctx) {
-  if (typeof mod.createView === "function") return mod.createView({ root, ctx });
-  return { ready: mod.mount(root, ctx), update: mod.update, show: mod.show, hide: mod.hide };
-}
 
 export function createTabs({ nav, main, store, ctx }) {
   const buttons = new Map();
@@ -99,7 +91,7 @@ export function createTabs({ nav, main, store, ctx }) {
     if (tab.module && !mounted.has(id)) {
       mounted.set(id, null);
       try {
-        const view = viewOf(await import(tab.module), panelFor(id), ctx);
+        const view = (await import(tab.module)).createView({ root: panelFor(id), ctx });
         mounted.set(id, view);
         await view.ready;
         view.show?.();

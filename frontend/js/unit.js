@@ -5,13 +5,11 @@
 //   server job with progress, cached by the server after.
 // "unit card" is a link to just this unit: #model=…&image=…&layer=…&channel=…&tab=unit.
 //
-// Shape: createView({root, ctx}) → {update(state, changed), show()}; `mount/update/show`
-// below adapt it to js/tabs.js's module protocol.
+// Shape: createView({root, ctx}) → {update(state, changed), show(), hide()} (js/tabs.js).
 
 import { cancelJob, startJob } from "./jobs.js";
 import { fmt } from "./util.js";
 
-const enc = encodeURIComponent;
 const STEPS = [64, 256, 512];
 const DEFAULT_STEPS = 256;
 
@@ -84,9 +82,7 @@ export function createView({ root, ctx }) {
   let scans = new Map();
 
   const ready = (state) => state.model && state.image && state.layer && state.channel !== null && state.channel !== undefined;
-  const vizBase = (model) => `/api/models/${enc(model)}/visualizations`;
-  const lookupUrl = (state) =>
-    `${vizBase(state.model)}?${new URLSearchParams({ layer: state.layer, channel: String(state.channel), steps: steps.value })}`;
+  const lookupUrl = (state) => urls.visualizations(state.model, { layer: state.layer, channel: state.channel, steps: steps.value });
 
   function setFeatvisState(name) {
     root.dataset.featvis = name;
@@ -147,7 +143,7 @@ export function createView({ root, ctx }) {
         progress.value = s.progress;
         featvisNote.textContent = s.state === "queued" ? "queued…" : `step ${s.done} of ${s.total}`;
       };
-      const result = await startJob(vizBase(state.model), body, { onProgress, job: handle, failure: "the optimisation failed on the server" });
+      const result = await startJob(urls.visualizations(state.model), body, { onProgress, job: handle, failure: "the optimisation failed on the server" });
       if (mine === generation) showFeatvis(result.units[0].url, result.units[0].value, result.units[0].cached);
     } catch (error) {
       if (mine !== generation) return;
@@ -196,7 +192,7 @@ export function createView({ root, ctx }) {
     try {
       let list = scans.get(state.model);
       if (!list) {
-        list = await request(`/api/models/${enc(state.model)}/scans`);
+        list = await request(urls.scans(state.model));
         scans.set(state.model, list);
       }
       if (mine !== generation) return;
@@ -207,7 +203,7 @@ export function createView({ root, ctx }) {
         root.dataset.top9 = "none";
         return;
       }
-      const body = await request(`${scan.url}/top?layer=${enc(state.layer)}&channel=${state.channel}`);
+      const body = await request(urls.scanTop(scan.url, { layer: state.layer, channel: state.channel }));
       if (mine !== generation) return;
       const img = (entry, kind) => h("img", {
         src: kind === "projection" ? entry.projection_url : entry.crop_url,
@@ -228,7 +224,7 @@ export function createView({ root, ctx }) {
 
   async function loadAtlasLink() {
     try {
-      const info = await request("/api/atlas");
+      const info = await request(urls.atlas());
       if (info.available) {
         atlasLink.href = info.url;
         atlasLink.hidden = false;
@@ -278,19 +274,4 @@ export function createView({ root, ctx }) {
       visible = false;
     },
   };
-}
-
-// ---- js/tabs.js module protocol ----------------------------------------------------------------
-let view = null;
-export function mount(root, ctx) {
-  view = createView({ root, ctx });
-}
-export function update(state, changed) {
-  view?.update(state, changed);
-}
-export function show() {
-  view?.show();
-}
-export function hide() {
-  view?.hide();
 }

@@ -24,6 +24,20 @@ export function h(tag, props = {}, ...children) {
   return el;
 }
 
+/**
+ * A dashboard panel: <section class="panel {className}" aria-labelledby={id}> with a
+ * <header class="panel-head"> holding its <h2 id={id}>{title}</h2> and the `head` nodes (tools,
+ * notes), then the `children`.
+ */
+export function panel({ id, title, className = "" }, head, ...children) {
+  return h(
+    "section",
+    { class: className ? `panel ${className}` : "panel", "aria-labelledby": id },
+    h("header", { class: "panel-head" }, h("h2", { id }, title), ...head),
+    ...children,
+  );
+}
+
 export const $ = (selector, root = document) => root.querySelector(selector);
 export const $$ = (selector, root = document) => Array.from(root.querySelectorAll(selector));
 

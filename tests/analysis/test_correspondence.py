@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -9,9 +11,9 @@ from PIL import Image
 
 from analysis.nets import circular_net, engine_for
 from convscope.analysis.correspondence import (
+    CorrespondenceResult,
     check_box,
     correspondence,
-    correspondence_response,
     demo_annotation,
     draw_random_boxes,
     format_table,
@@ -25,10 +27,16 @@ from convscope.analysis.correspondence import (
     sign_hamming_delta,
 )
 from convscope.analysis.features import extract_features, resolve_feature
+from convscope.api.schemas import CorrespondenceResponse
 from convscope.engine import Engine
 from convscope.errors import InvalidRequestError, NotFoundError
 from convscope.samples import list_samples
 from convscope.tasks import CallbackTask
+
+
+def correspondence_response(result: CorrespondenceResult) -> dict[str, Any]:
+    """The JSON the API's job and `convscope correspond --json` give for a result."""
+    return CorrespondenceResponse.from_result(result).model_dump(mode="json")
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +158,7 @@ def test_same_image_same_box_gives_delta_zero_and_random_boxes_do_not(engine: En
     assert result.layers == ["features.conv2", "fc2:input"]
     for layer in result.layers:
         assert result.part_delta["patch"][layer] == 0.0
-    assert max(result.random_summary("features.conv2")["values"]) > 0.01
+    assert max(result.random_summary("features.conv2").values) > 0.01
     assert result.forward_passes == 3 * (1 + 1 + 3)
 
 
@@ -175,7 +183,7 @@ def test_delta_matches_the_definition_on_the_features(engine: Engine) -> None:
     assert body["random"]["boxes"] == [
         {part: [list(b) for b in boxes] for part, boxes in draw.items()} for draw in result.random_boxes
     ]
-    text = format_table(body)
+    text = format_table(result)
     assert "random" in text and "±" in text and "features.relu2" in text
 
 
@@ -227,7 +235,7 @@ def test_p_values_are_in_range_and_deterministic_for_a_seed(engine: Engine) -> N
     assert [p["p_value"] for p in bodies[0]["parts"]] == [p["p_value"] for p in bodies[1]["parts"]]
     assert [p["delta_nonzero"] for p in bodies[0]["parts"]] == [p["delta_nonzero"] for p in bodies[1]["parts"]]
     assert bodies[0]["n"] == {"images": 3, "pairs": 3, "draws": 9}
-    assert "p " in format_table(bodies[0]) and "3 pairs" in format_table(bodies[0])
+    assert "p " in format_table(runs[0]) and "3 pairs" in format_table(runs[0])
     other = correspondence_response(correspondence(engine, images, parts, layers=["features.relu2"], draws=9, seed=6))
     assert other["random"]["boxes"] != bodies[0]["random"]["boxes"]
 
@@ -255,4 +263,5 @@ def test_random_nonzero_summary_is_json_even_when_nothing_moved(engine: Engine) 
     assert summary["values"] == [] or len(summary["values"]) == 3
     json.dumps(body, allow_nan=False)
     result.random_delta_nonzero = [{"p": {"features.relu2": float("nan")}} for _ in range(3)]
-    assert result.random_summary("features.relu2", nonzero=True)["mean"] is None
+    assert result.random_summary("features.relu2", nonzero=True).mean is None
+    assert correspondence_response(result)["random"]["delta_nonzero"]["features.relu2"]["mean"] is None

@@ -18,6 +18,7 @@ from convscope.analysis.filters import (
     normalised_filters,
     white_reference,
 )
+from convscope.api.schemas import FiltersReportResponse, FrequencyResponse
 from convscope.errors import InvalidRequestError, NotFoundError
 from convscope.tasks import CallbackTask
 
@@ -47,9 +48,10 @@ def test_hand_set_filters_land_in_the_right_bands() -> None:
     np.testing.assert_allclose(bands.sum(axis=1), 1.0)
     assert list(bands.argmax(axis=1)) == [0, 1, 2]
     assert bands[0, 0] > 0.8 and bands[2, 2] > 0.8 and bands[1, 1] > 0.6
-    body = coverage.to_dict()
-    assert body["dominant_counts"] == [1, 1, 1]
-    assert body["bands"] == ["low", "mid", "high"]
+    assert coverage.dominant_counts == [1, 1, 1]
+    body = FrequencyResponse.from_coverage(coverage).model_dump(mode="json")  # the API's JSON of it
+    assert body["dominant_counts"] == [1, 1, 1] and body["bands"] == ["low", "mid", "high"]
+    assert body["kernel_size"] == [K, K] and body["channels"] == 3
 
 
 def test_band_energies_follow_parseval_and_white_noise_matches_the_reference() -> None:
@@ -99,9 +101,11 @@ def test_forced_dead_channel_is_counted() -> None:
     assert layers["conv2"].dead == []
     assert calls == [(2, 5), (4, 5), (5, 5)]
     report = filters_report(engine, [(f"img{i}", t) for i, t in enumerate(images)])
-    assert report["dead"]["total_dead"] >= 1
-    row = report["dead"]["layers"][0]
+    assert report.dead is not None and report.dead.total_dead >= 1
+    body = FiltersReportResponse.from_report(report).model_dump(mode="json")
+    row = body["dead"]["layers"][0]
     assert (row["layer"], row["dead"], row["dead_channels"], row["channels"]) == ("conv1", 1, [2], 4)
+    assert body["dead"]["images"] == [f"img{i}" for i in range(5)] and body["dead"]["conv_layers"] == 3
 
 
 def test_a_conv_without_activation_is_measured_at_its_own_output() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -10,17 +12,23 @@ from PIL import Image
 from analysis.nets import circular_net, engine_for
 from convscope.analysis.invariance import (
     DEFAULT_RANGES,
+    InvarianceResult,
     invariance,
-    invariance_response,
     transform_values,
     transformed_image,
 )
+from convscope.api.schemas import InvarianceResponse
 from convscope.engine import Engine
 from convscope.errors import InvalidRequestError, NotFoundError
 from convscope.images import prepare_image, resize_and_crop
 from convscope.samples import load_sample
 
 MEAN_RGB = (124, 116, 104)
+
+
+def invariance_response(result: InvarianceResult) -> dict[str, Any]:
+    """The JSON the API's job and `convscope invariance --json` give for a result."""
+    return InvarianceResponse.from_result(result).model_dump(mode="json")
 
 
 @pytest.fixture(scope="module")

@@ -52,6 +52,18 @@ def poll_job(client: TestClient, url: str, timeout: float = 120.0, every: float 
     raise AssertionError(f"job {url} did not finish in {timeout} s")
 
 
+def run_job(client: TestClient, path: str, body: dict[str, Any] | None, timeout: float = 240.0) -> dict[str, Any]:
+    """POST `body` to a route that answers with a job (202), follow it, and return its result."""
+    response = client.post(path, json=body)
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert response.headers["location"] == job["url"] == f"/api/jobs/{job['id']}"
+    job = poll_job(client, job["url"], timeout, every=0.2)
+    assert job["state"] == "succeeded", job
+    assert job["done"] == job["total"] > 0
+    return dict(job["result"])
+
+
 @contextlib.contextmanager
 def ready_client(settings: Settings, **app_options: Any) -> Iterator[TestClient]:
     """A TestClient on a real app, once its models have loaded."""

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from api.helpers import MODEL, decode, poll_job
+from api.helpers import MODEL, decode, run_job
 from convscope.analysis.correspondence import demo_annotation, draw_random_boxes, parse_parts
 from convscope.analysis.filters import dead_channels, frequency_coverage, measurement_points
 from convscope.analysis.invariance import invariance
@@ -16,17 +16,6 @@ from convscope.engine import Engine
 from convscope.samples import load_sample
 
 BASE = f"/api/models/{MODEL}"
-
-
-def run_job(client: TestClient, path: str, body: dict[str, Any] | None, timeout: float = 240.0) -> dict[str, Any]:
-    response = client.post(path, json=body)
-    assert response.status_code == 202, response.text
-    job = response.json()
-    assert response.headers["location"] == job["url"] == f"/api/jobs/{job['id']}"
-    job = poll_job(client, job["url"], timeout, every=0.2)
-    assert job["state"] == "succeeded", job
-    assert job["done"] == job["total"] > 0
-    return dict(job["result"])
 
 
 # ---- invariance -------------------------------------------------------------------------------------

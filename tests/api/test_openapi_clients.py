@@ -25,8 +25,8 @@ import pytest
 from jsonschema import Draft202012Validator
 from PIL import Image
 
-from api.helpers import MODEL, free_port, tiny_settings
-from api.test_server import start_server, stop, wait_healthy
+from api.helpers import MODEL, tiny_settings
+from api.test_server import served
 from convscope.api import create_app
 from convscope.samples import get_sample
 
@@ -116,20 +116,13 @@ def test_every_json_request_body_has_valid_examples(document: dict[str, Any]) ->
 # ---- a generated client against the real server ----------------------------------------------------------
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     env = {
         "CONVSCOPE_DEVICE": "cpu",
         "CONVSCOPE_OCCLUSION_JOB_THRESHOLD": str(JOB_THRESHOLD),
         "CONVSCOPE_SCAN_DIR": str(tmp_path_factory.mktemp("openapi-scans")),
     }
-    process = start_server(port, "--model", MODEL, env=env)
-    try:
-        wait_healthy(process, base)
+    with served("--model", MODEL, env=env) as base:
         yield base
-    finally:
-        if process.poll() is None:
-            stop(process)
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -66,20 +67,35 @@ def stop(process: subprocess.Popen[bytes]) -> str:
     return output.decode()
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    """No response cache and a two-image forward cache for three images: requests do real model work."""
+@contextmanager
+def served(
+    *args: str, env: dict[str, str] | None = None, stopped: Callable[[str], None] | None = None
+) -> Iterator[str]:
+    """`convscope serve ARGS` on a free loopback port, once healthy (its base URL); SIGTERM afterwards,
+    and `stopped` gets what it printed."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {"CONVSCOPE_RESPONSE_CACHE_ENTRIES": "0", "CONVSCOPE_ENGINE_CACHE_SIZE": "2", "CONVSCOPE_DEVICE": "cpu"}
-    process = start_server(port, "--model", MODEL, env=env)
+    process = start_server(port, *args, env=env)
     try:
         wait_healthy(process, base)
         yield base
     finally:
         if process.poll() is None:
             output = stop(process)
-            assert "Application shutdown complete" in output, output[-2000:]
+            if stopped is not None:
+                stopped(output)
+
+
+def shut_down_gracefully(output: str) -> None:
+    assert "Application shutdown complete" in output, output[-2000:]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    """No response cache and a two-image forward cache for three images: requests do real model work."""
+    env = {"CONVSCOPE_RESPONSE_CACHE_ENTRIES": "0", "CONVSCOPE_ENGINE_CACHE_SIZE": "2", "CONVSCOPE_DEVICE": "cpu"}
+    with served("--model", MODEL, env=env, stopped=shut_down_gracefully) as base:
+        yield base
 
 
 def test_real_server_serves_a_projection_png(server: str) -> None:

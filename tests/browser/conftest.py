@@ -34,6 +34,7 @@ STARTUP_TIMEOUT_S = 180.0
 # conditions, not sleeps: a loaded machine (a shared CI box) only makes them take longer
 EXPECT_TIMEOUT_MS = 30_000
 VIEWPORT = {"width": 1280, "height": 800}
+NARROW = {"width": 420, "height": 860}  # a narrow window (a phone held upright, a side panel)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -161,9 +162,9 @@ def chromium() -> Iterator[Any]:
 
 
 @contextlib.contextmanager
-def open_page(chromium: Any) -> Iterator[Any]:
-    """A fresh 1280×800 page (own context: no shared storage); fails on uncaught page errors."""
-    context = chromium.new_context(viewport=VIEWPORT, device_scale_factor=1)
+def open_page(chromium: Any, viewport: dict[str, int] = VIEWPORT) -> Iterator[Any]:
+    """A fresh page (1280×800 unless told; own context: no shared storage); fails on uncaught page errors."""
+    context = chromium.new_context(viewport=viewport, device_scale_factor=1)
     share_client(context)
     context.set_default_timeout(60_000)
     page = context.new_page()

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from browser.conftest import get_json, share_client
+from browser.conftest import NARROW, get_json, open_page
 
 pytestmark = pytest.mark.browser
 
@@ -57,15 +57,21 @@ def open_tab(tab: Any, server_url: str, name: str) -> Any:
     return panel
 
 
+def run_analysis(tab: Any, panel: Any, name: str, run_role: str) -> dict[str, Any]:
+    """Click the panel's Run button; the JSON body it POSTs to /analyses/{name}."""
+    with tab.expect_request(lambda r: r.method == "POST" and r.url.endswith(f"/analyses/{name}")) as sent:
+        panel.locator(f'[data-role="{run_role}"]').click()
+    body: dict[str, Any] = json.loads(sent.value.post_data)
+    return body
+
+
 def test_invariance_panel_draws_three_curves_per_image(tab: Any, server_url: str, shoot: Any) -> None:
     panel = open_tab(tab, server_url, "invariance")
     expect(tab.get_by_role("tab", name="Invariance")).to_have_attribute("aria-selected", "true")
     panel.locator('[data-role="inv-images"] [data-image="grace_hopper"]').click()
     expect(panel.locator('[data-role="inv-images"] [aria-pressed="true"]')).to_have_count(2)
     panel.locator('[data-role="inv-steps"]').fill("3")
-    with tab.expect_request(lambda r: r.method == "POST" and r.url.endswith("/analyses/invariance")) as sent:
-        panel.locator('[data-role="inv-run"]').click()
-    body = json.loads(sent.value.post_data)
+    body = run_analysis(tab, panel, "invariance", "inv-run")
     assert body["images"] == ["chelsea", "grace_hopper"]
     assert (body["transform"], body["start"], body["stop"], body["steps"]) == ("translation", -60, 60, 3)
     expect(panel).to_have_attribute("data-state", "done", timeout=300_000)
@@ -122,9 +128,7 @@ def test_correspondence_panel_draws_boxes_and_shows_table_1(tab: Any, server_url
         tab.mouse.up()
     expect(panel.locator(".cor-stage figcaption .missing")).to_have_count(0)
     panel.locator('[data-role="cor-draws"]').fill("1")
-    with tab.expect_request(lambda r: r.method == "POST" and r.url.endswith("/analyses/correspondence")) as sent:
-        panel.locator('[data-role="cor-run"]').click()
-    body = json.loads(sent.value.post_data)
+    body = run_analysis(tab, panel, "correspondence", "cor-run")
     assert body["images"] == ["astronaut", "grace_hopper"]
     assert body["parts"]["left_eye"] == [demo["parts"]["left_eye"][i] for i in body["images"]]
     for (image, (x0, y0, x1, y1)), box in zip(drawn.items(), body["parts"]["mouth"], strict=True):
@@ -183,10 +187,7 @@ def test_architecture_panel_shows_filters_bands_and_dead_channels(tab: Any, serv
 
 
 def test_analysis_views_fit_a_narrow_window(chromium: Any, server_url: str, screenshots: Path) -> None:
-    context = chromium.new_context(viewport={"width": 420, "height": 860}, device_scale_factor=1)
-    share_client(context)
-    try:
-        page = context.new_page()
+    with open_page(chromium, NARROW) as page:
         page.goto(f"{server_url}/#image=chelsea&tab=invariance")
         expect(page.locator('[data-tab-panel="invariance"]')).to_have_attribute("data-ready", "true", timeout=60_000)
         wide = page.evaluate(
@@ -195,7 +196,5 @@ def test_analysis_views_fit_a_narrow_window(chromium: Any, server_url: str, scre
                              && !e.closest('[role=tablist]'))
                 .map(e => `${e.tagName}.${e.className} ${Math.round(e.getBoundingClientRect().right)}`)"""
         )
-        assert page.evaluate("document.documentElement.scrollWidth") <= 420, wide
+        assert page.evaluate("document.documentElement.scrollWidth") <= NARROW["width"], wide
         page.screenshot(path=str(screenshots / "analysis-narrow.png"))
-    finally:
-        context.close()

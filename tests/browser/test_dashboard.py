@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl
 import pytest
 from playwright.sync_api import expect
 
-from browser.conftest import chromium_path, get_json, share_client
+from browser.conftest import NARROW, chromium_path, get_json, open_page, share_client
 
 pytestmark = pytest.mark.browser
 
@@ -372,10 +372,7 @@ def test_state_in_the_hash_is_restored(tab: Any, server_url: str, layers: list[d
 
 
 def test_narrow_window_is_one_column(chromium: Any, server_url: str, screenshots: Path) -> None:
-    context = chromium.new_context(viewport={"width": 420, "height": 860}, device_scale_factor=1)
-    share_client(context)
-    try:
-        page = context.new_page()
+    with open_page(chromium, NARROW) as page:
         page.goto(f"{server_url}/#image=chelsea")
         wait_projection(page)
         boxes = {
@@ -384,11 +381,9 @@ def test_narrow_window_is_one_column(chromium: Any, server_url: str, screenshots
         }
         lefts = {round(box["x"]) for box in boxes.values()}
         assert len(lefts) == 1, boxes
-        assert all(box["width"] <= 420 for box in boxes.values())
-        assert page.evaluate("document.documentElement.scrollWidth") <= 420
+        assert all(box["width"] <= NARROW["width"] for box in boxes.values())
+        assert page.evaluate("document.documentElement.scrollWidth") <= NARROW["width"]
         page.screenshot(path=str(screenshots / "06-narrow.png"), full_page=True)
-    finally:
-        context.close()
 
 
 def test_click_the_input_to_project_one_unit(tab: Any, server_url: str, layers: list[dict[str, Any]]) -> None:

@@ -8,6 +8,7 @@ import os
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,8 @@ from studies.helpers import ABLATION_VARIANTS, EVOLUTION_COLS, EVOLUTION_ROWS, m
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture(scope="module")
-def studies_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`convscope serve` with CONVSCOPE_STUDIES_DIR set (and a tiny model: this view needs none)."""
-    folder = make_studies(tmp_path_factory.mktemp("browser-studies") / "studies")
+def studies_server(folder: Path) -> AbstractContextManager[str]:
+    """`convscope serve` with CONVSCOPE_STUDIES_DIR=folder and a tiny model (this view needs none)."""
     settings = {
         "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
         "CONVSCOPE_DEVICE": "cpu",
@@ -33,7 +32,14 @@ def studies_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "CONVSCOPE_SCAN_ON_STARTUP": "false",
         "CONVSCOPE_STUDIES_DIR": str(folder),
     }
-    with running_server(settings, folder.parent / "server.log") as base:
+    return running_server(settings, folder.parent / "server.log")
+
+
+@pytest.fixture(scope="module")
+def studies_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`convscope serve` with CONVSCOPE_STUDIES_DIR set (and a tiny model: this view needs none)."""
+    folder = make_studies(tmp_path_factory.mktemp("browser-studies") / "studies")
+    with studies_server(folder) as base:
         yield base
 
 
@@ -100,14 +106,7 @@ def test_a_fresh_install_offers_the_digits_study_as_a_job(
     """An empty studies folder: the tab offers to train the small digits study on the server; it runs
     as a job whose progress the page shows (epoch by epoch), and Cancel stops it."""
     folder = tmp_path_factory.mktemp("fresh-studies") / "studies"
-    settings = {
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
-        "CONVSCOPE_DEVICE": "cpu",
-        "CONVSCOPE_MODELS": "fixtures.custom_models:small_zfnet",
-        "CONVSCOPE_SCAN_ON_STARTUP": "false",
-        "CONVSCOPE_STUDIES_DIR": str(folder),
-    }
-    with running_server(settings, folder.parent / "server.log") as base, open_page(chromium) as page:
+    with studies_server(folder) as base, open_page(chromium) as page:
         page.goto(f"{base}/#tab=studies")
         run = page.locator('[data-role="studies-run-digits"]')
         expect(run).to_be_visible()

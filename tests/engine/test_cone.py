@@ -365,3 +365,48 @@ def test_never_on_cuda() -> None:
     image = engine.prepare(load_sample("coffee"))
     engine.project_many(image, "conv2", [Seed(1), Seed(2)])
     assert engine.stats.cone_passes == 0
+
+
+@pytest.mark.parametrize(
+    ("net", "layer"), [("zoo", "lrn"), ("zoo", "head"), ("functional", "conv7"), ("padcat", "conv3")]
+)
+def test_a_programs_structure_plans_as_the_program_does(net: str, layer: str) -> None:
+    """The planner plans a new pass's seeds on an earlier pass's program without its tensors:
+    the same boxes, hand-offs and work as the pass's own program, seed by seed, rule by rule."""
+    engine = _fixture(net)
+    image = engine.prepare(load_sample("rocket"))
+    record = engine._record(image, layer)
+    output = record.outputs[layer]
+    program = cone._program(output, record.image)
+    structure = program.structure()
+    assert len(structure.steps) == len(program.steps) > 0
+    assert all(getattr(step, name) is None for step in structure.steps for name in step.per_record)
+    for seed in _seeds(engine, image, layer):
+        grads, _, _ = engine._seed_tensor(output, [seed])
+        for rule in MODES:
+            real = cone.plan(output, record.image, grads[0], rule)
+            planned = cone._plan_on(structure, tuple(output.shape), cone._seed_box(grads[0]), rule)
+            assert (planned.boxes, planned.below, planned.cone_work, planned.dense_work) == (
+                real.boxes,
+                real.below,
+                real.cone_work,
+                real.dense_work,
+            )
+
+
+def test_a_new_images_dense_click_reads_nothing_of_its_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a layer's first pass is planned, a seed that goes dense on another image builds no
+    program of that image's pass; a seed that takes the cone builds it and runs on it."""
+    engine = _fixture_engine(ConeZooNet, 64)
+    first, second = (engine.prepare(load_sample(name)) for name in ("chelsea", "coffee"))
+    monkeypatch.setattr(cone, "MAX_RATIO", -1.0)  # every seed dense
+    engine.project(first, "lrn", 2, position=(4, 3))
+    dense = engine.project(second, "lrn", 2, position=(4, 3))
+    output = engine._record(second, "lrn").outputs["lrn"]
+    assert output not in cone._PROGRAMS
+    monkeypatch.setattr(cone, "MAX_RATIO", math.inf)
+    before = engine.stats.cone_passes
+    cropped = engine.project(second, "lrn", 2, position=(4, 3))
+    assert engine.stats.cone_passes == before + 1 and output in cone._PROGRAMS
+    peak = float(dense.projection.abs().max())
+    assert peak > 0 and float((cropped.projection - dense.projection).abs().max()) <= 1e-5 * peak

@@ -68,7 +68,8 @@ def test_a_record_counts_what_its_graph_saved() -> None:
 
 def test_recording_more_images_than_fit_keeps_the_bound() -> None:
     probe = _engine()
-    one = probe._record_tensor(probe.prepare(load_sample("chelsea")).tensor).nbytes
+    # a click's record stops at its layer: measure one of those
+    one = probe._record_tensor(probe.prepare(load_sample("chelsea")).tensor, "features.3").nbytes
     limit_mb = 2.5 * one / 2**20  # room for two records, not three
     engine = _engine(cache_mb=limit_mb)
     for shade in range(6):
@@ -82,7 +83,7 @@ def test_recording_more_images_than_fit_keeps_the_bound() -> None:
 
 def test_least_recently_used_goes_first() -> None:
     probe = _engine()
-    one = probe._record_tensor(probe.prepare(load_sample("chelsea")).tensor).nbytes
+    one = probe._record_tensor(probe.prepare(load_sample("chelsea")).tensor, "features.0").nbytes
     engine = _engine(cache_mb=2.5 * one / 2**20)
     a, b, c = (engine.prepare(load_sample(name)) for name in ("chelsea", "coffee", "rocket"))
     engine.project(a, "features.0", 0)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -24,6 +26,24 @@ from convscope.images import PreparedImage
 from convscope.models.spec import LoadedModel
 from convscope.samples import load_sample
 from convscope.tasks import Cancelled
+
+
+@contextmanager
+def batches_seen(engine: Engine) -> Iterator[list[torch.Tensor]]:
+    """Every batch the engine's `infer` is given inside the block (copied: the engine reuses its buffer)."""
+    seen: list[torch.Tensor] = []
+    original = engine.infer
+
+    def recording(batch: torch.Tensor, taps=()):  # type: ignore[no-untyped-def]
+        seen.append(batch.detach().clone())
+        return original(batch, taps)
+
+    engine.infer = recording  # type: ignore[method-assign]
+    try:
+        yield seen
+    finally:
+        del engine.infer
+
 
 TINY_SIZE = 32
 TINY_CLASSES = 10
@@ -161,18 +181,8 @@ def test_grid_follows_design(image_size: int, size: int, stride: int, expected: 
 
 def test_each_copy_is_occluded_exactly_in_its_square(engine: Engine, image: PreparedImage) -> None:
     size, stride = 10, 7  # 22 / 7 is not whole: columns 0, 7, 14, 21
-    seen: list[torch.Tensor] = []
-    original = engine.infer
-
-    def recording(batch: torch.Tensor, taps=()):  # type: ignore[no-untyped-def]
-        seen.append(batch.detach().clone())  # the engine reuses its buffer
-        return original(batch, taps)
-
-    engine.infer = recording  # type: ignore[method-assign]
-    try:
+    with batches_seen(engine) as seen:
         result = occlude(engine, image, size=size, stride=stride, batch_size=5, method="dense")
-    finally:
-        del engine.infer
     copies = torch.cat(seen[1:])  # the first pass is the unoccluded reference
     assert torch.equal(seen[0], image.tensor)
     assert (result.rows, result.cols) == (4, 4) and len(copies) == 16
@@ -265,18 +275,9 @@ def test_matches_captum_occlusion(engine: Engine, image: PreparedImage) -> None:
 
 
 def test_batches_never_exceed_batch_size(engine: Engine, image: PreparedImage) -> None:
-    sizes: list[int] = []
-    original = engine.infer
-
-    def counting(batch: torch.Tensor, taps=()):  # type: ignore[no-untyped-def]
-        sizes.append(len(batch))
-        return original(batch, taps)
-
-    engine.infer = counting  # type: ignore[method-assign]
-    try:
+    with batches_seen(engine) as seen:
         result = occlude(engine, image, size=4, stride=2, batch_size=16, method="dense")  # 15×15 = 225 positions
-    finally:
-        del engine.infer
+    sizes = [len(batch) for batch in seen]
     assert result.rows * result.cols == 225
     assert sizes[0] == 1  # the unoccluded reference
     assert max(sizes[1:]) == 16 and sizes[1:] == [16] * 14 + [1]
@@ -331,20 +332,9 @@ def test_progress_and_cancellation(engine: Engine, image: PreparedImage, method:
     ],
 )
 def test_bad_input(engine: Engine, image: PreparedImage, kwargs: dict, error: type, words: str) -> None:
-    calls: list[int] = []
-    original = engine.infer
-
-    def counting(batch: torch.Tensor, taps=()):  # type: ignore[no-untyped-def]
-        calls.append(len(batch))
-        return original(batch, taps)
-
-    engine.infer = counting  # type: ignore[method-assign]
-    try:
-        with pytest.raises(error, match=words):
-            occlude(engine, image, **kwargs)
-    finally:
-        del engine.infer
-    assert calls == []  # rejected before any forward pass
+    with batches_seen(engine) as seen, pytest.raises(error, match=words):
+        occlude(engine, image, **kwargs)
+    assert seen == []  # rejected before any forward pass
 
 
 def test_grid_bad_input() -> None:

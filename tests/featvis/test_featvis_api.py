@@ -14,8 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from api.helpers import wait_ready
-from convscope.api import Settings, create_app
+from api.helpers import poll_job, ready_client
+from convscope.api import Settings
 from convscope.featvis.atlas import build_atlas
 from featvis.conftest import ZF_SIZE
 
@@ -43,19 +43,8 @@ def client(dirs: dict[str, Path]) -> Iterator[TestClient]:
             "max_active_jobs": 4,
         }
     )
-    with TestClient(create_app(settings)) as test_client:
-        wait_ready(test_client)
+    with ready_client(settings) as test_client:
         yield test_client
-
-
-def wait_job(client: TestClient, url: str, timeout: float = 120.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(url).json()
-        if job["state"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {url} did not finish")
 
 
 def test_a_job_computes_the_units_then_the_cache_serves_them(client: TestClient) -> None:
@@ -64,7 +53,7 @@ def test_a_job_computes_the_units_then_the_cache_serves_them(client: TestClient)
     assert response.status_code == 202, response.text
     started = response.json()
     assert response.headers["location"] == started["url"] and started["kind"] == "visualization"
-    job = wait_job(client, started["url"])
+    job = poll_job(client, started["url"])
     assert job["state"] == "succeeded", job
     assert job["done"] == job["total"] == 6
     result = job["result"]
@@ -86,7 +75,7 @@ def test_a_job_computes_the_units_then_the_cache_serves_them(client: TestClient)
         assert stored.status_code == 200
         assert stored.json() == {"channel": unit["channel"], "cached": True, "value": unit["value"], "url": unit["url"]}
     # the same request again: every unit from the cache
-    again = wait_job(client, client.post(BASE, json=body).json()["url"])
+    again = poll_job(client, client.post(BASE, json=body).json()["url"])
     assert [u["cached"] for u in again["result"]["units"]] == [True, True]
     assert [u["value"] for u in again["result"]["units"]] == [u["value"] for u in result["units"]]
 
@@ -99,10 +88,10 @@ def test_not_computed_yet(client: TestClient) -> None:
 
 
 def test_logit_and_unit_objectives(client: TestClient) -> None:
-    job = wait_job(client, client.post(BASE, json={"objective": "logit", "channels": [2], "steps": 4}).json()["url"])
+    job = poll_job(client, client.post(BASE, json={"objective": "logit", "channels": [2], "steps": 4}).json()["url"])
     assert job["state"] == "succeeded" and job["result"]["layer"] == "logits"
     body = {"layer": "features.conv2", "channels": [0], "objective": "unit", "steps": 4, "position": [3, 4]}
-    job = wait_job(client, client.post(BASE, json=body).json()["url"])
+    job = poll_job(client, client.post(BASE, json=body).json()["url"])
     assert job["result"]["position"] == [3, 4]
     assert "y=3" in job["result"]["units"][0]["url"] and client.get(job["result"]["units"][0]["url"]).status_code == 200
 
@@ -113,7 +102,7 @@ def test_cancel_a_running_job(client: TestClient) -> None:
     while client.get(started["url"]).json()["done"] < 1 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert client.delete(started["url"]).status_code == 200
-    job = wait_job(client, started["url"])
+    job = poll_job(client, started["url"])
     assert job["state"] == "cancelled" and job["done"] < 2000
 
 

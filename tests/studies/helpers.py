@@ -7,13 +7,14 @@ import shutil
 import tempfile
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from convscope.engine import Engine
 from convscope.studies.ablation import ablate, parse_variants
 from convscope.studies.checkpoints import list_checkpoints
-from convscope.studies.data import load_dataset, stratified_subset
+from convscope.studies.data import ImageSet, load_dataset, stratified_subset
 from convscope.studies.evolution import feature_evolution, parse_layers
 from convscope.studies.probe import load_probe_model, probe
 from convscope.studies.store import write_json, write_text
@@ -22,6 +23,24 @@ from convscope.studies.train import TrainConfig, train
 EVOLUTION_ROWS = 4  # 2 channels of conv1 and conv2
 EVOLUTION_COLS = 3  # checkpoints at epochs 0.5, 1, 2
 ABLATION_VARIANTS = "full;-6,7;-3,4,6,7"
+
+
+def digits_subset(count: int, seed: int) -> ImageSet:
+    """A stratified subset of scikit-learn's digits (`count` images)."""
+    data = load_dataset("digits")
+    return data.subset(stratified_subset(data.labels, count, seed=seed))
+
+
+def train_digits(folder: Path, digits: ImageSet, **config: Any) -> Path:
+    """A short real training run of `TrainConfig(data="digits", **config)` on `digits` into `folder`,
+    on one torch thread (module fixtures run before the per-test one_torch_thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(TrainConfig(data="digits", **config), folder, data=digits)
+    finally:
+        torch.set_num_threads(threads)
+    return folder
 
 
 @lru_cache(maxsize=1)

@@ -13,23 +13,21 @@ import torch
 from convscope.cli import main
 from convscope.studies.checkpoints import list_checkpoints
 from convscope.studies.convergence import feature_convergence, peak_correlation, settled_at, top_overlap
-from convscope.studies.data import ImageSet, load_dataset, stratified_subset
-from convscope.studies.train import TrainConfig, train
+from convscope.studies.data import ImageSet
+from studies.helpers import digits_subset, train_digits
 
 LAYERS = ["features.conv1", "features.conv2", "features.conv3", "features.conv4", "features.conv5"]
 
 
 @pytest.fixture(scope="module")
 def digits() -> ImageSet:
-    data = load_dataset("digits")
-    return data.subset(stratified_subset(data.labels, 120, seed=2))
+    return digits_subset(120, seed=2)
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory, digits: ImageSet) -> Path:
     folder = tmp_path_factory.mktemp("convergence") / "run"
-    train(TrainConfig(data="digits", epochs=2, batch_size=32, checkpoint_epochs="0,all"), folder, data=digits)
-    return folder
+    return train_digits(folder, digits, epochs=2, batch_size=32, checkpoint_epochs="0,all")
 
 
 def test_overlap_and_correlation_by_hand() -> None:

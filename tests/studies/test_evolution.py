@@ -7,32 +7,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from convscope.cli import main
 from convscope.engine import Engine
 from convscope.studies.checkpoints import list_checkpoints, load_checkpoint
-from convscope.studies.data import ImageSet, load_dataset, stratified_subset
+from convscope.studies.data import ImageSet, stratified_subset
 from convscope.studies.evolution import feature_evolution, parse_layers
 from convscope.studies.probe import load_probe_model, probe
-from convscope.studies.train import TrainConfig, train
+from studies.helpers import digits_subset, train_digits
 
 
 @pytest.fixture(scope="module")
 def digits() -> ImageSet:
-    data = load_dataset("digits")
-    return data.subset(stratified_subset(data.labels, 200, seed=1))
+    return digits_subset(200, seed=1)
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory, digits: ImageSet) -> Path:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("evolution") / "run"
-    train(TrainConfig(data="digits", epochs=2, checkpoint_epochs="0,0.5,all"), folder, data=digits)
-    torch.set_num_threads(threads)
-    return folder
+    return train_digits(folder, digits, epochs=2, checkpoint_epochs="0,0.5,all")
 
 
 def test_montage_rows_and_columns_are_channels_and_checkpoints(run: Path, digits: ImageSet) -> None:

@@ -18,6 +18,7 @@ from convscope.tasks import ConsoleTask
 
 if TYPE_CHECKING:
     from PIL import Image
+    from pydantic import BaseModel
 
     from convscope.engine import Engine
 
@@ -50,9 +51,9 @@ def source_image(text: str, base: Path | None = None) -> Image.Image:
     raise NotFoundError(f"{text!r} is neither an image file nor a sample id ({', '.join(ids)})")
 
 
-def _write_json(target: str, payload: dict[str, Any]) -> Any:
-    """Write the JSON (`-`: stdout); the stream the summary should go to."""
-    text = json.dumps(payload)
+def _write_json(target: str, response: BaseModel) -> Any:
+    """Write a response's JSON, the API's serialisation of it (`-`: stdout); the stream the summary should go to."""
+    text = json.dumps(response.model_dump(mode="json"))
     if target == "-":
         print(text)
         return sys.stderr
@@ -65,7 +66,8 @@ def _write_json(target: str, payload: dict[str, Any]) -> Any:
 
 # ---- invariance -------------------------------------------------------------------------------------
 def invariance_main(args: argparse.Namespace) -> int:
-    from convscope.analysis.invariance import UNITS, invariance, invariance_response, plot_invariance
+    from convscope.analysis.invariance import UNITS, invariance, plot_invariance
+    from convscope.api.schemas import InvarianceResponse
 
     if not args.images:
         raise InvalidRequestError("name at least one image with --image (a file or a sample id)")
@@ -74,7 +76,7 @@ def invariance_main(args: argparse.Namespace) -> int:
     with ConsoleTask("invariance", unit="pass") as task:
         flags = pick(args, "start", "stop", "steps", "low_layer", "high_layer", "edge", "target", "batch_size")
         result = invariance(engine, images, args.transform, task=task, **flags)
-    stream = _write_json(args.json_out, invariance_response(result))
+    stream = _write_json(args.json_out, InvarianceResponse.from_result(result))
     if args.plot:
         try:
             plot_invariance(result, args.plot)
@@ -105,11 +107,11 @@ def correspond_main(args: argparse.Namespace) -> int:
     from convscope.analysis.correspondence import (
         BUNDLED_ANNOTATIONS,
         correspondence,
-        correspondence_response,
         format_table,
         load_annotation,
         parse_parts,
     )
+    from convscope.api.schemas import CorrespondenceResponse
 
     engine = _engine(args)
     annotation = load_annotation(args.parts)
@@ -127,20 +129,27 @@ def correspond_main(args: argparse.Namespace) -> int:
     with ConsoleTask("correspond", unit="pass") as task:
         flags = pick(args, "layers", "draws", "seed", "batch_size")
         result = correspondence(engine, prepared, parts, task=task, **flags)
-    response = correspondence_response(result)
-    stream = _write_json(args.json_out, response)
+    stream = _write_json(args.json_out, CorrespondenceResponse.from_result(result))
     print(
         f"{len(result.images)} images ({', '.join(result.images)}), {len(result.parts)} parts, "
         f"{result.draws} random draws (seed {result.seed}); {result.forward_passes} passes in {result.seconds:.1f}s",
         file=stream,
     )
-    print(format_table(response), file=stream)
+    print(format_table(result), file=stream)
     return 0
 
 
 # ---- filters ---------------------------------------------------------------------------------------------
 def filters_main(args: argparse.Namespace) -> int:
-    from convscope.analysis.filters import conv_weight, filter_mosaic, filters_report, folder_images
+    from convscope.analysis.filters import (
+        BAND_NAMES,
+        conv_weight,
+        filter_mosaic,
+        filters_report,
+        folder_images,
+        white_reference,
+    )
+    from convscope.api.schemas import FiltersReportResponse
 
     engine = _engine(args)
     name, conv = conv_weight(engine, args.layer)  # bad layer fails before any forward pass
@@ -163,28 +172,26 @@ def filters_main(args: argparse.Namespace) -> int:
             filter_mosaic(conv.weight, scale=args.scale).save(args.mosaic)
         except (OSError, ValueError) as exc:
             raise OutputError(f"cannot write {args.mosaic}: {exc}") from None
-        report["mosaic"] = args.mosaic
-    stream = _write_json(args.json_out, report)
-    freq = report["frequency"]
-    mean = ", ".join(f"{band} {value:.2f}" for band, value in zip(freq["bands"], freq["mean"], strict=True))
-    white = ", ".join(f"{value:.2f}" for value in freq["white_reference"])
+    stream = _write_json(args.json_out, FiltersReportResponse.from_report(report, mosaic=args.mosaic or None))
+    freq, dead = report.frequency, report.dead
+    mean = ", ".join(f"{band} {value:.2f}" for band, value in zip(BAND_NAMES, freq.mean, strict=True))
+    white = ", ".join(f"{value:.2f}" for value in white_reference())
     print(
-        f"{freq['layer']}: {freq['channels']} filters {freq['kernel_size'][0]}×{freq['kernel_size'][1]} "
-        f"stride {freq['stride'][0]}; mean energy {mean} (white noise: {white}); "
-        f"dominant band counts {freq['dominant_counts']}",
+        f"{freq.layer}: {len(freq.bands)} filters {freq.kernel_size[0]}×{freq.kernel_size[1]} "
+        f"stride {freq.stride[0]}; mean energy {mean} (white noise: {white}); "
+        f"dominant band counts {freq.dominant_counts}",
         file=stream,
     )
-    dead = report["dead"]
     if dead is not None:
         print(
-            f"dead channels over {len(dead['images'])} images: {dead['total_dead']} of {dead['total_channels']} "
-            f"in {dead['conv_layers']} conv layers ({dead['rectified_dead']} after an activation)",
+            f"dead channels over {len(dead.images)} images: {dead.total_dead} of {dead.total_channels} "
+            f"in {len(dead.layers)} conv layers ({dead.rectified_dead} after an activation)",
             file=stream,
         )
-        for row in dead["layers"]:
-            if row["dead"]:
-                where = row["measured_at"] if row["rectified"] else "its output (no activation)"
-                print(f"  {row['layer']}: {row['dead']}/{row['channels']} at {where}", file=stream)
+        for row in dead.layers:
+            if row.dead:
+                where = row.measured_at if row.rectified else "its output (no activation)"
+                print(f"  {row.layer}: {len(row.dead)}/{row.channels} at {where}", file=stream)
     return 0
 
 

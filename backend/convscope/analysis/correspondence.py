@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -249,6 +249,30 @@ def parse_parts(
 
 # ---- the study --------------------------------------------------------------------------------------
 @dataclass
+class RandomSummary:
+    """The random boxes' Δ over draws (all None, no values, where no draw gave a finite Δ)."""
+
+    mean: float | None
+    std: float | None
+    min: float | None
+    max: float | None
+    values: list[float]
+
+
+@dataclass
+class TableCell:
+    mean: float | None  # a part's Δ, or the random boxes' mean over draws
+    std: float | None  # random boxes only: the spread over draws
+    p_value: float | None  # parts only (see random_box_p_value)
+
+
+@dataclass
+class TableRow:
+    occlusion: str  # a part's name, or "random"
+    delta: dict[str, TableCell]  # per layer
+
+
+@dataclass
 class CorrespondenceResult:
     images: list[str]
     layers: list[str]
@@ -274,7 +298,7 @@ class CorrespondenceResult:
         draws = self.random_delta_nonzero if nonzero else self.random_delta
         return random_box_p_value(observed, [draw[part][layer] for draw in draws])
 
-    def random_summary(self, layer: str, part: str | None = None, nonzero: bool = False) -> dict[str, Any]:
+    def random_summary(self, layer: str, part: str | None = None, nonzero: bool = False) -> RandomSummary:
         """Mean, spread (std over draws), min and max of the random Δ (or Δ≠0); per draw, the mean
         over parts (or one part's same-size boxes)."""
         draws = self.random_delta_nonzero if nonzero else self.random_delta
@@ -284,14 +308,35 @@ class CorrespondenceResult:
             values = [draw[part][layer] for draw in draws]
         array = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
         if not len(array):  # Δ≠0 where no pair shared a changed component
-            return {"mean": None, "std": None, "min": None, "max": None, "values": []}
-        return {
-            "mean": float(array.mean()),
-            "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0,
-            "min": float(array.min()),
-            "max": float(array.max()),
-            "values": [float(v) for v in array],
-        }
+            return RandomSummary(None, None, None, None, [])
+        return RandomSummary(
+            mean=float(array.mean()),
+            std=float(array.std(ddof=1)) if len(array) > 1 else 0.0,
+            min=float(array.min()),
+            max=float(array.max()),
+            values=[float(v) for v in array],
+        )
+
+    def table(self) -> list[TableRow]:
+        """Table 1: one row per occluded part (its Δ and p-value) and one for random boxes (mean ± std
+        over draws), per layer."""
+        rows = [
+            TableRow(
+                part,
+                {
+                    layer: TableCell(self.part_delta[part][layer], None, self.p_value(part, layer))
+                    for layer in self.layers
+                },
+            )
+            for part in self.parts
+        ]
+        random_all = {layer: self.random_summary(layer) for layer in self.layers}
+        rows.append(
+            TableRow(
+                RANDOM, {layer: TableCell(random_all[layer].mean, random_all[layer].std, None) for layer in self.layers}
+            )
+        )
+        return rows
 
 
 def correspondence(
@@ -365,28 +410,14 @@ def correspondence(
             for k, key in enumerate(occluders, start=1):
                 eps[name][key].append(stacked[0] - stacked[k])
 
-    part_delta = {
-        part: {name: sign_hamming_delta(torch.stack(eps[name][(part, None)])) for name in layer_names}
-        for part in checked
-    }
-    random_delta = [
-        {
-            part: {name: sign_hamming_delta(torch.stack(eps[name][(part, draw)])) for name in layer_names}
-            for part in checked
-        }
-        for draw in range(draws)
-    ]
-    part_delta_nonzero = {
-        part: {name: nonzero_sign_delta(torch.stack(eps[name][(part, None)])) for name in layer_names}
-        for part in checked
-    }
-    random_delta_nonzero = [
-        {
-            part: {name: nonzero_sign_delta(torch.stack(eps[name][(part, draw)])) for name in layer_names}
-            for part in checked
-        }
-        for draw in range(draws)
-    ]
+    def per_part(measure: Callable[[torch.Tensor], float], draw: int | None) -> dict[str, dict[str, float]]:
+        """part -> layer -> `measure` of the images' ε, for the part's boxes (draw None) or one random draw."""
+        return {part: {name: measure(torch.stack(eps[name][(part, draw)])) for name in layer_names} for part in checked}
+
+    part_delta = per_part(sign_hamming_delta, None)
+    random_delta = [per_part(sign_hamming_delta, draw) for draw in range(draws)]
+    part_delta_nonzero = per_part(nonzero_sign_delta, None)
+    random_delta_nonzero = [per_part(nonzero_sign_delta, draw) for draw in range(draws)]
     return CorrespondenceResult(
         images=names,
         layers=layer_names,
@@ -404,91 +435,30 @@ def correspondence(
     )
 
 
-def correspondence_response(result: CorrespondenceResult) -> dict[str, Any]:
-    """The JSON of the CLI's `--json` and of the API's job result, with a Table 1-like `table`."""
-    random_all = {layer: result.random_summary(layer) for layer in result.layers}
-    table = [
-        {
-            "occlusion": part,
-            "delta": {
-                layer: {"mean": result.part_delta[part][layer], "std": None, "p_value": result.p_value(part, layer)}
-                for layer in result.layers
-            },
-        }
-        for part in result.parts
-    ]
-    table.append(
-        {
-            "occlusion": RANDOM,
-            "delta": {
-                layer: {"mean": random_all[layer]["mean"], "std": random_all[layer]["std"], "p_value": None}
-                for layer in result.layers
-            },
-        }
-    )
-    return {
-        "images": result.images,
-        "layers": result.layers,
-        "input_size": result.input_size,
-        "parts": [
-            {
-                "name": part,
-                "boxes": [list(box) for box in boxes],
-                "delta": result.part_delta[part],
-                "random_same_size": {layer: result.random_summary(layer, part) for layer in result.layers},
-                "p_value": {layer: _json_float(result.p_value(part, layer)) for layer in result.layers},
-                "delta_nonzero": {
-                    layer: _json_float(result.part_delta_nonzero[part][layer]) for layer in result.layers
-                },
-                "p_value_nonzero": {
-                    layer: _json_float(result.p_value(part, layer, nonzero=True)) for layer in result.layers
-                },
-            }
-            for part, boxes in result.parts.items()
-        ],
-        "random": {
-            "draws": result.draws,
-            "seed": result.seed,
-            "delta": random_all,
-            "delta_nonzero": {layer: result.random_summary(layer, nonzero=True) for layer in result.layers},
-            "boxes": [{part: [list(b) for b in boxes] for part, boxes in draw.items()} for draw in result.random_boxes],
-        },
-        "table": table,
-        "n": {"images": len(result.images), "pairs": result.pairs, "draws": result.draws},
-        "forward_passes": result.forward_passes,
-        "seconds": round(result.seconds, 3),
-    }
-
-
 def _finite_mean(values: Sequence[float]) -> float:
     finite = [v for v in values if math.isfinite(v)]
     return float(np.mean(finite)) if finite else float("nan")
 
 
-def _json_float(value: float) -> float | None:
-    """NaN and infinities are not JSON: None instead."""
-    return value if math.isfinite(value) else None
-
-
-def format_table(response: Mapping[str, Any]) -> str:
+def format_table(result: CorrespondenceResult) -> str:
     """The Table 1-like text: one row per occluded part and one for random boxes (mean ± std over draws)."""
-    layers = response["layers"]
-    width = max(len("occlusion"), *(len(row["occlusion"]) for row in response["table"]))
+    layers = result.layers
+    table = result.table()
+    width = max(len("occlusion"), *(len(row.occlusion) for row in table))
     header = f"{'occlusion':{width}s}  " + "  ".join(f"{'Δ ' + layer:>24s}" for layer in layers)
-    count = response.get("n", {})
     lines = [header, "-" * len(header)]
-    for row in response["table"]:
+    for row in table:
         cells = []
         for layer in layers:
-            cell = row["delta"][layer]
-            text = f"{cell['mean']:.4f}" + (f" ± {cell['std']:.4f}" if cell["std"] is not None else "")
-            if cell.get("p_value") is not None:
-                text += f" (p {cell['p_value']:.2f})"
+            cell = row.delta[layer]
+            text = "—" if cell.mean is None else f"{cell.mean:.4f}"
+            text += f" ± {cell.std:.4f}" if cell.std is not None else ""
+            if cell.p_value is not None and math.isfinite(cell.p_value):
+                text += f" (p {cell.p_value:.2f})"
             cells.append(f"{text:>24s}")
-        lines.append(f"{row['occlusion']:{width}s}  " + "  ".join(cells))
-    if count:
-        lines.append(
-            f"n = {count['images']} images ({count['pairs']} pairs), {count['draws']} random draws; "
-            "p: share of random same-size boxes with a Δ as low as the part's (one-sided, +1 rule)"
-        )
+        lines.append(f"{row.occlusion:{width}s}  " + "  ".join(cells))
+    lines.append(
+        f"n = {len(result.images)} images ({result.pairs} pairs), {result.draws} random draws; "
+        "p: share of random same-size boxes with a Δ as low as the part's (one-sided, +1 rule)"
+    )
     return "\n".join(lines)

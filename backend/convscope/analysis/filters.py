@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -182,20 +182,16 @@ class FrequencyCoverage:
     stride: tuple[int, int]
     bands: np.ndarray  # out×3
 
-    def to_dict(self) -> dict[str, Any]:
+    @property
+    def mean(self) -> list[float]:
+        """The bands' mean share over the filters."""
+        return [float(v) for v in self.bands.mean(axis=0)] if len(self.bands) else [0.0, 0.0, 0.0]
+
+    @property
+    def dominant_counts(self) -> list[int]:
+        """How many filters have most of their energy in each band."""
         dominant = self.bands.argmax(axis=1) if len(self.bands) else np.zeros(0, int)
-        return {
-            "layer": self.layer,
-            "kernel_size": list(self.kernel_size),
-            "stride": list(self.stride),
-            "channels": len(self.bands),
-            "bands": list(BAND_NAMES),
-            "band_edges": [0.0, *BAND_EDGES],
-            "per_filter": [[round(float(v), 6) for v in row] for row in self.bands],
-            "mean": [float(v) for v in self.bands.mean(axis=0)] if len(self.bands) else [0.0, 0.0, 0.0],
-            "dominant_counts": [int((dominant == k).sum()) for k in range(3)],
-            "white_reference": white_reference(),
-        }
+        return [int((dominant == k).sum()) for k in range(3)]
 
 
 _COVERAGE_CACHE: LRUCache[tuple[int, int, int, str], FrequencyCoverage] = LRUCache(maxsize=128)
@@ -234,17 +230,31 @@ class DeadLayer:
     def dead(self) -> list[int]:
         return [int(c) for c in np.flatnonzero(self.max_activation <= 0)]
 
-    def to_dict(self) -> dict[str, Any]:
-        dead = self.dead
-        return {
-            "layer": self.layer,
-            "measured_at": self.measured_at,
-            "rectified": self.rectified,
-            "channels": self.channels,
-            "dead": len(dead),
-            "dead_fraction": len(dead) / self.channels if self.channels else 0.0,
-            "dead_channels": dead,
-        }
+    @property
+    def dead_fraction(self) -> float:
+        return len(self.dead) / self.channels if self.channels else 0.0
+
+
+@dataclass
+class DeadChannels:
+    """Dead channels of every convolution over a set of images (`dead_channels`' layers, with totals)."""
+
+    images: list[str]
+    layers: list[DeadLayer]
+    seconds: float = 0.0
+
+    @property
+    def total_channels(self) -> int:
+        return sum(layer.channels for layer in self.layers)
+
+    @property
+    def total_dead(self) -> int:
+        return sum(len(layer.dead) for layer in self.layers)
+
+    @property
+    def rectified_dead(self) -> int:
+        """Dead channels measured after an activation (a conv without one can be negative by design)."""
+        return sum(len(layer.dead) for layer in self.layers if layer.rectified)
 
 
 def measurement_points(engine: Engine) -> list[tuple[str, str, bool]]:
@@ -333,17 +343,13 @@ def folder_images(folder: str | Path) -> list[Path]:
     return files
 
 
-def dead_response(layers: Sequence[DeadLayer], image_names: Sequence[str], seconds: float = 0.0) -> dict[str, Any]:
-    rows = [layer.to_dict() for layer in layers]
-    return {
-        "images": list(image_names),
-        "layers": rows,
-        "conv_layers": len(rows),
-        "total_channels": sum(row["channels"] for row in rows),
-        "total_dead": sum(row["dead"] for row in rows),
-        "rectified_dead": sum(row["dead"] for row in rows if row["rectified"]),
-        "seconds": round(seconds, 3),
-    }
+@dataclass
+class FiltersReport:
+    """`convscope filters`: frequency coverage of one conv layer and, when images were given, dead channels."""
+
+    model: str
+    frequency: FrequencyCoverage
+    dead: DeadChannels | None
 
 
 def filters_report(
@@ -353,11 +359,10 @@ def filters_report(
     layer: str | None = None,
     batch_size: int = 8,
     task: Task | None = None,
-) -> dict[str, Any]:
+) -> FiltersReport:
     """Frequency coverage of the (first) conv layer and, when images are given, dead channels per conv layer."""
     began = time.perf_counter()
-    coverage = frequency_coverage(engine, layer).to_dict()
-    report: dict[str, Any] = {"model": engine.name, "frequency": coverage, "dead": None}
+    report = FiltersReport(engine.name, frequency_coverage(engine, layer), None)
     if image_tensors is not None:
         names = [name for name, _ in image_tensors]
         dead = dead_channels(
@@ -367,5 +372,5 @@ def filters_report(
             batch_size=batch_size,
             task=task,
         )
-        report["dead"] = dead_response(dead, names, time.perf_counter() - began)
+        report.dead = DeadChannels(names, dead, time.perf_counter() - began)
     return report

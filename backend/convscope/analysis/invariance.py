@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -156,21 +156,18 @@ class InvarianceCurve:
     probability: list[float]
     top_label: list[int]
 
-    def to_dict(self, labels: Sequence[str]) -> dict[str, Any]:
-        return {
-            "image": self.image,
-            "target": self.target,
-            "target_label": self.target_label,
-            "norm": {"low": self.low_norm, "high": self.high_norm},
-            "distance": {"low": self.low_distance, "high": self.high_distance},
-            "relative_distance": {
-                "low": [d / self.low_norm if self.low_norm > 0 else None for d in self.low_distance],
-                "high": [d / self.high_norm if self.high_norm > 0 else None for d in self.high_distance],
-            },
-            "probability": self.probability,
-            "top_label": self.top_label,
-            "top_label_names": [labels[i] for i in self.top_label],
-        }
+    @property
+    def relative_low(self) -> list[float | None]:
+        """‖x − x₀‖ / ‖x₀‖ at the low layer (None where the untransformed vector is zero)."""
+        return _relative(self.low_distance, self.low_norm)
+
+    @property
+    def relative_high(self) -> list[float | None]:
+        return _relative(self.high_distance, self.high_norm)
+
+
+def _relative(distances: Sequence[float], norm: float) -> list[float | None]:
+    return [d / norm if norm > 0 else None for d in distances]
 
 
 @dataclass
@@ -284,44 +281,45 @@ def invariance(
     )
 
 
-def _spread(rows: Sequence[Sequence[float | None]]) -> dict[str, list[float | None]]:
+@dataclass
+class Spread:
     """Per step over images: mean, std (ddof 1; None for one image), min and max, skipping Nones."""
+
+    mean: list[float | None]
+    std: list[float | None]
+    min: list[float | None]
+    max: list[float | None]
+
+
+def spread(rows: Sequence[Sequence[float | None]]) -> Spread:
     columns = [[v for v in column if v is not None] for column in zip(*rows, strict=True)]
-    return {
-        "mean": [float(np.mean(c)) if c else None for c in columns],
-        "std": [float(np.std(c, ddof=1)) if len(c) > 1 else None for c in columns],
-        "min": [float(min(c)) if c else None for c in columns],
-        "max": [float(max(c)) if c else None for c in columns],
-    }
+    return Spread(
+        mean=[float(np.mean(c)) if c else None for c in columns],
+        std=[float(np.std(c, ddof=1)) if len(c) > 1 else None for c in columns],
+        min=[float(min(c)) if c else None for c in columns],
+        max=[float(max(c)) if c else None for c in columns],
+    )
 
 
-def invariance_summary(images: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+@dataclass
+class InvarianceSummary:
     """The curves' spread across images at every step (each image's probability is of its own
     untransformed top-1), with n: what a claim about "the" curve rests on."""
-    return {
-        "n": len(images),
-        "relative_distance": {
-            key: _spread([image["relative_distance"][key] for image in images]) for key in ("low", "high")
-        },
-        "probability": _spread([image["probability"] for image in images]),
-    }
+
+    n: int
+    relative_low: Spread
+    relative_high: Spread
+    probability: Spread
 
 
-def invariance_response(result: InvarianceResult) -> dict[str, Any]:
-    """The JSON of the CLI's `--json` and of the API's job result."""
-    images = [curve.to_dict(result.labels) for curve in result.curves]
-    return {
-        "transform": result.transform,
-        "unit": UNITS[result.transform],
-        "values": result.values,
-        "edge": result.edge,
-        "input_size": result.input_size,
-        "layers": {"low": result.low_layer, "high": result.high_layer},
-        "images": images,
-        "summary": invariance_summary(images),
-        "forward_passes": result.forward_passes,
-        "seconds": round(result.seconds, 3),
-    }
+def invariance_summary(result: InvarianceResult) -> InvarianceSummary:
+    curves = result.curves
+    return InvarianceSummary(
+        n=len(curves),
+        relative_low=spread([curve.relative_low for curve in curves]),
+        relative_high=spread([curve.relative_high for curve in curves]),
+        probability=spread([curve.probability for curve in curves]),
+    )
 
 
 def plot_invariance(result: InvarianceResult, path: str) -> None:

@@ -1,6 +1,6 @@
 """The REST API (docs/api.md): a FastAPI app over one engine per loaded model.
 
-`create_app(settings)` builds the app; `run_server(...)` serves it with uvicorn.
+`create_app(settings)` builds the app; `run_server(settings)` serves it with uvicorn.
 FastAPI stays in this package: the engine and the analyses never import it.
 """
 

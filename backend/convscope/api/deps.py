@@ -1,7 +1,8 @@
-"""Typed dependencies: the app state, an engine by model name, an image by id, the scan service."""
+"""Typed dependencies: the app state, an engine by model name, an image by id, the scan and featvis services."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -9,6 +10,7 @@ from fastapi import Depends, Path, Request
 from PIL import Image
 
 from convscope.api.caching import PRIVATE, PUBLIC
+from convscope.api.featvis import FeatvisService
 from convscope.api.pool import ModelPool
 from convscope.api.scans import ScanService
 from convscope.api.security import client_of
@@ -33,6 +35,21 @@ async def get_scan_service(request: Request) -> ScanService:
 
 
 ScanServiceDep = Annotated[ScanService, Depends(get_scan_service)]
+
+_featvis_lock = threading.Lock()
+
+
+def get_featvis(request: Request) -> FeatvisService:
+    """The app's feature-visualisation service, made by the first request that needs it (its cache
+    folder is created then, not at start-up)."""
+    with _featvis_lock:
+        service: FeatvisService | None = getattr(request.app.state, "featvis", None)
+        if service is None:
+            service = request.app.state.featvis = FeatvisService(request.app.state.convscope)
+        return service
+
+
+FeatvisDep = Annotated[FeatvisService, Depends(get_featvis)]
 
 
 async def get_pool(state: StateDep) -> ModelPool:

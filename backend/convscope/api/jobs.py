@@ -33,6 +33,12 @@ log = logging.getLogger("convscope.api.jobs")
 current_client: ContextVar[str | None] = ContextVar("convscope_client", default=None)
 _FROM_CONTEXT: Any = object()
 
+
+def _owner(owner: str | None) -> str | None:
+    """The owner given, or (by default) the requesting client (`current_client`)."""
+    return current_client.get() if owner is _FROM_CONTEXT else owner
+
+
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINISHED: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 
@@ -188,11 +194,8 @@ class JobManager:
         owner: str | None = _FROM_CONTEXT,
         shared: bool = False,
     ) -> Job:
-        if owner is _FROM_CONTEXT:
-            owner = current_client.get()
+        owner = _owner(owner)
         with self._lock:
-            if self._closed:
-                raise TooManyJobsError("the server is shutting down")
             self._check_caps(owner)
             job = Job(id=secrets.token_urlsafe(12), kind=kind, fn=fn, total=total, owner=owner, shared=shared)
             job._gate = self.gate
@@ -210,11 +213,8 @@ class JobManager:
         past `client_max_running` of the client's inline work at once (so a client firing many
         small requests in parallel cannot take every thread). Between batches it waits for
         interactive requests, as a job does (`Job.report`)."""
-        if owner is _FROM_CONTEXT:
-            owner = current_client.get()
+        owner = _owner(owner)
         with self._lock:
-            if self._closed:
-                raise TooManyJobsError("the server is shutting down")
             self._check_caps(owner)
             running = self._inline.get(owner, 0)
             limit = self.client_max_running
@@ -239,15 +239,16 @@ class JobManager:
 
     def inline_running(self, owner: str | None = _FROM_CONTEXT) -> int:
         """How much of `owner`'s work `run_inline` is running now."""
-        if owner is _FROM_CONTEXT:
-            owner = current_client.get()
+        owner = _owner(owner)
         with self._lock:
             return self._inline.get(owner, 0)
 
     # ---- per-client caps and fair order (issue 19) --------------------------------------------------
     def _check_caps(self, owner: str | None) -> None:
-        """429 past the server's cap, or past this client's own; in-request work (`run_inline`)
-        counts too (lock held)."""
+        """429 while the server shuts down, past the server's cap, or past this client's own; in-request
+        work (`run_inline`) counts too (lock held)."""
+        if self._closed:
+            raise TooManyJobsError("the server is shutting down")
         active = [job for job in self._jobs.values() if not job.finished]
         count = len(active) + sum(self._inline.values())
         if count >= self.max_active:

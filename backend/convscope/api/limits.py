@@ -10,7 +10,7 @@ from __future__ import annotations
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from convscope.api.asgi import send_json
+from convscope.api.asgi import run_refusing, send_json
 
 
 class BodyTooLargeError(HTTPException):
@@ -41,7 +41,6 @@ class BodyLimitMiddleware:
                     await self._refuse(send)
                     return
         received = 0
-        started = False
 
         async def limited_receive() -> Message:
             nonlocal received
@@ -52,15 +51,4 @@ class BodyLimitMiddleware:
                     raise BodyTooLargeError(self.max_bytes)
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLargeError:
-            if started:
-                raise
-            await self._refuse(send)
+        await run_refusing(self.app, scope, limited_receive, send, BodyTooLargeError)

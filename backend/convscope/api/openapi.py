@@ -54,21 +54,22 @@ OPERATION_IDS: dict[str, str] = {
     "visualization_png": "get_visualization_image",
 }
 
-TAGS: list[dict[str, str]] = [
-    {"name": "health", "description": "is the server ready"},
-    {"name": "metrics", "description": "Prometheus metrics: requests, projection batch sizes, jobs, engines"},
-    {"name": "models", "description": "the loaded models, their layers, labels and predictions"},
-    {"name": "samples", "description": "the bundled real photos (usable as {image_id})"},
-    {"name": "images", "description": "uploads and the S×S model input of any image"},
-    {"name": "activations", "description": "feature maps of one layer"},
-    {"name": "projections", "description": "deconvnet projections of feature maps to pixel space (paper §2)"},
-    {"name": "occlusion", "description": "occlusion sensitivity (paper Fig. 7)"},
-    {"name": "jobs", "description": "long work: poll progress, read the result, cancel"},
-    {"name": "scans", "description": "top-k dataset scans (paper Fig. 2)"},
-    {"name": "analyses", "description": "invariance, correspondence and filter studies (paper Figs. 5, 6, 8)"},
-    {"name": "studies", "description": "finished studies saved by the command line"},
-    {"name": "feature visualisation", "description": "images optimised to excite a unit, and the static unit atlas"},
-]
+TAG_DESCRIPTIONS: dict[str, str] = {
+    "health": "is the server ready",
+    "metrics": "Prometheus metrics: requests, projection batch sizes, jobs, engines",
+    "models": "the loaded models, their layers, labels and predictions",
+    "samples": "the bundled real photos (usable as {image_id})",
+    "images": "uploads and the S×S model input of any image",
+    "activations": "feature maps of one layer",
+    "projections": "deconvnet projections of feature maps to pixel space (paper §2)",
+    "occlusion": "occlusion sensitivity (paper Fig. 7)",
+    "jobs": "long work: poll progress, read the result, cancel",
+    "scans": "top-k dataset scans (paper Fig. 2)",
+    "analyses": "invariance, correspondence and filter studies (paper Figs. 5, 6, 8)",
+    "studies": "finished studies saved by the command line",
+    "feature visualisation": "images optimised to excite a unit, and the static unit atlas",
+}
+TAGS: list[dict[str, str]] = [{"name": name, "description": text} for name, text in TAG_DESCRIPTIONS.items()]
 
 
 def operation_id(route: APIRoute) -> str:

@@ -100,15 +100,9 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def run_server(
-    host: str | None = None,
-    port: int | None = None,
-    models: Sequence[str] | None = None,
-    device: str | None = None,
-    insecure: bool | None = None,
-) -> int:
-    """Serve until interrupted. Exit status 0, or 1 when the models cannot be loaded."""
-    settings = build_settings(host, port, models, device, insecure)
+def run_server(settings: Settings) -> int:
+    """Serve until interrupted (`build_settings` makes the settings from the flags). Exit status 0, or
+    1 when the models cannot be loaded."""
     limit_malloc_arenas()
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     if settings.torch_threads is not None:

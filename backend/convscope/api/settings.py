@@ -178,9 +178,10 @@ class Settings(BaseSettings):
         default=5.0, ge=0, description="longest a job waits between batches for interactive requests to finish"
     )
 
-    @field_validator("trusted_hosts", mode="before")
+    @field_validator("trusted_hosts", "scan_roots", mode="before")
     @classmethod
-    def _split_hosts(cls, value: object) -> object:
+    def _split_commas(cls, value: object) -> object:
+        """A list given as one string (an environment variable): its comma-separated parts."""
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
@@ -206,13 +207,6 @@ class Settings(BaseSettings):
     atlas_dir: Path | None = Field(
         default=None, description="a folder written by `convscope atlas`, served read-only under /api/atlas/"
     )
-
-    @field_validator("scan_roots", mode="before")
-    @classmethod
-    def _split_roots(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
 
     @field_validator("scan_roots")
     @classmethod

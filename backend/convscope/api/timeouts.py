@@ -17,7 +17,7 @@ import anyio
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from convscope.api.asgi import send_json
+from convscope.api.asgi import run_refusing
 
 
 def _base_protocol() -> type[Any]:
@@ -93,7 +93,6 @@ class BodyTimeoutMiddleware:
             await self.app(scope, receive, send)
             return
         more_body = True
-        started = False
 
         async def timed_receive() -> Message:
             nonlocal more_body
@@ -108,15 +107,4 @@ class BodyTimeoutMiddleware:
                 more_body = False
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, timed_receive, tracking_send)
-        except BodyStalledError as exc:  # raised outside the app's exception handlers
-            if started:
-                raise
-            await send_json(send, 408, exc.detail, [(b"connection", b"close")])
+        await run_refusing(self.app, scope, timed_receive, send, BodyStalledError)

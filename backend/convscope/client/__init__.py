@@ -8,43 +8,10 @@ with Client("http://127.0.0.1:8000") as api:
     api.projection(upload["id"], "conv_head", 7).image.save("projection.png")
 """
 
+from convscope.client import types
 from convscope.client.client import Client, ImageInput
 from convscope.client.errors import ApiError
-from convscope.client.types import (
-    Activations,
-    Health,
-    Job,
-    Label,
-    LayerInfo,
-    ModelInfo,
-    Occlusion,
-    OcclusionMethod,
-    Prediction,
-    Projection,
-    SampleInfo,
-    ScanInfo,
-    ScanRoot,
-    Top,
-    Upload,
-)
+from convscope.client.types import *  # noqa: F403  (the answers' shapes: types.__all__)
 
-__all__ = [
-    "Activations",
-    "ApiError",
-    "Client",
-    "Health",
-    "ImageInput",
-    "Job",
-    "Label",
-    "LayerInfo",
-    "ModelInfo",
-    "Occlusion",
-    "OcclusionMethod",
-    "Prediction",
-    "Projection",
-    "SampleInfo",
-    "ScanInfo",
-    "ScanRoot",
-    "Top",
-    "Upload",
-]
+__all__ = ["ApiError", "Client", "ImageInput"]
+__all__ += types.__all__

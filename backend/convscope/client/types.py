@@ -11,6 +11,24 @@ from typing import Any, Literal, TypedDict
 
 from PIL import Image
 
+__all__ = [
+    "Activations",
+    "Health",
+    "Job",
+    "Label",
+    "LayerInfo",
+    "ModelInfo",
+    "Occlusion",
+    "OcclusionMethod",
+    "Prediction",
+    "Projection",
+    "SampleInfo",
+    "ScanInfo",
+    "ScanRoot",
+    "Top",
+    "Upload",
+]
+
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 Mode = Literal["auto", "deconvnet", "guided", "gradient"]
 Select = Literal["max", "map"]

@@ -9,7 +9,8 @@ passes through one model never see each other's captures). It does two things:
   kept and a clone passed on where a later in-place operation could rewrite it
   (`clone`: those layers; None: every one), the others are kept as they are and
   their version counters checked afterwards (`rewritten()`); without a graph, a
-  copy is kept.
+  copy is kept. With `stop_after`, the pass ends (`StopForward`) as soon as that
+  layer's output is recorded, as it is: nothing runs after it, so nothing rewrites it.
 - `taps`: capture a module's output or first input (`Tap`), optionally reduced at
   once (spatial mean/sum/max, or any function), detached; a tap's first call counts.
 """
@@ -63,6 +64,10 @@ class Tap:
         return value.amax(dim=_SPATIAL)
 
 
+class StopForward(Exception):
+    """Raised out of the model's forward by a `LayerCapture` whose `stop_after` layer was recorded."""
+
+
 class LayerCapture:
     """Context manager: `outputs[name]` is the first 4-D output each named module produced
     (all modules when `names` is None); `tapped[tap]` what each tap captured."""
@@ -75,6 +80,7 @@ class LayerCapture:
         taps: Iterable[Tap] = (),
         clone: Collection[str] | None = None,
         linear: bool = False,
+        stop_after: str | None = None,
     ) -> None:
         self.model = model
         modules = dict(model.named_modules())
@@ -86,6 +92,7 @@ class LayerCapture:
         self._tapped_modules = [(tap, modules[tap.module]) for tap in self.taps]
         self._clone = clone
         self._linear = linear  # also record nn.Linear modules' 2-D outputs
+        self._stop_after = stop_after
         self.outputs: dict[str, torch.Tensor] = {}
         self.tapped: dict[Tap, torch.Tensor] = {}
         # (tensor, its version when recorded): outputs kept uncloned, and the clones passed on
@@ -103,6 +110,9 @@ class LayerCapture:
             flat = self._linear and output.dim() == 2 and isinstance(module, nn.Linear)
             if output.dim() != 4 and not flat:
                 return None
+            if name == self._stop_after:  # nothing downstream runs: kept as it is
+                self.outputs[name] = output if output.requires_grad else output.clone()
+                raise StopForward(name)
             if output.requires_grad:
                 self.outputs[name] = output
                 if self._clone is not None and name not in self._clone:

@@ -25,7 +25,13 @@ fall back to the dense pass.
 
 `plan()` estimates the arithmetic of both routes; `backward_if_cheaper()` runs
 the cone only when it needs at most `MAX_RATIO` of the dense work, and only on
-the CPU (on CUDA the batched dense backward is launch-bound and stays). The rule
+the CPU (on CUDA the batched dense backward is launch-bound and stays). A
+`Planner` (one per engine) makes that choice across recorded passes: the program
+a layer had in the first pass it saw, without that pass's tensors, plans every
+later seed of the layer (the boxes depend only on the graph's shape, the same for
+every image of a model whose graph does not depend on the image's values), so a
+new image's first click that goes dense reads nothing of its graph; only a click
+that takes the cone builds its pass's program (and plans on it again). The rule
 (deconvnet / guided / gradient) is an argument of every call, never read from
 the recorded pass, so one recorded graph serves concurrent calls with
 different rules.
@@ -38,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from cachetools import LRUCache
 from torch.utils.weak import WeakIdKeyDictionary
 
 from convscope.engine.cone_steps import (
@@ -55,7 +62,16 @@ from convscope.engine.cone_steps import (
 )
 from convscope.engine.rules import RULES
 
-__all__ = ["MAX_RATIO", "ConePlan", "ConeUnsupported", "backward_if_cheaper", "cone_backward", "plan", "run"]
+__all__ = [
+    "MAX_RATIO",
+    "ConePlan",
+    "ConeUnsupported",
+    "Planner",
+    "backward_if_cheaper",
+    "cone_backward",
+    "plan",
+    "run",
+]
 
 MAX_RATIO = 0.5  # cone only when its planned work is at most this share of the dense work
 # The Python cost of one executed cone step (~15 µs), which autograd's C++ engine does not pay.
@@ -72,6 +88,11 @@ class _Program:
     image_shape: Shape
     dense_work: dict[str, tuple[int, int]]
     unsupported: str | None = None
+
+    def structure(self) -> _Program:
+        """The same program without its pass's tensors (`Step.structure`): for planning only."""
+        steps = [step.structure() for step in self.steps]
+        return _Program(steps, self.image, self.shape, self.image_shape, {}, self.unsupported)
 
 
 _PROGRAMS: WeakIdKeyDictionary = WeakIdKeyDictionary()
@@ -245,13 +266,15 @@ def _seed_box(grad: torch.Tensor) -> Box | None:
 
 def plan(output: torch.Tensor, image: torch.Tensor, grad: torch.Tensor, rule: str) -> ConePlan:
     """Plan one seed's cone: boxes per recorded node and the work against the dense pass."""
-    program = _program(output, image)
+    return _plan_on(_program(output, image), tuple(grad.shape), _seed_box(grad), rule)
+
+
+def _plan_on(program: _Program, shape: Shape, seed_box: Box | None, rule: str) -> ConePlan:
     if program.unsupported is not None:
         return ConePlan([], [], 0, 0, None, program.unsupported)
-    if tuple(grad.shape) != program.shape:
+    if shape != program.shape:
         return ConePlan([], [], 0, 0, None, "the seed is not shaped like the layer output")
     dense, dense_macs = _dense_work(program, rule)
-    seed_box = _seed_box(grad)
     if seed_box is None:
         return ConePlan([], [], 0, dense, None, dense_macs=dense_macs)
     boxes, below, work, macs = _propagate(program, seed_box, rule)
@@ -315,17 +338,82 @@ def cone_backward(output: torch.Tensor, image: torch.Tensor, grad: torch.Tensor,
     return run(seed_plan, output, image, grad, rule)
 
 
+def _eligible(output: torch.Tensor, image: torch.Tensor, rule: str) -> bool:
+    # a 2-D seed (logits, a linear layer) reaches the whole image, and CUDA stays dense
+    return image.device.type == "cpu" and rule in RULES and output.dim() == 4
+
+
+def _cheap_enough(seed_plan: ConePlan, max_ratio: float | None) -> bool:
+    return seed_plan.supported and seed_plan.ratio <= (MAX_RATIO if max_ratio is None else max_ratio)
+
+
+def _run_or_none(
+    seed_plan: ConePlan, output: torch.Tensor, image: torch.Tensor, grad: torch.Tensor, rule: str
+) -> torch.Tensor | None:
+    try:
+        return run(seed_plan, output, image, grad, rule)
+    except (ConeUnsupported, AttributeError, TypeError):  # a rule function that wants more than its box
+        return None
+
+
 def backward_if_cheaper(
     output: torch.Tensor, image: torch.Tensor, grad: torch.Tensor, rule: str, max_ratio: float | None = None
 ) -> torch.Tensor | None:
     """The cone projection when it is supported and needs at most `max_ratio` (default
     `MAX_RATIO`) of the dense work on the CPU; None means: take the dense backward pass."""
-    if image.device.type != "cpu" or rule not in RULES or output.dim() != 4:
-        return None  # a 2-D seed (logits, a linear layer) reaches the whole image: dense
+    if not _eligible(output, image, rule):
+        return None
     seed_plan = plan(output, image, grad, rule)
-    if not seed_plan.supported or seed_plan.ratio > (MAX_RATIO if max_ratio is None else max_ratio):
-        return None
-    try:
-        return run(seed_plan, output, image, grad, rule)
-    except (ConeUnsupported, AttributeError, TypeError):  # a rule function that wants more than its box
-        return None
+    return _run_or_none(seed_plan, output, image, grad, rule) if _cheap_enough(seed_plan, max_ratio) else None
+
+
+PLANS_KEPT = 65536  # (layer, rule, seed box) choices a planner remembers
+
+
+class Planner:
+    """One engine's cone-or-dense choices across its recorded passes (see the module docstring).
+
+    `backward_if_cheaper(layer, ...)` answers as the module's function does, planning on
+    the layer's program from the first pass seen (tensors left out) and remembering each
+    (layer, rule, seed box)'s choice; only a seed that takes the cone builds the program of
+    its own pass, plans on it and runs that plan. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._structures: dict[tuple[Any, ...], _Program] = {}
+        self._cheap: LRUCache[tuple[Any, ...], bool] = LRUCache(maxsize=PLANS_KEPT)
+
+    def _structure(self, key: tuple[Any, ...], output: torch.Tensor, image: torch.Tensor) -> _Program:
+        with self._lock:
+            structure = self._structures.get(key)
+        if structure is None:
+            structure = _program(output, image).structure()
+            with self._lock:
+                structure = self._structures.setdefault(key, structure)
+        return structure
+
+    def backward_if_cheaper(
+        self,
+        layer: str,
+        output: torch.Tensor,
+        image: torch.Tensor,
+        grad: torch.Tensor,
+        rule: str,
+        max_ratio: float | None = None,
+    ) -> torch.Tensor | None:
+        if not _eligible(output, image, rule):
+            return None
+        shape, seed_box = tuple(grad.shape), _seed_box(grad)
+        key = (layer, shape, tuple(image.shape))
+        limit = MAX_RATIO if max_ratio is None else max_ratio
+        choice = (*key, rule, seed_box, limit)
+        with self._lock:
+            cheap = self._cheap.get(choice)
+        if cheap is None:
+            cheap = _cheap_enough(_plan_on(self._structure(key, output, image), shape, seed_box, rule), limit)
+            with self._lock:
+                self._cheap[choice] = cheap
+        if not cheap:
+            return None
+        seed_plan = _plan_on(_program(output, image), shape, seed_box, rule)  # this pass's own program
+        return _run_or_none(seed_plan, output, image, grad, rule) if _cheap_enough(seed_plan, limit) else None

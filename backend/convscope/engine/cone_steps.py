@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 import torch
 import torch.nn.functional as F
 
+from convscope.engine.rules import rectifier_mask
+
 Box = tuple[tuple[int, int], ...]  # per dimension [start, stop)
 Shape = tuple[int, ...]
 T = TypeVar("T")
@@ -116,10 +118,22 @@ class Step:
     """One node's backward over a box. `edges[i]` is the program index of the node's i-th
     input (None: that input needs no gradient), `inputs[i]` that input's full shape."""
 
+    # the attributes holding what one recorded pass saved (masks, switches, activations):
+    # planning never reads them, running does (`structure()` leaves them out)
+    per_record: tuple[str, ...] = ()
+
     def __init__(self, shape: Shape, edges: Sequence[int | None], inputs: Sequence[Shape | None]) -> None:
         self.shape = shape
         self.edges = tuple(edges)
         self.inputs = tuple(inputs)
+
+    def structure(self) -> Step:
+        """A copy of this step without the recorded pass's tensors: it plans, it cannot run."""
+        copy = object.__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        for name in self.per_record:
+            setattr(copy, name, None)
+        return copy
 
     @property
     def passthrough(self) -> int | None:
@@ -170,34 +184,25 @@ class _CopyInto(_Identity):
 
 
 class _Rectifier(Step):
-    """The engine's ReLU-like node: deconvnet `relu(g)`, guided `relu(g)·mask`, gradient `g·mask`.
-    The node saved either its mask (`x > lower`, `& x < upper`) or its output, which tells the
-    same mask (`out > lower`, `& out < upper`); only the box's part of it is computed."""
+    """The engine's ReLU-like node: deconvnet `relu(g)`, guided `relu(g)·mask`, gradient `g·mask`,
+    the mask told by the output the node saved (`rules.rectifier_mask`, over the box only)."""
 
-    def __init__(self, saved: torch.Tensor, lower: float | None, upper: float | None, *args: Any) -> None:
+    per_record = ("saved",)
+
+    def __init__(self, saved: torch.Tensor, lower: float, upper: float | None, *args: Any) -> None:
         super().__init__(*args)
         self.saved, self.lower, self.upper = saved, lower, upper
-
-    def _mask(self, box: Box) -> torch.Tensor:
-        window = self.saved[box_slices(box)]
-        if self.lower is None:  # the saved mask itself
-            return window
-        mask = window > self.lower
-        return mask if self.upper is None else mask & (window < self.upper)
 
     def plan(self, box: Box, rule: str) -> tuple[Box | None, ...]:
         return self.first(box)
 
     def run(self, box: Box, grad: torch.Tensor, below: tuple[Box | None, ...], rule: str) -> list[torch.Tensor | None]:
         if rule == "deconvnet":
-            out = grad.clamp(min=0)
-        elif rule == "guided":
-            out = grad.clamp(min=0) * self._mask(box)
-        elif rule == "gradient":
-            out = grad * self._mask(box)
-        else:
+            return list(self.first(grad.clamp(min=0)))
+        if rule not in ("guided", "gradient"):
             raise ConeUnsupported(f"unknown rule {rule!r}")
-        return list(self.first(out))
+        signal = grad.clamp(min=0) if rule == "guided" else grad
+        return list(self.first(rectifier_mask(signal, self.saved[box_slices(box)], self.lower, self.upper)))
 
 
 class _CallRule:
@@ -214,6 +219,8 @@ class _RuleFunction(Step):
     """An element-wise activation the engine routes through its own autograd function, tagged
     `ctx.convscope_op` (SiLU, GELU, ...): that function's own backward, called on the box with
     its saved tensors cut to the box and the call's rule, so the formula is the engine's."""
+
+    per_record = ("saved", "attributes")
 
     def __init__(self, function: Any, attributes: dict[str, Any], saved: tuple[torch.Tensor, ...], *args: Any) -> None:
         super().__init__(*args)
@@ -322,6 +329,8 @@ class _Convolution(Step):
 class _MaxPool(Step):
     """2-D max pooling: each value goes to its recorded switch (values sharing one add)."""
 
+    per_record = ("indices",)
+
     def __init__(
         self, indices: torch.Tensor, kernel: Any, stride: Any, padding: Any, dilation: Any, *args: Any
     ) -> None:
@@ -354,6 +363,8 @@ class _MaxPool(Step):
 class _AvgPool(Step):
     """Average pooling (2-D or 3-D, e.g. inside local response normalisation): planned as a
     sliding window over the last axes, computed by the exact kernel over the full map."""
+
+    per_record = ("saved",)
 
     def __init__(self, saved: torch.Tensor, options: dict[str, Any], *args: Any) -> None:
         super().__init__(*args)
@@ -402,6 +413,8 @@ class _AvgPool(Step):
 class _BatchNorm(Step):
     """Batch norm in eval mode: a per-channel scale."""
 
+    per_record = ("scale",)
+
     def __init__(self, scale: torch.Tensor, *args: Any) -> None:
         super().__init__(*args)
         self.scale = scale
@@ -418,6 +431,8 @@ class _BatchNorm(Step):
 class _Pointwise(Step):
     """Element-wise arithmetic with broadcasting: each input's gradient is a product of the
     box of the incoming gradient with saved operands cut to the same box."""
+
+    per_record = ("operands",)
 
     def __init__(self, kind: str, operands: dict[str, Any], *args: Any) -> None:
         super().__init__(*args)
@@ -639,10 +654,8 @@ def make_step(node: Any, shape: Shape, edges: list[int | None], inputs: list[Sha
         return _CopyInto(shape, [None, edges[1]], inputs)
     if name == "_RectifierBackward":
         saved = node.saved_tensors
-        if len(saved) != 1 or tuple(saved[0].shape) != shape:
-            raise ConeUnsupported("a rectifier node that saved something other than its mask or output")
-        if saved[0].dtype == torch.bool:
-            return _Rectifier(saved[0].detach(), None, None, *args)
+        if len(saved) != 1 or tuple(saved[0].shape) != shape or saved[0].dtype == torch.bool:
+            raise ConeUnsupported("a rectifier node that saved something other than its output")
         lower, upper = getattr(node, "lower", None), getattr(node, "upper", None)
         if not isinstance(lower, (int, float)) or not (upper is None or isinstance(upper, (int, float))):
             raise ConeUnsupported("a rectifier node without its bounds")

@@ -30,7 +30,7 @@ from cachetools import LRUCache
 from PIL import Image
 
 from convscope.engine import cone, units
-from convscope.engine.capture import LayerCapture, Tap
+from convscope.engine.capture import LayerCapture, StopForward, Tap
 from convscope.engine.graph import path_facts
 from convscope.engine.memory import held_bytes, model_storages
 from convscope.engine.receptive_field import ReceptiveField, receptive_field
@@ -96,13 +96,20 @@ class Projection:
 
 @dataclass
 class _Record:
-    """One recorded forward pass: the graph stays alive for repeated backward passes."""
+    """One recorded forward pass: the graph stays alive for repeated backward passes.
+
+    The first record of an image, made for a click, stops at the clicked layer (`logits`
+    None, `outputs` that layer's alone); a whole one runs to the logits and holds every layer."""
 
     image: torch.Tensor
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     outputs: dict[str, torch.Tensor]
     box: RuleBox
     nbytes: int = 0  # what it holds (engine/memory.py), the size the cache counts
+
+    def covers(self, layer: str | None) -> bool:
+        """Whether it serves `layer` (None: the whole pass)."""
+        return self.logits is not None or (layer is not None and layer in self.outputs)
 
 
 def _record_size(record: _Record) -> int:
@@ -210,6 +217,7 @@ class Engine:
             raise InvalidRequestError(f"the engine cache needs a positive size in MiB, got {cache_mb!r}")
         self.model.module.to(self.device).eval()
         self._model_storages = model_storages(self.model.module)
+        self._module_names = frozenset(name for name, _ in self.model.module.named_modules() if name)
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise InvalidRequestError(f"workers must be a positive integer, got {workers!r}")
         # backward passes at once: `workers` on the CPU; one on CUDA (see the module docstring)
@@ -228,6 +236,7 @@ class Engine:
         # layers whose outputs an in-place op rewrites further down: recorded through a copy
         # (learned from the first recorded pass; None until then: copy every one)
         self._copied_layers: set[str] | None = None
+        self._cone = cone.Planner()  # cone-or-dense choices per layer and seed, across records
         self._layers = self._inspect_layers()
         self._layer_index = {info.name: info for info in self._layers}
         starts = [*self._layers, *self._unit_layers, *self._unit_aliases]  # aliases: starts, not listed
@@ -322,27 +331,27 @@ class Engine:
         """Apply the model's preprocessing to a PIL image (docs/architecture.md "Preprocessing")."""
         return prepare_image(image, self.input_size, self.model.mean, self.model.std, self.model.crop_pct)
 
-    def _record_tensor(self, tensor: torch.Tensor) -> _Record:
+    def _record_tensor(self, tensor: torch.Tensor, stop_after: str | None = None) -> _Record:
         """The recorded forward pass: autograd graph, every 4-D output, rule-aware activations.
 
-        Costs about one plain forward pass with autograd: outputs are kept as they are,
-        except for the layers an in-place operation further down rewrites (the first
-        pass copies every output and learns which those are; a later pass that finds a
-        kept output rewritten learns it too and is redone)."""
+        With `stop_after` (a click's pass), only that layer's output is recorded and the
+        pass ends there: the network up to that layer with autograd and the rule functions,
+        nothing else. The whole pass costs about one plain forward pass with autograd:
+        outputs are kept as they are, except for the layers an in-place operation further
+        down rewrites (the first pass copies every output and learns which those are; a
+        later pass that finds a kept output rewritten learns it too and is redone)."""
         with self._lock:
-            return self._record_pass(tensor)
+            return self._record_pass(tensor, stop_after)
 
-    def _record_pass(self, tensor: torch.Tensor) -> _Record:
+    def _record_pass(self, tensor: torch.Tensor, stop_after: str | None) -> _Record:
         for _ in range(2):
             box = RuleBox()
             image = tensor.detach().to(self.device).requires_grad_(True)
             copied = self._copied_layers
-            with (
-                self._computing(),
-                torch.enable_grad(),
-                LayerCapture(self.model.module, clone=copied, linear=True) as capture,
-                RuleMode(box),
-            ):
+            logits: torch.Tensor | None = None
+            names = None if stop_after is None else [stop_after]  # a click's pass: its layer only
+            capture = LayerCapture(self.model.module, names, clone=copied, linear=True, stop_after=stop_after)
+            with contextlib.suppress(StopForward), self._computing(), torch.enable_grad(), capture, RuleMode(box):
                 logits = self.model.module(image)
             self.stats.forward_passes += 1
             rewritten = capture.rewritten()
@@ -352,18 +361,20 @@ class Engine:
                 self._copied_layers = copied | rewritten
                 continue
             outputs = dict(capture.outputs)
-            if logits.dim() == 2 and units.LOGITS not in outputs:
+            if logits is not None and logits.dim() == 2 and units.LOGITS not in outputs:
                 outputs[units.LOGITS] = logits  # the class scores, a projection start
             held = held_bytes([image, *outputs.values()], self._model_storages)
-            return _Record(image, logits.detach(), outputs, box, held)
+            return _Record(image, None if logits is None else logits.detach(), outputs, box, held)
         raise RuntimeError("the recorded forward pass keeps rewriting its outputs in place")  # pragma: no cover
 
-    def _record(self, image: PreparedImage) -> _Record:
-        """The image's recorded pass: cached, being made by another thread (wait for it), or made here."""
+    def _record(self, image: PreparedImage, layer: str | None = None) -> _Record:
+        """The image's recorded pass that holds `layer` (None: the whole pass): cached, being
+        made by another thread (wait for it), or made here. An image's first record holds the
+        layer asked for alone and stops there; a second one (another layer) is whole."""
         while True:
             with self._cache_lock:
                 record = self._cache.get(image.key)
-                if record is not None:
+                if record is not None and record.covers(layer):
                     self.stats.cache_hits += 1
                     return record
                 pending = self._pending.get(image.key)
@@ -372,11 +383,12 @@ class Engine:
                     pending = self._pending[image.key] = _Pending()
             if not mine:
                 pending.done.wait()
-                if pending.record is not None:
+                if pending.record is not None and pending.record.covers(layer):
                     return pending.record
-                continue  # the other thread failed: try here
+                continue  # the other thread failed, or recorded less than `layer` needs: try again
             try:
-                record = self._record_tensor(image.tensor)
+                first = record is None and layer in self._module_names  # (the logits are no module's)
+                record = self._record_tensor(image.tensor, layer if first else None)
                 pending.record = record
                 with self._cache_lock:
                     self._keep(image.key, record)
@@ -438,18 +450,20 @@ class Engine:
         return logits, {name: tapped[tap] for name, tap in taps.items()}
 
     # ---- predictions and activations ----------------------------------------------
-    def _cached_record(self, image: PreparedImage) -> _Record | None:
+    def _cached_record(self, image: PreparedImage, layer: str | None) -> _Record | None:
+        """The image's cached record if it holds `layer`'s output (None: the logits)."""
         with self._cache_lock:
             record = self._cache.get(image.key)
-            if record is not None:
-                self.stats.cache_hits += 1
+            if record is None or (record.logits is None if layer is None else layer not in record.outputs):
+                return None
+            self.stats.cache_hits += 1
             return record
 
     def logits(self, image: PreparedImage) -> torch.Tensor:
-        """The model's logits for the image (1-D, on the CPU): from its recorded pass when
-        there is one, else from a no-grad pass (which records no graph)."""
-        record = self._cached_record(image)
-        if record is not None:
+        """The model's logits for the image (1-D, on the CPU): from its recorded pass when a
+        whole one is cached, else from a no-grad pass (which records no graph)."""
+        record = self._cached_record(image, None)
+        if record is not None and record.logits is not None:
             return record.logits[0].float().cpu()
         with self._cache_lock:
             cached = self._logits.get(image.key)
@@ -478,9 +492,9 @@ class Engine:
 
     def activations(self, image: PreparedImage, layer: str) -> torch.Tensor:
         """The layer's feature maps for the image, C×H×W on the CPU: from its recorded pass
-        when there is one, else from a no-grad pass (which records no graph)."""
+        when a cached one holds the layer, else from a no-grad pass (which records no graph)."""
         self.layer(layer)
-        record = self._cached_record(image)
+        record = self._cached_record(image, layer)
         if record is not None:
             return record.outputs[layer][0].detach().float().cpu()
         with self._cache_lock:
@@ -546,13 +560,13 @@ class Engine:
         """Project many seeds of one image in one backward pass; one projection per seed."""
         rule = self.resolve_mode(layer, mode)
         info = self._validate(layer, seeds)
-        record = self._record(image)
+        record = self._record(image, layer)
         output = record.outputs[layer]
         if info.units is not None:
             grads, values, positions = units.unit_seed_tensor(output, seeds)
         else:
             grads, values, positions = self._seed_tensor(output, seeds)
-        projections = self._go_back(record, output, grads, rule)
+        projections = self._go_back(layer, record, output, grads, rule)
 
         def selected(seed: Seed) -> str:
             return "unit" if info.units is not None else "position" if seed.position else seed.select
@@ -562,18 +576,22 @@ class Engine:
             for seed, value, pos, proj in zip(seeds, values, positions, projections, strict=True)
         ]
 
-    def _go_back(self, record: _Record, output: torch.Tensor, grads: torch.Tensor, rule: Rule) -> torch.Tensor:
+    def _go_back(
+        self, layer: str, record: _Record, output: torch.Tensor, grads: torch.Tensor, rule: Rule
+    ) -> torch.Tensor:
         """Run `_backward` with the rule held for this call: on the CPU in one of `workers`
         slots, outside the forward lock; on CUDA under the lock, with the rule on the record
         for autograd's device thread (see the module docstring). K×3×S×S on the CPU."""
         if self.device.type == "cuda":
             with self._computing(), using_rule(rule):
                 record.box.rule = rule
-                return self._backward(output, record.image, grads, rule).float().cpu()
+                return self._backward(layer, output, record.image, grads, rule).float().cpu()
         with self._backward_slots, using_rule(rule):
-            return self._backward(output, record.image, grads, rule).float().cpu()
+            return self._backward(layer, output, record.image, grads, rule).float().cpu()
 
-    def _backward(self, output: torch.Tensor, image: torch.Tensor, grads: torch.Tensor, rule: Rule) -> torch.Tensor:
+    def _backward(
+        self, layer: str, output: torch.Tensor, image: torch.Tensor, grads: torch.Tensor, rule: Rule
+    ) -> torch.Tensor:
         """K seeds -> K×3×S×S: the one place a projection goes back down (`rule` is also held
         for this thread, `rules.active_rule()`). On CUDA one vmapped backward pass over the
         recorded graph; on the CPU, where the transposed convolutions are compute-bound and
@@ -585,7 +603,7 @@ class Engine:
             return result.reshape(len(grads), *image.shape[1:])
         results = []
         for grad in grads:
-            cropped = cone.backward_if_cheaper(output, image, grad, rule)  # None: dense is cheaper
+            cropped = self._cone.backward_if_cheaper(layer, output, image, grad, rule)  # None: dense is cheaper
             if cropped is None:
                 (result,) = torch.autograd.grad(output, image, grad, retain_graph=True)
             else:

@@ -8,15 +8,20 @@ deconvnet projection depend on the image beyond the seed's position. `covered`
 names the activations on those paths that go through the engine's rule functions
 (`engine/rules.py`); `uncovered` names element-wise non-linearities that reach the
 backward pass with their plain derivative in every mode (e.g. a sigmoid gate).
+`fold_to_image` is the children-first walk down to the input that these facts and the
+receptive fields (`engine/receptive_field.py`) are computed with.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 _SWITCH_NODES = ("MaxPool2DWithIndicesBackward", "MaxPool3DWithIndicesBackward", "AdaptiveMaxPool2DBackward")
 
@@ -71,29 +76,50 @@ def _children(node: Any) -> list[Any]:
     return [child for child, _ in edges if child is not None]
 
 
-def path_facts(outputs: dict[str, torch.Tensor], image: torch.Tensor) -> dict[str, PathFacts]:
-    """For each named output, the facts of every path from `image` (a leaf that required grad)."""
-    memo: dict[Any, PathFacts | None] = {}  # None: the node does not reach the image
-    for tensor in outputs.values():
-        stack: list[tuple[Any, bool]] = [(tensor.grad_fn, False)]
+def all_children(node: Any) -> list[Any]:
+    """Every input node of an autograd node."""
+    return [child for child, _ in node.next_functions if child is not None]
+
+
+def fold_to_image(
+    roots: Iterable[Any],
+    image: torch.Tensor,
+    at_image: T,
+    combine: Callable[[Any, list[T]], T],
+    children: Callable[[Any], list[Any]] = all_children,
+) -> dict[Any, T | None]:
+    """A value per autograd node below `roots` (grad_fns), computed children first: `at_image`
+    at the image's AccumulateGrad, `combine(node, values)` from the values of the children
+    that reach the image, None for a node from which no path reaches it."""
+    memo: dict[Any, T | None] = {}
+    for root in roots:
+        stack: list[tuple[Any, bool]] = [(root, False)]
         while stack:
             node, expanded = stack.pop()
             if node is None or (node in memo and not expanded):
                 continue
             if type(node).__name__ == "AccumulateGrad":
-                memo[node] = PathFacts() if node.variable is image else None
+                memo[node] = at_image if node.variable is image else None
                 continue
-            children = _children(node)
+            below = children(node)
             if not expanded:
                 stack.append((node, True))
-                stack.extend((child, False) for child in children if child not in memo)
+                stack.extend((child, False) for child in below if child not in memo)
                 continue
-            below = [facts for child in children if (facts := memo.get(child)) is not None]
-            if not below:
-                memo[node] = None
-                continue
-            facts = _own_facts(node)
-            for item in below:
-                facts = facts.merge(item)
-            memo[node] = facts
+            values = [value for child in below if (value := memo.get(child)) is not None]
+            memo[node] = combine(node, values) if values else None
+    return memo
+
+
+def _merged(node: Any, below: list[PathFacts]) -> PathFacts:
+    facts = _own_facts(node)
+    for item in below:
+        facts = facts.merge(item)
+    return facts
+
+
+def path_facts(outputs: dict[str, torch.Tensor], image: torch.Tensor) -> dict[str, PathFacts]:
+    """For each named output, the facts of every path from `image` (a leaf that required grad)."""
+    roots = [tensor.grad_fn for tensor in outputs.values()]
+    memo = fold_to_image(roots, image, PathFacts(), _merged, _children)
     return {name: memo.get(tensor.grad_fn) or PathFacts() for name, tensor in outputs.items()}

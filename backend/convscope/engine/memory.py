@@ -14,24 +14,26 @@ from typing import Any
 
 import torch
 
-_SAVED_NAMES: dict[type, tuple[str, ...]] = {}
+# per node type: the names of its `_saved_*` attributes, or None for the engine's own rule
+# functions, which keep theirs in `saved_tensors`
+_SAVED_NAMES: dict[type, tuple[str, ...] | None] = {}
 
 
-def _saved_names(node: Any) -> tuple[str, ...]:
+def _saved_names(node: Any) -> tuple[str, ...] | None:
     kind = type(node)
-    names = _SAVED_NAMES.get(kind)
-    if names is None:
+    if kind not in _SAVED_NAMES:
         names = tuple(name for name in dir(node) if name.startswith("_saved_"))
-        _SAVED_NAMES[kind] = names
-    return names
+        _SAVED_NAMES[kind] = None if not names and hasattr(node, "saved_tensors") else names
+    return _SAVED_NAMES[kind]
 
 
 def _saved(node: Any) -> Iterable[torch.Tensor]:
+    names = _saved_names(node)
     try:
-        if hasattr(node, "saved_tensors") and not _saved_names(node):
+        if names is None:
             yield from node.saved_tensors
             return
-        for name in _saved_names(node):
+        for name in names:
             value = getattr(node, name)
             if isinstance(value, torch.Tensor):
                 yield value

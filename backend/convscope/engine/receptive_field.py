@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from convscope.engine.graph import fold_to_image
+
 
 @dataclass(frozen=True)
 class ReceptiveField:
@@ -120,37 +122,24 @@ def _grow(below: ReceptiveField, step: tuple[Pair, Pair, Pair, Pair]) -> Recepti
     return ReceptiveField.of(axes[0], axes[1])
 
 
+def whole_image(image_size: int) -> ReceptiveField:
+    """The field of a unit that sees the whole input (global pooling, a linear layer, logits)."""
+    return ReceptiveField(float(image_size), float(image_size), image_size / 2.0 - 0.5, True)
+
+
 def receptive_field(output: torch.Tensor, image: torch.Tensor, image_size: int) -> ReceptiveField:
     """The receptive field of `output`'s units in `image` (which must require grad)."""
     root = output.grad_fn
-    target = image
-    whole = ReceptiveField(float(image_size), float(image_size), image_size / 2.0 - 0.5, True)
-    memo: dict[Any, ReceptiveField | None] = {}
-    stack: list[tuple[Any, bool]] = [(root, False)]
-    while stack:
-        node, expanded = stack.pop()
-        if node is None or (node in memo and not expanded):
-            continue
-        if type(node).__name__ == "AccumulateGrad":
-            memo[node] = ReceptiveField(1.0, 1.0, 0.0) if node.variable is target else None
-            continue
-        children = [child for child, _ in node.next_functions if child is not None]
-        if not expanded:
-            stack.append((node, True))
-            stack.extend((child, False) for child in children if child not in memo)
-            continue
-        below = [memo[child] for child in children if memo.get(child) is not None]
-        fields = [field for field in below if field is not None]
-        if not fields:
-            memo[node] = None
-            continue
+    whole = whole_image(image_size)
+
+    def combine(node: Any, fields: list[ReceptiveField]) -> ReceptiveField:
         widest = max(fields, key=lambda field: (field.global_, field.axis(0)[0] * field.axis(1)[0]))
         if widest.global_ or type(node).__name__.rstrip("0123456789") in _GLOBAL_NODES:
-            memo[node] = whole
-            continue
+            return whole
         step = _local_step(node)
-        memo[node] = widest if step is None else _grow(widest, step)
-    result = memo.get(root)
+        return widest if step is None else _grow(widest, step)
+
+    result = fold_to_image([root], image, ReceptiveField(1.0, 1.0, 0.0), combine).get(root)
     if root is None or result is None:
         return whole
     return result

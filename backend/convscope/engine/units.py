@@ -23,18 +23,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from convscope.engine.graph import PathFacts
-from convscope.engine.receptive_field import ReceptiveField
+from convscope.engine.receptive_field import whole_image
 from convscope.errors import InvalidRequestError
 
 if TYPE_CHECKING:
     from convscope.engine.engine import LayerInfo, Seed
 
 LOGITS = "logits"  # the model's output, as a projection start
-
-
-def whole_field(image_size: int) -> ReceptiveField:
-    """A 2-D unit sees the whole input."""
-    return ReceptiveField(float(image_size), float(image_size), image_size / 2.0 - 0.5, True)
 
 
 def is_same_output(kept: torch.Tensor, other: torch.Tensor) -> bool:
@@ -102,7 +97,7 @@ def unit_infos(
                 units,
                 1,
                 1,
-                whole_field(image_size),
+                whole_image(image_size),  # a 2-D unit sees the whole input
                 has_switches=here.has_switches,
                 rules_covered=tuple(sorted(here.covered)),
                 rules_uncovered=tuple(sorted(here.uncovered)),

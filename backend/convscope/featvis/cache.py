@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import json
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from PIL import Image
 
 from convscope.engine import Engine
 from convscope.featvis.objectives import Target
-from convscope.featvis.optimise import LEARNING_RATE, Visualization, optimise
+from convscope.featvis.optimise import LEARNING_RATE, Visualization, run_target
 from convscope.scan.library import slug
 from convscope.scan.render import layer_dirname
 from convscope.scan.store import atomic_write_bytes
@@ -95,16 +94,10 @@ class FeatvisCache:
             return None
         with self._lock:
             self.hits += 1
-        position = meta.get("position")
-        return Visualization(
-            model=engine.name,
-            layer=target.layer,
-            channel=int(channel),
-            objective=target.objective,
-            steps=target.steps,
-            size=target.size,
-            seed=target.seed,
-            position=tuple(position) if position else None,  # type: ignore[arg-type]
+        return Visualization.of_target(
+            engine.name,
+            target,
+            channel,
             image=image,
             input=array,
             value=float(meta["value"]),
@@ -139,17 +132,18 @@ class FeatvisCache:
             if stored is not None:
                 found[channel] = stored
         missing = [c for c in target.channels if c not in found]
-        width = max(1, len(missing) if batch_size is None else batch_size)
-        batches: Sequence[list[int]] = [missing[i : i + width] for i in range(0, len(missing), width)]
-        total = max(1, target.steps * len(batches))
-        checkpoint(task, 0, total, "feature visualisation")
-        for index, batch in enumerate(batches):
-            for vis in optimise(engine, target, batch, lr=lr, task=task, done=index * target.steps, total=total):
-                self.put(engine, target, vis)
-                with self._lock:
-                    self.computed += 1
-                found[vis.channel] = vis
-        checkpoint(task, total, total, "feature visualisation")
+
+        def store(vis: Visualization) -> None:
+            self.put(engine, target, vis)
+            with self._lock:
+                self.computed += 1
+
+        for vis in run_target(
+            engine, target, channels=missing, batch_size=batch_size, lr=lr, task=task, on_result=store
+        ):
+            found[vis.channel] = vis
+        if not missing:
+            checkpoint(task, 1, 1, "feature visualisation")  # all from the cache: done at once
         return [found[c] for c in target.channels]
 
     def stats(self) -> CacheStats:

@@ -6,6 +6,7 @@ import argparse
 import io
 from pathlib import Path
 
+from convscope.arguments import pick
 from convscope.errors import InvalidRequestError
 from convscope.featvis.limits import DEFAULT_STEPS, MAX_SIZE, MAX_STEPS, MIN_SIZE, OBJECTIVE_NAMES
 from convscope.tasks import ConsoleTask
@@ -103,20 +104,8 @@ def atlas_main(args: argparse.Namespace) -> int:
     engine = Engine(load_model(args.model, weights=args.weights, input_size=args.size), device_name=args.device)
     cache = FeatvisCache(args.cache) if args.cache else None
     with ConsoleTask("atlas", unit="unit") as task:
-        result = build_atlas(
-            engine,
-            args.out,
-            layers=args.layers,
-            channels=args.channels,
-            scan=args.scan,
-            steps=args.steps,
-            size=args.size,
-            seed=args.seed,
-            objective=args.objective,
-            batch_size=args.batch_size,
-            cache=cache,
-            task=task,
-        )
+        flags = pick(args, "layers", "channels", "scan", "steps", "size", "seed", "objective", "batch_size")
+        result = build_atlas(engine, args.out, cache=cache, task=task, **flags)
     index = Path(result.directory) / "index.html"
     print(
         f"atlas of {result.units} units in {len(result.layers)} layers ({result.computed} computed now, "

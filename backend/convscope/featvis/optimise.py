@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from PIL import Image
 
 from convscope.engine import Engine
 from convscope.engine.capture import LayerCapture
-from convscope.featvis.objectives import DEFAULT_STEPS, Target, check_target, scores
+from convscope.featvis.objectives import Target, check_target, scores
 from convscope.featvis.param import FourierImage
 from convscope.featvis.transforms import apply, draw
 from convscope.tasks import Task, checkpoint
@@ -48,6 +49,22 @@ class Visualization:
     trace: list[float] = field(default_factory=list)  # the objective at each step (transformed)
     seconds: float = 0.0
     cached: bool = False
+
+    @classmethod
+    def of_target(cls, model: str, target: Target, channel: int, **result: Any) -> Visualization:
+        """A unit of `target` (its layer, objective, steps, size, seed and position) with its `result`
+        (image, input, value, trace, seconds, cached)."""
+        return cls(
+            model=model,
+            layer=target.layer,
+            channel=int(channel),
+            objective=target.objective,
+            steps=target.steps,
+            size=target.size,
+            seed=target.seed,
+            position=target.position,
+            **result,
+        )
 
     def png(self) -> bytes:
         buffer = io.BytesIO()
@@ -121,15 +138,10 @@ def optimise(
     images = (rgb.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     inputs = batch.float().cpu().numpy()
     return [
-        Visualization(
-            model=engine.name,
-            layer=target.layer,
-            channel=int(channel),
-            objective=target.objective,
-            steps=target.steps,
-            size=target.size,
-            seed=target.seed,
-            position=target.position,
+        Visualization.of_target(
+            engine.name,
+            target,
+            channel,
             image=np.ascontiguousarray(images[k]),
             input=inputs[k : k + 1].copy(),
             value=float(final[k]),
@@ -145,20 +157,17 @@ def visualize(
     layer: str | None,
     channels: Sequence[int],
     *,
-    objective: str = "channel",
-    steps: int = DEFAULT_STEPS,
-    size: int | None = None,
-    seed: int = 0,
-    position: tuple[int, int] | None = None,
     batch_size: int | None = None,
     lr: float = LEARNING_RATE,
     task: Task | None = None,
+    **settings: Any,
 ) -> list[Visualization]:
-    """Optimised images of `channels` of `layer`, in batches of `batch_size` (default: all at once).
+    """Optimised images of `channels` of `layer`, in batches of `batch_size` (default: all at once);
+    `settings` are `check_target`'s (objective, steps, size, seed, position).
 
     Progress is reported in steps (steps × batches in all); `task.should_stop()` cancels
     between two steps (`convscope.tasks.Cancelled`)."""
-    target = check_target(engine, layer, channels, objective, steps, size, seed, position)
+    target = check_target(engine, layer, channels, **settings)
     return run_target(engine, target, batch_size=batch_size, lr=lr, task=task)
 
 
@@ -166,16 +175,22 @@ def run_target(
     engine: Engine,
     target: Target,
     *,
+    channels: Sequence[int] | None = None,
     batch_size: int | None = None,
     lr: float = LEARNING_RATE,
     task: Task | None = None,
+    on_result: Callable[[Visualization], None] | None = None,
 ) -> list[Visualization]:
-    """`visualize` for an already checked target."""
-    channels = list(target.channels)
-    width = len(channels) if batch_size is None else max(1, batch_size)
-    batches = [channels[i : i + width] for i in range(0, len(channels), width)]
+    """`visualize` for an already checked target: its `channels` (default: all of them) in batches;
+    `on_result` sees each unit as soon as its batch is done. Progress is in steps."""
+    wanted = list(target.channels if channels is None else channels)
+    width = max(1, len(wanted) if batch_size is None else batch_size)
+    batches = [wanted[i : i + width] for i in range(0, len(wanted), width)]
     total = target.steps * len(batches)
     results: list[Visualization] = []
     for index, batch in enumerate(batches):
-        results.extend(optimise(engine, target, batch, lr=lr, task=task, done=index * target.steps, total=total))
+        for vis in optimise(engine, target, batch, lr=lr, task=task, done=index * target.steps, total=total):
+            if on_result is not None:
+                on_result(vis)
+            results.append(vis)
     return results

@@ -168,7 +168,6 @@ def probe_main(args: argparse.Namespace) -> int:
     from convscope.models.preprocessing import model_options
     from convscope.studies.data import load_dataset, stratified_subset
     from convscope.studies.probe import CLASSIFIERS, load_probe_model, probe
-    from convscope.studies.store import write_json, write_text
 
     _threads(args)
     classifiers = [c.strip() for c in args.classifiers.split(",") if c.strip()]
@@ -197,21 +196,27 @@ def probe_main(args: argparse.Namespace) -> int:
             **flags,
         )
     result.document["markdown"] = md_path.name
+    _write_study(json_path, md_path, result.markdown, result.document)
+    return 0
+
+
+def _write_study(json_path: Path, md_path: Path, markdown: str, document: dict[str, Any], *more: Path) -> None:
+    """Write a study's Markdown table and its JSON; print the table and where they (and `more`) went."""
+    from convscope.studies.store import write_json, write_text
+
     try:
-        write_text(md_path, result.markdown)
-        write_json(json_path, result.document)
+        write_text(md_path, markdown)
+        write_json(json_path, document)
     except OSError as exc:
         raise ConvscopeError(f"cannot write {json_path}: {exc.strerror or exc}") from None
-    print(result.markdown, end="")
-    print(f"-> {json_path}, {md_path}")
-    return 0
+    print(markdown, end="")
+    print("-> " + ", ".join(str(path) for path in (json_path, md_path, *more)))
 
 
 def convergence_main(args: argparse.Namespace) -> int:
     from convscope.studies.checkpoints import run_metadata
     from convscope.studies.convergence import feature_convergence
     from convscope.studies.data import dataset_id
-    from convscope.studies.store import write_json, write_text
 
     _threads(args)
     checkpoints = _run_checkpoints(args)
@@ -226,18 +231,11 @@ def convergence_main(args: argparse.Namespace) -> int:
     document = result.document
     document["markdown"] = md_path.name
     document["images"]["split"] = args.split if same_data else "all"
-    try:
-        write_text(md_path, result.markdown)
-        write_json(json_path, document)
-    except OSError as exc:
-        raise ConvscopeError(f"cannot write {json_path}: {exc.strerror or exc}") from None
-    print(result.markdown, end="")
-    print(f"-> {json_path}, {md_path}")
+    _write_study(json_path, md_path, result.markdown, document)
     return 0
 
 
 def stride_main(args: argparse.Namespace) -> int:
-    from convscope.studies.store import write_json, write_text
     from convscope.studies.stride import parse_first_layers, stride_study
 
     _threads(args)
@@ -250,10 +248,7 @@ def stride_main(args: argparse.Namespace) -> int:
         for name, mosaic in result.mosaics.items():
             mosaic.save(out / f"stride-{name}.png")
         result.combined.save(out / "stride.png")
-        write_text(out / "stride.md", result.markdown)
-        write_json(out / "stride.json", result.document)
     except OSError as exc:
         raise ConvscopeError(f"cannot write into {out}: {exc.strerror or exc}") from None
-    print(result.markdown, end="")
-    print(f"-> {out / 'stride.json'}, {out / 'stride.md'}, {out / 'stride.png'}")
+    _write_study(out / "stride.json", out / "stride.md", result.markdown, result.document, out / "stride.png")
     return 0

@@ -30,7 +30,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -43,6 +43,9 @@ from convscope.studies.data import ImageSet, dataset_id, load_dataset
 from convscope.studies.store import FORMAT_VERSION, markdown_table
 from convscope.studies.train import Echo, TrainConfig, build_model, parse_checkpoint_epochs, select_split, train
 from convscope.tasks import Task
+
+if TYPE_CHECKING:
+    from convscope.analysis.filters import DeadLayer
 
 SPECTRUM_SIZE = 64
 RING_WIDTH = 1 / 12  # the band edges 1/3, 2/3 and the Nyquist fractions 1/4, 1/2 fall on ring edges
@@ -131,15 +134,14 @@ def collapsed_filters(weight: torch.Tensor, fraction: float = COLLAPSED_FRACTION
     return [int(c) for c in np.flatnonzero(rms < fraction * median)], rms
 
 
-def _dead_per_layer(engine: Any, images: ImageSet, batch_size: int, task: Task | None) -> list[dict[str, Any]]:
+def _dead_per_layer(engine: Any, images: ImageSet, batch_size: int, task: Task | None) -> list[DeadLayer]:
     """`dead_channels` of every conv layer over the images (batches of tensors, one engine pass each)."""
     from convscope.analysis.filters import dead_channels
 
     mean, std = engine.model.mean, engine.model.std
     batches = images.batches(engine.input_size, mean, std, batch_size)  # each one is concatenated alone
     total = math.ceil(len(images) / batch_size)
-    layers = dead_channels(engine, batches, total=total, batch_size=1, task=task)
-    return [layer.to_dict() for layer in layers]
+    return dead_channels(engine, batches, total=total, batch_size=1, task=task)
 
 
 # ---- mosaics ------------------------------------------------------------------------------------------
@@ -241,16 +243,16 @@ def measure_first_layer(
     conv = first_conv(engine)
     geometry = _conv_geometry(conv)
     dead_layers = _dead_per_layer(engine, images, batch_size, task)
-    conv1 = next(row for row in dead_layers if row["layer"] == "features.conv1")
+    conv1 = next(row for row in dead_layers if row.layer == "features.conv1")
     collapsed, rms = collapsed_filters(conv.weight)
     map_side = engine.layer("features.conv1").height
     measures: dict[str, Any] = {
         "conv1": {**geometry, "map": int(map_side)},
         "dead": {
-            "count": conv1["dead"],
-            "channels": conv1["dead_channels"],
-            "measured_at": conv1["measured_at"],
-            "per_layer": {row["layer"]: row["dead"] for row in dead_layers},
+            "count": len(conv1.dead),
+            "channels": conv1.dead,
+            "measured_at": conv1.measured_at,
+            "per_layer": {row.layer: len(row.dead) for row in dead_layers},
         },
         "collapsed": {"count": len(collapsed), "channels": collapsed, "rms": [float(v) for v in rms]},
         **spectrum_measures(conv.weight, geometry["stride"]),

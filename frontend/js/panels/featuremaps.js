@@ -19,7 +19,9 @@ function loadPrefs() {
   }
 }
 
-export function createMapsPanel({ root, store, tooltip }) {
+/** The Feature-maps panel as a view (see tabs.js): ctx is { store, tooltip }. */
+export function createView({ root, ctx }) {
+  const { store, tooltip } = ctx;
   const grid = $('[data-role="tile-grid"]', root);
   const scroller = $(".tile-scroll", root);
   const errorBox = $('[data-role="maps-error"]', root);
@@ -425,7 +427,7 @@ export function createMapsPanel({ root, store, tooltip }) {
 
   return {
     load,
-    sync,
+    update: (state) => sync(state, { scroll: true }),
     move,
     jump,
     setSort,

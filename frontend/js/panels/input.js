@@ -9,7 +9,9 @@ import { $, busy, h, showError } from "../util.js";
 const MIN_SIDE = 32; // below this, the model sees mostly interpolation
 const MAX_UPLOAD_THUMBS = 8;
 
-export function createInputPanel({ root, store, settled }) {
+/** The Input panel as a view (see tabs.js): ctx is { store, settled }. */
+export function createView({ root, ctx }) {
+  const { store, settled } = ctx;
   const panel = root;
   const samplesBox = $('[data-role="samples"]', panel);
   const fileInput = $('[data-role="upload-input"]', panel);
@@ -249,7 +251,7 @@ export function createInputPanel({ root, store, settled }) {
 
   return {
     renderSamples,
-    sync,
+    update: sync,
     upload,
     describeImage,
     openFilePicker: () => fileInput.click(),

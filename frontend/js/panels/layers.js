@@ -46,7 +46,9 @@ export function defaultLayer(layers, inputSize = 224) {
   return (framed.length ? framed : pick)[(framed.length ? framed : pick).length - 1].name;
 }
 
-export function createLayersPanel({ root, store }) {
+/** The Layers panel as a view (see tabs.js): ctx is { store }. */
+export function createView({ root, ctx }) {
+  const { store } = ctx;
   const list = $('[data-role="layer-list"]', root);
   const filterInput = $('[data-role="layer-filter"]', root);
   const hideBox = $('[data-role="layer-hide-passthrough"]', root);
@@ -287,7 +289,7 @@ export function createLayersPanel({ root, store }) {
 
   return {
     render,
-    sync,
+    update: sync,
     step,
     focusFilter: () => {
       filterInput.focus();

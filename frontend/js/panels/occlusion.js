@@ -24,14 +24,14 @@
 
 import { gradientCss, lut } from "../colormap.js";
 import { autoContrast } from "../imageops.js";
-import { followJob } from "../jobs.js";
-import { fmt } from "../util.js";
+import { cancelJob, followJob } from "../jobs.js";
+import { hasSwitches, isPassThrough } from "../layermeta.js";
+import { fmt, panel } from "../util.js";
 
 const CMAP = { probability: "inferno", activity: "viridis" };
 // categorical colours for the label map (the rest share OTHER)
 const PALETTE = ["#4e9af1", "#f28e2b", "#e15759", "#76d7c4", "#59a14f", "#edc948", "#c792ea", "#ff9da7", "#b5875f", "#3ee0ff", "#9fe870", "#ffd166", "#8e7cf0", "#f06bb2"];
 const OTHER = "#59606b";
-const PASS_THROUGH = /^(Identity|Dropout\d?d?)$/;
 
 let ctx = null;
 let root = null;
@@ -41,13 +41,12 @@ let hover = null; // [row, col]
 let labels = []; // [{index, label}] of the current model
 let labelsModel = null;
 let layersModel = null;
-let hasMaxPool = true; // the current model has a max-pool (deconvnet switches)
+let layerRows = []; // the current model's /layers rows (has_switches, pass-through)
 let projectionUrl = null; // object URL of the shown projection
 let projectionToken = 0;
 const el = {};
 const maps = {}; // name -> {figure, stage, canvas, cursor, legend}
 
-const enc = encodeURIComponent;
 const shortLabel = (label) => String(label ?? "").split(",")[0].trim();
 
 function inputSize() {
@@ -175,7 +174,7 @@ function build() {
   el.contrast = h("input", { type: "checkbox", checked: true, onchange: () => loadProjection() });
   el.explore = h("button", { type: "button", class: "btn occ-small", disabled: true, title: "Open this layer and channel in the Explore view", onclick: openInExplore }, "Explore ↗");
   el.projCaption = h("figcaption", {}, "Projection of the feature map");
-  el.projHint = h("p", { class: "occ-note", hidden: true }, "This model has no max-pooling, so the deconvnet has no switches and shows mostly where the unit looks; guided shows the image structure.");
+  el.projHint = h("p", { class: "occ-note", hidden: true }, "No max-pool lies below this layer, so the deconvnet has no switches and shows mostly where the unit looks; guided shows the image structure.");
   const projection = h(
     "figure",
     { class: "occ-fig", dataset: { role: "occlusion-projection-figure" } },
@@ -186,19 +185,15 @@ function build() {
   );
   el.grid.append(projection);
 
-  const results = h(
-    "section",
-    { class: "panel occ-results", "aria-labelledby": "occ-results-title" },
-    h(
-      "header",
-      { class: "panel-head" },
-      h("h2", { id: "occ-results-title" }, "Maps"),
+  const results = panel(
+    { id: "occ-results-title", title: "Maps", className: "occ-results" },
+    [
       el.summary,
       h("div", { class: "occ-view-tools" },
         h("label", { class: "check", title: "Colour the probability from 0 to 1 instead of its smallest to largest value" }, el.unitScale, h("span", {}, "P on 0–1")),
         h("label", { class: "check", title: "Opacity of the maps over the input" }, h("span", {}, "opacity"), el.opacity),
       ),
-    ),
+    ],
     el.ran,
     el.stale,
     el.grid,
@@ -293,13 +288,13 @@ async function loadLayers() {
   }
   if (ctx.store.get().model !== model) return;
   const keep = el.layer.value;
-  const shown = rows.filter((row) => !PASS_THROUGH.test(row.kind));
+  const shown = rows.filter((row) => !isPassThrough(row));
   el.layer.replaceChildren(
     ctx.h("option", { value: "" }, "last conv (default)"),
     ...shown.map((row) => ctx.h("option", { value: row.name }, `${row.name} · ${row.kind} · ${row.channels}×${row.height}²`)),
   );
   el.layer.value = shown.some((row) => row.name === keep) ? keep : "";
-  hasMaxPool = rows.some((row) => /MaxPool/.test(row.kind));
+  layerRows = rows;
   syncProjHint();
 }
 
@@ -308,7 +303,7 @@ async function loadLabels() {
   if (!model || labelsModel === model) return;
   labelsModel = model;
   try {
-    const rows = await ctx.request(`/api/models/${enc(model)}/labels`);
+    const rows = await ctx.request(ctx.urls.labels(model));
     if (ctx.store.get().model !== model) return;
     labels = rows;
   } catch (error) {
@@ -377,7 +372,7 @@ async function run() {
     let data = await ctx.busy(el.results, ctx.api.postJson(url, body));
     const isJob = data && data.state && data.url && !("rows" in data);
     if (job.cancelled) {
-      if (isJob) ctx.request(data.url, { init: { method: "DELETE" } }).catch(() => {});
+      if (isJob) cancelJob({ url: data.url });
       throw Object.assign(new Error("cancelled"), { aborted: true });
     }
     if (isJob) data = await followJob(data, { job, onProgress: showProgress, failure: "The occlusion job failed on the server." });
@@ -424,17 +419,13 @@ function setRunning(on) {
 async function cancel() {
   const job = running;
   if (!job) return;
-  job.cancelled = true;
   if (!job.url) {
+    job.cancelled = true;
     finish("cancelled"); // the answer has not come yet: forget it (a job it starts is deleted)
     return;
   }
   el.progressText.textContent = "cancelling…";
-  try {
-    await ctx.request(job.url, { init: { method: "DELETE" } });
-  } catch {
-    /* it finished meanwhile */
-  }
+  await cancelJob(job);
 }
 
 // ---- drawing ---------------------------------------------------------------------------------------
@@ -673,7 +664,9 @@ async function loadProjection() {
 }
 
 function syncProjHint() {
-  el.projHint.hidden = !result || hasMaxPool || el.mode.value !== "deconvnet";
+  // a deconvnet without max-pool switches below the feature's layer reads nothing of the image: say so
+  const info = result ? layerRows.find((row) => row.name === result.feature.layer) : null;
+  el.projHint.hidden = !result || hasSwitches(info) !== false || el.mode.value !== "deconvnet";
 }
 
 function openInExplore() {
@@ -784,9 +777,9 @@ function markStale() {
 }
 
 // ---- the tab interface -------------------------------------------------------------------------------
-export async function mount(panel, context) {
+async function mount(section, context) {
   ctx = context;
-  root = panel;
+  root = section;
   root.classList.add("occlusion-view");
   build();
   describeCurrent();
@@ -805,7 +798,7 @@ function useClass(index) {
   el.target.value = name ? `${name} (${index})` : String(index);
 }
 
-export function update(state, changed) {
+function update(state, changed) {
   if (!root) return;
   if (changed.has("class")) useClass(state.class);
   if (changed.has("model") || changed.has("image")) {
@@ -819,9 +812,14 @@ export function update(state, changed) {
   }
 }
 
-export function show() {
+function show() {
   if (!root) return;
   updateEstimate(); // the models' input size may have arrived since
   loadLayers();
   loadLabels();
+}
+
+/** The view, as tabs.js takes it: createView({root, ctx}) → {ready, update, show}. */
+export function createView({ root: section, ctx: context }) {
+  return { ready: mount(section, context), update, show };
 }

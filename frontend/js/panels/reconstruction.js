@@ -27,7 +27,9 @@ const CROP = 144; // canvas pixels of the patches (CSS scales them to the column
 const OUTSIDE = "#6b717c"; // a patch's part outside the image
 const EMPTY_TEXT = "Click a feature map to project it into pixel space";
 
-export function createReconPanel({ root, store, maps, layerInfo, modeFor, describeImage, onImageMissing }) {
+/** The Reconstruction panel as a view (see tabs.js): ctx is { store, maps, layerInfo, modeFor, describeImage, onImageMissing }. */
+export function createView({ root, ctx }) {
+  const { store, maps, layerInfo, modeFor, describeImage, onImageMissing } = ctx;
   const inputImg = $('[data-role="input-image"]', root);
   const projImg = $('[data-role="projection"]', root);
   const projEmpty = $('[data-role="projection-empty"]', root);
@@ -664,7 +666,7 @@ export function createReconPanel({ root, store, maps, layerInfo, modeFor, descri
     loadInput,
     loadProjection,
     refreshGeometry,
-    syncControls,
+    update: syncControls,
     toggleOverlay: () => setOverlay(!overlayToggle.checked),
     toggleContrast: () => setContrast(prefs.contrast === "auto" ? "paper" : "auto"),
     reset() {

@@ -5,8 +5,10 @@ import { $ } from "../util.js";
 
 const KEY = "convscope.start-dismissed";
 
-export function createStartStrip({ root, store }) {
-  if (!root) return;
+/** The first-run strip as a view (see tabs.js): ctx is { store }. */
+export function createView({ root, ctx }) {
+  const { store } = ctx;
+  if (!root) return {};
   let dismissed = false;
   try {
     dismissed = localStorage.getItem(KEY) === "1";
@@ -27,4 +29,5 @@ export function createStartStrip({ root, store }) {
     document.querySelector('[data-panel="top9"]')?.scrollIntoView({ block: "start" });
   });
   $('[data-role="start-occlusion"]', root)?.addEventListener("click", () => store.set({ tab: "occlusion" }));
+  return {};
 }

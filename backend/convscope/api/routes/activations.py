@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from convscope.api.caching import cache_key, png_response
 from convscope.api.deps import EngineDep, ImageDep, PreparedDep, StateDep
-from convscope.api.routes.common import MODEL_ERRORS, png
+from convscope.api.routes.common import MODEL_ERRORS, png_route
 from convscope.api.schemas import ActivationsResponse, SpriteInfo
 from convscope.engine.render import activation_sprite, png_bytes, sprite_grid
 
@@ -51,11 +51,11 @@ def activations(engine: EngineDep, image: ImageDep, prepared: PreparedDep, layer
     )
 
 
-@router.get(
+@png_route(
+    router,
     "/models/{model}/images/{image_id}/activations/sprite.png",
-    response_class=Response,
-    summary="every channel's map in one grayscale PNG, tiles row-major by channel, scaled by the layer maximum",
-    responses={**png("the sprite"), **MODEL_ERRORS},
+    "every channel's map in one grayscale PNG, tiles row-major by channel, scaled by the layer maximum",
+    "the sprite",
 )
 def activation_sprite_png(
     request: Request,

@@ -10,19 +10,30 @@ a transformed copy, the demo annotation) answer directly.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from functools import partial
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from convscope.api.budget import check_analysis_memory
 from convscope.api.caching import cache_key, png_response
 from convscope.api.deps import ClientDep, EngineDep, StateDep, prepare, resolve_image
 from convscope.api.jobs import Job
-from convscope.api.openapi import body_examples
-from convscope.api.routes.common import MODEL_ERRORS, errors, png
+from convscope.api.routes.common import MODEL_ERRORS, job_route, png_route
 from convscope.api.routes.jobs import accepted
-from convscope.api.schemas import CorrespondenceRequest, DeadChannelsRequest, InvarianceRequest, JobResponse
+from convscope.api.schemas import (
+    CorrespondenceRequest,
+    CorrespondenceResponse,
+    DeadChannelsRequest,
+    DeadChannelsResponse,
+    FiltersResponse,
+    InvarianceRequest,
+    InvarianceResponse,
+)
 from convscope.api.state import AppState
 from convscope.engine.render import png_bytes
 from convscope.errors import InvalidRequestError
@@ -30,10 +41,6 @@ from convscope.errors import InvalidRequestError
 router = APIRouter(tags=["analyses"])
 
 MAX_PASSES = 4096  # forward passes one study request may ask for
-JOB_RESPONSES: dict[int | str, dict[str, Any]] = {
-    202: {"model": JobResponse, "description": "started as a job: poll its `url` (also in Location)"},
-    **errors(400, 404, 422, 429, 503),
-}
 
 
 # ---- helpers ------------------------------------------------------------------------------------------
@@ -48,23 +55,32 @@ def _batch(state: AppState) -> int:
     return max(1, min(32, state.settings.occlusion_batch_size))
 
 
+def _analysis_job(
+    state: AppState, kind: str, total: int, run: Callable[..., Any], schema: Callable[[Any], BaseModel]
+) -> JSONResponse:
+    """Start `run(batch_size=, task=job)` as a job (202); its result is `schema(what run returned)`'s JSON."""
+
+    def work(job: Job) -> dict[str, Any]:
+        return schema(run(batch_size=_batch(state), task=job)).model_dump(mode="json")
+
+    return accepted(state.jobs.submit(kind, work, total=total))
+
+
 # ---- invariance ---------------------------------------------------------------------------------------
-@router.post(
+@job_route(
+    router,
     "/models/{model}/analyses/invariance",
-    status_code=202,
-    response_model=JobResponse,
-    summary="invariance curves (paper Fig. 5) for one or more images, as a job",
-    responses=JOB_RESPONSES,
-    openapi_extra=body_examples(
-        translation={"images": ["chelsea"], "transform": "translation", "steps": 7},
-        rotation={"images": ["chelsea", "coffee"], "transform": "rotation", "start": 0, "stop": 350, "steps": 36},
-    ),
+    "invariance curves (paper Fig. 5) for one or more images, as a job",
+    examples={
+        "translation": {"images": ["chelsea"], "transform": "translation", "steps": 7},
+        "rotation": {"images": ["chelsea", "coffee"], "transform": "rotation", "start": 0, "stop": 350, "steps": 36},
+    },
 )
 def invariance_job(
     state: StateDep, engine: EngineDep, client: ClientDep, body: InvarianceRequest | None = None
 ) -> JSONResponse:
     from convscope.analysis.features import first_conv_layer, resolve_feature
-    from convscope.analysis.invariance import invariance, invariance_response, transform_values
+    from convscope.analysis.invariance import invariance, transform_values
 
     request = body or InvarianceRequest()
     values = transform_values(request.transform, request.start, request.stop, request.steps)
@@ -80,29 +96,25 @@ def invariance_job(
     total = len(sources) * (len(values) + 1)
     _check_passes(total)
 
-    def work(job: Job) -> dict[str, Any]:
-        result = invariance(
-            engine,
-            [(source.id, source.image) for source in sources],
-            request.transform,
-            values=values,
-            low_layer=request.low_layer,
-            high_layer=request.high_layer,
-            edge=request.edge,
-            target=request.target,
-            batch_size=_batch(state),
-            task=job,
-        )
-        return invariance_response(result)
-
-    return accepted(state.jobs.submit("invariance", work, total=total))
+    run = partial(
+        invariance,
+        engine,
+        [(source.id, source.image) for source in sources],
+        request.transform,
+        values=values,
+        low_layer=request.low_layer,
+        high_layer=request.high_layer,
+        edge=request.edge,
+        target=request.target,
+    )
+    return _analysis_job(state, "invariance", total, run, InvarianceResponse.from_result)
 
 
-@router.get(
+@png_route(
+    router,
     "/models/{model}/analyses/invariance/preview.png",
-    response_class=Response,
-    summary="one transformed copy of an image, as the invariance study feeds it to the model (S×S PNG)",
-    responses={**png("the transformed S×S model input"), **MODEL_ERRORS},
+    "one transformed copy of an image, as the invariance study feeds it to the model (S×S PNG)",
+    "the transformed S×S model input",
 )
 def invariance_preview(
     request: Request,
@@ -141,20 +153,16 @@ def correspondence_demo(engine: EngineDep) -> dict[str, Any]:
     return demo_annotation(engine.input_size)
 
 
-@router.post(
+@job_route(
+    router,
     "/models/{model}/analyses/correspondence",
-    status_code=202,
-    response_model=JobResponse,
-    summary="correspondence Δ per part and for random boxes (paper Fig. 8 / Table 1), as a job",
-    responses=JOB_RESPONSES,
-    openapi_extra=body_examples(
-        eyes={"images": ["chelsea", "coffee"], "parts": {"left_eye": [[81, 39, 14, 9], [84, 56, 24, 14]]}}
-    ),
+    "correspondence Δ per part and for random boxes (paper Fig. 8 / Table 1), as a job",
+    examples={"eyes": {"images": ["chelsea", "coffee"], "parts": {"left_eye": [[81, 39, 14, 9], [84, 56, 24, 14]]}}},
 )
 def correspondence_job(
     state: StateDep, engine: EngineDep, client: ClientDep, body: CorrespondenceRequest
 ) -> JSONResponse:
-    from convscope.analysis.correspondence import correspondence, correspondence_response, parse_parts
+    from convscope.analysis.correspondence import CorrespondenceResult, correspondence, parse_parts
     from convscope.analysis.features import resolve_feature
 
     annotation: dict[str, Any] = {"parts": body.parts, "size": body.size or engine.input_size}
@@ -167,21 +175,11 @@ def correspondence_job(
     total = len(sources) * (1 + len(parts) * (1 + body.draws))
     _check_passes(total)
 
-    def work(job: Job) -> dict[str, Any]:
-        prepared = [(source.id, prepare(state, engine, source)) for source in sources]
-        result = correspondence(
-            engine,
-            prepared,
-            parts,
-            layers=layers,
-            draws=body.draws,
-            seed=body.seed,
-            batch_size=_batch(state),
-            task=job,
-        )
-        return correspondence_response(result)
+    def run(**options: Any) -> CorrespondenceResult:
+        prepared = [(source.id, prepare(state, engine, source)) for source in sources]  # in the job, not here
+        return correspondence(engine, prepared, parts, layers=layers, draws=body.draws, seed=body.seed, **options)
 
-    return accepted(state.jobs.submit("correspondence", work, total=total))
+    return _analysis_job(state, "correspondence", total, run, CorrespondenceResponse.from_result)
 
 
 # ---- filters ------------------------------------------------------------------------------------------------
@@ -190,30 +188,22 @@ FilterLayer = Annotated[str | None, Query(max_length=300, description="a Conv2d 
 
 @router.get(
     "/models/{model}/filters",
+    response_model=FiltersResponse,
     summary="a conv layer's filters (default: the first): shape, stride, frequency coverage, mosaic URL (Fig. 6)",
     responses=MODEL_ERRORS,
 )
-def filters(engine: EngineDep, layer: FilterLayer = None) -> dict[str, Any]:
-    from urllib.parse import quote
-
+def filters(engine: EngineDep, layer: FilterLayer = None) -> FiltersResponse:
     from convscope.analysis.filters import conv_weight, frequency_coverage
 
     name, conv = conv_weight(engine, layer)
-    coverage = frequency_coverage(engine, name).to_dict()
-    return {
-        "layer": name,
-        "in_channels": int(conv.in_channels),
-        "out_channels": int(conv.out_channels),
-        "frequency": coverage,
-        "mosaic_url": f"/api/models/{quote(engine.name, safe='')}/filters/mosaic.png?layer={quote(name, safe='')}",
-    }
+    return FiltersResponse.from_coverage(engine.name, frequency_coverage(engine, name), int(conv.in_channels))
 
 
-@router.get(
+@png_route(
+    router,
     "/models/{model}/filters/mosaic.png",
-    response_class=Response,
-    summary="the filters of a conv layer as tiles, each contrast-normalised on its own (row-major)",
-    responses={**png("the mosaic"), **MODEL_ERRORS},
+    "the filters of a conv layer as tiles, each contrast-normalised on its own (row-major)",
+    "the mosaic",
 )
 def filter_mosaic_png(
     request: Request,
@@ -236,18 +226,16 @@ def filter_mosaic_png(
     return png_response(request, state.responses.render(key, make), "public, max-age=3600")
 
 
-@router.post(
+@job_route(
+    router,
     "/models/{model}/analyses/dead-channels",
-    status_code=202,
-    response_model=JobResponse,
-    summary="channels of every conv layer that are never positive over a set of images (Fig. 6), as a job",
-    responses=JOB_RESPONSES,
-    openapi_extra=body_examples(every_sample={}, two_images={"images": ["chelsea", "coffee"]}),
+    "channels of every conv layer that are never positive over a set of images (Fig. 6), as a job",
+    examples={"every_sample": {}, "two_images": {"images": ["chelsea", "coffee"]}},
 )
 def dead_channels_job(
     state: StateDep, engine: EngineDep, client: ClientDep, body: DeadChannelsRequest | None = None
 ) -> JSONResponse:
-    from convscope.analysis.filters import dead_channels, dead_response, measurement_points
+    from convscope.analysis.filters import DeadChannels, dead_channels, measurement_points
     from convscope.samples import list_samples
 
     ids = (body.images if body is not None else None) or [sample.id for sample in list_samples()]
@@ -258,18 +246,10 @@ def dead_channels_job(
     sources = [resolve_image(state, image_id, client) for image_id in ids]
     _check_passes(len(sources))
 
-    def work(job: Job) -> dict[str, Any]:
-        import time
-
+    def run(batch_size: int, task: Job) -> DeadChannels:
         began = time.perf_counter()
         tensors = (prepare(state, engine, source).tensor for source in sources)
-        layers = dead_channels(
-            engine,
-            tensors,
-            total=len(sources),
-            batch_size=min(8, _batch(state)),
-            task=job,
-        )
-        return dead_response(layers, [source.id for source in sources], time.perf_counter() - began)
+        layers = dead_channels(engine, tensors, total=len(sources), batch_size=min(8, batch_size), task=task)
+        return DeadChannels([source.id for source in sources], layers, time.perf_counter() - began)
 
-    return accepted(state.jobs.submit("dead-channels", work, total=len(sources)))
+    return _analysis_job(state, "dead-channels", len(sources), run, DeadChannelsResponse.from_result)

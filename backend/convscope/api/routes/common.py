@@ -1,10 +1,17 @@
-"""OpenAPI fragments shared by the routers."""
+"""OpenAPI fragments shared by the routers; `png_route` for the routes that answer a PNG and
+`job_route` for those that start a job."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from convscope.api.schemas import ErrorResponse
+from fastapi import APIRouter, Response
+
+from convscope.api.openapi import body_examples
+from convscope.api.schemas import ErrorResponse, JobResponse
+
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
 
 PNG_CONTENT: dict[str, Any] = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
 CACHE_HEADERS: dict[str, Any] = {
@@ -36,3 +43,44 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 MODEL_ERRORS = errors(404, 422, 503)
+
+
+def png_route(
+    router: APIRouter,
+    path: str,
+    summary: str,
+    image: str,
+    *,
+    headers: dict[str, Any] | None = None,
+    responses: dict[int | str, dict[str, Any]] | None = None,
+) -> Callable[[Endpoint], Endpoint]:
+    """`router.get(path)` for a route whose answer is a PNG (`image` describes it): its 200 with the
+    caching `headers`, its 304, and the error `responses` (default: MODEL_ERRORS)."""
+    errors_ = MODEL_ERRORS if responses is None else responses
+    return router.get(path, response_class=Response, summary=summary, responses={**png(image, headers), **errors_})
+
+
+JOB_STARTED = "started as a job: poll its `url` (also in Location)"
+
+
+def job_route(
+    router: APIRouter,
+    path: str,
+    summary: str,
+    *,
+    examples: dict[str, Any],
+    responses: dict[int | str, dict[str, Any]] | None = None,
+    started: str = JOB_STARTED,
+) -> Callable[[Endpoint], Endpoint]:
+    """`router.post(path)` for a route that answers 202 with a job (`routes.jobs.accepted`): the job's
+    schema, what `started` it, the error `responses` (default: 400, 404, 422, 429, 503) and the
+    named request-body `examples`."""
+    errors_ = errors(400, 404, 422, 429, 503) if responses is None else responses
+    return router.post(
+        path,
+        status_code=202,
+        response_model=JobResponse,
+        summary=summary,
+        responses={202: {"model": JobResponse, "description": started}, **errors_},
+        openapi_extra=body_examples(**examples),
+    )

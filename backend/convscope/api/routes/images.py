@@ -6,7 +6,7 @@ from fastapi import APIRouter, File, Query, Request, Response, UploadFile
 
 from convscope.api.caching import cache_key, png_response
 from convscope.api.deps import ClientDep, ImageDep, StateDep, prepare
-from convscope.api.routes.common import errors, png
+from convscope.api.routes.common import errors, png_route
 from convscope.api.schemas import UploadResponse
 from convscope.engine.render import png_bytes
 from convscope.errors import TooLargeError
@@ -42,11 +42,11 @@ def upload_image(
     return UploadResponse(id=item.id, width=width, height=height)
 
 
-@router.get(
+@png_route(
+    router,
     "/images/{image_id}",
-    response_class=Response,
-    summary="the S×S model input of an image (shorter side resized to S, centre crop)",
-    responses={**png("the S×S RGB image the model sees"), **errors(404, 422, 503)},
+    "the S×S model input of an image (shorter side resized to S, centre crop)",
+    "the S×S RGB image the model sees",
 )
 def get_image(
     request: Request,

@@ -25,21 +25,28 @@ def accepted(job: Job, **headers: str) -> JSONResponse:
     return JSONResponse(body, status_code=202, headers={"Location": job_url(job), **headers})
 
 
+# what a JobResponse copies from the Job as it is
+JOB_FIELDS = (
+    "id",
+    "kind",
+    "state",
+    "progress",
+    "done",
+    "total",
+    "cancel_requested",
+    "created_at",
+    "started_at",
+    "finished_at",
+)
+
+
 def job_response(job: Job) -> JobResponse:
     error = None
     if job.error is not None:
         error = JobError(status=job.error_status or 500, detail=job.error)
+    fields = {name: getattr(job, name) for name in JOB_FIELDS}
     return JobResponse(
-        id=job.id,
-        kind=job.kind,
-        state=job.state,
-        progress=job.progress,
-        done=job.done,
-        total=job.total,
-        cancel_requested=job.cancel_requested,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
+        **fields,
         url=job_url(job),
         result=job.result if job.state == "succeeded" else None,
         error=error,

@@ -62,19 +62,8 @@ def occlusion(
         )
 
     def run(task: Task | None = None) -> dict[str, Any]:
-        result = occlude(
-            engine,
-            prepared,
-            size=request.size,
-            stride=request.stride,
-            target=request.target,
-            layer=request.layer,
-            batch_size=settings.occlusion_batch_size,
-            method=request.method,
-            approx=request.approx,
-            adaptive=request.adaptive,
-            task=task,
-        )
+        asked = request.model_dump(include={"size", "stride", "target", "layer", "method", "approx", "adaptive"})
+        result = occlude(engine, prepared, batch_size=settings.occlusion_batch_size, task=task, **asked)
         return dict(occlusion_response(result))
 
     if positions <= settings.occlusion_job_threshold:

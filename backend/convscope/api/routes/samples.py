@@ -8,7 +8,7 @@ from PIL import Image
 
 from convscope.api.caching import PUBLIC, cache_key, png_response
 from convscope.api.deps import StateDep
-from convscope.api.routes.common import errors, png
+from convscope.api.routes.common import errors, png_route
 from convscope.api.schemas import SampleInfo
 from convscope.engine.render import png_bytes
 from convscope.images import resize_and_crop
@@ -42,11 +42,12 @@ def samples() -> list[SampleInfo]:
     return rows
 
 
-@router.get(
+@png_route(
+    router,
     "/samples/{sample_id}/thumbnail.png",
-    response_class=Response,
-    summary=f"a {THUMBNAIL}×{THUMBNAIL} centre crop of a sample photo",
-    responses={**png("thumbnail"), **errors(404, 422)},
+    f"a {THUMBNAIL}×{THUMBNAIL} centre crop of a sample photo",
+    "thumbnail",
+    responses=errors(404, 422),
 )
 def thumbnail(
     request: Request,

@@ -11,11 +11,11 @@ the bundled sample photos for its default model in the background (a job), unles
 from __future__ import annotations
 
 import base64
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Body, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from convscope.api.budget import check_scan_memory
@@ -24,7 +24,7 @@ from convscope.api.deps import EngineDep, ScanServiceDep
 from convscope.api.jobs import Job
 from convscope.api.openapi import body_examples
 from convscope.api.routes.activations import LayerQuery
-from convscope.api.routes.common import errors, png
+from convscope.api.routes.common import MODEL_ERRORS, errors, png_route
 from convscope.api.routes.jobs import accepted, job_url
 from convscope.api.scans import ScanService, install, on_startup, scan_url
 from convscope.api.schemas import ErrorResponse, JobResponse, LayerResponse
@@ -32,6 +32,7 @@ from convscope.api.schemas.scans import ScanInfo, ScanProgress, ScanRequest, Sca
 from convscope.api.schemas.topk import ScanImageRef, TopEntry, TopProjection, TopResponse
 from convscope.engine import Engine, LayerInfo
 from convscope.engine.render import png_bytes
+from convscope.engine.rules import Rule
 from convscope.errors import ConvscopeError, InvalidRequestError
 from convscope.jsonvalues import finite_or_none
 from convscope.scan.library import SAMPLES_SCAN, ScanEntry, normalise_folder
@@ -107,6 +108,33 @@ def _scan_info(service: ScanService, engine: Engine, entry: ScanEntry) -> ScanIn
 def _renderer(service: ScanService, engine: Engine, model: str, scan_id: str) -> ScanRenderer:
     entry = service.library.get(model, scan_id)
     return service.library.renderer(entry, engine)
+
+
+@dataclass(frozen=True)
+class ScanChannel:
+    """One channel of a scan named by the query: the scan's renderer, the layer, the channel, and the
+    projection mode resolved for the layer (mode=auto: deconvnet where switches lie below it)."""
+
+    scan_id: str
+    renderer: ScanRenderer
+    layer: str
+    channel: int
+    mode: Rule
+
+
+def scan_channel(
+    service: ScanServiceDep,
+    engine: EngineDep,
+    scan_id: ScanId,
+    layer: LayerQuery,
+    channel: ChannelQuery,
+    mode: ModeQuery = "deconvnet",
+) -> ScanChannel:
+    renderer = _renderer(service, engine, engine.name, scan_id)
+    return ScanChannel(scan_id, renderer, layer, channel, engine.resolve_mode(layer, mode))
+
+
+ScanChannelDep = Annotated[ScanChannel, Depends(scan_channel)]
 
 
 # ---- routes ---------------------------------------------------------------------------------------
@@ -200,17 +228,9 @@ def get_scan(service: ScanServiceDep, engine: EngineDep, scan_id: ScanId) -> Sca
     summary="the top-k of one channel: values, source images, and URLs of their crops and projections",
     responses={**errors(404, 422, 503), **CONFLICT},
 )
-def top(
-    service: ScanServiceDep,
-    engine: EngineDep,
-    scan_id: ScanId,
-    layer: LayerQuery,
-    channel: ChannelQuery,
-    mode: ModeQuery = "deconvnet",
-) -> TopResponse:
-    renderer = _renderer(service, engine, engine.name, scan_id)
+def top(engine: EngineDep, unit: ScanChannelDep) -> TopResponse:
+    renderer, layer, channel, resolved, scan_id = unit.renderer, unit.layer, unit.channel, unit.mode, unit.scan_id
     entries = renderer.entries(layer, channel)
-    resolved = engine.resolve_mode(layer, mode)
     base = scan_url(engine.name, scan_id)
     query = urlencode({"layer": layer, "channel": channel})
     projection_query = urlencode({"layer": layer, "channel": channel, "mode": resolved})
@@ -244,17 +264,9 @@ def top(
     "top/{rank}/projection.png, rendered together (one recorded forward pass per source image)",
     responses={**errors(404, 422, 503), **CONFLICT},
 )
-def top_projections(
-    service: ScanServiceDep,
-    engine: EngineDep,
-    scan_id: ScanId,
-    layer: LayerQuery,
-    channel: ChannelQuery,
-    mode: ModeQuery = "deconvnet",
-) -> list[TopProjection]:
-    renderer = _renderer(service, engine, engine.name, scan_id)
+def top_projections(unit: ScanChannelDep) -> list[TopProjection]:
+    renderer, layer, channel, resolved = unit.renderer, unit.layer, unit.channel, unit.mode
     ranks = range(len(renderer.entries(layer, channel)))
-    resolved = engine.resolve_mode(layer, mode)
     renderer.render(layer, [(channel, rank) for rank in ranks], kinds=("projection",), mode=resolved)
     bodies = [renderer.png(layer, channel, rank, "projection", resolved) for rank in ranks]
     return [
@@ -272,37 +284,30 @@ def _png(request: Request, body: bytes, headers: dict[str, str] | None = None) -
     return png_response(request, Rendered(body, etag_of(body), headers or {}), PUBLIC)
 
 
-@router.get(
+@png_route(
+    router,
     "/models/{model}/scans/{scan_id}/top/{rank}/{kind}.png",
-    response_class=Response,
-    summary="the receptive-field crop (kind=crop) or the projection (kind=projection, in `mode`) of one top-k entry",
-    responses={
-        **png("RGB PNG, the size of the unit's receptive field", MODE_HEADER),
-        **errors(404, 422, 503),
-        **CONFLICT,
-    },
+    "the receptive-field crop (kind=crop) or the projection (kind=projection, in `mode`) of one top-k entry",
+    "RGB PNG, the size of the unit's receptive field",
+    headers=MODE_HEADER,
+    responses={**MODEL_ERRORS, **CONFLICT},
 )
 def top_image(
     request: Request,
-    service: ScanServiceDep,
-    engine: EngineDep,
-    scan_id: ScanId,
+    unit: ScanChannelDep,
     rank: Annotated[int, Path(ge=0, le=10_000, description="0 = the strongest")],
     kind: Annotated[Literal["crop", "projection"], Path(description="crop or projection")],
-    layer: LayerQuery,
-    channel: ChannelQuery,
-    mode: ModeQuery = "deconvnet",
 ) -> Response:
-    renderer = _renderer(service, engine, engine.name, scan_id)
-    resolved = engine.resolve_mode(layer, mode)
-    return _png(request, renderer.png(layer, channel, rank, kind, resolved), {"X-Mode": resolved})
+    png = unit.renderer.png(unit.layer, unit.channel, rank, kind, unit.mode)
+    return _png(request, png, {"X-Mode": unit.mode})
 
 
-@router.get(
+@png_route(
+    router,
     "/models/{model}/scans/{scan_id}/images/{index}.png",
-    response_class=Response,
-    summary="a scanned image as the model saw it (S×S)",
-    responses={**png("RGB PNG, S×S"), **errors(404, 422, 503), **CONFLICT},
+    "a scanned image as the model saw it (S×S)",
+    "RGB PNG, S×S",
+    responses={**MODEL_ERRORS, **CONFLICT},
 )
 def scan_image(
     request: Request,
@@ -318,13 +323,14 @@ def scan_image(
     return png_response(request, item, PUBLIC)
 
 
-@router.get(
+@png_route(
+    router,
     "/models/{model}/scans/{scan_id}/montage.png",
-    response_class=Response,
-    summary="a Fig. 2-style montage: per channel its top-k projections (in `mode`) beside the image patches; "
+    "a Fig. 2-style montage: per channel its top-k projections (in `mode`) beside the image patches; "
     "202 and a job to poll (its result names this URL) until it has been rendered",
+    "RGB PNG",
+    headers=MODE_HEADER,
     responses={
-        **png("RGB PNG", MODE_HEADER),
         202: {"model": JobResponse, "description": "being rendered as a job: poll its `url`, then GET this again"},
         **errors(404, 422, 429, 503),
         **CONFLICT,

@@ -18,15 +18,13 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, Field
 
 from convscope.api.caching import Rendered, etag_of, png_response
 from convscope.api.deps import StateDep
 from convscope.api.jobs import Job
-from convscope.api.openapi import body_examples
-from convscope.api.routes.common import errors, png
-from convscope.api.routes.jobs import job_response, job_url
-from convscope.api.schemas import ErrorResponse, JobResponse, StudyList, StudySummary
+from convscope.api.routes.common import errors, job_route, png_route
+from convscope.api.routes.jobs import accepted
+from convscope.api.schemas import DigitsRunRequest, ErrorResponse, StudyList, StudySummary
 from convscope.api.state import AppState
 from convscope.errors import NotFoundError
 from convscope.scan.library import ForbiddenError
@@ -89,11 +87,12 @@ def get_study(study_id: StudyId, state: StateDep) -> dict[str, Any]:
     return document
 
 
-@router.get(
+@png_route(
+    router,
     "/studies/{study_id}/image.png",
-    response_class=Response,
-    summary="the study's image (the evolution montage: rows = feature maps, columns = epochs)",
-    responses={**png("the montage"), **errors(404)},
+    "the study's image (the evolution montage: rows = feature maps, columns = epochs)",
+    "the montage",
+    responses=errors(404),
 )
 def study_image(study_id: StudyId, request: Request, state: StateDep) -> Response:
     path = _find(state, study_id).related("image")
@@ -123,23 +122,15 @@ def study_table(study_id: StudyId, state: StateDep) -> PlainTextResponse:
     return PlainTextResponse(path.read_text(), media_type="text/markdown; charset=utf-8")
 
 
-class DigitsRunRequest(BaseModel):
-    epochs: int = Field(default=5, ge=1, le=30, description="epochs of zfnet-small on the digits (about 5 s each)")
-
-
 DIGITS_RUN = "digits-run"
 
 
-@router.post(
+@job_route(
+    router,
     "/studies/digits",
-    status_code=202,
-    response_model=JobResponse,
-    summary="train the small digits study (zfnet-small on scikit-learn's digits) as a job; poll its url",
-    responses={
-        403: {"model": ErrorResponse, "description": "no studies folder is configured"},
-        **errors(422, 429),
-    },
-    openapi_extra=body_examples(quick={"epochs": 5}, one_epoch={"epochs": 1}),
+    "train the small digits study (zfnet-small on scikit-learn's digits) as a job; poll its url",
+    examples={"quick": {"epochs": 5}, "one_epoch": {"epochs": 1}},
+    responses={403: {"model": ErrorResponse, "description": "no studies folder is configured"}, **errors(422, 429)},
 )
 def run_digits(state: StateDep, body: Annotated[DigitsRunRequest | None, Body()] = None) -> JSONResponse:
     body = body or DigitsRunRequest()
@@ -164,4 +155,4 @@ def run_digits(state: StateDep, body: Annotated[DigitsRunRequest | None, Body()]
         return {"run": DIGITS_RUN, "epochs": body.epochs, "final": result.final}
 
     job = state.jobs.submit("study", work, total=body.epochs)
-    return JSONResponse(job_response(job).model_dump(mode="json"), status_code=202, headers={"Location": job_url(job)})
+    return accepted(job)

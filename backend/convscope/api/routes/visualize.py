@@ -16,22 +16,20 @@ from __future__ import annotations
 
 import contextlib
 import mimetypes
-import threading
+from dataclasses import dataclass
 from pathlib import Path as FilePath
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel, Field
 
 from convscope.api.caching import PUBLIC, Rendered, etag_of, png_response
-from convscope.api.deps import EngineDep, StateDep
+from convscope.api.deps import EngineDep, FeatvisDep, StateDep
 from convscope.api.jobs import Job, current_client
-from convscope.api.openapi import body_examples
-from convscope.api.routes.common import MODEL_ERRORS, errors, png
+from convscope.api.routes.common import MODEL_ERRORS, errors, job_route, png_route
 from convscope.api.routes.jobs import accepted
-from convscope.api.schemas import JobResponse
+from convscope.api.schemas.featvis import MAX_API_STEPS, AtlasInfo, ObjectiveName, StoredUnit, VisualizationRequest
 from convscope.api.state import AppState
 from convscope.engine import Engine
 from convscope.errors import InvalidRequestError, NotFoundError
@@ -39,73 +37,8 @@ from convscope.featvis.limits import DEFAULT_STEPS, MAX_SIZE, MIN_SIZE
 
 router = APIRouter(tags=["feature visualisation"])
 
-MAX_API_STEPS = 2048
-MAX_CHANNELS = 64
 MAX_UNIT_STEPS = 64 * 512  # channels × steps one request may ask for
 BATCH = 16  # units optimised together
-
-ObjectiveName = Literal["channel", "unit", "logit"]
-
-
-class VisualizationRequest(BaseModel):
-    """Units of one layer to visualise (for `logit`, `channels` are classes and `layer` is unused)."""
-
-    layer: str | None = Field(default=None, max_length=300, description="module name (not needed for logit)")
-    channels: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, max_length=MAX_CHANNELS)
-    objective: ObjectiveName = "channel"
-    steps: int = Field(default=DEFAULT_STEPS, ge=1, le=MAX_API_STEPS, description="Adam steps")
-    size: int | None = Field(default=None, ge=MIN_SIZE, le=MAX_SIZE, description="image side (default: the model's)")
-    seed: int = Field(default=0, ge=0, le=2**32 - 1)
-    position: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] | None = Field(
-        default=None, description="unit objective: [y, x] in the layer's map (default: its centre)"
-    )
-
-
-class StoredUnit(BaseModel):
-    channel: int
-    cached: bool
-    value: float | None = Field(description="the objective reached (when cached)")
-    url: str = Field(description="its PNG (404 until computed)")
-
-
-class AtlasInfo(BaseModel):
-    available: bool
-    url: str | None = Field(description="the atlas's index.html, served read-only by this server")
-    model: str | None = None
-
-
-# ---- the service: one cache, one job per distinct request ------------------------------------------
-class FeatvisService:
-    def __init__(self, state: AppState) -> None:
-        from convscope.featvis.cache import FeatvisCache, default_cache_dir
-
-        directory = getattr(state.settings, "featvis_dir", None) or default_cache_dir()
-        self.cache = FeatvisCache(directory)
-        self.state = state
-        self._jobs: dict[tuple[Any, ...], Job] = {}
-        self._lock = threading.Lock()
-
-    def submit(self, key: tuple[Any, ...], work: Any, total: int) -> Job:
-        with self._lock:
-            job = self._jobs.get(key)
-            if job is not None and not job.finished:
-                return job
-            job = self.state.jobs.submit("visualization", work, total=total)
-            self._jobs = {k: v for k, v in self._jobs.items() if not v.finished}
-            self._jobs[key] = job
-            return job
-
-
-_service_lock = threading.Lock()
-
-
-def get_service(request: Request) -> FeatvisService:
-    with _service_lock:
-        service: FeatvisService | None = getattr(request.app.state, "featvis", None)
-        if service is None:
-            service = FeatvisService(request.app.state.convscope)
-            request.app.state.featvis = service
-        return service
 
 
 def image_url(model: str, target: Any, channel: int) -> str:
@@ -149,22 +82,17 @@ def _position(y: int | None, x: int | None) -> tuple[int, int] | None:
 
 
 # ---- routes ---------------------------------------------------------------------------------------
-@router.post(
+@job_route(
+    router,
     "/models/{model}/visualizations",
-    status_code=202,
-    response_model=JobResponse,
-    summary="optimise an image for each channel of one layer (feature visualisation), as a job",
-    responses={
-        202: {"model": JobResponse, "description": "started (or joined) a job: poll its `url`"},
-        **errors(400, 404, 422, 429, 503),
+    "optimise an image for each channel of one layer (feature visualisation), as a job",
+    examples={
+        "three_channels": {"layer": "blocks.4", "channels": [0, 1, 2], "steps": 128},
+        "class_logit": {"objective": "logit", "channels": [285], "steps": 128},
     },
-    openapi_extra=body_examples(
-        three_channels={"layer": "blocks.4", "channels": [0, 1, 2], "steps": 128},
-        class_logit={"objective": "logit", "channels": [285], "steps": 128},
-    ),
+    started="started (or joined) a job: poll its `url`",
 )
-def start_visualization(request: Request, engine: EngineDep, body: VisualizationRequest) -> JSONResponse:
-    service = get_service(request)
+def start_visualization(service: FeatvisDep, engine: EngineDep, body: VisualizationRequest) -> JSONResponse:
     target = _target(engine, body.layer, body.channels, body.objective, body.steps, body.size, body.seed, body.position)
     cache = service.cache
     missing = [c for c in target.channels if not cache.has(engine, target, c)]
@@ -205,55 +133,55 @@ Seed = Annotated[int, Query(ge=0, le=2**32 - 1)]
 Coordinate = Annotated[int | None, Query(ge=0, description="unit objective: the position (default: centre)")]
 
 
+@dataclass(frozen=True)
+class StoredUnitQuery:
+    """One unit named in a query string, checked: the channel and its optimisation target."""
+
+    channel: int
+    target: Any
+
+
+def stored_unit_query(
+    engine: EngineDep,
+    channel: Channel,
+    layer: Layer = None,
+    objective: ObjectiveName = "channel",
+    steps: Steps = DEFAULT_STEPS,
+    size: Size = None,
+    seed: Seed = 0,
+    y: Coordinate = None,
+    x: Coordinate = None,
+) -> StoredUnitQuery:
+    return StoredUnitQuery(channel, _target(engine, layer, [channel], objective, steps, size, seed, _position(y, x)))
+
+
+UnitQuery = Annotated[StoredUnitQuery, Depends(stored_unit_query)]
+
+
 @router.get(
     "/models/{model}/visualizations",
     response_model=StoredUnit,
     summary="whether one unit's optimised image is stored, and where",
     responses=MODEL_ERRORS,
 )
-def stored_visualization(
-    request: Request,
-    engine: EngineDep,
-    channel: Channel,
-    layer: Layer = None,
-    objective: ObjectiveName = "channel",
-    steps: Steps = DEFAULT_STEPS,
-    size: Size = None,
-    seed: Seed = 0,
-    y: Coordinate = None,
-    x: Coordinate = None,
-) -> StoredUnit:
-    service = get_service(request)
-    target = _target(engine, layer, [channel], objective, steps, size, seed, _position(y, x))
-    vis = service.cache.get(engine, target, channel)
+def stored_visualization(service: FeatvisDep, engine: EngineDep, unit: UnitQuery) -> StoredUnit:
+    vis = service.cache.get(engine, unit.target, unit.channel)
     return StoredUnit(
-        channel=channel,
+        channel=unit.channel,
         cached=vis is not None,
         value=vis.value if vis else None,
-        url=image_url(engine.name, target, channel),
+        url=image_url(engine.name, unit.target, unit.channel),
     )
 
 
-@router.get(
+@png_route(
+    router,
     "/models/{model}/visualizations/image.png",
-    response_class=Response,
-    summary="one unit's optimised image (S×S RGB PNG), once a job has computed it",
-    responses={**png("RGB PNG, S×S"), **MODEL_ERRORS},
+    "one unit's optimised image (S×S RGB PNG), once a job has computed it",
+    "RGB PNG, S×S",
 )
-def visualization_png(
-    request: Request,
-    engine: EngineDep,
-    channel: Channel,
-    layer: Layer = None,
-    objective: ObjectiveName = "channel",
-    steps: Steps = DEFAULT_STEPS,
-    size: Size = None,
-    seed: Seed = 0,
-    y: Coordinate = None,
-    x: Coordinate = None,
-) -> Response:
-    service = get_service(request)
-    target = _target(engine, layer, [channel], objective, steps, size, seed, _position(y, x))
+def visualization_png(request: Request, service: FeatvisDep, engine: EngineDep, unit: UnitQuery) -> Response:
+    target, channel = unit.target, unit.channel
     path = service.cache.path(engine, target, channel, ".png")
     if not service.cache.has(engine, target, channel):
         raise NotFoundError(
@@ -310,4 +238,4 @@ def atlas_file(state: StateDep, path: Annotated[str, Path(max_length=500)]) -> R
     return FileResponse(wanted, media_type=media, headers={"Cache-Control": "no-cache"})
 
 
-__all__ = ["FeatvisService", "router"]
+__all__ = ["router"]

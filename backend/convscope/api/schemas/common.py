@@ -7,6 +7,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 
+def refuse_booleans(value: object) -> object:
+    """For `field_validator(..., mode="before")` on number fields of a JSON body: JSON true is not the
+    number 1 (JSON Schema agrees); 16.0 still is 16."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not a boolean")
+    return value
+
+
 class ErrorResponse(BaseModel):
     detail: str = Field(description="what was wrong, in words")
     errors: list[dict[str, Any]] | None = Field(

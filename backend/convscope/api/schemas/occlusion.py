@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from convscope.api.schemas.common import refuse_booleans
+
 
 class OcclusionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -33,13 +35,7 @@ class OcclusionRequest(BaseModel):
         "where the target's probability dropped most",
     )
 
-    @field_validator("size", "stride", "target", "approx", "adaptive", mode="before")
-    @classmethod
-    def _no_booleans(cls, value: object) -> object:
-        """JSON true is not the number 1 (JSON Schema agrees); 16.0 still is 16."""
-        if isinstance(value, bool):
-            raise ValueError("expected a number, not a boolean")
-        return value
+    _no_booleans = field_validator("size", "stride", "target", "approx", "adaptive", mode="before")(refuse_booleans)
 
 
 class OcclusionFeature(BaseModel):

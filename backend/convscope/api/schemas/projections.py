@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from convscope.api.schemas.common import refuse_booleans
+
 
 class ProjectionSeed(BaseModel):
     """One seed of a batch projection: as the single endpoint's channel/select/y/x parameters."""
@@ -19,12 +21,7 @@ class ProjectionSeed(BaseModel):
     y: int | None = Field(default=None, ge=0, description="seed row (with x: project this unit instead)")
     x: int | None = Field(default=None, ge=0, description="seed column (with y)")
 
-    @field_validator("channel", "y", "x", mode="before")
-    @classmethod
-    def _no_booleans(cls, value: object) -> object:
-        if isinstance(value, bool):
-            raise ValueError("expected an integer, not a boolean")
-        return value
+    _whole_numbers = field_validator("channel", "y", "x", mode="before")(refuse_booleans)
 
     @model_validator(mode="after")
     def _both_or_neither(self) -> ProjectionSeed:

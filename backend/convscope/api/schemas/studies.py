@@ -1,4 +1,4 @@
-"""Finished training-time studies: the listing."""
+"""Training-time studies: the listing of finished ones, and the request of the small digits run."""
 
 from __future__ import annotations
 
@@ -18,3 +18,7 @@ class StudySummary(BaseModel):
 class StudyList(BaseModel):
     studies_dir: str | None = Field(description="the name of the folder searched (the studies_dir setting)")
     studies: list[StudySummary]
+
+
+class DigitsRunRequest(BaseModel):
+    epochs: int = Field(default=5, ge=1, le=30, description="epochs of zfnet-small on the digits (about 5 s each)")
