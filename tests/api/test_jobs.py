@@ -103,6 +103,41 @@ def test_too_many_active_jobs_is_429_and_old_finished_jobs_are_forgotten(manager
     assert finished[-1].id in kept and blocked[0].id not in kept
 
 
+def test_inline_work_is_bounded_per_client_counted_as_a_job_and_always_released() -> None:
+    """`run_inline` (an occlusion answered in its request): at most `client_max_running` of one
+    client's at once, counted against the caps while it runs, and its slot freed even when it fails."""
+    jobs = JobManager(workers=1, max_active=8, client_max_jobs=3, client_max_running=2)
+    gate = threading.Event()
+    threads = [
+        threading.Thread(target=jobs.run_inline, args=("occlusion", lambda job: gate.wait(10)), kwargs={"owner": "a"})
+        for _ in range(2)
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: jobs.inline_running("a") == 2)
+        with pytest.raises(TooManyJobsError, match="limit per client is 2 at once"):
+            jobs.run_inline("occlusion", lambda job: None, owner="a")
+        assert jobs.run_inline("occlusion", lambda job: job.total, total=5, owner="b") == 5  # another client
+        jobs.submit("test", lambda job: gate.wait(10), owner="a")  # 2 inline + 1 job: a's cap of 3
+        with pytest.raises(TooManyJobsError, match="3 jobs queued or running"):
+            jobs.submit("test", lambda job: None, owner="a")
+    finally:
+        gate.set()
+        for thread in threads:
+            thread.join(10)
+    assert jobs.inline_running("a") == 0
+
+    def fails(job: Job) -> None:
+        raise InvalidRequestError("bad target")
+
+    for _ in range(3):  # more than the limit: each failure gave its slot back
+        with pytest.raises(InvalidRequestError):
+            jobs.run_inline("occlusion", fails, owner="a")
+    assert jobs.inline_running("a") == 0
+    jobs.shutdown()
+
+
 def test_unknown_job_is_404(client: TestClient) -> None:
     for method in ("get", "delete"):
         response = getattr(client, method)("/api/jobs/not-a-job")

@@ -75,5 +75,5 @@ def test_serve_sets_the_limit_before_it_starts_serving(monkeypatch: pytest.Monke
     monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: calls.append("serve"))
     monkeypatch.setenv("CONVSCOPE_TORCH_THREADS", str(torch.get_num_threads()))  # leave this process's threads
     monkeypatch.setenv("CONVSCOPE_SCAN_ON_STARTUP", "false")
-    server.run_server(host="127.0.0.1", port=free_port(), models=["zfnet"], device="cpu")
+    server.run_server(server.build_settings(host="127.0.0.1", port=free_port(), models=["zfnet"], device="cpu"))
     assert calls == ["arenas=2", "serve"]
