@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -44,34 +44,30 @@ class Metrics:
             ("method", "route"),
             registry=self.registry,
         )
-        self.batch_sizes = Histogram(
+
+        def per_model(name: str, text: str, buckets: Sequence[float]) -> Histogram:
+            return Histogram(name, text, ("model",), buckets=buckets, registry=self.registry)
+
+        self.batch_sizes = per_model(
             "convscope_projection_batch_size",
             "seeds computed per coalesced projection batch (requests of one window, every layer and image; "
             "a seed asked for twice and rendered PNGs already cached not counted)",
-            ("model",),
-            buckets=BATCH_BUCKETS,
-            registry=self.registry,
+            BATCH_BUCKETS,
         )
-        self.batch_requests = Histogram(
+        self.batch_requests = per_model(
             "convscope_projection_batch_requests",
             "projection requests (single or batch endpoint) answered by one coalesced batch",
-            ("model",),
-            buckets=BATCH_BUCKETS,
-            registry=self.registry,
+            BATCH_BUCKETS,
         )
-        self.queue_wait = Histogram(
+        self.queue_wait = per_model(
             "convscope_projection_queue_wait_seconds",
             "time a projection request waited for its batch to start (the window, then a free engine slot)",
-            ("model",),
-            buckets=SECONDS_BUCKETS,
-            registry=self.registry,
+            SECONDS_BUCKETS,
         )
-        self.model_seconds = Histogram(
+        self.model_seconds = per_model(
             "convscope_projection_model_seconds",
             "time the engine spent on one coalesced batch (Engine.project_many calls, PNG encoding not counted)",
-            ("model",),
-            buckets=SECONDS_BUCKETS,
-            registry=self.registry,
+            SECONDS_BUCKETS,
         )
 
     def watch(self, state: AppState) -> None:
