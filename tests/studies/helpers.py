@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -31,23 +33,29 @@ def digits_subset(count: int, seed: int) -> ImageSet:
     return data.subset(stratified_subset(data.labels, count, seed=seed))
 
 
-def train_digits(folder: Path, digits: ImageSet, **config: Any) -> Path:
-    """A short real training run of `TrainConfig(data="digits", **config)` on `digits` into `folder`,
-    on one torch thread (module fixtures run before the per-test one_torch_thread)."""
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one thread inside, as before after. Every training in the studies' tests runs on one
+    thread: a float sum's order depends on the thread count, so two runs compared for equality must
+    share it, and module fixtures run before the per-test `one_torch_thread`."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        train(TrainConfig(data="digits", **config), folder, data=digits)
+        yield
     finally:
         torch.set_num_threads(threads)
+
+
+def train_digits(folder: Path, digits: ImageSet, **config: Any) -> Path:
+    """A short real training run of `TrainConfig(data="digits", **config)` on `digits` into `folder`."""
+    with one_thread():
+        train(TrainConfig(data="digits", **config), folder, data=digits)
     return folder
 
 
 @lru_cache(maxsize=1)
 def _generated() -> Path:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         root = Path(tempfile.mkdtemp(prefix="convscope-studies-"))
         digits = load_dataset("digits")
         digits = digits.subset(stratified_subset(digits.labels, 200, seed=0))
@@ -80,8 +88,6 @@ def _generated() -> Path:
         (root / "notes.json").write_text('{"hello": "not a study"}')
         (root / "broken.json").write_text("{not json")
         return root
-    finally:
-        torch.set_num_threads(threads)
 
 
 def make_studies(target: Path) -> Path:

@@ -27,6 +27,7 @@ from convscope.studies.stride import (
     white_radial,
 )
 from convscope.studies.train import TrainConfig, select_split
+from studies.helpers import one_thread
 
 TINY = TrainConfig(data="digits", epochs=1, batch_size=32, limit=96, checkpoint_epochs="0", seed=3)
 
@@ -40,7 +41,8 @@ def digits() -> ImageSet:
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory, digits: ImageSet) -> tuple[Path, dict[str, Any]]:
     folder = tmp_path_factory.mktemp("stride")
-    result = stride_study(TINY, folder, device="cpu", data=digits)
+    with one_thread():  # as the tests that compare with it run
+        result = stride_study(TINY, folder, device="cpu", data=digits)
     return folder, result.document
 
 
