@@ -47,7 +47,9 @@ async def settle(clock: Clock, *requests: Awaitable[Any], errors: bool = False) 
 
 @pytest.fixture(scope="module")
 def engine() -> Engine:
-    return Engine(tiny_model(), device_name="cpu")
+    """One backward pass at a time (as on CUDA): every due request joins one batch. How a batch is
+    split among several workers (the CPU's default) has its own test."""
+    return Engine(tiny_model(), device_name="cpu", workers=1)
 
 
 @pytest.fixture(scope="module")
@@ -204,3 +206,19 @@ def test_a_cancelled_request_leaves_its_batch(engine: Engine, images: dict[str, 
     assert cancelled
     assert calls(spy) == [(image.key, "conv2", "guided", [Seed(0), Seed(2)])]
     assert (done[1][0].body, dict(done[1][0].headers)) == unbatched(engine, image, "conv2", "guided", Seed(2))
+
+
+def test_what_is_due_is_split_among_the_free_workers(images: dict[str, PreparedImage]) -> None:
+    """On the CPU a batch runs on one worker thread: with 2 workers, 5 due seeds leave as batches of 3
+    and 2 at once, not as one batch of 5 that leaves a core idle; answers stay the unbatched ones."""
+    two = Engine(tiny_model(), device_name="cpu", workers=2)
+    image = images["chelsea"]
+    seeds = [Seed(c) for c in range(5)]
+
+    async def body(coalescer: Coalescer, clock: Clock) -> list[Any]:
+        return await settle(clock, *(coalescer.project(two, image, "conv2", "deconvnet", [s]) for s in seeds))
+
+    answers, spy = run(two, body)
+    assert [batch for *_, batch in calls(spy)] == [seeds[:3], seeds[3:]]
+    for seed, (item,) in zip(seeds, answers, strict=True):
+        assert (item.body, dict(item.headers)) == unbatched(two, image, "conv2", "deconvnet", seed)

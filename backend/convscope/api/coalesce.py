@@ -6,6 +6,8 @@ within `window` seconds of the oldest one waiting (CONVSCOPE_PROJECTION_WINDOW_M
 never more than `WINDOW_CAP_MS`) form one batch of at most `max_seeds` seeds (a full batch leaves at
 once). At most `engine.workers` batches of an engine run at a time (the backward passes it runs at
 once; 1 on CUDA); while they run, newcomers keep joining the next batch, so batches grow with the load.
+What is due is split evenly among the free slots (a batch runs on one worker thread: on the CPU one
+batch of everything would leave the other cores idle).
 
 A batch is grouped by (layer, rule), then by image: the seeds on one image share its recorded forward
 pass and one `Engine.project_many` call (a seed asked for twice is computed once). Each image has its
@@ -125,14 +127,19 @@ class ProjectionQueue:
         """Start every batch that is due (its window over, or full) while the engine has a free slot."""
         self._pending = [request for request in self._pending if not request.future.done()]
         loop = asyncio.get_running_loop()
+        releasing = False  # once the oldest request is due, what waits with it leaves now, split
         while self._pending and self._running < self.slots:
             now = self._now(loop)
             due = self._pending[0].arrived + self.window_s
-            if sum(len(request.seeds) for request in self._pending) < self.max_seeds and now < due:
+            pending_seeds = sum(len(request.seeds) for request in self._pending)
+            if not releasing and pending_seeds < self.max_seeds and now < due:
                 if self._timer is None:
                     self._timer = loop.call_later(due - now, self._on_timer)
                 return
-            batch = self._take()
+            releasing = True
+            # split what waits among the free slots: one batch runs on one worker thread, so on the CPU
+            # (`workers` slots) a single large batch would leave the other cores idle
+            batch = self._take(min(self.max_seeds, -(-pending_seeds // (self.slots - self._running))))
             self._running += 1
             # a context of its own: a batch serves many clients, it runs as none of them (jobs.current_client)
             task = loop.create_task(self._execute(batch), context=contextvars.Context())
@@ -146,13 +153,13 @@ class ProjectionQueue:
         self._timer = None
         self._pump()
 
-    def _take(self) -> list[_Request]:
-        """The oldest requests, whole, up to `max_seeds` seeds (at least one request)."""
+    def _take(self, limit: int) -> list[_Request]:
+        """The oldest requests, whole, up to `limit` seeds (at least one request)."""
         batch: list[_Request] = []
         seeds = 0
         while self._pending:
             size = len(self._pending[0].seeds)
-            if batch and seeds + size > self.max_seeds:
+            if batch and seeds + size > limit:
                 break
             batch.append(self._pending.pop(0))
             seeds += size
