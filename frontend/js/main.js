@@ -8,12 +8,12 @@ import { resolveMode, uncoveredRules } from "./layermeta.js";
 import { createView as createInput } from "./panels/input.js";
 import { createView as createLayers, defaultLayer } from "./panels/layers.js";
 import { createView as createMaps } from "./panels/featuremaps.js";
-import { createPredictionsPanel } from "./panels/predictions.js";
+import { createView as createPredictions } from "./panels/predictions.js";
 import { createView as createRecon } from "./panels/reconstruction.js";
 import { createView as createStart } from "./panels/start.js";
 import { HASH_KEYS, parseHash, startHashSync, store } from "./state.js";
 import { createTabs } from "./tabs.js";
-import { createTop9Panel } from "./top9.js";
+import { createView as createTop9 } from "./top9.js";
 import { $, busy, h, showError } from "./util.js";
 
 // ---- request tracking: the global activity line, and "settled" for live webcam ----
@@ -51,7 +51,7 @@ let quietFallback = false; // a model switch drops a layer the new model lacks w
 let fallbackNote = null; // the layer a "no such layer" note is about; the note goes when the layer changes
 
 const input = createInput({ root: $('[data-panel="input"]'), ctx: { store, settled } });
-const predictions = createPredictionsPanel({ root: $('[data-panel="predictions"]'), store });
+const predictions = createPredictions({ root: $('[data-panel="predictions"]'), ctx: { store } });
 const layers = createLayers({ root: $('[data-panel="layers"]'), ctx: { store } });
 const maps = createMaps({ root: $('[data-panel="maps"]'), ctx: { store, tooltip } });
 const recon = createRecon({
@@ -79,12 +79,14 @@ const tabs = createTabs({
   ctx: { store, api, urls, request, busy, showError, h, layers: () => layers.layers, models: () => models },
 });
 maps.onData(() => recon.refreshGeometry());
-const top9 = createTop9Panel({
+const top9 = createTop9({
   root: $('[data-panel="top9"]'),
-  store,
-  upload: (blob, name) => input.upload(blob, name),
-  modeFor: (state) => modeFor(state),
-  inputSize: () => currentModel()?.input_size ?? 224,
+  ctx: {
+    store,
+    upload: (blob, name) => input.upload(blob, name),
+    modeFor: (state) => modeFor(state),
+    inputSize: () => currentModel()?.input_size ?? 224,
+  },
 });
 
 installKeyboard({
@@ -202,14 +204,11 @@ function onChange(state, changed) {
     renderModelInfo();
     track(loadLayers(state.model));
   }
-  if (changed.has("model") || changed.has("image")) {
-    track(predictions.load(state));
-    track(recon.loadInput(state, currentModel()?.input_size));
-  } else if (changed.has("class") || changed.has("mode")) {
-    track(predictions.loadClassView(state));
-  }
+  const predicting = predictions.update(state, changed);
+  if (predicting) track(predicting);
+  if (changed.has("model") || changed.has("image")) track(recon.loadInput(state, currentModel()?.input_size));
   if (!changed.has("model")) proceed(state, changed);
-  top9.sync(state, changed);
+  top9.update(state, changed);
 }
 
 // ---- models -----------------------------------------------------------------------------------

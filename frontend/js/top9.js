@@ -21,8 +21,10 @@ const DEBOUNCE_MS = 120; // keyboard walks through channels: fetch the one the u
 const SAMPLES_LABEL = "the bundled sample photos";
 const SCAN_FOLDER = "\u0000scan-folder"; // the picker's "Scan a folder…" entry
 
-export function createTop9Panel({ root, store, upload, modeFor, inputSize }) {
-  if (!root) return { sync() {} };
+/** The Top 9 panel as a view (see tabs.js): ctx is { store, upload, modeFor, inputSize }. */
+export function createView({ root, ctx }) {
+  const { store, upload, modeFor, inputSize } = ctx;
+  if (!root) return { update() {} };
   const note = h("span", { class: "panel-note top9-note", dataset: { role: "top9-note" } });
   const picker = h("select", { class: "top9-dataset", "aria-label": "Dataset of the top 9", title: "Which scanned images to take the top 9 from", dataset: { role: "top9-dataset" } });
   const montageLink = h("a", {
@@ -457,7 +459,7 @@ export function createTop9Panel({ root, store, upload, modeFor, inputSize }) {
     };
   }
 
-  function sync(state, changed) {
+  function update(state, changed) {
     if (!["model", "layer", "channel", "mode"].some((k) => changed.has(k))) return;
     if (changed.has("model")) {
       shownKey = null;
@@ -475,5 +477,5 @@ export function createTop9Panel({ root, store, upload, modeFor, inputSize }) {
     }
   });
 
-  return { sync, refresh: () => refresh(store.get(), { force: true }) };
+  return { update, refresh: () => refresh(store.get(), { force: true }) };
 }

@@ -8,7 +8,10 @@ import { api, isAbort } from "../api.js";
 import { $, busy, h, percent, showError } from "../util.js";
 import { createClassSearch } from "./classsearch.js";
 
-export function createPredictionsPanel({ root, store }) {
+/** The predictions panel as a view (see tabs.js): ctx is { store }. `update` returns the loading
+ *  it starts (the predictions on a new model or image, the class view on a new class or mode). */
+export function createView({ root, ctx }) {
+  const { store } = ctx;
   const list = $('[data-role="predictions"]', root);
   const errorBox = $('[data-role="preds-error"]', root);
   const note = $('[data-role="preds-note"]', root);
@@ -111,5 +114,11 @@ export function createPredictionsPanel({ root, store }) {
     note.title = model && !model.pretrained ? "This model has no trained weights: its predictions mean nothing." : "";
   }
 
-  return { load, loadClassView, setModelInfo };
+  function update(state, changed) {
+    if (changed.has("model") || changed.has("image")) return load(state);
+    if (changed.has("class") || changed.has("mode")) return loadClassView(state);
+    return null;
+  }
+
+  return { update, setModelInfo };
 }
