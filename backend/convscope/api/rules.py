@@ -13,6 +13,7 @@ from typing import Any
 
 Rule = tuple[int, str, str]  # status, the rule in words, a regular expression of the detail
 
+TARGET_RULE: Rule = (422, "target is below the model's number of classes", r"target class .* out of range")
 MODEL_RULES: list[Rule] = [
     (422, "the layer is one the model has, and the channel is below its channel count", r"out of range for layer"),
     (422, "a seed position (y, x) lies inside the layer's feature map", r"is outside layer"),
@@ -34,11 +35,11 @@ OCCLUSION_RULES: list[Rule] = [
         "size and stride give at most CONVSCOPE_OCCLUSION_MAX_POSITIONS positions",
         r"occluder positions are more than",
     ),
-    (422, "target is below the model's number of classes", r"target class .* out of range"),
+    TARGET_RULE,
     (422, "layer is a layer of the model with a 4-D output", r"not a feature map|has no layer|out of range"),
 ]
 ANALYSIS_RULES: list[Rule] = [
-    (422, "target is below the model's number of classes", r"target class .* out of range"),
+    TARGET_RULE,
     (422, "edge 'wrap' applies to translation only", r"applies to translation only"),
     (
         422,

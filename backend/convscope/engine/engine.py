@@ -454,7 +454,7 @@ class Engine:
         """The image's cached record if it holds `layer`'s output (None: the logits)."""
         with self._cache_lock:
             record = self._cache.get(image.key)
-            if record is None or (record.logits is None if layer is None else layer not in record.outputs):
+            if record is None or not record.covers(layer):
                 return None
             self.stats.cache_hits += 1
             return record
