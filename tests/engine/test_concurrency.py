@@ -4,7 +4,6 @@ rule held per call, one record per image however many threads ask for it at once
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -16,7 +15,7 @@ from convscope.engine import Engine, Seed
 from convscope.errors import InvalidRequestError
 from convscope.images import PreparedImage
 from convscope.samples import load_sample
-from fixtures.nets import alexnet_shaped, make_engine
+from fixtures.nets import alexnet_shaped, make_engine, pooled_sequential
 
 SIZE = 96
 MODES = ("deconvnet", "guided", "gradient")
@@ -93,19 +92,13 @@ class _Meet(nn.Module):
 
 
 def _meeting_net() -> nn.Sequential:
-    torch.manual_seed(60)
-    return nn.Sequential(
-        OrderedDict(
-            [
-                ("conv1", nn.Conv2d(3, 4, 3, padding=1)),
-                ("meet", _Meet()),
-                ("relu", nn.ReLU()),
-                ("conv2", nn.Conv2d(4, 4, 3, padding=1)),
-                ("pool", nn.AdaptiveAvgPool2d(1)),
-                ("flatten", nn.Flatten()),
-                ("fc", nn.Linear(4, 3)),
-            ]
-        )
+    return pooled_sequential(
+        60,
+        ("conv1", nn.Conv2d(3, 4, 3, padding=1)),
+        ("meet", _Meet()),
+        ("relu", nn.ReLU()),
+        ("conv2", nn.Conv2d(4, 4, 3, padding=1)),
+        classes=3,
     )
 
 

@@ -5,8 +5,6 @@ records no graph."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,27 +12,9 @@ from torch import nn
 
 from convscope.engine import Tap
 from convscope.samples import load_sample
-from fixtures.nets import FunctionalReLUNet, make_engine
+from fixtures.nets import FunctionalReLUNet, in_place_net, make_engine
 
 SIZE = 32
-
-
-def in_place_net() -> nn.Sequential:
-    torch.manual_seed(40)
-    return nn.Sequential(
-        OrderedDict(
-            [
-                ("conv1", nn.Conv2d(3, 4, 3, padding=1)),
-                ("relu1", nn.ReLU(inplace=True)),  # rewrites conv1's output
-                ("conv2", nn.Conv2d(4, 4, 3, padding=1)),
-                ("relu2", nn.ReLU()),  # leaves conv2's output alone
-                ("conv3", nn.Conv2d(4, 4, 3, padding=1)),
-                ("pool", nn.AdaptiveAvgPool2d(1)),
-                ("flatten", nn.Flatten()),
-                ("fc", nn.Linear(4, 3)),
-            ]
-        )
-    )
 
 
 class TwoConvs(nn.Module):

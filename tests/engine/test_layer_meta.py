@@ -3,8 +3,6 @@ activations follow the mode's rule, and `mode="auto"` resolving from it (docs/de
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,28 +13,9 @@ from convscope.engine import Engine
 from convscope.errors import InvalidRequestError
 from convscope.images import PreparedImage
 from convscope.samples import load_sample
-from fixtures.nets import ReusedReLUNet, make_engine
+from fixtures.nets import ReusedReLUNet, make_engine, pooled_net
 
 SIZE = 48
-
-
-def pooled_net() -> nn.Sequential:
-    torch.manual_seed(10)
-    return nn.Sequential(
-        OrderedDict(
-            [
-                ("conv1", nn.Conv2d(3, 6, 3, padding=1)),
-                ("relu1", nn.ReLU()),
-                ("pool1", nn.MaxPool2d(2)),
-                ("conv2", nn.Conv2d(6, 8, 3, padding=1)),
-                ("gate", nn.Tanh()),
-                ("conv3", nn.Conv2d(8, 8, 3, padding=1)),
-                ("pool", nn.AdaptiveAvgPool2d(1)),
-                ("flatten", nn.Flatten()),
-                ("fc", nn.Linear(8, 4)),
-            ]
-        )
-    )
 
 
 class SigmoidGated(nn.Module):

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections import OrderedDict
 
 import torch
 from PIL import Image
-from torch import nn
 
 from convscope.engine import Engine
 from convscope.engine.memory import held_bytes, model_storages
 from convscope.models import load_model
 from convscope.samples import get_sample, load_sample
-from fixtures.nets import make_engine
+from fixtures.nets import make_engine, pooled_head_net
 
 
 def _engine(cache_mb: float | None = None, cache_size: int | None = None) -> Engine:
@@ -26,27 +24,8 @@ def _engine(cache_mb: float | None = None, cache_size: int | None = None) -> Eng
     )
 
 
-def _pooled_head_net() -> nn.Sequential:
-    """Everything its graph saves lies at or below the last recorded layer (the pool)."""
-    torch.manual_seed(50)
-    return nn.Sequential(
-        OrderedDict(
-            [
-                ("conv1", nn.Conv2d(3, 8, 5, stride=2, padding=2)),
-                ("relu1", nn.ReLU(inplace=True)),
-                ("pool1", nn.MaxPool2d(3, 2)),
-                ("conv2", nn.Conv2d(8, 12, 3, padding=1)),
-                ("relu2", nn.ReLU()),
-                ("pool", nn.AdaptiveAvgPool2d(1)),
-                ("flatten", nn.Flatten()),
-                ("fc", nn.Linear(12, 4)),
-            ]
-        )
-    )
-
-
 def test_a_record_counts_what_its_graph_saved() -> None:
-    engine = make_engine(_pooled_head_net(), 64, classes=4)
+    engine = make_engine(pooled_head_net(), 64, classes=4)
     image = engine.prepare(load_sample("chelsea"))
     saved: dict[int, int] = {}
 

@@ -4,7 +4,6 @@ lock owned by the engine, the caller's model left as it was given (but for devic
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 
 import pytest
 import torch
@@ -13,25 +12,9 @@ from torch import nn
 
 from convscope.engine import Engine, LayerCapture, Tap
 from convscope.errors import NotFoundError
-from fixtures.nets import make_engine
+from fixtures.nets import make_engine, small_net
 
 SIZE = 32
-
-
-def small_net() -> nn.Sequential:
-    torch.manual_seed(20)
-    return nn.Sequential(
-        OrderedDict(
-            [
-                ("conv1", nn.Conv2d(3, 4, 3, padding=1)),
-                ("relu1", nn.ReLU(inplace=True)),
-                ("conv2", nn.Conv2d(4, 5, 3, padding=1)),
-                ("pool", nn.AdaptiveAvgPool2d(1)),
-                ("flatten", nn.Flatten()),
-                ("fc", nn.Linear(5, 3)),
-            ]
-        )
-    )
 
 
 def _hooks(module: nn.Module) -> int:
