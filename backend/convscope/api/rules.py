@@ -14,6 +14,7 @@ from typing import Any
 Rule = tuple[int, str, str]  # status, the rule in words, a regular expression of the detail
 
 TARGET_RULE: Rule = (422, "target is below the model's number of classes", r"target class .* out of range")
+POSITION_RULE: Rule = (422, "y and x are given together, or neither", r"give both y and x")
 MODEL_RULES: list[Rule] = [
     (422, "the layer is one the model has, and the channel is below its channel count", r"out of range for layer"),
     (422, "a seed position (y, x) lies inside the layer's feature map", r"is outside layer"),
@@ -72,7 +73,7 @@ SCAN_RULES: list[Rule] = [
 ]
 
 VISUALIZATION_RULES: list[Rule] = [
-    (422, "y and x are given together, or neither", r"give both y and x"),
+    POSITION_RULE,
     (422, "a position (y, x) applies to the unit objective only", r"a position applies to the unit objective"),
     (
         422,
@@ -85,10 +86,7 @@ RULES: dict[tuple[str, str], list[Rule]] = {
     ("get", "/api/models/{model}/visualizations"): VISUALIZATION_RULES,
     ("post", "/api/models/{model}/visualizations"): VISUALIZATION_RULES,
     ("get", "/api/models/{model}/visualizations/image.png"): VISUALIZATION_RULES,
-    ("get", "/api/models/{model}/images/{image_id}/projection"): [
-        (422, "y and x are given together, or neither", r"give both y and x"),
-        *MODEL_RULES,
-    ],
+    ("get", "/api/models/{model}/images/{image_id}/projection"): [POSITION_RULE, *MODEL_RULES],
     ("post", "/api/models/{model}/images/{image_id}/projections"): [
         (422, "each seed gives y and x together, or neither", r"give both y and x"),
         (422, "at most CONVSCOPE_MAX_PROJECTION_SEEDS seeds per request", r"seeds is more than"),
