@@ -1,10 +1,11 @@
-"""Typed dependencies: the app state, an engine by model name, an image by id, the scan and featvis services."""
+"""Typed dependencies: the app state, an engine by model name, an image by id (and as a model's input),
+the scan and featvis services."""
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 from fastapi import Depends, Path, Request
 from PIL import Image
@@ -124,3 +125,19 @@ def get_prepared(engine: EngineDep, image: ImageDep, state: StateDep) -> Prepare
 
 
 PreparedDep = Annotated[PreparedImage, Depends(get_prepared)]
+
+
+class ModelInput(NamedTuple):
+    """An image as one model takes it: the model's engine, the image as it arrived (its id, its
+    caching) and its S×S input; what the routes about one image's layers work on."""
+
+    engine: Engine
+    image: SourceImage
+    prepared: PreparedImage
+
+
+def get_model_input(engine: EngineDep, image: ImageDep, prepared: PreparedDep) -> ModelInput:
+    return ModelInput(engine, image, prepared)
+
+
+ModelInputDep = Annotated[ModelInput, Depends(get_model_input)]

@@ -7,16 +7,12 @@ import torch
 from fastapi import APIRouter, Query, Request, Response
 
 from convscope.api.caching import cache_key, png_response
-from convscope.api.deps import EngineDep, ImageDep, PreparedDep, StateDep
-from convscope.api.routes.common import MODEL_ERRORS, png_route
+from convscope.api.deps import ModelInputDep, StateDep
+from convscope.api.routes.common import MODEL_ERRORS, LayerQuery, png_route
 from convscope.api.schemas import ActivationsResponse, SpriteInfo
 from convscope.engine.render import activation_sprite, png_bytes, sprite_grid
 
 router = APIRouter(tags=["activations"])
-
-LayerQuery = Annotated[
-    str, Query(description="layer name (see .../layers)", examples=["conv_stem"], min_length=1, max_length=300)
-]
 
 
 @router.get(
@@ -25,7 +21,8 @@ LayerQuery = Annotated[
     summary="per-channel statistics of a layer, and the URL of a sprite with every channel's map",
     responses=MODEL_ERRORS,
 )
-def activations(engine: EngineDep, image: ImageDep, prepared: PreparedDep, layer: LayerQuery) -> ActivationsResponse:
+def activations(model_input: ModelInputDep, layer: LayerQuery) -> ActivationsResponse:
+    engine, image, prepared = model_input
     info = engine.layer(layer)
     maps = torch.nan_to_num(engine.activations(prepared, layer), nan=0.0, posinf=3.4e38, neginf=-3.4e38)
     flat = maps.reshape(maps.shape[0], -1)
@@ -60,14 +57,13 @@ def activations(engine: EngineDep, image: ImageDep, prepared: PreparedDep, layer
 def activation_sprite_png(
     request: Request,
     state: StateDep,
-    engine: EngineDep,
-    image: ImageDep,
-    prepared: PreparedDep,
+    model_input: ModelInputDep,
     layer: LayerQuery,
     signed: Annotated[
         bool, Query(description="128 = zero, 0 and 255 = the largest magnitude (negative values)")
     ] = False,
 ) -> Response:
+    engine, image, prepared = model_input
     engine.layer(layer)
 
     def make() -> tuple[bytes, dict[str, str]]:

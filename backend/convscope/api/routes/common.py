@@ -1,17 +1,21 @@
-"""OpenAPI fragments shared by the routers; `png_route` for the routes that answer a PNG and
-`job_route` for those that start a job."""
+"""What the routers share: the `layer` query, OpenAPI fragments, `png_route` for the routes that
+answer a PNG and `job_route` for those that start a job."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 
 from convscope.api.openapi import body_examples
 from convscope.api.schemas import ErrorResponse, JobResponse
 
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+
+LayerQuery = Annotated[
+    str, Query(description="layer name (see .../layers)", examples=["conv_stem"], min_length=1, max_length=300)
+]
 
 PNG_CONTENT: dict[str, Any] = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
 CACHE_HEADERS: dict[str, Any] = {

@@ -10,10 +10,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 
 from convscope.api.caching import Rendered, cache_key, png_response
-from convscope.api.deps import EngineDep, ImageDep, PreparedDep, StateDep
+from convscope.api.deps import ModelInputDep, StateDep
 from convscope.api.openapi import body_examples
-from convscope.api.routes.activations import LayerQuery
-from convscope.api.routes.common import MODEL_ERRORS, png
+from convscope.api.routes.common import MODEL_ERRORS, LayerQuery, png
 from convscope.api.schemas import ProjectionItem, ProjectionsRequest
 from convscope.engine.engine import Seed, Select
 from convscope.engine.rules import Mode
@@ -48,9 +47,7 @@ SEED_HEADERS: dict[str, Any] = {
 async def projection(
     request: Request,
     state: StateDep,
-    engine: EngineDep,
-    image: ImageDep,
-    prepared: PreparedDep,
+    model_input: ModelInputDep,
     layer: LayerQuery,
     channel: Annotated[int, Query(ge=0, description="channel of the layer", examples=[0])],
     mode: Annotated[
@@ -64,6 +61,7 @@ async def projection(
     y: Annotated[int | None, Query(ge=0, description="seed row (with x: project this unit instead)")] = None,
     x: Annotated[int | None, Query(ge=0, description="seed column (with y)")] = None,
 ) -> Response:
+    engine, image, prepared = model_input
     if (y is None) != (x is None):
         raise InvalidRequestError("give both y and x for a seed position, or neither")
     position = (y, x) if y is not None and x is not None else None
@@ -115,10 +113,9 @@ def _item(channel: int, select: Select, rendered: Rendered) -> ProjectionItem:
 async def batch_projections(
     body: ProjectionsRequest,
     state: StateDep,
-    engine: EngineDep,
-    image: ImageDep,
-    prepared: PreparedDep,
+    model_input: ModelInputDep,
 ) -> list[ProjectionItem]:
+    engine, image, prepared = model_input
     limit = state.settings.max_projection_seeds
     if len(body.seeds) > limit:
         raise InvalidRequestError(f"{len(body.seeds)} seeds is more than this server's limit of {limit} per request")

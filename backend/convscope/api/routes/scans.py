@@ -23,8 +23,7 @@ from convscope.api.caching import PUBLIC, Rendered, cache_key, etag_of, png_resp
 from convscope.api.deps import EngineDep, ScanServiceDep
 from convscope.api.jobs import Job
 from convscope.api.openapi import body_examples
-from convscope.api.routes.activations import LayerQuery
-from convscope.api.routes.common import MODEL_ERRORS, errors, png_route
+from convscope.api.routes.common import MODEL_ERRORS, LayerQuery, errors, png_route
 from convscope.api.routes.jobs import accepted, job_url
 from convscope.api.scans import ScanService, install, on_startup, scan_url
 from convscope.api.schemas import ErrorResponse, JobResponse, LayerResponse
