@@ -13,7 +13,7 @@ from convscope.engine import Engine
 from convscope.errors import InvalidRequestError
 from convscope.images import PreparedImage
 from convscope.samples import load_sample
-from fixtures.nets import ReusedReLUNet, make_engine, pooled_net
+from fixtures.nets import ReusedReLUNet, make_engine, pool_gate_net
 
 SIZE = 48
 
@@ -36,12 +36,12 @@ class SigmoidGated(nn.Module):
 
 @pytest.fixture(scope="module")
 def photo() -> PreparedImage:
-    engine = make_engine(pooled_net(), SIZE, classes=4)
+    engine = make_engine(pool_gate_net(), SIZE, classes=4)
     return engine.prepare(load_sample("chelsea"))
 
 
 def test_switches_lie_below_a_pool_and_only_there() -> None:
-    engine = make_engine(pooled_net(), SIZE, classes=4)
+    engine = make_engine(pool_gate_net(), SIZE, classes=4)
     switches = {info.name: info.has_switches for info in engine.layers()}
     assert switches == {
         "conv1": False,
@@ -61,7 +61,7 @@ def test_functional_max_pool_counts_as_switches() -> None:
 
 
 def test_rule_coverage_names_covered_and_uncovered_ops_per_layer() -> None:
-    engine = make_engine(pooled_net(), SIZE, classes=4)
+    engine = make_engine(pool_gate_net(), SIZE, classes=4)
     rules = {info.name: (info.rules_covered, info.rules_uncovered) for info in engine.layers()}
     assert rules["conv1"] == ((), ())
     assert rules["relu1"] == (("relu",), ())  # the layer's own activation counts
@@ -90,7 +90,7 @@ def test_lrn_is_covered_and_its_inner_arithmetic_is_not_reported() -> None:
 
 
 def test_auto_resolves_per_layer_and_the_projection_says_which(photo: PreparedImage) -> None:
-    engine = make_engine(pooled_net(), SIZE, classes=4)
+    engine = make_engine(pool_gate_net(), SIZE, classes=4)
     assert engine.resolve_mode("relu1", "auto") == "guided"
     assert engine.resolve_mode("conv3", "auto") == "deconvnet"
     assert engine.resolve_mode("conv3", "gradient") == "gradient"
@@ -110,7 +110,7 @@ def engine_seed(channel: int):  # type: ignore[no-untyped-def]
 
 
 def test_unknown_mode_is_a_clear_error(photo: PreparedImage) -> None:
-    engine = make_engine(pooled_net(), SIZE, classes=4)
+    engine = make_engine(pool_gate_net(), SIZE, classes=4)
     with pytest.raises(InvalidRequestError, match=r"unknown mode 'nope'.*auto"):
         engine.project(photo, "conv1", 0, mode="nope")  # type: ignore[arg-type]
 
