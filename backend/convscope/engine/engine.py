@@ -596,7 +596,7 @@ class Engine:
         for this thread, `rules.active_rule()`). On CUDA one vmapped backward pass over the
         recorded graph; on the CPU, where the transposed convolutions are compute-bound and
         batching them gains nothing (measured), one backward pass per seed over the same
-        graph, over the seed's receptive field only where that is at most half the work (cone.py)."""
+        graph, over the seed's receptive field where that is planned to be less work (cone.py)."""
         if len(grads) > 1 and image.device.type == "cuda":
             (result,) = torch.autograd.grad(output, image, grads, retain_graph=True, is_grads_batched=True)
             self._count_backward(1)
