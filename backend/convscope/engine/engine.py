@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -228,7 +227,7 @@ class Engine:
         self._pending: dict[str, _Pending] = {}
         # recorded passes by image key, least recently used first out, bounded in bytes
         self._cache: LRUCache[str, _Record] = LRUCache(maxsize=int(self.cache_mb * MiB), getsizeof=_record_size)
-        self._logits: OrderedDict[str, torch.Tensor] = OrderedDict()  # no-grad predictions by image key
+        self._logits: LRUCache[str, torch.Tensor] = LRUCache(maxsize=LOGITS_KEPT)  # no-grad predictions by image key
         # no-grad feature maps by (image key, layer): the maps and the sprite of a layer share one pass
         self._maps: LRUCache[tuple[str, str], torch.Tensor] = LRUCache(
             maxsize=MAPS_KEPT_MB * MiB, getsizeof=lambda maps: max(maps.numel() * maps.element_size(), 1)
@@ -473,8 +472,6 @@ class Engine:
         result = logits[0].float().cpu()
         with self._cache_lock:
             self._logits[image.key] = result
-            while len(self._logits) > LOGITS_KEPT:
-                self._logits.popitem(last=False)
         return result
 
     def probabilities(self, image: PreparedImage) -> torch.Tensor:
