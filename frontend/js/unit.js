@@ -1,7 +1,7 @@
 // "Unit" view (issue 17): the selected channel's whole story, side by side —
-//   its reconstruction on the current image (deconvnet projection),
-//   its Top 9 across a scan (projections and image patches, paper Fig. 2; the nine projections in
-//   one request, api.topProjections, as the Explore view's Top 9 panel),
+//   its reconstruction on the current image (projection in the view's mode, auto resolved),
+//   its Top 9 across a scan (projections in that mode and image patches, paper Fig. 2; the nine
+//   projections in one request, api.topProjections, as the Explore view's Top 9 panel),
 //   its optimised image (feature visualisation by optimisation), computed on demand as a
 //   server job with progress, cached by the server after.
 // "unit card" is a link to just this unit: #model=…&image=…&layer=…&channel=…&tab=unit.
@@ -80,7 +80,7 @@ export function createView({ root, ctx }) {
   let visible = !root.hidden;
   let generation = 0;
   let top9Set = 0; // the Top 9 load now on screen: its own count, so a featvis reload (steps) leaves it be
-  let shownTop9 = null; // model|layer|channel of the Top 9 on screen
+  let shownTop9 = null; // model|layer|channel|mode of the Top 9 on screen
   let job = null;
   let scans = new Map();
 
@@ -219,7 +219,8 @@ export function createView({ root, ctx }) {
         root.dataset.top9 = "none";
         return;
       }
-      const body = await request(urls.scanTop(scan.url, { layer: state.layer, channel: state.channel }), { slot: "unit-top9" });
+      const params = { layer: state.layer, channel: state.channel, mode: state.mode || "auto" }; // the server resolves auto
+      const body = await request(urls.scanTop(scan.url, params), { slot: "unit-top9" });
       if (mine !== top9Set) return;
       const img = (entry, kind) => h("img", {
         alt: `${kind} ${entry.rank + 1}: ${entry.image.id}`,
@@ -229,7 +230,7 @@ export function createView({ root, ctx }) {
       const pictures = body.entries.map((e) => img(e, "projection"));
       topProjections.replaceChildren(...pictures);
       topCrops.replaceChildren(...body.entries.map((e) => Object.assign(img(e, "crop"), { src: e.crop_url })));
-      const summary = `${scan.label} · ${scan.images} images · strongest ${fmt(body.entries[0]?.value)}`;
+      const summary = `${scan.label} · ${scan.images} images · ${body.mode} · strongest ${fmt(body.entries[0]?.value)}`;
       topNote.textContent = summary;
       const sources = await api.topProjections(scan.url, body, { slot: "unit-top9-projections" });
       if (mine !== top9Set) return;
@@ -280,8 +281,8 @@ export function createView({ root, ctx }) {
     card.href = unitHash(state);
     explore.href = unitHash(state).replace("tab=unit", "tab=explore");
     loadProjection(state);
-    // the Top 9 (in the scan's default mode) depends on neither the image nor mode and select: it stays
-    const top9Key = [state.model, state.layer, state.channel].join("|");
+    // the Top 9 depends on neither the image nor select: it stays while only those change
+    const top9Key = [state.model, state.layer, state.channel, state.mode].join("|");
     const top9Stays = top9Key === shownTop9 && root.dataset.top9 === "ready";
     shownTop9 = top9Key;
     const top9 = top9Stays ? null : loadTop9(state, ++top9Set);
