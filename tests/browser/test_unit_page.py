@@ -61,7 +61,9 @@ def projections_url(top: dict[str, Any]) -> str:
 
 def test_unit_page(chromium: Any, unit_server: str) -> None:
     url = f"{unit_server}/#model={MODEL}&image=chelsea&layer={LAYER}&channel={CHANNEL}&tab=unit"
-    expected = get_json(f"{unit_server}/api/models/{MODEL}/scans/samples/top?layer={quote(LAYER)}&channel={CHANNEL}&mode=auto")
+    expected = get_json(
+        f"{unit_server}/api/models/{MODEL}/scans/samples/top?layer={quote(LAYER)}&channel={CHANNEL}&mode=auto"
+    )
     with open_page(chromium) as page:
         page.goto(url)
         page.wait_for_selector('[data-role="unit-page"][data-state="ready"]', timeout=120_000)
