@@ -208,3 +208,26 @@ def test_unit_top9_projections_come_in_one_request(chromium: Any, unit_server: s
         assert {"layer": LAYER, "channel": str(CHANNEL + 1), "mode": top["mode"]} in batches()
         assert one_by_one() == []
         assert_drawn(page, top)
+
+
+def test_unit_top9_falls_back_to_one_request_per_projection(chromium: Any, unit_server: str) -> None:
+    """Should the one request fail (here the server's answer is replaced by a 500), each of the nine
+    projections is asked for on its own (api.topProjections' fallback) and the Top 9 is still drawn."""
+    top = get_json(
+        f"{unit_server}/api/models/{MODEL}/scans/samples/top?layer={quote(LAYER)}&channel={CHANNEL}&mode=auto"
+    )
+    pictures = '[data-role="unit-top9-projections"] img'
+    with open_page(chromium) as page:
+        failed: list[str] = []
+
+        def fail(route: Any) -> None:
+            failed.append(route.request.url)
+            route.fulfill(status=500, json={"detail": "refused by the test"})
+
+        page.route("**/top/projections?*", fail)
+        page.goto(f"{unit_server}/#model={MODEL}&image=chelsea&layer={LAYER}&channel={CHANNEL}&tab=unit")
+        page.wait_for_selector('[data-role="unit-page"][data-top9="ready"]', timeout=120_000)
+        assert failed  # the one request was made, and failed
+        srcs = page.eval_on_selector_all(pictures, "els => els.map(e => e.getAttribute('src'))")
+        assert srcs == [entry["projection_url"] for entry in top["entries"]]
+        assert len(srcs) == 9 and all(width > 0 for width in images_loaded(page, pictures))
