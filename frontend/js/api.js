@@ -219,6 +219,29 @@ export const api = {
       entries.map(async (e) => ({ blob: await dataBlob(e.png), mode: e.mode, seedValue: e.seed_value, seedY: e.seed_y, seedX: e.seed_x })),
     );
   },
+  /**
+   * The pictures of a scan's top-k of one channel (`top`: the answer of `urls.scanTop`), all in one
+   * request (`urls.scanTopProjections`: data URLs, the bytes of each entry's `projection_url`) in the
+   * answer's mode. → one {src, mode, batched} per entry of `top.entries`, in order, for an img src.
+   * Should that request fail (not cancelled: that rejects), or its answer lack an entry, the entry gets
+   * its own `projection_url` (batched: false), so one unreadable image breaks only its tile.
+   */
+  async topProjections(scanUrl, top, opts = {}) {
+    let items = [];
+    if (top.entries.length) {
+      try {
+        items = await request(urls.scanTopProjections(scanUrl, { layer: top.layer, channel: top.channel, mode: top.mode }), opts);
+      } catch (error) {
+        if (isAbort(error)) throw error;
+        items = [];
+      }
+    }
+    const byRank = new Map(items.map((item) => [item.rank, item]));
+    return top.entries.map((entry) => {
+      const item = byRank.get(entry.rank);
+      return item ? { src: item.png, mode: item.mode, batched: true } : { src: entry.projection_url, mode: top.mode, batched: false };
+    });
+  },
   /** Upload a File/Blob; → {id, width, height} */
   upload(file, filename = "image.png", opts = {}) {
     const form = new FormData();

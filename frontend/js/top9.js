@@ -6,14 +6,14 @@
 // position; the part outside the image is drawn in a neutral hatch with the image edge
 // marked. Tiles show a placeholder until their picture arrives; a click enlarges a pair
 // to the full receptive field, with a button that opens the image in the Explore view.
-// The nine projections come in one request (`urls.scanTopProjections`, data URLs); should
+// The nine projections come in one request (`api.topProjections`, data URLs); should
 // it fail, each tile asks for its own PNG, so one unreadable image breaks only its tile.
 //
 // It owns its DOM (built inside the `[data-panel="top9"]` section) and reads the view
 // state only; main.js calls `sync(state, changed)` on every change. Scans are jobs,
 // followed with the shared job runner (jobs.js).
 
-import { isAbort, request, urls } from "./api.js";
+import { api, isAbort, request, urls } from "./api.js";
 import { cancelJob, followJob, isFinished, startJob } from "./jobs.js";
 import { busy, fmt, h, showError, svg } from "./util.js";
 
@@ -305,25 +305,20 @@ export function createView({ root, ctx }) {
     return button;
   }
 
-  /** The projection tiles' pictures, all nine in one request (each tile's own URL if that fails). */
-  async function loadProjections(body, tiles, state) {
+  /** The projection tiles' pictures, all nine in one request (`api.topProjections`; each tile's own URL if that fails). */
+  async function loadProjections(body, scanUrl, tiles) {
     const mine = ++tileSet; // tiles rebuilt since: this answer is not theirs
-    if (!body.entries.length) return;
-    let items = [];
+    let sources;
     try {
-      const url = urls.scanTopProjections(body.scanUrl, { layer: state.layer, channel: state.channel, mode: body.mode });
-      items = await request(url, { slot: "top9-projections" });
-    } catch (error) {
-      if (isAbort(error) || mine !== tileSet) return;
-      items = []; // fall back: one request per tile
+      sources = await api.topProjections(scanUrl, body, { slot: "top9-projections" });
+    } catch {
+      return; // cancelled: a newer set of tiles asked
     }
     if (mine !== tileSet) return;
-    const byRank = new Map(items.map((item) => [item.rank, item]));
     body.entries.forEach((entry, i) => {
-      const item = byRank.get(entry.rank);
-      entry.projectionSrc = item ? item.png : entry.projection_url;
-      tiles[i].dataset.mode = item ? item.mode : body.mode;
-      tiles[i].querySelector("img").src = entry.projectionSrc;
+      entry.projectionSrc = sources[i].src;
+      tiles[i].dataset.mode = sources[i].mode;
+      tiles[i].querySelector("img").src = sources[i].src;
     });
   }
 
@@ -350,7 +345,7 @@ export function createView({ root, ctx }) {
       progressLine.textContent = total ? `loading 0 of ${total} pictures…` : "";
       const projectionTiles = body.entries.map((e) => tile(e, null, "projection", state, scan, onSettled));
       projections.replaceChildren(...projectionTiles);
-      loadProjections({ ...body, scanUrl: scan.url }, projectionTiles, state);
+      loadProjections(body, scan.url, projectionTiles);
       crops.replaceChildren(...body.entries.map((e) => tile(e, e.crop_url, "patch", state, scan, onSettled)));
       hover.textContent = body.entries.length ? "" : "No activations were recorded for this channel.";
       note.textContent = `${body.mode} · ${scan.images} images`;

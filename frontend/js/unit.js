@@ -1,6 +1,7 @@
 // "Unit" view (issue 17): the selected channel's whole story, side by side —
-//   its reconstruction on the current image (deconvnet projection),
-//   its Top 9 across a scan (projections and image patches, paper Fig. 2),
+//   its reconstruction on the current image (projection in the view's mode, auto resolved),
+//   its Top 9 across a scan (projections in that mode and image patches, paper Fig. 2; the nine
+//   projections in one request, api.topProjections, as the Explore view's Top 9 panel),
 //   its optimised image (feature visualisation by optimisation), computed on demand as a
 //   server job with progress, cached by the server after.
 // "unit card" is a link to just this unit: #model=…&image=…&layer=…&channel=…&tab=unit.
@@ -32,7 +33,7 @@ export function unitHash(state) {
 }
 
 export function createView({ root, ctx }) {
-  const { h, request, urls, showError } = ctx;
+  const { h, api, request, urls, showError } = ctx;
   addStylesheet();
   root.classList.add("unit-view");
   root.dataset.role = "unit-page";
@@ -78,6 +79,8 @@ export function createView({ root, ctx }) {
   let shownKey = null;
   let visible = !root.hidden;
   let generation = 0;
+  let top9Set = 0; // the Top 9 load now on screen: its own count, so a featvis reload (steps) leaves it be
+  let shownTop9 = null; // model|layer|channel|mode of the Top 9 on screen
   let job = null;
   let scans = new Map();
 
@@ -185,17 +188,30 @@ export function createView({ root, ctx }) {
     projectionNote.textContent = `on ${state.image} · ${state.mode || "auto"} · ${state.select === "map" ? "whole map" : "strongest activation"}`;
   }
 
+  /** Show `src` in `img`; → true once it has loaded, false if it could not be. */
+  function draw(img, src) {
+    return new Promise((resolve) => {
+      img.addEventListener("load", () => resolve(true), { once: true });
+      img.addEventListener("error", () => resolve(false), { once: true });
+      img.src = src;
+    });
+  }
+
+  // The Top 9: the scan's entries, then their nine projections in one request (api.topProjections,
+  // as the Explore view's Top 9 panel); the crops are the scan's static PNGs. data-top9 is "ready"
+  // once the nine projections are drawn.
   async function loadTop9(state, mine) {
     topProjections.replaceChildren();
     topCrops.replaceChildren();
     topNote.textContent = "";
+    root.dataset.top9 = "loading";
     try {
       let list = scans.get(state.model);
       if (!list) {
         list = await request(urls.scans(state.model));
         scans.set(state.model, list);
       }
-      if (mine !== generation) return;
+      if (mine !== top9Set) return;
       const scan = list.find((s) => s.weights_match && s.status === "complete" && s.layers.some((l) => l.name === state.layer));
       if (!scan) {
         scans.delete(state.model); // look again next time: a scan may be running
@@ -203,19 +219,31 @@ export function createView({ root, ctx }) {
         root.dataset.top9 = "none";
         return;
       }
-      const body = await request(urls.scanTop(scan.url, { layer: state.layer, channel: state.channel }));
-      if (mine !== generation) return;
+      const params = { layer: state.layer, channel: state.channel, mode: state.mode || "auto" }; // the server resolves auto
+      const body = await request(urls.scanTop(scan.url, params), { slot: "unit-top9" });
+      if (mine !== top9Set) return;
       const img = (entry, kind) => h("img", {
-        src: kind === "projection" ? entry.projection_url : entry.crop_url,
         alt: `${kind} ${entry.rank + 1}: ${entry.image.id}`,
         title: `#${entry.rank + 1} ${entry.image.id}: ${fmt(entry.value)} at (${entry.y}, ${entry.x})`,
+        dataset: { rank: String(entry.rank) },
       });
-      topProjections.replaceChildren(...body.entries.map((e) => img(e, "projection")));
-      topCrops.replaceChildren(...body.entries.map((e) => img(e, "crop")));
-      topNote.textContent = `${scan.label} · ${scan.images} images · strongest ${fmt(body.entries[0]?.value)}`;
-      root.dataset.top9 = "ready";
+      const pictures = body.entries.map((e) => img(e, "projection"));
+      topProjections.replaceChildren(...pictures);
+      topCrops.replaceChildren(...body.entries.map((e) => Object.assign(img(e, "crop"), { src: e.crop_url })));
+      const summary = `${scan.label} · ${scan.images} images · ${body.mode} · strongest ${fmt(body.entries[0]?.value)}`;
+      topNote.textContent = summary;
+      const sources = await api.topProjections(scan.url, body, { slot: "unit-top9-projections" });
+      if (mine !== top9Set) return;
+      const drawn = await Promise.all(pictures.map((picture, i) => {
+        picture.dataset.mode = sources[i].mode;
+        return draw(picture, sources[i].src);
+      }));
+      if (mine !== top9Set) return;
+      const missing = drawn.filter((ok) => !ok).length;
+      if (missing) topNote.textContent = `${summary} · ${missing} of ${drawn.length} projections could not be loaded`;
+      root.dataset.top9 = missing ? "error" : "ready";
     } catch (error) {
-      if (mine === generation) {
+      if (mine === top9Set) {
         root.dataset.top9 = "error";
         topNote.textContent = `The top 9 could not be loaded: ${error.message}`;
       }
@@ -253,7 +281,12 @@ export function createView({ root, ctx }) {
     card.href = unitHash(state);
     explore.href = unitHash(state).replace("tab=unit", "tab=explore");
     loadProjection(state);
-    Promise.all([loadTop9(state, mine), loadFeatvis(state, mine)]).then(() => {
+    // the Top 9 depends on neither the image nor select: it stays while only those change
+    const top9Key = [state.model, state.layer, state.channel, state.mode].join("|");
+    const top9Stays = top9Key === shownTop9 && root.dataset.top9 === "ready";
+    shownTop9 = top9Key;
+    const top9 = top9Stays ? null : loadTop9(state, ++top9Set);
+    Promise.all([top9, loadFeatvis(state, mine)]).then(() => {
       if (mine === generation) root.dataset.state = "ready";
     });
   }

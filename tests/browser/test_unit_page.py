@@ -7,10 +7,11 @@ feature-visualisation folders, so nothing is cached from an earlier run."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import parse_qsl, quote
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import pytest
 
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.browser
 MODEL = "efficientnet_lite0"
 LAYER = "blocks.2"  # one of the start-up scan's layers
 CHANNEL = 3
+TOP_PROJECTION_PNG = re.compile(r"/top/\d+/projection\.png")  # one top-k projection, one request
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +53,17 @@ def images_loaded(page: Any, selector: str) -> list[int]:
     return page.eval_on_selector_all(selector, "els => els.map(e => (e.complete ? e.naturalWidth : 0))")
 
 
+def projections_url(top: dict[str, Any]) -> str:
+    """The URL of a top answer's projections all in one answer (`top/projections`, in its mode)."""
+    query = urlencode({"layer": top["layer"], "channel": top["channel"], "mode": top["mode"]})
+    return f"/api/models/{MODEL}/scans/{top['scan']}/top/projections?{query}"
+
+
 def test_unit_page(chromium: Any, unit_server: str) -> None:
     url = f"{unit_server}/#model={MODEL}&image=chelsea&layer={LAYER}&channel={CHANNEL}&tab=unit"
-    expected = get_json(f"{unit_server}/api/models/{MODEL}/scans/samples/top?layer={quote(LAYER)}&channel={CHANNEL}")
+    expected = get_json(
+        f"{unit_server}/api/models/{MODEL}/scans/samples/top?layer={quote(LAYER)}&channel={CHANNEL}&mode=auto"
+    )
     with open_page(chromium) as page:
         page.goto(url)
         page.wait_for_selector('[data-role="unit-page"][data-state="ready"]', timeout=120_000)
@@ -74,7 +84,9 @@ def test_unit_page(chromium: Any, unit_server: str) -> None:
         srcs = page.eval_on_selector_all(
             '[data-role="unit-top9-projections"] img', "els => els.map(e => e.getAttribute('src'))"
         )
-        assert srcs == [entry["projection_url"] for entry in expected["entries"]]
+        batch = get_json(f"{unit_server}{projections_url(expected)}")
+        assert [item["rank"] for item in batch] == [entry["rank"] for entry in expected["entries"]]
+        assert srcs == [item["png"] for item in batch]  # the data URLs of the one request
         # the optimised image: not cached yet, computed on demand with progress
         assert page.get_attribute('[data-role="unit-page"]', "data-featvis") == "idle"
         assert page.is_hidden('img[data-role="unit-featvis"]')
@@ -135,3 +147,87 @@ def test_unit_page(chromium: Any, unit_server: str) -> None:
             f"() => document.querySelector('[data-role=unit-title]').textContent.endsWith('channel {CHANNEL + 1}')"
         )
         page.wait_for_selector('[data-role="unit-page"][data-featvis="idle"]')
+
+
+def test_unit_top9_projections_come_in_one_request(chromium: Any, unit_server: str) -> None:
+    """Opening a unit: its nine Top 9 projections come in one request (top/projections, data URLs), none
+    one by one (top/<rank>/projection.png). The page opens on the Explore view and waits for its own Top 9
+    panel first, so every request counted after the click on the Unit tab is the unit view's. The Top 9
+    then stays while only the image changes; another channel's is drawn from one request again."""
+    top_url = f"{unit_server}/api/models/{MODEL}/scans/samples/top?layer={quote(LAYER)}"
+    pictures = '[data-role="unit-top9-projections"] img'
+    sent: list[str] = []  # the requests the page made since the last clear()
+
+    def batches() -> list[dict[str, str]]:
+        return [dict(parse_qsl(urlsplit(url).query)) for url in sent if "/top/projections?" in url]
+
+    def one_by_one() -> list[str]:
+        return [url for url in sent if TOP_PROJECTION_PNG.search(url)]
+
+    def assert_drawn(page: Any, top: dict[str, Any]) -> None:
+        """The nine projections on the page are the one-request answer's, in the scan's order, loaded."""
+        assert len(top["entries"]) == 9
+        assert all(width > 0 for width in images_loaded(page, pictures))
+        alts = page.eval_on_selector_all(pictures, "els => els.map(e => e.alt)")
+        assert alts == [f"projection {e['rank'] + 1}: {e['image']['id']}" for e in top["entries"]]
+        srcs = page.eval_on_selector_all(pictures, "els => els.map(e => e.getAttribute('src'))")
+        assert srcs == [item["png"] for item in get_json(f"{unit_server}{projections_url(top)}")]
+
+    with open_page(chromium) as page:
+        page.on("request", lambda request: sent.append(request.url))
+        page.goto(f"{unit_server}/#model={MODEL}&image=chelsea&layer={LAYER}&channel={CHANNEL}&tab=explore")
+        page.wait_for_function(  # the Explore view's Top 9 panel has drawn its eighteen pictures
+            """() => ['top9-projections', 'top9-crops'].every((role) => {
+                const tiles = [...document.querySelectorAll(`[data-role="${role}"] .top9-tile`)];
+                return tiles.length === 9 && tiles.every((t) => t.dataset.state === 'ready');
+            })""",
+            timeout=120_000,
+        )
+        sent.clear()
+        page.click("#tabbtn-unit")
+        page.wait_for_selector('[data-role="unit-page"][data-top9="ready"]', timeout=120_000)
+        top = get_json(f"{top_url}&channel={CHANNEL}&mode=auto")
+        assert batches() == [{"layer": LAYER, "channel": str(CHANNEL), "mode": top["mode"]}]
+        assert one_by_one() == []
+        assert_drawn(page, top)
+        # another image: the reconstruction follows, the Top 9 (the scan's, not the image's) stays
+        sent.clear()
+        page.evaluate("location.hash = location.hash.replace('image=chelsea', 'image=astronaut')")
+        page.wait_for_selector('img[data-role="unit-projection"][data-loaded="true"][src*="/images/astronaut/"]')
+        assert page.get_attribute('[data-role="unit-page"]', "data-top9") == "ready"
+        assert [url for url in sent if "/top" in url] == []
+        # another channel: the unit view draws its nine, again none of them one by one
+        page.evaluate(f"location.hash = location.hash.replace('channel={CHANNEL}', 'channel={CHANNEL + 1}')")
+        page.wait_for_function(
+            """(channel) => document.querySelector('[data-role=unit-title]').textContent.endsWith(`channel ${channel}`)
+                && document.querySelector('[data-role=unit-page]').dataset.top9 === 'ready'""",
+            arg=CHANNEL + 1,
+            timeout=120_000,
+        )
+        top = get_json(f"{top_url}&channel={CHANNEL + 1}&mode=auto")
+        assert {"layer": LAYER, "channel": str(CHANNEL + 1), "mode": top["mode"]} in batches()
+        assert one_by_one() == []
+        assert_drawn(page, top)
+
+
+def test_unit_top9_falls_back_to_one_request_per_projection(chromium: Any, unit_server: str) -> None:
+    """Should the one request fail (here the server's answer is replaced by a 500), each of the nine
+    projections is asked for on its own (api.topProjections' fallback) and the Top 9 is still drawn."""
+    top = get_json(
+        f"{unit_server}/api/models/{MODEL}/scans/samples/top?layer={quote(LAYER)}&channel={CHANNEL}&mode=auto"
+    )
+    pictures = '[data-role="unit-top9-projections"] img'
+    with open_page(chromium) as page:
+        failed: list[str] = []
+
+        def fail(route: Any) -> None:
+            failed.append(route.request.url)
+            route.fulfill(status=500, json={"detail": "refused by the test"})
+
+        page.route("**/top/projections?*", fail)
+        page.goto(f"{unit_server}/#model={MODEL}&image=chelsea&layer={LAYER}&channel={CHANNEL}&tab=unit")
+        page.wait_for_selector('[data-role="unit-page"][data-top9="ready"]', timeout=120_000)
+        assert failed  # the one request was made, and failed
+        srcs = page.eval_on_selector_all(pictures, "els => els.map(e => e.getAttribute('src'))")
+        assert srcs == [entry["projection_url"] for entry in top["entries"]]
+        assert len(srcs) == 9 and all(width > 0 for width in images_loaded(page, pictures))
