@@ -196,15 +196,16 @@ class ProjectionQueue:
             self._pump()
 
     def _compute(self, batch: list[_Request]) -> _Outcome:
-        """In a worker thread: one `project_many` per (layer, rule, image), each seed rendered once."""
+        """In a worker thread: one `project_many` per (layer, rule, image), each seed rendered once (with shared
+        forward passes, one `project_images` per (layer, rule) on several images first: `_compute_together`)."""
         outcome = _Outcome(answers=[RuntimeError("not computed")] * len(batch))
         groups: dict[tuple[str, str, str], list[int]] = {}
         for index, request in enumerate(batch):
             groups.setdefault(request.group, []).append(index)
-        alone = list(groups.values())
+        one_by_one = list(groups.values())
         if self.engine.share_forward:
-            alone = self._compute_together(batch, alone, outcome)
-        for indices in alone:
+            one_by_one = self._compute_together(batch, one_by_one, outcome)
+        for indices in one_by_one:
             first = batch[indices[0]]
             seeds = list(dict.fromkeys(seed for index in indices for seed in batch[index].seeds))
             outcome.groups += 1
