@@ -4,8 +4,9 @@ groups of one (layer, rule) on several new images are recorded in one forward pa
 keeps its own forward pass and every answer its bytes; an error still fails only its own request.
 
 Shared answers are compared as decoded pixels within one grey level (and seed values within 1e-5), not as
-PNG bytes: a batched convolution adds in another order, and a last-bit difference in a projection can move
-a pixel of the contrast-normalised image by one level."""
+PNG bytes: the one-image engine may take the receptive-field crop (cone.py), which a shared pass never
+takes, and another convolution algorithm may be chosen for a batch; a last-bit difference in a projection
+can move a pixel of the contrast-normalised image by one level."""
 
 from __future__ import annotations
 

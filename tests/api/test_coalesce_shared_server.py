@@ -1,7 +1,7 @@
 """Shared forward passes on the real server (`convscope serve`, default model, CPU, forced on with
 CONVSCOPE_SHARE_FORWARD=on): four clients click four new uploads at once; every image is recorded once,
 at least two of them in one shared pass (as `GET /api/metrics` counts), and every answer is the unshared
-engine's, within one grey level (a batched convolution adds in another order: not byte for byte).
+engine's, within one grey level (not byte for byte: see test_coalesce_shared.py).
 
 One worker and a 50 ms window: the requests that miss the first window wait for the busy engine and
 leave together in the next batch, so the clicks meet however slowly the clients start."""

@@ -2,9 +2,11 @@
 images recorded in one batched pass answer what one image at a time answers, each image is recorded once
 however threads ask, the cache counts a shared pass's bytes once, and on the CPU by default nothing changes.
 
-Shared answers are compared within a float tolerance, not byte for byte: a convolution over a batch of N
-adds its products in another order than over one image (oneDNN blocks the batch), so the last bits of a
-projection may differ. The tolerance (rtol 1e-4, atol 1e-5 of the projection's peak) is far below what
+Shared answers are compared within a float tolerance, not byte for byte. Measured here (CPU, one thread),
+the batched pass gives the bits of the one-image dense pass; the one-image engine may instead take the
+receptive-field crop (cone.py), which a shared pass never takes, and that differs in the last bits (up to
+7e-7 of the peak on EfficientNet-Lite0). Nor is bit-equality promised elsewhere: another thread count or
+CUDA may pick another convolution algorithm for another batch size. The tolerance (rtol 1e-4, atol 1e-5 of the projection's peak) is far below what
 a wrong sample, seed or rule would give (those differ by the whole projection)."""
 
 from __future__ import annotations

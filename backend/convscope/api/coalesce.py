@@ -17,7 +17,7 @@ Where the engine shares forward passes (`Engine.share_forward`: by default on CU
 CONVSCOPE_SHARE_FORWARD=on), the groups of one (layer, rule) on two or more images are answered by one
 `Engine.project_images` call instead: the images without a record are recorded in one batched forward
 pass and the seeds on them go back in one backward pass. Those answers equal the unbatched ones within
-float tolerance, not byte for byte (a batched convolution adds in another order). If that call fails,
+float tolerance, not byte for byte (docs/architecture.md "Shared forward passes"). If that call fails,
 its groups are done one by one as above.
 
 An error fails only its own requests: a group that fails is redone one request at a time. A request
