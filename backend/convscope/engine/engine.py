@@ -728,6 +728,7 @@ class Engine:
     def _project(
         self, layer: str, requests: Sequence[tuple[PreparedImage, Sequence[Seed]]], mode: Mode, share: bool
     ) -> list[list[Projection]]:
+        """Each request's projections; with `share`, the images without a record are recorded together first."""
         rule = self.resolve_mode(layer, mode)
         infos = [self._validate(layer, seeds) for _, seeds in requests]
         if not requests:
