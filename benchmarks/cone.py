@@ -30,9 +30,12 @@ warnings.filterwarnings("ignore")
 CASES = [
     ("alexnet", "features.5"),
     ("alexnet", "features.10"),
+    ("alexnet", "features.12"),
     ("efficientnet_lite0", "blocks.2"),
     ("efficientnet_lite0", "blocks.3"),
+    ("efficientnet_lite0", "blocks.4"),
     ("efficientnet_lite0", "blocks.5"),
+    ("efficientnet_lite0", "conv_head"),
 ]
 ROUTES = {"dense": -1.0, "cone": float("inf"), "auto": cone.MAX_RATIO}
 

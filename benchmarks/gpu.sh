@@ -40,7 +40,7 @@ step tests 240 "$PY" -m pytest -q -p no:cacheprovider tests/engine/test_cuda.py 
 step precision 120 "$PY" benchmarks/cuda_precision.py
 step projection 120 "$PY" benchmarks/projection.py --device cuda --repeats 9
 step projection-tf32 120 "$PY" benchmarks/projection.py --device cuda --repeats 9 --tf32
-step server 120 "$PY" benchmarks/server.py --device cuda --requests 120 --json "$OUT/server.json"
+step server 120 "$PY" benchmarks/server.py --device cuda --json "$OUT/server.json"
 step shared 120 "$PY" benchmarks/shared_forward.py --device cuda --n 1 4 8 16 --repeats 9
 step scan 300 "$PY" benchmarks/scan.py --device cuda --images 20000 --slow-images 2000 --json "$OUT/scan.json"
 step occlusion 150 "$PY" benchmarks/occlusion.py --device cuda --pairs 3 --batch 8 16 32 128

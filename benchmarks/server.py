@@ -12,7 +12,12 @@ Baseline, in the same run: the same projections called in-process (`Engine.proje
 encoding, no HTTP), to show what the server adds. Targets: p95 <= 150 ms with 4 clients on a 2-core
 CPU (issue 3); on one GPU >= 500 projections/s at 64 clients with p95 <= 150 ms (issue 15).
 
-Usage: python benchmarks/server.py [--requests 128] [--clients 1,4,16,64] [--model efficientnet_lite0]
+Each scenario sends 16 requests per client (at least 256), so it measures a steady state: with
+only a couple of requests per client, 64 clients are one burst, a drain and a second burst, and
+the server idles in between (that short run gave 26–38/s at 64 clients on the CPU, against 92/s
+for the steady state).
+
+Usage: python benchmarks/server.py [--requests N] [--clients 1,4,16,64] [--model efficientnet_lite0]
        [--torch-threads N] [--device cpu|cuda] [--workers N] [--window-ms MS] [--no-baseline] [--json OUT]
        (--workers: CONVSCOPE_WORKERS, backward passes at once on the CPU; --window-ms: the coalescing window)
 """
@@ -45,6 +50,8 @@ IMAGE = "chelsea"
 LAYERS = ("blocks.1.0.conv_pw", "blocks.3.0.conv_pw", "blocks.5.0.conv_pw", "conv_head")
 TARGET_P95_MS = 150.0
 TARGET_GPU_RPS = 500.0
+PER_CLIENT = 16  # requests per client by default: a steady state, not one burst and a drain
+MIN_REQUESTS = 256
 HISTOGRAMS = ("convscope_projection_batch_requests", "convscope_projection_batch_size")
 
 
@@ -188,7 +195,12 @@ def in_process(model: str, requests: list[dict[str, object]], device: str) -> tu
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--requests", type=int, default=128, help="requests per scenario")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=None,
+        help=f"requests per scenario (default {PER_CLIENT} per client, at least {MIN_REQUESTS})",
+    )
     parser.add_argument("--clients", default="1,4,16,64", help="concurrent clients of each scenario (comma-separated)")
     parser.add_argument("--window-ms", type=float, default=None, help="CONVSCOPE_PROJECTION_WINDOW_MS (default 2)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the in-process baseline")
@@ -219,9 +231,9 @@ def main() -> None:
             "startup_listening_s": round(listening, 2),
             "startup_healthy_s": round(healthy, 2),
         }
-        requests = workload(channels, args.requests)
         rows = []
         for clients in scenarios:
+            requests = workload(channels, args.requests or max(MIN_REQUESTS, PER_CLIENT * clients))
             before = histograms(base, args.model)
             latencies, wall = run_clients(base, args.model, requests, clients)
             after = histograms(base, args.model)
@@ -249,7 +261,7 @@ def main() -> None:
         process.wait(60)
 
     if not args.no_baseline:
-        baseline, baseline_cpu = in_process(args.model, requests, args.device)
+        baseline, baseline_cpu = in_process(args.model, workload(channels, args.requests or MIN_REQUESTS), args.device)
         figures["in_process"] = {
             "p50_ms": round(statistics.median(baseline), 1),
             "p95_ms": round(percentile(baseline, 95), 1),
@@ -263,7 +275,8 @@ def main() -> None:
         f"convscope server benchmark — {figures['machine']}, {figures['torch_threads']} torch threads, "
         f"load average at start {loads}"
     )
-    print(f"model {args.model}, image {IMAGE}, layers {', '.join(LAYERS)}; {args.requests} distinct requests each")
+    counts = ", ".join(f"{row['requests']} at {row['clients']}" for row in rows)
+    print(f"model {args.model}, image {IMAGE}, layers {', '.join(LAYERS)}; requests per scenario: {counts}")
     print(f"start-up: listening after {listening:.2f} s, healthy (model loaded) after {healthy:.2f} s")
     print(f"coalescing window {figures['window_ms']} ms, {figures['workers']} workers")
     print(f"{'scenario':28s} {'p50 ms':>8s} {'p95 ms':>8s} {'max ms':>8s} {'proj/s':>7s}  requests per batch")

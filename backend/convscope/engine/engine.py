@@ -29,7 +29,6 @@ import contextlib
 import itertools
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
@@ -264,7 +263,7 @@ class Engine:
         # images recorded in a shared pass: image key -> (the pass's key, the image's sample)
         self._shared_index: dict[str, tuple[PassKey, int]] = {}
         self._pass_ids = itertools.count()
-        self._logits: OrderedDict[str, torch.Tensor] = OrderedDict()  # no-grad predictions by image key
+        self._logits: LRUCache[str, torch.Tensor] = LRUCache(maxsize=LOGITS_KEPT)  # no-grad predictions by image key
         # no-grad feature maps by (image key, layer): the maps and the sprite of a layer share one pass
         self._maps: LRUCache[tuple[str, str], torch.Tensor] = LRUCache(
             maxsize=MAPS_KEPT_MB * MiB, getsizeof=lambda maps: max(maps.numel() * maps.element_size(), 1)
@@ -622,8 +621,6 @@ class Engine:
         result = logits[0].float().cpu()
         with self._cache_lock:
             self._logits[image.key] = result
-            while len(self._logits) > LOGITS_KEPT:
-                self._logits.popitem(last=False)
         return result
 
     def probabilities(self, image: PreparedImage) -> torch.Tensor:
@@ -840,7 +837,7 @@ class Engine:
         for this thread, `rules.active_rule()`). On CUDA one vmapped backward pass over the
         recorded graph; on the CPU, where the transposed convolutions are compute-bound and
         batching them gains nothing (measured), one backward pass per seed over the same
-        graph, over the seed's receptive field only where that is at most half the work (cone.py)."""
+        graph, over the seed's receptive field where that is planned to be less work (cone.py)."""
         if len(grads) > 1 and image.device.type == "cuda":
             (result,) = torch.autograd.grad(output, image, grads, retain_graph=True, is_grads_batched=True)
             self._count_backward(1)
