@@ -114,6 +114,28 @@ def test_three_images_recorded_together_are_one_forward_pass_with_the_one_at_a_t
     assert shared.stats.cone_passes == 0  # the cone is not used on a shared pass
 
 
+@pytest.mark.parametrize("at_once", [2, 5])
+def test_rows_in_vmapped_chunks_as_on_cuda_give_the_same_projections(
+    net: torch.nn.Module, alone: Engine, images: list[PreparedImage], at_once: int
+) -> None:
+    """CUDA's route (rows of seeds in vmapped backward passes of at most `at_once` rows, bounded by
+    SHARED_BACKWARD_SAMPLES), run here on the CPU: 5 rows in chunks of 2 (three passes) or all at once."""
+    shared = engine_on(net, share_forward=True)
+    requests = [
+        (images[0], [Seed(c) for c in range(5)]),
+        (images[1], [Seed(7), Seed(2, "map")]),
+        (images[2], [Seed(3)]),
+    ]
+    expected = one_at_a_time(alone, "relu5", requests, "guided")
+    backward = shared.stats.backward_passes
+    with mock.patch.object(Engine, "_rows_at_once", staticmethod(lambda image: at_once)):
+        answers = shared.project_images("relu5", requests, mode="guided")
+    assert shared.stats.backward_passes == backward + -(-5 // at_once)
+    for mine, theirs in zip(answers, expected, strict=True):
+        for actual, wanted in zip(mine, theirs, strict=True):
+            close(actual, wanted)
+
+
 def test_a_click_on_another_layer_records_that_image_alone(
     net: torch.nn.Module, alone: Engine, images: list[PreparedImage]
 ) -> None:

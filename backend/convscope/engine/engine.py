@@ -53,6 +53,7 @@ log = logging.getLogger("convscope.engine")
 LOGITS_KEPT = 64  # no-grad logits kept per engine (by image key; 4 kB each for 1000 classes)
 MAPS_KEPT_MB = 64  # no-grad feature maps kept per engine, MiB
 SHARED_PASS_IMAGES = 16  # most images one shared forward pass records (`Engine.record_together`)
+SHARED_BACKWARD_SAMPLES = 256  # CUDA: most rows × images in one vmapped backward pass over a shared pass
 
 Select = Literal["max", "map"]
 SELECTS: tuple[Select, ...] = ("max", "map")
@@ -861,17 +862,31 @@ class Engine:
         """R rows of seeds on a shared pass (each R×N×..., one seed per sample at most) -> the
         projections at `picks` ((row, sample) each), M×3×S×S. Always the dense pass over the whole
         batch: the cone (cone.py) crops one sample's receptive field and knows nothing of batches.
-        On CUDA one vmapped backward pass over the rows; on the CPU one per row (each carrying a
+        On CUDA one vmapped backward pass over the rows, or several when rows × N exceed
+        `SHARED_BACKWARD_SAMPLES` (a bound on its memory); on the CPU one per row (each carrying a
         seed of every image that has one in that row)."""
-        if len(grads) > 1 and image.device.type == "cuda":
-            (result,) = torch.autograd.grad(output, image, grads, retain_graph=True, is_grads_batched=True)
-            self._count_backward(1)
-        else:
-            result = torch.stack([torch.autograd.grad(output, image, grad, retain_graph=True)[0] for grad in grads])
-            self._count_backward(len(grads))
-        rows = torch.tensor([row for row, _ in picks], device=result.device)
-        samples = torch.tensor([sample for _, sample in picks], device=result.device)
-        return result[rows, samples]
+        at_once = self._rows_at_once(image)
+        projections = torch.empty((len(picks), *image.shape[1:]), dtype=image.dtype, device=image.device)
+        passes = 0
+        for start in range(0, len(grads), at_once):
+            rows = grads[start : start + at_once]
+            if len(rows) > 1:
+                (result,) = torch.autograd.grad(output, image, rows, retain_graph=True, is_grads_batched=True)
+            else:
+                (result,) = torch.autograd.grad(output, image, rows[0], retain_graph=True)
+                result = result[None]
+            passes += 1
+            for index, (row, sample) in enumerate(picks):
+                if start <= row < start + len(rows):
+                    projections[index] = result[row - start, sample]
+        self._count_backward(passes)
+        return projections
+
+    @staticmethod
+    def _rows_at_once(image: torch.Tensor) -> int:
+        """Rows of seeds one backward pass over a shared N-image pass takes: on CUDA as many as
+        `SHARED_BACKWARD_SAMPLES` allows (vmapped), on the CPU one (see `_backward`)."""
+        return max(1, SHARED_BACKWARD_SAMPLES // len(image)) if image.device.type == "cuda" else 1
 
     def _count_backward(self, passes: int) -> None:
         with self._cache_lock:
