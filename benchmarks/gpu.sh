@@ -2,7 +2,7 @@
 # The CUDA checks and benchmarks in one run, for a machine with an NVIDIA GPU.
 #
 # Runs the CUDA tests (tests/engine/test_cuda.py, tests/scan/test_pipeline.py), benchmarks/cuda_precision.py and
-# benchmarks/{projection,server,scan,occlusion}.py with --device cuda, each under its own time
+# benchmarks/{projection,server,shared_forward,scan,occlusion}.py with --device cuda, each under its own time
 # limit, and writes every log to OUT (default ./out/gpu). Name steps to run only those.
 # Needs the project importable: either installed (`pip install -e .[test]`) or, on a machine
 # without a package index, wheels of the missing dependencies in ./.whl (installed to /tmp/site).
@@ -41,5 +41,6 @@ step precision 120 "$PY" benchmarks/cuda_precision.py
 step projection 120 "$PY" benchmarks/projection.py --device cuda --repeats 9
 step projection-tf32 120 "$PY" benchmarks/projection.py --device cuda --repeats 9 --tf32
 step server 120 "$PY" benchmarks/server.py --device cuda --json "$OUT/server.json"
+step shared 120 "$PY" benchmarks/shared_forward.py --device cuda --n 1 4 8 16 --repeats 9
 step scan 300 "$PY" benchmarks/scan.py --device cuda --images 20000 --slow-images 2000 --json "$OUT/scan.json"
 step occlusion 150 "$PY" benchmarks/occlusion.py --device cuda --pairs 3 --batch 8 16 32 128

@@ -32,6 +32,27 @@ def test_cuda_matches_cpu(mode: str) -> None:
     assert [p.index for p in gpu.predict(image)] == [p.index for p in cpu.predict(image)]
 
 
+@pytest.mark.parametrize("mode", ["deconvnet", "guided", "gradient"])
+def test_a_shared_forward_pass_on_cuda_matches_the_cpu(mode: str) -> None:
+    """On CUDA the engine shares forward passes by default: three images in one recorded pass, all
+    their seeds in one vmapped backward pass, within the tolerance of the unshared CUDA answers above."""
+    cpu = Engine(load_model(), device_name="cpu")
+    gpu = Engine(load_model(), device_name="cuda")
+    assert gpu.share_forward is True and cpu.share_forward is False
+    photos = [cpu.prepare(load_sample(name)) for name in ("chelsea", "coffee", "rocket")]
+    requests = [(photo, [Seed(c) for c in range(index, 40, 9)]) for index, photo in enumerate(photos)]
+    forward, backward = gpu.stats.forward_passes, gpu.stats.backward_passes
+    answers = gpu.project_images("blocks.3", requests, mode=mode)  # type: ignore[arg-type]
+    assert gpu.stats.forward_passes == forward + 1 and gpu.stats.shared_images == 3
+    assert gpu.stats.backward_passes == backward + 1
+    for (photo, seeds), mine in zip(requests, answers, strict=True):
+        expected = cpu.project_many(photo, "blocks.3", seeds, mode=mode)  # type: ignore[arg-type]
+        for a, b in zip(mine, expected, strict=True):
+            assert a.seed_position == b.seed_position
+            scale = float(b.projection.abs().max())
+            assert float((a.projection - b.projection).abs().max()) <= 1e-3 * scale
+
+
 def test_cuda_engine_leaves_the_process_tf32_flags_alone() -> None:
     before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     for tf32 in (False, True):

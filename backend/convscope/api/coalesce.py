@@ -10,12 +10,18 @@ What is due is split evenly among the free slots (a batch runs on one worker thr
 batch of everything would leave the other cores idle).
 
 A batch is grouped by (layer, rule), then by image: the seeds on one image share its recorded forward
-pass and one `Engine.project_many` call (a seed asked for twice is computed once). Each image has its
-own forward pass: the engine records one image per pass and keeps one record per image, so seeds on
-several images cannot share a batched forward pass without changing the engine (and a batched forward
-pass would no longer be byte-identical to the single one on the CPU). Every answer is the PNG the
-unbatched call renders, byte for byte (`render`). An error fails only its own requests: a group that
-fails is redone one request at a time. A request cancelled while it waits leaves its batch.
+pass and one `Engine.project_many` call (a seed asked for twice is computed once). Every answer is the
+PNG the unbatched call renders, byte for byte (`render`).
+
+Where the engine shares forward passes (`Engine.share_forward`: by default on CUDA only, or
+CONVSCOPE_SHARE_FORWARD=on), the groups of one (layer, rule) on two or more images are answered by one
+`Engine.project_images` call instead: the images without a record are recorded in one batched forward
+pass and the seeds on them go back in one backward pass. Those answers equal the unbatched ones within
+float tolerance, not byte for byte (docs/architecture.md "Shared forward passes"). If that call fails,
+its groups are done one by one as above.
+
+An error fails only its own requests: a group that fails is redone one request at a time. A request
+cancelled while it waits leaves its batch.
 """
 
 from __future__ import annotations
@@ -81,8 +87,9 @@ class _Outcome:
     answers: list[list[Rendered] | BaseException]
     seeds: int = 0  # seeds computed (repeats across requests counted once)
     groups: int = 0  # project_many calls that succeeded or failed as a whole
-    model_s: float = 0.0  # time inside Engine.project_many
+    model_s: float = 0.0  # time inside Engine.project_many (and project_images)
     retried: int = 0  # requests redone alone after their group failed
+    together: int = 0  # groups answered by a project_images call over several images
     layers: set[tuple[str, str]] = field(default_factory=set)
 
 
@@ -189,12 +196,16 @@ class ProjectionQueue:
             self._pump()
 
     def _compute(self, batch: list[_Request]) -> _Outcome:
-        """In a worker thread: one `project_many` per (layer, rule, image), each seed rendered once."""
+        """In a worker thread: one `project_many` per (layer, rule, image), each seed rendered once (with shared
+        forward passes, one `project_images` per (layer, rule) on several images first: `_compute_together`)."""
         outcome = _Outcome(answers=[RuntimeError("not computed")] * len(batch))
         groups: dict[tuple[str, str, str], list[int]] = {}
         for index, request in enumerate(batch):
             groups.setdefault(request.group, []).append(index)
-        for indices in groups.values():
+        one_by_one = list(groups.values())
+        if self.engine.share_forward:
+            one_by_one = self._compute_together(batch, one_by_one, outcome)
+        for indices in one_by_one:
             first = batch[indices[0]]
             seeds = list(dict.fromkeys(seed for index in indices for seed in batch[index].seeds))
             outcome.groups += 1
@@ -219,6 +230,46 @@ class ProjectionQueue:
                 outcome.answers[index] = [rendered[seed] for seed in batch[index].seeds]
         return outcome
 
+    def _compute_together(self, batch: list[_Request], groups: list[list[int]], outcome: _Outcome) -> list[list[int]]:
+        """The groups of each (layer, rule) on two or more images, each set in one `project_images` call
+        (shared forward passes); returns the groups left to do one by one (alone on their layer and
+        rule, or in a call that failed: then each group is done alone, so an error stays its own)."""
+        by_layer: dict[tuple[str, str], list[list[int]]] = {}
+        for indices in groups:
+            first = batch[indices[0]]
+            by_layer.setdefault((first.layer, first.rule), []).append(indices)
+        left: list[list[int]] = []
+        for (layer, rule), members in by_layer.items():
+            if len(members) < 2:
+                left.extend(members)
+                continue
+            seeds = [
+                list(dict.fromkeys(seed for index in indices for seed in batch[index].seeds)) for indices in members
+            ]
+            requests = [
+                (batch[indices[0]].image, group_seeds) for indices, group_seeds in zip(members, seeds, strict=True)
+            ]
+            begin = time.perf_counter()
+            try:
+                results = self.engine.project_images(layer, requests, mode=batch[members[0][0]].rule)
+            except Exception as exc:
+                log.debug(
+                    "projections of %d images on %s/%s together failed (%s): one by one", len(members), layer, rule, exc
+                )
+                left.extend(members)
+                continue
+            finally:
+                outcome.model_s += time.perf_counter() - begin
+            for indices, group_seeds, projections in zip(members, seeds, results, strict=True):
+                rendered = {seed: render(result) for seed, result in zip(group_seeds, projections, strict=True)}
+                outcome.groups += 1
+                outcome.together += 1
+                outcome.seeds += len(group_seeds)
+                outcome.layers.add((layer, rule))
+                for index in indices:
+                    outcome.answers[index] = [rendered[seed] for seed in batch[index].seeds]
+        return left
+
     def _project(self, request: _Request, seeds: list[Seed], outcome: _Outcome) -> dict[Seed, Rendered]:
         begin = time.perf_counter()
         try:
@@ -240,7 +291,7 @@ class ProjectionQueue:
         failed = sum(1 for answer in outcome.answers if isinstance(answer, BaseException))
         log.debug(
             "projection batch on %s: %d requests, %d seeds computed in %d groups (%s), waited up to %.1f ms, "
-            "model %.1f ms%s",
+            "model %.1f ms%s%s",
             name,
             len(batch),
             outcome.seeds,
@@ -248,6 +299,7 @@ class ProjectionQueue:
             ", ".join(f"{layer}/{rule}" for layer, rule in sorted(outcome.layers)),
             max(waits) * 1000,
             outcome.model_s * 1000,
+            f", {outcome.together} groups on several images at once" if outcome.together else "",
             f", {failed} failed ({outcome.retried} redone alone)" if failed or outcome.retried else "",
         )
 

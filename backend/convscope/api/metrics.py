@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,7 +26,15 @@ if TYPE_CHECKING:
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 SECONDS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-ENGINE_COUNTERS = ("forward_passes", "inference_passes", "backward_passes", "cone_passes", "cache_hits")
+ENGINE_COUNTERS = (
+    "forward_passes",
+    "inference_passes",
+    "backward_passes",
+    "cone_passes",
+    "cache_hits",
+    "shared_passes",  # forward passes that recorded several images at once (Engine.record_together)
+    "shared_images",  # images those passes recorded
+)
 
 
 class Metrics:
@@ -99,6 +107,17 @@ class _StateCollector(Collector):
             for engine in engines:
                 family.add_metric([engine.name], getattr(engine.stats, stat))
             yield family
+        shared = HistogramMetricFamily(
+            "convscope_engine_shared_pass_images",
+            "images recorded per shared forward pass (several images in one batched pass; Engine.record_together)",
+            labels=["model"],
+        )
+        for engine in engines:
+            sizes = dict(engine.stats.shared_pass_sizes)  # a copy: the engine may count on meanwhile
+            buckets = [(str(float(le)), sum(n for size, n in sizes.items() if size <= le)) for le in BATCH_BUCKETS]
+            buckets.append(("+Inf", sum(sizes.values())))
+            shared.add_metric([engine.name], buckets, sum_value=sum(size * n for size, n in sizes.items()))
+        yield shared
         cache = GaugeMetricFamily("convscope_engine_cache_bytes", "bytes of recorded passes kept", labels=["model"])
         limit = GaugeMetricFamily("convscope_engine_cache_limit_bytes", "bound on the cache's bytes", labels=["model"])
         records = GaugeMetricFamily("convscope_engine_cache_records", "recorded passes kept", labels=["model"])

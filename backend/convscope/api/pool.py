@@ -105,6 +105,7 @@ class ModelPool:
                 tf32=self.settings.tf32,
                 cache_mb=self.settings.engine_cache_mb,
                 workers=self.settings.workers,
+                share_forward={"auto": None, "on": True, "off": False}[self.settings.share_forward],
             )
             self._engines[name] = engine
             log.info(

@@ -85,6 +85,11 @@ class Settings(BaseSettings):
     tf32: bool = Field(
         default=False, description="CUDA: let convolutions use TF32 (faster; projections then differ from the CPU's)"
     )
+    share_forward: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="coalesced projections on several new images record them in one batched forward pass "
+        "(auto: on CUDA only; on the CPU every later projection of those images would cost the whole batch)",
+    )
     torch_threads: int | None = Field(
         default=None, ge=1, description="torch intra-op threads for `convscope serve` (default: torch's choice)"
     )

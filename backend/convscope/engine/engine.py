@@ -13,15 +13,25 @@ recorded twice at once (a second caller waits for the first one's record). On
 CUDA autograd runs backward passes in its own device threads, where a per-thread
 rule cannot be seen: there every computation is serialised by the lock and the
 rule is set on the record under it.
+
+Shared forward passes (`share_forward`; on by default on CUDA only): `record_together`
+records several images in one batched pass (one autograd graph over the N×3×S×S batch,
+each image's record a view of it with its sample index), and `project_images` sends the
+seeds on those images back in one backward pass. Any later backward pass through that
+graph runs over all N samples, so it pays where a pass costs its kernel launches rather
+than its arithmetic (a GPU at these sizes), not on the CPU (docs/architecture.md
+"Shared forward passes").
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -38,8 +48,12 @@ from convscope.errors import InvalidRequestError, NotFoundError
 from convscope.images import PreparedImage, prepare_image
 from convscope.models.spec import LoadedModel
 
+log = logging.getLogger("convscope.engine")
+
 LOGITS_KEPT = 64  # no-grad logits kept per engine (by image key; 4 kB each for 1000 classes)
 MAPS_KEPT_MB = 64  # no-grad feature maps kept per engine, MiB
+SHARED_PASS_IMAGES = 16  # most images one shared forward pass records (`Engine.record_together`)
+SHARED_BACKWARD_SAMPLES = 256  # CUDA: most rows × images in one vmapped backward pass over a shared pass
 
 Select = Literal["max", "map"]
 SELECTS: tuple[Select, ...] = ("max", "map")
@@ -93,18 +107,25 @@ class Projection:
     projection: torch.Tensor  # 3×S×S float32 on the CPU, normalised-input space
 
 
+PassKey = tuple[str, int]  # a shared pass's key in the record cache ("shared", n): never an image key
+
+
 @dataclass
 class _Record:
     """One recorded forward pass: the graph stays alive for repeated backward passes.
 
     The first record of an image, made for a click, stops at the clicked layer (`logits`
-    None, `outputs` that layer's alone); a whole one runs to the logits and holds every layer."""
+    None, `outputs` that layer's alone); a whole one runs to the logits and holds every layer.
+    A shared pass (`Engine.record_together`) holds an N-image batch (`shared` is its cache
+    key); each of its images sees it through a copy of this object with its own `sample`."""
 
-    image: torch.Tensor
+    image: torch.Tensor  # N×3×S×S, N = 1 unless shared
     logits: torch.Tensor | None
     outputs: dict[str, torch.Tensor]
     box: RuleBox
     nbytes: int = 0  # what it holds (engine/memory.py), the size the cache counts
+    sample: int = 0  # this image's index in the batch
+    shared: PassKey | None = None
 
     def covers(self, layer: str | None) -> bool:
         """Whether it serves `layer` (None: the whole pass)."""
@@ -123,7 +144,7 @@ MiB = 1024 * 1024
 
 @dataclass(frozen=True)
 class CacheMemory:
-    """What the recorded-pass cache holds now."""
+    """What the recorded-pass cache holds now (a shared pass is one record, its bytes counted once)."""
 
     records: int
     bytes: int
@@ -148,6 +169,9 @@ class EngineStats:
     cone_passes: int = 0  # backward passes that ran over the seed's receptive field only
     cache_hits: int = 0
     not_cached: int = 0  # records larger than the whole cache bound (used once, not kept)
+    shared_passes: int = 0  # recorded passes of several images at once (`record_together`), in forward_passes
+    shared_images: int = 0  # images those passes recorded
+    shared_pass_sizes: dict[int, int] = field(default_factory=dict)  # images per shared pass -> passes
 
 
 def set_cuda_tf32(allowed: bool) -> None:
@@ -204,6 +228,7 @@ class Engine:
         tf32: bool = False,
         cache_mb: float | None = None,
         workers: int = 2,
+        share_forward: bool | None = None,
     ) -> None:
         self.model = model
         self.device_name = device_name
@@ -221,12 +246,24 @@ class Engine:
             raise InvalidRequestError(f"workers must be a positive integer, got {workers!r}")
         # backward passes at once: `workers` on the CPU; one on CUDA (see the module docstring)
         self.workers = workers if self.device.type == "cpu" else 1
+        if share_forward is not None and not isinstance(share_forward, bool):
+            raise InvalidRequestError(f"share_forward must be True, False or None (auto), got {share_forward!r}")
+        # seeds on several new images share one recorded forward pass (`project_images`): by default on
+        # CUDA only, where a batch of N costs about one pass; on the CPU every later backward pass through
+        # the shared graph would cost N (docs/architecture.md "Shared forward passes")
+        self.share_forward = self.device.type == "cuda" if share_forward is None else share_forward
+        self.shared_pass_images = SHARED_PASS_IMAGES
         self._lock = threading.RLock()  # forward passes (and, on CUDA, everything)
         self._backward_slots = threading.BoundedSemaphore(self.workers)
         self._cache_lock = threading.Lock()  # the caches, the pending records, the counters
         self._pending: dict[str, _Pending] = {}
-        # recorded passes by image key, least recently used first out, bounded in bytes
-        self._cache: LRUCache[str, _Record] = LRUCache(maxsize=int(self.cache_mb * MiB), getsizeof=_record_size)
+        # recorded passes by image key (or a shared pass's key), least recently used first out, bounded in bytes
+        self._cache: LRUCache[str | PassKey, _Record] = LRUCache(
+            maxsize=int(self.cache_mb * MiB), getsizeof=_record_size
+        )
+        # images recorded in a shared pass: image key -> (the pass's key, the image's sample)
+        self._shared_index: dict[str, tuple[PassKey, int]] = {}
+        self._pass_ids = itertools.count()
         self._logits: LRUCache[str, torch.Tensor] = LRUCache(maxsize=LOGITS_KEPT)  # no-grad predictions by image key
         # no-grad feature maps by (image key, layer): the maps and the sprite of a layer share one pass
         self._maps: LRUCache[tuple[str, str], torch.Tensor] = LRUCache(
@@ -372,7 +409,7 @@ class Engine:
         layer asked for alone and stops there; a second one (another layer) is whole."""
         while True:
             with self._cache_lock:
-                record = self._cache.get(image.key)
+                record = self._lookup(image.key)
                 if record is not None and record.covers(layer):
                     self.stats.cache_hits += 1
                     return record
@@ -397,19 +434,132 @@ class Engine:
                     del self._pending[image.key]
                 pending.done.set()
 
+    def record_together(self, images: Sequence[PreparedImage], layer: str | None = None) -> list[int]:
+        """Record in shared forward passes those of `images` that have no record and that no other
+        thread is recording; returns how many images each pass recorded (empty: none to record).
+
+        At most `shared_pass_images` images per pass (more are split evenly into several passes):
+        their tensors are stacked into one batch and recorded as `_record` records one image,
+        stopping at `layer` as a first click's pass does (None or `logits`: the whole pass). Each
+        image's record is then a view of the batch with its sample index. The images left out are
+        the cached ones (also those whose record lacks `layer`: `_record` records their whole pass
+        alone, as for any second click) and those another thread is recording (`_record` waits
+        for it). One image alone is recorded exactly as `_record` would record it.
+
+        The cache holds a shared pass as one record of the batch's bytes (engine/memory.py over
+        the batch's graph, counted once whatever the number of images): it is used, and ages,
+        whenever one of its images is; it leaves as a whole, when it is the least recently used
+        or when every image it serves has been given a whole record of its own. Any backward
+        pass through it runs over all N samples (see `share_forward`)."""
+        if layer is not None:
+            self.start(layer)
+        return self._record_together(images, layer)[0]
+
+    def _record_together(
+        self, images: Sequence[PreparedImage], layer: str | None
+    ) -> tuple[list[int], dict[str, _Record]]:
+        """`record_together`, and the records it made by image key (a pass too large to be cached
+        is still used by the request that made it)."""
+        claimed: dict[str, tuple[PreparedImage, _Pending]] = {}
+        with self._cache_lock:
+            for image in images:
+                if image.key in claimed or image.key in self._pending or self._lookup(image.key) is not None:
+                    continue
+                pending = self._pending[image.key] = _Pending()
+                claimed[image.key] = (image, pending)
+        work = list(claimed.values())
+        passes = -(-len(work) // max(self.shared_pass_images, 1))
+        sizes = [len(work) // passes + (1 if index < len(work) % passes else 0) for index in range(passes)]
+        made: dict[str, _Record] = {}
+        stop = layer if layer in self._module_names else None  # (the logits are no module's: the whole pass)
+        try:
+            start = 0
+            for size in sizes:
+                made.update(self._record_chunk(work[start : start + size], stop))
+                start += size
+        finally:
+            with self._cache_lock:
+                for key in claimed:
+                    del self._pending[key]
+            for _, pending in work:
+                pending.done.set()
+        return sizes, made
+
+    def _record_chunk(self, chunk: list[tuple[PreparedImage, _Pending]], stop: str | None) -> dict[str, _Record]:
+        if len(chunk) == 1:
+            ((image, pending),) = chunk
+            record = pending.record = self._record_tensor(image.tensor, stop)
+            with self._cache_lock:
+                self._keep(image.key, record)
+            return {image.key: record}
+        record = self._record_tensor(torch.cat([image.tensor for image, _ in chunk]), stop)
+        record.shared = ("shared", next(self._pass_ids))
+        members: dict[str, _Record] = {}
+        for sample, (image, pending) in enumerate(chunk):
+            members[image.key] = pending.record = replace(record, sample=sample)
+        with self._cache_lock:
+            self.stats.shared_passes += 1
+            self.stats.shared_images += len(chunk)
+            self.stats.shared_pass_sizes[len(chunk)] = self.stats.shared_pass_sizes.get(len(chunk), 0) + 1
+            self._keep_shared(record, list(members))
+        log.debug(
+            "recorded %d images of %s in one pass (%s, %.1f MiB)",
+            len(chunk),
+            self.name,
+            f"up to {stop}" if stop is not None else "whole",
+            record.nbytes / MiB,
+        )
+        return members
+
+    def _lookup(self, key: str) -> _Record | None:
+        """The image's cached record: its own, else its view of a cached shared pass (cache lock held)."""
+        record = self._cache.get(key)
+        if record is not None:
+            return record
+        entry = self._shared_index.get(key)
+        if entry is None:
+            return None
+        shared = self._cache.get(entry[0])
+        if shared is None:  # the shared pass has left the cache
+            del self._shared_index[key]
+            return None
+        return replace(shared, sample=entry[1])
+
     def _keep(self, key: str, record: _Record) -> None:
-        """Cache a record, evicting the least recently used ones beyond the bounds (cache lock held)."""
+        """Cache an image's own record, evicting the least recently used ones beyond the bounds (cache
+        lock held). A shared pass no image is served by any more (this one had the last view) leaves."""
         try:
             self._cache[key] = record
         except ValueError:  # larger than the whole bound: used for this request only
             self.stats.not_cached += 1
             return
+        entry = self._shared_index.pop(key, None)
+        if entry is not None and all(other[0] != entry[0] for other in self._shared_index.values()):
+            self._cache.pop(entry[0], None)
+        self._trim()
+
+    def _keep_shared(self, record: _Record, keys: list[str]) -> None:
+        """Cache a shared pass (one record, its bytes once) and index its images (cache lock held)."""
+        assert record.shared is not None
+        try:
+            self._cache[record.shared] = record
+        except ValueError:  # larger than the whole bound: used for this request only
+            self.stats.not_cached += 1
+            return
+        # forget the images of passes that have left the cache
+        self._shared_index = {k: v for k, v in self._shared_index.items() if v[0] in self._cache}
+        for sample, key in enumerate(keys):
+            self._shared_index[key] = (record.shared, sample)
+        self._trim()
+
+    def _trim(self) -> None:
         while self.cache_size is not None and len(self._cache) > max(self.cache_size, 1):
             self._cache.popitem()
 
     def clear_cache(self) -> None:
         with self._cache_lock:
             self._cache.clear()
+            self._shared_index.clear()
             self._logits.clear()
             self._maps.clear()
 
@@ -452,7 +602,7 @@ class Engine:
     def _cached_record(self, image: PreparedImage, layer: str | None) -> _Record | None:
         """The image's cached record if it holds `layer`'s output (None: the logits)."""
         with self._cache_lock:
-            record = self._cache.get(image.key)
+            record = self._lookup(image.key)
             if record is None or not record.covers(layer):
                 return None
             self.stats.cache_hits += 1
@@ -463,7 +613,7 @@ class Engine:
         whole one is cached, else from a no-grad pass (which records no graph)."""
         record = self._cached_record(image, None)
         if record is not None and record.logits is not None:
-            return record.logits[0].float().cpu()
+            return record.logits[record.sample].float().cpu()
         with self._cache_lock:
             cached = self._logits.get(image.key)
         if cached is not None:
@@ -493,7 +643,7 @@ class Engine:
         self.layer(layer)
         record = self._cached_record(image, layer)
         if record is not None:
-            return record.outputs[layer][0].detach().float().cpu()
+            return record.outputs[layer][record.sample].detach().float().cpu()
         with self._cache_lock:
             maps = self._maps.get((image.key, layer))
         if maps is not None:
@@ -555,16 +705,98 @@ class Engine:
         self, image: PreparedImage, layer: str, seeds: Sequence[Seed], mode: Mode = "deconvnet"
     ) -> list[Projection]:
         """Project many seeds of one image in one backward pass; one projection per seed."""
+        return self._project(layer, [(image, seeds)], mode, share=False)[0]
+
+    def project_images(
+        self, layer: str, requests: Sequence[tuple[PreparedImage, Sequence[Seed]]], mode: Mode = "deconvnet"
+    ) -> list[list[Projection]]:
+        """Seeds on several images (each image once), one layer and mode: each request's projections.
+
+        With `share_forward`, the images without a record are first recorded together
+        (`record_together`), and the seeds on the images of one shared pass go back in one
+        backward pass: row k of its seed tensor holds the k-th seed of every image, each in its
+        own sample (the network treats the samples of a batch independently in eval mode, so
+        each sample's gradient is its own seed's projection). Without it, or for an image with a
+        record of its own, as `project_many` does, image by image."""
+        keys = [image.key for image, _ in requests]
+        if len(set(keys)) != len(keys):
+            raise InvalidRequestError("an image appears twice in one project_images call: give its seeds together")
+        return self._project(layer, requests, mode, share=self.share_forward)
+
+    def _project(
+        self, layer: str, requests: Sequence[tuple[PreparedImage, Sequence[Seed]]], mode: Mode, share: bool
+    ) -> list[list[Projection]]:
+        """Each request's projections; with `share`, the images without a record are recorded together first."""
         rule = self.resolve_mode(layer, mode)
-        info = self._validate(layer, seeds)
-        record = self._record(image, layer)
+        infos = [self._validate(layer, seeds) for _, seeds in requests]
+        if not requests:
+            return []
+        info = infos[0]
+        made = self._record_together([image for image, _ in requests], layer)[1] if share and len(requests) > 1 else {}
+        answers: list[list[Projection]] = [[] for _ in requests]
+        passes: dict[PassKey, list[tuple[int, _Record]]] = {}  # the requests on each shared pass
+        for index, (image, seeds) in enumerate(requests):
+            record = made.get(image.key)
+            if record is None:
+                record = self._record(image, layer)
+            if record.shared is None:
+                answers[index] = self._project_own(layer, info, rule, record, seeds)
+            else:
+                passes.setdefault(record.shared, []).append((index, record))
+        for members in passes.values():
+            done = self._project_shared(layer, info, rule, [(record, requests[index][1]) for index, record in members])
+            for (index, _), projections in zip(members, done, strict=True):
+                answers[index] = projections
+        return answers
+
+    def _project_own(
+        self, layer: str, info: LayerInfo, rule: Rule, record: _Record, seeds: Sequence[Seed]
+    ) -> list[Projection]:
+        """Seeds on an image's own record: one backward pass (on the CPU one per seed, see `_backward`)."""
         output = record.outputs[layer]
         if info.units is not None:
             grads, values, positions = units.unit_seed_tensor(output, seeds)
         else:
             grads, values, positions = self._seed_tensor(output, seeds)
         projections = self._go_back(layer, record, output, grads, rule)
+        return self._projections(layer, info, rule, seeds, values, positions, list(projections))
 
+    def _project_shared(
+        self, layer: str, info: LayerInfo, rule: Rule, members: list[tuple[_Record, Sequence[Seed]]]
+    ) -> list[list[Projection]]:
+        """Seeds on images of one shared pass (each image once): one backward pass, rows packed."""
+        record = members[0][0]
+        output = record.outputs[layer]
+        grads = torch.zeros(
+            (max(len(seeds) for _, seeds in members), *output.shape), dtype=output.dtype, device=output.device
+        )
+        seeded = []
+        for member, seeds in members:
+            if info.units is not None:
+                _, values, positions = units.unit_seed_tensor(output, seeds, member.sample, grads)
+            else:
+                _, values, positions = self._seed_tensor(output, seeds, member.sample, grads)
+            seeded.append((values, positions))
+        picks = [(row, member.sample) for member, seeds in members for row in range(len(seeds))]
+        projections = list(self._go_back(layer, record, output, grads, rule, picks))
+        answers = []
+        start = 0
+        for (_, seeds), (values, positions) in zip(members, seeded, strict=True):
+            mine = projections[start : start + len(seeds)]
+            answers.append(self._projections(layer, info, rule, seeds, values, positions, mine))
+            start += len(seeds)
+        return answers
+
+    @staticmethod
+    def _projections(
+        layer: str,
+        info: LayerInfo,
+        rule: Rule,
+        seeds: Sequence[Seed],
+        values: list[float],
+        positions: list[tuple[int, int]],
+        projections: list[torch.Tensor],
+    ) -> list[Projection]:
         def selected(seed: Seed) -> str:
             return "unit" if info.units is not None else "position" if seed.position else seed.select
 
@@ -574,17 +806,30 @@ class Engine:
         ]
 
     def _go_back(
-        self, layer: str, record: _Record, output: torch.Tensor, grads: torch.Tensor, rule: Rule
+        self,
+        layer: str,
+        record: _Record,
+        output: torch.Tensor,
+        grads: torch.Tensor,
+        rule: Rule,
+        picks: list[tuple[int, int]] | None = None,
     ) -> torch.Tensor:
-        """Run `_backward` with the rule held for this call: on the CPU in one of `workers`
-        slots, outside the forward lock; on CUDA under the lock, with the rule on the record
-        for autograd's device thread (see the module docstring). K×3×S×S on the CPU."""
+        """Run `_backward` (`_backward_shared` with `picks`, on a shared pass) with the rule held for
+        this call: on the CPU in one of `workers` slots, outside the forward lock; on CUDA under the
+        lock, with the rule on the record for autograd's device thread (see the module docstring).
+        K×3×S×S on the CPU."""
+
+        def back() -> torch.Tensor:
+            if picks is None:
+                return self._backward(layer, output, record.image, grads, rule)
+            return self._backward_shared(output, record.image, grads, picks)
+
         if self.device.type == "cuda":
             with self._computing(), using_rule(rule):
                 record.box.rule = rule
-                return self._backward(layer, output, record.image, grads, rule).float().cpu()
+                return back().float().cpu()
         with self._backward_slots, using_rule(rule):
-            return self._backward(layer, output, record.image, grads, rule).float().cpu()
+            return back().float().cpu()
 
     def _backward(
         self, layer: str, output: torch.Tensor, image: torch.Tensor, grads: torch.Tensor, rule: Rule
@@ -611,23 +856,57 @@ class Engine:
         self._count_backward(len(grads))
         return torch.stack(results)
 
+    def _backward_shared(
+        self, output: torch.Tensor, image: torch.Tensor, grads: torch.Tensor, picks: list[tuple[int, int]]
+    ) -> torch.Tensor:
+        """R rows of seeds on a shared pass (each R×N×..., one seed per sample at most) -> the
+        projections at `picks` ((row, sample) each), M×3×S×S. Always the dense pass over the whole
+        batch: the cone (cone.py) crops one sample's receptive field and knows nothing of batches.
+        On CUDA one vmapped backward pass over the rows, or several when rows × N exceed
+        `SHARED_BACKWARD_SAMPLES` (a bound on its memory); on the CPU one per row (each carrying a
+        seed of every image that has one in that row)."""
+        at_once = self._rows_at_once(image)
+        projections = torch.empty((len(picks), *image.shape[1:]), dtype=image.dtype, device=image.device)
+        passes = 0
+        for start in range(0, len(grads), at_once):
+            rows = grads[start : start + at_once]
+            if len(rows) > 1:
+                (result,) = torch.autograd.grad(output, image, rows, retain_graph=True, is_grads_batched=True)
+            else:
+                (result,) = torch.autograd.grad(output, image, rows[0], retain_graph=True)
+                result = result[None]
+            passes += 1
+            for index, (row, sample) in enumerate(picks):
+                if start <= row < start + len(rows):
+                    projections[index] = result[row - start, sample]
+        self._count_backward(passes)
+        return projections
+
+    @staticmethod
+    def _rows_at_once(image: torch.Tensor) -> int:
+        """Rows of seeds one backward pass over a shared N-image pass takes: on CUDA as many as
+        `SHARED_BACKWARD_SAMPLES` allows (vmapped), on the CPU one (see `_backward`)."""
+        return max(1, SHARED_BACKWARD_SAMPLES // len(image)) if image.device.type == "cuda" else 1
+
     def _count_backward(self, passes: int) -> None:
         with self._cache_lock:
             self.stats.backward_passes += passes
 
     @staticmethod
     def _seed_tensor(
-        output: torch.Tensor, seeds: Sequence[Seed]
+        output: torch.Tensor, seeds: Sequence[Seed], sample: int = 0, grads: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, list[float], list[tuple[int, int]]]:
-        activations = output.detach()[0]
+        """Seed k in row k of a K×N×C×H×W gradient (written into `grads` if given), at `sample`."""
+        activations = output.detach()[sample]
         width = activations.shape[-1]
-        grads = torch.zeros((len(seeds), *output.shape), dtype=output.dtype, device=output.device)
+        if grads is None:
+            grads = torch.zeros((len(seeds), *output.shape), dtype=output.dtype, device=output.device)
         values: list[float] = []
         positions: list[tuple[int, int]] = []
         for k, seed in enumerate(seeds):
             channel_map = activations[seed.channel]
             if seed.position is None and seed.select == "map":
-                grads[k, 0, seed.channel] = channel_map
+                grads[k, sample, seed.channel] = channel_map
                 values.append(float(channel_map.sum()))
                 positions.append((-1, -1))
                 continue
@@ -637,7 +916,7 @@ class Engine:
             else:
                 y, x = seed.position
             value = channel_map[y, x]
-            grads[k, 0, seed.channel, y, x] = value
+            grads[k, sample, seed.channel, y, x] = value
             values.append(float(value))
             positions.append((y, x))
         return grads, values, positions

@@ -113,14 +113,16 @@ def validate_unit_seeds(info: LayerInfo, seeds: Sequence[Seed]) -> None:
 
 
 def unit_seed_tensor(
-    output: torch.Tensor, seeds: Sequence[Seed]
+    output: torch.Tensor, seeds: Sequence[Seed], sample: int = 0, grads: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, list[float], list[tuple[int, int]]]:
-    """K seeds on an N×K output: each one unit holding its value (position (0, 0))."""
-    values_row = output.detach()[0]
-    grads = torch.zeros((len(seeds), *output.shape), dtype=output.dtype, device=output.device)
+    """K seeds on an N×U output: each one unit of `sample` holding its value (position (0, 0)), seed k
+    in row k of a K×N×U gradient (written into `grads` if given)."""
+    values_row = output.detach()[sample]
+    if grads is None:
+        grads = torch.zeros((len(seeds), *output.shape), dtype=output.dtype, device=output.device)
     values: list[float] = []
     for k, seed in enumerate(seeds):
         value = values_row[seed.channel]
-        grads[k, 0, seed.channel] = value
+        grads[k, sample, seed.channel] = value
         values.append(float(value))
     return grads, values, [(0, 0)] * len(seeds)

@@ -25,8 +25,12 @@ class ErrorResponse(BaseModel):
 class EngineMemory(BaseModel):
     model: str
     device: str
-    records: int = Field(description="recorded forward passes cached now (one per recently clicked image)")
-    bytes: int = Field(description="bytes those records hold (saved tensors, layer outputs, inputs)")
+    records: int = Field(
+        description="recorded forward passes cached now (one per recently clicked image; a shared pass of several images, CONVSCOPE_SHARE_FORWARD, counts once)"
+    )
+    bytes: int = Field(
+        description="bytes those records hold (saved tensors, layer outputs, inputs; a shared pass's once)"
+    )
     limit_bytes: int = Field(description="the cache's bound (CONVSCOPE_ENGINE_CACHE_MB)")
 
 
