@@ -80,6 +80,7 @@ export function createView({ root, ctx }) {
   let visible = !root.hidden;
   let generation = 0;
   let top9Set = 0; // the Top 9 load now on screen: its own count, so a featvis reload (steps) leaves it be
+  let top9Loading = null; // the newest Top 9 load (a promise; null when the one on screen stays)
   let shownTop9 = null; // model|layer|channel|mode of the Top 9 on screen
   let job = null;
   let scans = new Map();
@@ -168,8 +169,18 @@ export function createView({ root, ctx }) {
   cancel.addEventListener("click", () => cancelJob(job));
   steps.addEventListener("change", () => {
     const state = ctx.store.get();
-    if (ready(state) && !job) loadFeatvis(state, ++generation);
+    if (!ready(state) || job) return;
+    const mine = ++generation;
+    settle(mine, [top9Loading, loadFeatvis(state, mine)]);
   });
+
+  // data-state="ready" once the newest view's loads are done: the Top 9 (if one is on its way)
+  // and the optimised image's lookup, whichever of refresh() and a steps change came last
+  function settle(mine, loads) {
+    Promise.all(loads).then(() => {
+      if (mine === generation) root.dataset.state = "ready";
+    });
+  }
 
   function loadProjection(state) {
     projection.hidden = true;
@@ -285,10 +296,8 @@ export function createView({ root, ctx }) {
     const top9Key = [state.model, state.layer, state.channel, state.mode].join("|");
     const top9Stays = top9Key === shownTop9 && root.dataset.top9 === "ready";
     shownTop9 = top9Key;
-    const top9 = top9Stays ? null : loadTop9(state, ++top9Set);
-    Promise.all([top9, loadFeatvis(state, mine)]).then(() => {
-      if (mine === generation) root.dataset.state = "ready";
-    });
+    top9Loading = top9Stays ? null : loadTop9(state, ++top9Set);
+    settle(mine, [top9Loading, loadFeatvis(state, mine)]);
   }
 
   loadAtlasLink();

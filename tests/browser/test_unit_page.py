@@ -231,3 +231,29 @@ def test_unit_top9_falls_back_to_one_request_per_projection(chromium: Any, unit_
         srcs = page.eval_on_selector_all(pictures, "els => els.map(e => e.getAttribute('src'))")
         assert srcs == [entry["projection_url"] for entry in top["entries"]]
         assert len(srcs) == 9 and all(width > 0 for width in images_loaded(page, pictures))
+
+
+def test_unit_view_is_ready_when_the_steps_change_while_it_loads(chromium: Any, unit_server: str) -> None:
+    """A steps change while the first loads are on their way: the view still says ready once the
+    newest loads are done (it used to wait for a superseded load and never said it)."""
+    url = f"{unit_server}/#model={MODEL}&image=chelsea&layer={LAYER}&channel={CHANNEL}&tab=unit"
+    with open_page(chromium) as page:
+        held: list[Any] = []
+
+        def hold(route: Any) -> None:  # the Top 9 waits until the steps have changed
+            held.append(route)
+
+        page.route("**/top/projections?*", hold)
+        page.goto(url)
+        page.wait_for_selector('[data-role="unit-page"][data-top9="loading"]', timeout=120_000)
+        page.wait_for_function("() => document.querySelector('[data-role=featvis-steps]') !== null")
+        page.select_option('[data-role="featvis-steps"]', "64")
+        page.wait_for_function(
+            "() => document.querySelector('[data-role=unit-page]').textContent.includes('Compute runs 64 optimisation steps')"
+        )
+        assert page.get_attribute('[data-role="unit-page"]', "data-state") != "ready"  # the Top 9 is still held
+        for route in held:
+            route.continue_()
+        page.unroute("**/top/projections?*", hold)
+        page.wait_for_selector('[data-role="unit-page"][data-top9="ready"]', timeout=60_000)
+        page.wait_for_selector('[data-role="unit-page"][data-state="ready"]', timeout=60_000)
