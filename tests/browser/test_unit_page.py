@@ -247,10 +247,8 @@ def test_unit_view_is_ready_when_the_steps_change_while_it_loads(chromium: Any, 
         page.goto(url)
         page.wait_for_selector('[data-role="unit-page"][data-top9="loading"]', timeout=120_000)
         page.wait_for_function("() => document.querySelector('[data-role=featvis-steps]') !== null")
-        page.select_option('[data-role="featvis-steps"]', "64")
-        page.wait_for_function(
-            "() => document.querySelector('[data-role=unit-page]').textContent.includes('Compute runs 64 optimisation steps')"
-        )
+        with page.expect_response(lambda r: "/visualizations?" in r.url and "steps=64" in r.url):
+            page.select_option('[data-role="featvis-steps"]', "64")  # the optimised image is looked up again
         assert page.get_attribute('[data-role="unit-page"]', "data-state") != "ready"  # the Top 9 is still held
         for route in held:
             route.continue_()
