@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import socket
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -139,3 +140,25 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def all_at_once(clients: int, work: Callable[[int], None], timeout: float = 600.0) -> None:
+    """`work(0)` … `work(clients - 1)` in threads released together by a barrier (concurrent
+    clients); fails with every client's exception if any raised or did not finish in `timeout`."""
+    barrier = threading.Barrier(clients)
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            barrier.wait(timeout=60)
+            work(index)
+        except BaseException as exc:  # reported below, with the others'
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=timeout)
+    assert not any(thread.is_alive() for thread in threads), "a client did not finish in time"
+    assert not errors, errors

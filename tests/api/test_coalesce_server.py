@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import random
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,8 +14,8 @@ import pytest
 from PIL import Image, ImageOps
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.helpers import MODEL, free_port, png
-from api.test_server import start_server, stop, wait_healthy
+from api.helpers import MODEL, all_at_once, png
+from api.test_server import served
 from convscope.samples import load_sample
 
 CLIENTS = 16
@@ -26,16 +25,9 @@ LAYERS = ("blocks.2.0.conv_pw", "blocks.4.0.conv_pw")
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     """No rendered-PNG cache: every request does its model work (the recorded passes stay cached)."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     env = {"CONVSCOPE_RESPONSE_CACHE_ENTRIES": "0", "CONVSCOPE_DEVICE": "cpu"}
-    process = start_server(port, "--model", MODEL, env=env)
-    try:
-        wait_healthy(process, base)
+    with served("--model", MODEL, env=env) as base:
         yield base
-    finally:
-        if process.poll() is None:
-            stop(process)
 
 
 def batches(base: str) -> tuple[float, float]:
@@ -107,26 +99,15 @@ def test_sixteen_clients_get_the_one_at_a_time_bytes(server: str) -> None:
     before = batches(server)
 
     together: list[list[bytes | None]] = [[None] * len(mine) for mine in work]
-    barrier = threading.Barrier(CLIENTS)
-    errors: list[BaseException] = []
 
     def run(index: int) -> None:
-        try:
-            order = list(range(len(work[index])))
-            random.Random(index).shuffle(order)
-            with session(server, cookies[index]) as client:
-                barrier.wait(timeout=60)
-                for position in order:
-                    together[index][position] = send(client, *work[index][position])
-        except BaseException as exc:  # reported below, with the others'
-            errors.append(exc)
+        order = list(range(len(work[index])))
+        random.Random(index).shuffle(order)
+        with session(server, cookies[index]) as client:
+            for position in order:
+                together[index][position] = send(client, *work[index][position])
 
-    threads = [threading.Thread(target=run, args=(index,)) for index in range(CLIENTS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=600)
-    assert not errors, errors
+    all_at_once(CLIENTS, run)
     for index in range(CLIENTS):
         assert together[index] == alone[index], f"client {index}: a coalesced answer differs from its own alone"
 

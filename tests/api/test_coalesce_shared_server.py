@@ -9,7 +9,6 @@ leave together in the next batch, so the clicks meet however slowly the clients 
 from __future__ import annotations
 
 import io
-import threading
 from collections.abc import Iterator
 
 import httpx
@@ -18,9 +17,9 @@ import pytest
 from PIL import Image, ImageOps
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.helpers import MODEL, free_port, png
+from api.helpers import MODEL, all_at_once, png
 from api.test_coalesce_shared import assert_close
-from api.test_server import start_server, stop, wait_healthy
+from api.test_server import served
 from convscope.api.caching import Rendered
 from convscope.api.coalesce import render
 from convscope.engine import Engine
@@ -34,8 +33,6 @@ COUNTERS = ("forward_passes", "shared_passes", "shared_images")
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     env = {
         "CONVSCOPE_RESPONSE_CACHE_ENTRIES": "0",
         "CONVSCOPE_DEVICE": "cpu",
@@ -44,13 +41,8 @@ def server() -> Iterator[str]:
         "CONVSCOPE_WORKERS": "1",
         "CONVSCOPE_TORCH_THREADS": "1",
     }
-    process = start_server(port, "--model", MODEL, env=env)
-    try:
-        wait_healthy(process, base)
+    with served("--model", MODEL, env=env) as base:
         yield base
-    finally:
-        if process.poll() is None:
-            stop(process)
 
 
 def engine_metrics(base: str) -> dict[str, float]:
@@ -80,31 +72,19 @@ def test_four_clients_on_four_new_images_share_a_forward_pass(server: str) -> No
     before = engine_metrics(server)
 
     answers: list[Rendered | None] = [None] * CLIENTS
-    barrier = threading.Barrier(CLIENTS)
-    errors: list[BaseException] = []
 
     def click(index: int) -> None:
         cookies, upload = uploads[index]
-        try:
-            with httpx.Client(base_url=server, timeout=300, cookies=cookies) as client:
-                barrier.wait(timeout=60)
-                response = client.get(
-                    f"/api/models/{MODEL}/images/{upload}/projection",
-                    params={"layer": LAYER, "channel": index * 3, "mode": "guided"},
-                )
-            assert response.status_code == 200, response.text
-            headers = {name: response.headers[name] for name in ("X-Seed-Value", "X-Seed-Y", "X-Seed-X", "X-Mode")}
-            answers[index] = Rendered(response.content, response.headers.get("etag", ""), headers)
-        except BaseException as exc:  # reported below, with the others'
-            errors.append(exc)
+        with httpx.Client(base_url=server, timeout=300, cookies=cookies) as client:
+            response = client.get(
+                f"/api/models/{MODEL}/images/{upload}/projection",
+                params={"layer": LAYER, "channel": index * 3, "mode": "guided"},
+            )
+        assert response.status_code == 200, response.text
+        headers = {name: response.headers[name] for name in ("X-Seed-Value", "X-Seed-Y", "X-Seed-X", "X-Mode")}
+        answers[index] = Rendered(response.content, response.headers.get("etag", ""), headers)
 
-    threads = [threading.Thread(target=click, args=(index,)) for index in range(CLIENTS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=600)
-    assert not any(thread.is_alive() for thread in threads)
-    assert not errors, errors
+    all_at_once(CLIENTS, click)
 
     after = engine_metrics(server)
     delta = {
