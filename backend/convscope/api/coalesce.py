@@ -80,6 +80,11 @@ class _Request:
         return self.layer, self.rule, self.image.key
 
 
+def _distinct_seeds(batch: list[_Request], indices: list[int]) -> list[Seed]:
+    """The seeds of these requests of a batch, in order, each once (a seed asked for twice is computed once)."""
+    return list(dict.fromkeys(seed for index in indices for seed in batch[index].seeds))
+
+
 @dataclass
 class _Outcome:
     """What one batch did: an answer or an error per request, and the numbers for metrics and the log."""
@@ -207,7 +212,7 @@ class ProjectionQueue:
             one_by_one = self._compute_together(batch, one_by_one, outcome)
         for indices in one_by_one:
             first = batch[indices[0]]
-            seeds = list(dict.fromkeys(seed for index in indices for seed in batch[index].seeds))
+            seeds = _distinct_seeds(batch, indices)
             outcome.groups += 1
             outcome.layers.add((first.layer, first.rule))
             try:
@@ -220,7 +225,7 @@ class ProjectionQueue:
                     request = batch[index]
                     outcome.retried += 1
                     try:
-                        alone = self._project(request, list(dict.fromkeys(request.seeds)), outcome)
+                        alone = self._project(request, _distinct_seeds(batch, [index]), outcome)
                     except Exception as single:
                         outcome.answers[index] = single
                     else:
@@ -234,7 +239,7 @@ class ProjectionQueue:
         """The groups of each (layer, rule) on two or more images, each set in one `project_images` call
         (shared forward passes); returns the groups left to do one by one (alone on their layer and
         rule, or in a call that failed: then each group is done alone, so an error stays its own)."""
-        by_layer: dict[tuple[str, str], list[list[int]]] = {}
+        by_layer: dict[tuple[str, Rule], list[list[int]]] = {}
         for indices in groups:
             first = batch[indices[0]]
             by_layer.setdefault((first.layer, first.rule), []).append(indices)
@@ -243,15 +248,13 @@ class ProjectionQueue:
             if len(members) < 2:
                 left.extend(members)
                 continue
-            seeds = [
-                list(dict.fromkeys(seed for index in indices for seed in batch[index].seeds)) for indices in members
-            ]
+            seeds = [_distinct_seeds(batch, indices) for indices in members]
             requests = [
                 (batch[indices[0]].image, group_seeds) for indices, group_seeds in zip(members, seeds, strict=True)
             ]
             begin = time.perf_counter()
             try:
-                results = self.engine.project_images(layer, requests, mode=batch[members[0][0]].rule)
+                results = self.engine.project_images(layer, requests, mode=rule)
             except Exception as exc:
                 log.debug(
                     "projections of %d images on %s/%s together failed (%s): one by one", len(members), layer, rule, exc

@@ -728,10 +728,10 @@ class Engine:
     ) -> list[list[Projection]]:
         """Each request's projections; with `share`, the images without a record are recorded together first."""
         rule = self.resolve_mode(layer, mode)
-        infos = [self._validate(layer, seeds) for _, seeds in requests]
         if not requests:
             return []
-        info = infos[0]
+        for _, seeds in requests:  # every request's seeds checked before any work
+            info = self._validate(layer, seeds)
         made = self._record_together([image for image, _ in requests], layer)[1] if share and len(requests) > 1 else {}
         answers: list[list[Projection]] = [[] for _ in requests]
         passes: dict[PassKey, list[tuple[int, _Record]]] = {}  # the requests on each shared pass
